@@ -1,0 +1,36 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+# Each sets up on first use: a venv in .venv, torch==2.13.0 first (the CPU wheel on local
+# disk; an unpinned torch pulls a multi-GB CUDA build), then the package with its extras,
+# the example plugin, and the optional emoji artists (Debian Noto, npm Fluent).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-v1
+
+.PHONY: demo test setup slow bench lint
+
+demo: $(STAMP)
+	$(VENV)/bin/reimagen demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml examples/reimagen_example_plugin/pyproject.toml scripts/install_artists.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[jax,dev]"
+	$(PY) -m pip install -q -e examples/reimagen_example_plugin
+	bash scripts/install_artists.sh
+	touch $@
+
+slow: $(STAMP)
+	REIMAGEN_SLOW=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only -p no:randomly
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check reimagen tests benchmarks

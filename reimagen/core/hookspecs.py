@@ -1,0 +1,78 @@
+"""Plugin hooks: one per component kind (DESIGN §2).
+
+Every hook receives ``register(name, factory)`` and calls it once per component it provides.
+Hooks only fill the registry's plain dicts; they are never called in a sampling or training
+loop. Built-in components register through these same hooks (see ``DEFAULT_PLUGINS`` in
+:mod:`reimagen.core.registry`), third parties through the ``reimagen`` entry-point group::
+
+    # my_plugin.py
+    from reimagen import hookimpl
+
+    @hookimpl
+    def reimagen_register_guidance(register):
+        register("my-guidance", MyGuidance)
+
+    # pyproject.toml
+    [project.entry-points.reimagen]
+    my_plugin = "my_plugin"
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+PROJECT = "reimagen"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[str, Callable], None]
+
+
+@hookspec
+def reimagen_register_retrievers(register: Register) -> None:
+    """Register retrievers: ``factory(**options) -> Retriever`` (text query -> top-k KB ids)."""
+
+
+@hookspec
+def reimagen_register_encoders(register: Register) -> None:
+    """Register text encoders: ``factory(**options) -> Encoder`` (texts -> token states)."""
+
+
+@hookspec
+def reimagen_register_denoisers(register: Register) -> None:
+    """Register network families: ``factory() -> UNetConfig`` preset, keyed by family name."""
+
+
+@hookspec
+def reimagen_register_guidance(register: Register) -> None:
+    """Register guidance strategies: ``factory(**weights) -> GuidanceStrategy``."""
+
+
+@hookspec
+def reimagen_register_samplers(register: Register) -> None:
+    """Register samplers: a plain function with the :class:`~reimagen.core.interfaces.Sampler`
+    signature."""
+
+
+@hookspec
+def reimagen_register_backends(register: Register) -> None:
+    """Register array backends: ``factory() -> Backend`` (builds denoisers and trainers)."""
+
+
+@hookspec
+def reimagen_register_sources(register: Register) -> None:
+    """Register knowledge-base sources: ``factory(**options) -> KnowledgeBaseSource``."""
+
+
+# kind -> the hook that fills it. Kinds are API: add, never rename.
+HOOKS = {
+    "retriever": "reimagen_register_retrievers",
+    "encoder": "reimagen_register_encoders",
+    "denoiser": "reimagen_register_denoisers",
+    "guidance": "reimagen_register_guidance",
+    "sampler": "reimagen_register_samplers",
+    "backend": "reimagen_register_backends",
+    "source": "reimagen_register_sources",
+}

@@ -1,0 +1,200 @@
+"""Abstract interfaces of the components (DESIGN §1–§7). Framework-free.
+
+Array conventions used everywhere on the host:
+  images   float32 in [-1, 1], NHWC: [B, H, W, C] (neighbours [B, K, H, W, C]);
+  text     TextEncoding(tokens [B, L, D] float32, mask [B, L] bool, pooled [B, D] float32);
+  time     t ∈ [0, 1] (t=0 clean, t=1 pure noise), float per batch element: [B].
+Backends convert to their own layout (torch NCHW channels_last, JAX NHWC) at the boundary.
+
+Condition variants (DESIGN §5) name which conditions one ε prediction sees:
+  full = (c_p, c_n), text = c_p only, neighbors = c_n only, none = neither.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Protocol, Sequence
+
+import attrs
+import numpy as np
+
+VARIANTS = ("full", "text", "neighbors", "none")
+# variant -> (use_text, use_neighbors)
+VARIANT_MASKS = {
+    "full": (True, True),
+    "text": (True, False),
+    "neighbors": (False, True),
+    "none": (False, False),
+}
+
+
+def variant_masks(variants: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(use_text [V] bool, use_neighbors [V] bool) for a tuple of variant names."""
+    unknown = [v for v in variants if v not in VARIANT_MASKS]
+    if unknown:
+        raise ValueError(f"unknown condition variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
+    pairs = np.array([VARIANT_MASKS[v] for v in variants], dtype=bool).reshape(len(variants), 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
+@attrs.frozen
+class TextEncoding:
+    """Encoded texts: per-token states, a padding mask (True = real token) and a pooled vector."""
+
+    tokens: np.ndarray  # [B, L, D] float32
+    mask: np.ndarray  # [B, L] bool
+    pooled: np.ndarray  # [B, D] float32
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def take(self, index) -> "TextEncoding":
+        return TextEncoding(self.tokens[index], self.mask[index], self.pooled[index])
+
+
+class Encoder(abc.ABC):
+    """A frozen text encoder: texts -> TextEncoding with a fixed length L = ``max_length``."""
+
+    name: str
+    dim: int  # D
+    max_length: int  # L
+
+    @abc.abstractmethod
+    def encode(self, texts: Sequence[str]) -> TextEncoding:
+        """Encode B texts. Deterministic; empty strings are allowed (all-False mask but [CLS])."""
+
+
+@attrs.frozen
+class RetrievalResult:
+    """Top-k neighbours per query, best first."""
+
+    ids: np.ndarray  # [Q, k] int64 knowledge-base row indices
+    scores: np.ndarray  # [Q, k] float32, non-increasing along k
+
+
+class Retriever(abc.ABC):
+    """Text query -> top-k rows of a knowledge base (DESIGN §6)."""
+
+    name: str
+
+    @abc.abstractmethod
+    def fit(self, kb: Any, rows: Sequence[int] | None = None) -> "Retriever":
+        """Index the knowledge base ``kb`` (only ``rows`` if given: a view). Returns self."""
+
+    @abc.abstractmethod
+    def search(
+        self, queries: Sequence[str], k: int, exclude: Sequence[Sequence[int]] | None = None
+    ) -> RetrievalResult:
+        """Top-k KB rows per query, scores sorted descending; rows in ``exclude[q]`` never appear.
+        k larger than the indexed rows -> ValueError naming both numbers."""
+
+    @abc.abstractmethod
+    def save(self, folder) -> None:
+        """Write the index beside the KB, with the KB fingerprint it was built from."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, folder, kb: Any) -> "Retriever":
+        """Load a saved index; a fingerprint that does not match ``kb`` raises at load time."""
+
+
+class Denoiser(abc.ABC):
+    """The network bound to its conditions for one batch of B samples: ε(x_t, t | variant).
+
+    Built by a backend from a network, the encoded prompts and the *cached* neighbour features
+    (neighbours go through the DStack once, at t=0, DESIGN §4). One call evaluates every
+    requested variant in ONE batched network pass of V·B rows.
+    """
+
+    calls: int  # batched network calls so far
+    rows: int  # network rows evaluated so far (sum of V·B over calls)
+
+    @abc.abstractmethod
+    def __call__(self, x, t: float, variants: Sequence[str]):
+        """x [B, H, W, C] backend array, t scalar time -> ε [V, B, H, W, C] in ``variants``
+        order."""
+
+    @abc.abstractmethod
+    def asarray(self, array: np.ndarray):
+        """Host numpy -> this backend's array (same dtype, on its device)."""
+
+    @abc.abstractmethod
+    def to_numpy(self, array) -> np.ndarray:
+        """This backend's array -> host numpy."""
+
+
+class GuidanceStrategy(abc.ABC):
+    """Which condition variants a step needs, and how their ε predictions combine (DESIGN §5).
+
+    ``variants(draw)`` gets the step's host-drawn uniform number R ∈ [0, 1) (used by interleaved
+    guidance; ignored by the others). ``combine`` is written once against operators that numpy,
+    torch and jax arrays share.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def variants(self, draw: float) -> tuple[str, ...]: ...
+
+    @abc.abstractmethod
+    def combine(self, eps: dict[str, Any], draw: float):
+        """eps: variant -> ε [B, H, W, C] (the ones ``variants(draw)`` asked for)."""
+
+
+class StepCallback(Protocol):
+    def __call__(self, step: int, t: float, x: Any, x0_hat: Any, variants: tuple[str, ...]) -> None:
+        ...
+
+
+@attrs.frozen
+class SamplerNoise:
+    """All randomness of one sampling run, drawn on the host (DESIGN §3)."""
+
+    x_T: np.ndarray  # [B, H, W, C] initial noise
+    step_noise: np.ndarray  # [steps, B, H, W, C] ancestral noise (zeros-free; unused by ddim)
+    guidance_draws: np.ndarray  # [steps] U[0,1) numbers for interleaved guidance
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, shape: Sequence[int], steps: int) -> "SamplerNoise":
+        """Draw in a fixed order from one Generator so every backend sees the same numbers."""
+        shape = tuple(int(s) for s in shape)
+        x_T = rng.standard_normal(shape, dtype=np.float32)
+        step_noise = rng.standard_normal((steps, *shape), dtype=np.float32)
+        draws = rng.random(steps)
+        return cls(x_T=x_T, step_noise=step_noise, guidance_draws=draws)
+
+
+@attrs.frozen
+class SampleResult:
+    x0: Any  # [B, H, W, C] backend array in [-1, 1]
+    calls: int  # batched denoiser calls (one per step)
+    nfe: int  # network evaluations per sample (sum over steps of the variants used)
+    variants_per_step: tuple[tuple[str, ...], ...]
+
+
+class Sampler(Protocol):
+    """A sampler is a plain function with this signature (see reimagen.core.samplers)."""
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        guidance: GuidanceStrategy,
+        noise: SamplerNoise,
+        *,
+        steps: int,
+        schedule: Any = None,
+        thresholding: Any = None,
+        callback: StepCallback | None = None,
+    ) -> SampleResult: ...
+
+
+class Cascade(abc.ABC):
+    """An ordered list of stages (base -> SR -> SR, DESIGN §7); each its own network, sampler,
+    steps and guidance. ``generate`` returns every stage's images."""
+
+    @abc.abstractmethod
+    def generate(self, prompts: Sequence[str], *, seed: int) -> list[np.ndarray]:
+        """Per stage, images [B, H_s, W_s, C] float32 in [-1, 1]."""
+
+
+Factory = Callable[..., Any]

@@ -1,0 +1,1 @@
+"""Samplers (DESIGN §3)."""

@@ -1,0 +1,42 @@
+"""Test tiers and pinned numerics.
+
+Fast tier by default; ``REIMAGEN_SLOW=1`` also runs tests marked ``slow``. JAX runs on the CPU in
+float32 with the highest matmul precision, and torch with TF32 off, so backend parity is exact
+to float32 rounding (STYLE.md, "Pin numerics in conftest.py").
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+SLOW = bool(os.environ.get("REIMAGEN_SLOW"))
+
+
+def pytest_configure(config):
+    try:
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+        jax.config.update("jax_platforms", "cpu")
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    except ImportError:
+        pass
+
+
+def pytest_collection_modifyitems(config, items):
+    if SLOW:
+        return
+    skip = pytest.mark.skip(reason="slow tier: set REIMAGEN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from reimagen.core.config import ConfigError
+from reimagen.core.schedule import CosineSchedule
+from reimagen.core.unet_config import PRESETS, UNetConfig
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_through_json(name, tmp_path):
+    cfg = PRESETS[name]
+    path = tmp_path / "cfg.json"
+    cfg.to_json(path)
+    again = UNetConfig.from_json(path)
+    assert again == cfg
+    assert UNetConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_unknown_key_names_it_and_lists_allowed():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) widht; allowed: image_size"):
+        UNetConfig.from_dict({"widht": 3})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"norm": "batch"}, "norm must be one of 'group', 'layer'"),
+        ({"dropout": 1.0}, r"dropout must be in \[0.0, 1.0\)"),
+        ({"neighbor_attn_resolutions": (4,)}, "not among the U-Net resolutions"),
+        ({"image_size": 30}, "not divisible"),
+        ({"channel_mults": (1, 0)}, "tuple of positive ints"),
+        ({"cond_image_channels": 3}, "lowres_size must be set"),
+    ],
+)
+def test_validation_errors_name_the_field(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        PRESETS["tiny"].replace(**changes)
+
+
+def test_frozen():
+    with pytest.raises(Exception):
+        PRESETS["tiny"].image_size = 8  # type: ignore[misc]
+
+
+@given(st.floats(0.0, 1.0))
+def test_schedule_alpha_sigma_unit_norm(t):
+    a, s = CosineSchedule().alpha_sigma(t)
+    assert abs(a * a + s * s - 1.0) < 1e-12
+
+
+def test_schedule_endpoints_and_monotone():
+    sch = CosineSchedule()
+    grid = sch.time_grid(100)
+    lam = sch.logsnr(grid)
+    assert lam[0] == pytest.approx(-20.0) and lam[-1] == pytest.approx(20.0)
+    assert (lam[1:] > lam[:-1]).all()
+    # Away from the clipped ends it is the cosine schedule ᾱ(t) = cos²(πt/2).
+    import numpy as np
+
+    t = np.array([0.2, 0.5, 0.8])
+    assert np.allclose(sch.alpha_bar(t), np.cos(np.pi * t / 2) ** 2, atol=1e-4)
