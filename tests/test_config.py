@@ -29,7 +29,7 @@ def test_unknown_key_names_it_and_lists_allowed():
         ({"norm": "batch"}, "norm must be one of 'group', 'layer'"),
         ({"dropout": 1.0}, r"dropout must be in \[0.0, 1.0\)"),
         ({"neighbor_attn_resolutions": (4,)}, "not among the U-Net resolutions"),
-        ({"image_size": 30}, "not divisible"),
+        ({"image_size": 15}, "not divisible"),
         ({"channel_mults": (1, 0)}, "tuple of positive ints"),
         ({"cond_image_channels": 3}, "lowres_size must be set"),
     ],
