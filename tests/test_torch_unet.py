@@ -1,0 +1,213 @@
+"""The PyTorch Re-Imagen U-Net (paper §3.2, Fig. 3): shapes, the neighbour cache, the
+per-row condition masks, and the parameter count of the paper-sized config.
+
+The freshly built model zero-initialises the last layer of every residual branch (so it starts
+as the identity); tests that compare outputs first give every parameter random values, so that
+a mask or a cache that leaked would change ε and fail the test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reimagen.backends.torch.unet import (
+    NeighborInputs,
+    TextInputs,
+    build_unet,
+    param_count,
+)
+from reimagen.core.unet_config import PRESETS, UNetConfig
+
+TINY = PRESETS["tiny"]
+TINY_SR = TINY.replace(cond_image_channels=3, lowres_size=8)
+L = 5  # text length
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The machine's 2 cores are shared; OpenMP threads that spin-wait on each other are ~100x
+    slower under contention than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-6):
+    """max |actual − expected| ≤ tol · max |expected| (float32 rounding differs between batch
+    sizes, since oneDNN picks its kernels by shape)."""
+    err = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert err <= tol * scale, f"max abs error {err:.3g} > {tol:g} x max |expected| {scale:.3g}"
+
+
+def randomize(model: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
+    """Add random values to every parameter (so no branch is a zero-initialised no-op)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def make_text(gen: torch.Generator, lead: tuple[int, ...], dim: int) -> TextInputs:
+    tokens = torch.randn(*lead, L, dim, generator=gen)
+    lengths = torch.randint(1, L + 1, lead, generator=gen)
+    mask = torch.arange(L) < lengths[..., None]  # [..., L] True for real tokens
+    return TextInputs(tokens, mask, torch.randn(*lead, dim, generator=gen))
+
+
+def make_inputs(config: UNetConfig, b: int, k: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    s, c = config.image_size, config.in_channels
+    x = torch.randn(b, s, s, c, generator=gen)
+    t = torch.rand(b, generator=gen)
+    text = make_text(gen, (b,), config.text_dim)
+    neighbors = NeighborInputs(
+        torch.randn(b, k, s, s, c, generator=gen), make_text(gen, (b, k), config.text_dim)
+    )
+    extra = {}
+    if config.is_super_resolution:
+        extra = {
+            "lowres": torch.randn(b, s, s, c, generator=gen),
+            "aug_level": torch.rand(b, generator=gen),
+        }
+    return x, t, text, neighbors, extra
+
+
+def flags(*values: bool) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.bool)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return randomize(build_unet(TINY, seed=0), seed=1).eval()
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_SR], ids=["base", "sr"])
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_shapes_every_k(config, k):
+    model = build_unet(config, seed=0)
+    b = 2
+    x, t, text, neighbors, extra = make_inputs(config, b, k)
+    on = flags(True, True)
+    with torch.no_grad():
+        eps_raw = model(x, t, text, use_text=on, use_neighbors=on, neighbors=neighbors, **extra)
+        cache = model.encode_neighbors(neighbors.images, *neighbors.text)
+        eps_cached = model(x, t, text, use_text=on, use_neighbors=on, cache=cache, **extra)
+    assert eps_raw.shape == eps_cached.shape == (b, config.image_size, config.image_size, 3)
+    assert cache.k == k
+    for res in config.neighbor_attn_resolutions if k else ():
+        keys, values = cache.kv[res]
+        width = config.widths[config.resolutions.index(res)]
+        heads = width // config.head_dim
+        assert keys.shape == values.shape == (b, heads, k * res * res, config.head_dim)
+
+
+def test_builds_are_seeded():
+    a, b, c = (build_unet(TINY, seed=s).state_dict() for s in (3, 3, 4))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(a[key], c[key]) for key in a)
+
+
+def test_cached_equals_uncached(tiny):
+    """One joint DStack pass over noisy + neighbour rows == a cache encoded separately once and
+    tiled for several variants."""
+    x, t, text, neighbors, _ = make_inputs(TINY, 3, 2, seed=5)
+    use_text, use_nb = flags(True, False, True), flags(True, True, False)
+    with torch.no_grad():
+        raw = tiny(x, t, text, use_text=use_text, use_neighbors=use_nb, neighbors=neighbors)
+        cache = tiny.encode_neighbors(neighbors.images, *neighbors.text)
+        cached = tiny(x, t, text, use_text=use_text, use_neighbors=use_nb, cache=cache)
+        tiled_in = [torch.cat([v, v]) for v in (x, t)] + [
+            TextInputs(*(torch.cat([v, v]) for v in text))
+        ]
+        tiled = tiny(
+            *tiled_in,
+            use_text=torch.cat([use_text, use_text]),
+            use_neighbors=torch.cat([use_nb, use_nb]),
+            cache=cache.tile(2),
+        )
+    assert raw.abs().max() > 0.5  # the network is not a no-op
+    assert_rel_close(cached, raw)
+    assert_rel_close(tiled[:3], raw)
+    assert_rel_close(tiled[3:], raw)
+
+
+def _eps(model, x, t, text, neighbors, use_text, use_nb):
+    with torch.no_grad():
+        return model(x, t, text, use_text=use_text, use_neighbors=use_nb, neighbors=neighbors)
+
+
+def test_masked_neighbors_do_not_matter(tiny):
+    """use_neighbors False: ε ignores the neighbour images and is exactly the K=0 network;
+    True: it does depend on them (so the test can fail)."""
+    x, t, text, neighbors, _ = make_inputs(TINY, 2, 2, seed=7)
+    other = NeighborInputs(torch.randn_like(neighbors.images), neighbors.text)
+    on, off, mixed = flags(True, True), flags(False, False), flags(True, False)
+    assert torch.equal(
+        _eps(tiny, x, t, text, neighbors, on, off), _eps(tiny, x, t, text, other, on, off)
+    )
+    used_a = _eps(tiny, x, t, text, neighbors, on, mixed)
+    used_b = _eps(tiny, x, t, text, other, on, mixed)
+    assert torch.equal(used_a[1], used_b[1])  # per row: the masked row ignores them
+    assert (used_a[0] - used_b[0]).abs().max() > 1e-3
+    # Cached path, same batch shapes as the K=0 network: the masked row is bit-identical.
+    no_k = _eps(tiny, x, t, text, None, on, on)
+    with torch.no_grad():
+        cache = tiny.encode_neighbors(neighbors.images, *neighbors.text)
+        cached = tiny(x, t, text, use_text=on, use_neighbors=mixed, cache=cache)
+    assert torch.equal(cached[1], no_k[1])
+    assert (cached[0] - no_k[0]).abs().max() > 1e-3
+
+
+def test_masked_text_does_not_matter(tiny):
+    """use_text False: neither the token states nor the pooled vector reach ε."""
+    x, t, text, neighbors, _ = make_inputs(TINY, 2, 2, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    other = make_text(gen, (2,), TINY.text_dim)
+    on, off = flags(True, True), flags(False, False)
+    assert torch.equal(
+        _eps(tiny, x, t, text, neighbors, off, on), _eps(tiny, x, t, other, neighbors, off, on)
+    )
+    assert (
+        _eps(tiny, x, t, text, neighbors, on, on) - _eps(tiny, x, t, other, neighbors, on, on)
+    ).abs().max() > 1e-3
+    # Padding positions are ignored even when text is used.
+    padded = TextInputs(text.tokens.clone(), text.mask, text.pooled)
+    padded.tokens[~text.mask] = 1e3
+    assert torch.equal(
+        _eps(tiny, x, t, padded, neighbors, on, on), _eps(tiny, x, t, text, neighbors, on, on)
+    )
+
+
+def test_channels_last_inside():
+    model = build_unet(TINY, seed=0)
+    assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_paper_64_parameter_count(capsys):
+    """Counted on the meta device; the paper reports 2.5B for its 64× model."""
+    count = param_count(PRESETS["paper-64"])
+    with capsys.disabled():
+        print(f"\npaper-64 parameters: {count / 1e9:.3f}B (paper: 2.5B)")
+    assert 2.0e9 < count < 3.0e9
+    assert param_count(TINY) == sum(p.numel() for p in build_unet(TINY).parameters())
+
+
+def test_sr_requires_lowres():
+    model = build_unet(TINY_SR)
+    x, t, text, _, _ = make_inputs(TINY_SR, 1, 0)
+    with pytest.raises(ValueError, match="lowres"):
+        model(x, t, text, use_text=flags(True), use_neighbors=flags(True))
+
+
+def test_finite_across_time_range():
+    """Noise in, finite ε out, for inputs across the time range incl. t=0 and t=1."""
+    model = randomize(build_unet(TINY), seed=2).eval()
+    x, _, text, neighbors, _ = make_inputs(TINY, 3, 1)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    eps = _eps(model, x, t, text, neighbors, flags(True, True, True), flags(True, True, True))
+    assert np.isfinite(eps.numpy()).all()
