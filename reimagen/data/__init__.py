@@ -1,1 +1,31 @@
-"""(filled in by its module's plugin hooks)"""
+"""Built-in knowledge-base sources (DESIGN §6, §8), registered through the ``source`` hook.
+
+- ``emoji``: emoji entities drawn by several artists (:mod:`reimagen.data.emoji_source`);
+- ``folder``: a folder of images with ``captions.jsonl`` (:mod:`reimagen.data.folder_source`).
+
+Factories import their module only when called, so listing components stays cheap.
+"""
+
+from __future__ import annotations
+
+from reimagen.core.hookspecs import hookimpl
+
+
+def emoji_source(**options):
+    """``EmojiSource(**options)``: artists=, limit=, names=, size=, processes=."""
+    from reimagen.data.emoji_source import EmojiSource
+
+    return EmojiSource(**options)
+
+
+def folder_source(**options):
+    """``FolderSource(folder=...)``: images listed in ``<folder>/captions.jsonl``."""
+    from reimagen.data.folder_source import FolderSource
+
+    return FolderSource(**options)
+
+
+@hookimpl
+def reimagen_register_sources(register):
+    register("emoji", emoji_source)
+    register("folder", folder_source)

