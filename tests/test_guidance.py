@@ -109,8 +109,10 @@ def test_interleaved_branch_is_exactly_R_below_eta(seed, eta):
     for r in noise.guidance_draws:
         text_step = strategy.variants(r) == ("full", "neighbors")
         assert text_step == (r < eta)
-        want = (4.0 * eps["full"] - 3.0 * eps["neighbors"]) if text_step else (
-            2.0 * eps["full"] - 1.0 * eps["text"]
+        want = (
+            (4.0 * eps["full"] - 3.0 * eps["neighbors"])
+            if text_step
+            else (2.0 * eps["full"] - 1.0 * eps["text"])
         )
         np.testing.assert_allclose(strategy.combine(asked(strategy, eps, r), r), want, rtol=1e-12)
 

@@ -21,14 +21,14 @@ from reimagen.guidance.strategies import (
 
 __all__ = [
     "GuidanceConfig",
-    "NoGuidance",
-    "JointGuidance",
-    "WeightedGuidance",
     "InterleavedGuidance",
+    "JointGuidance",
+    "NoGuidance",
+    "WeightedGuidance",
     "classifier_free",
-    "text_enhanced",
-    "neighbor_enhanced",
     "get_guidance",
+    "neighbor_enhanced",
+    "text_enhanced",
 ]
 
 
