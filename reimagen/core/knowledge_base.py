@@ -246,12 +246,40 @@ class KnowledgeBase:
                 table.setdefault(record.entity, []).append(record.row)
         return table
 
+    def summary(self, target: str = "twemoji") -> dict[str, Any]:
+        """What ``reimagen kb info`` prints: counts per source, entities, how many have a
+        ``target``-style drawing, and how many of those also have >= 1 other artist's rendition
+        (the cross-style setting needs one), build time and size on disk."""
+        artists_of: dict[str, set[str]] = {}
+        for record in self.records:
+            if record.entity:
+                artists_of.setdefault(record.entity, set()).add(record.source)
+        with_target = [e for e, a in artists_of.items() if target in a]
+        others = Counter(len(artists_of[e] - {target}) for e in with_target)
+        with_other = sum(n for k, n in others.items() if k >= 1)
+        disk = sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+        return {
+            "folder": str(self.folder),
+            "records": len(self),
+            "counts": self.source_counts(),
+            "entities": len(self.entities),
+            "entities_drawn": len(artists_of),
+            f"entities_with_{target}": len(with_target),
+            "other_renditions": {str(k): others[k] for k in sorted(others)},
+            "fraction_with_other": round(with_other / len(with_target), 4) if with_target else 0.0,
+            "resolution": self.resolution,
+            "fingerprint": self.fingerprint,
+            "built_at": self.meta.get("built_at"),
+            "build_seconds": self.meta.get("build_seconds"),
+            "disk_bytes": disk,
+        }
+
     def rgb(self, rows, size: int | None = None, background=(255, 255, 255)) -> np.ndarray:
         """float32 [n, size, size, 3] in [-1, 1]: rows alpha-composited ("over") on
         ``background`` (RGB 0..255, shape [3] or one per row [n, 3]), then resized by area
         averaging to ``size`` (default: the KB resolution)."""
         index = self._check_rows(rows)
-        size = self.resolution if size is None else _check_size(size, "size")
+        size = self.resolution if size is None else _check_size(size, "size", low=1)
         rgba = np.asarray(self.images[index], dtype=np.float32) / 255.0  # [n, S, S, 4]
         backdrop = _check_background(background, len(index)) / 255.0  # [n, 1, 1, 3]
         alpha = rgba[..., 3:]  # [n, S, S, 1], straight (not premultiplied) alpha
@@ -657,13 +685,11 @@ def _verify_image_files(folder: Path, records: Sequence[Record]) -> None:
 
 
 # -------------------------------------------------------------------- argument checks
-def _check_size(value, name: str) -> int:
+def _check_size(value, name: str, low: int = MIN_RESOLUTION) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise KnowledgeBaseError(f"{name} must be an integer, got {value!r}")
-    if not MIN_RESOLUTION <= int(value) <= MAX_RESOLUTION:
-        raise KnowledgeBaseError(
-            f"{name} must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {value}"
-        )
+    if not low <= int(value) <= MAX_RESOLUTION:
+        raise KnowledgeBaseError(f"{name} must be in [{low}, {MAX_RESOLUTION}], got {value}")
     return int(value)
 
 

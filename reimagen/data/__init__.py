@@ -11,14 +11,14 @@ from __future__ import annotations
 from reimagen.core.hookspecs import hookimpl
 
 
-def emoji_source(**options):
+def make_emoji_source(**options):
     """``EmojiSource(**options)``: artists=, limit=, names=, size=, processes=."""
     from reimagen.data.emoji_source import EmojiSource
 
     return EmojiSource(**options)
 
 
-def folder_source(**options):
+def make_folder_source(**options):
     """``FolderSource(folder=...)``: images listed in ``<folder>/captions.jsonl``."""
     from reimagen.data.folder_source import FolderSource
 
@@ -27,5 +27,5 @@ def folder_source(**options):
 
 @hookimpl
 def reimagen_register_sources(register):
-    register("emoji", emoji_source)
-    register("folder", folder_source)
+    register("emoji", make_emoji_source)
+    register("folder", make_folder_source)

