@@ -2,9 +2,10 @@
 
 The oracle: for Gaussian data x0 ~ N(μ, s²I) the ideal ε is closed form,
     E[ε | x_t] = σ_t·(x_t − α_t μ)/(α_t² s² + σ_t²),
-and the probability-flow ODE maps each noise sample x_1 to μ + s·z, z = (x_1 − α_1 μ)/√(α_1² s² + σ_1²),
-so deterministic samplers can be checked per sample and the stochastic one by its exact output
-moments. The mock denoisers evaluate that oracle per condition variant, each variant with its own
+and the probability-flow ODE maps each noise sample x_1 to μ + s·z with
+z = (x_1 − α_1 μ)/√(α_1² s² + σ_1²) (its z-score is kept along the flow), so deterministic
+samplers can be checked per sample and the stochastic one by its exact output moments. The mock
+denoisers evaluate that oracle per condition variant, each variant with its own
 mean, so guidance too has an exact target (the guided ε is the oracle of the guided mean).
 """
 

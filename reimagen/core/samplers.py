@@ -77,9 +77,8 @@ def plan_sampling(
     schedule = CosineSchedule() if schedule is None else schedule
     for method in ("time_grid", "logsnr", "alpha_sigma"):
         if not callable(getattr(schedule, method, None)):
-            raise TypeError(
-                f"schedule must provide {method}() like CosineSchedule; got {type(schedule).__name__}"
-            )
+            got = type(schedule).__name__
+            raise TypeError(f"schedule must provide {method}() like CosineSchedule; got {got}")
     times = np.asarray(schedule.time_grid(steps), dtype=np.float64)  # [steps+1]
     alpha, sigma = (np.asarray(a, dtype=np.float64) for a in schedule.alpha_sigma(times))
     logsnr = np.asarray(schedule.logsnr(times), dtype=np.float64)

@@ -41,7 +41,7 @@ class Thresholding(ConfigMixin):
 
 
 def dynamic_threshold(x0_hat: Any, percentile: float) -> Any:
-    """s = max(1, quantile_p(|x̂0|)) per sample; x̂0 ← clip(x̂0, −s, s) / s.  [B, ...] -> [B, ...]"""
+    """s = max(1, quantile_p(|x̂0|)) per sample; x̂0 ← clip(x̂0, −s, s)/s. [B, ...] -> [B, ...]"""
     s = per_sample_quantile(abs(x0_hat), percentile).clip(min=1.0)  # [B]
     s = per_sample(s, x0_hat.ndim)  # [B, 1, 1, 1]
     return x0_hat.clip(min=-s, max=s) / s
