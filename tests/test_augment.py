@@ -23,9 +23,9 @@ def test_noise_augment_endpoints_and_variance():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
     eps = rng.standard_normal(x.shape).astype(np.float32)
-    np.testing.assert_allclose(noise_augment(x, 0.0, eps), x, atol=1e-4)  # a=0: clean
+    np.testing.assert_allclose(noise_augment(x, 0.0, eps), x, atol=5e-4)  # a=0: clean
     pure = noise_augment(x, 1.0, eps)
-    np.testing.assert_allclose(pure, eps, atol=1e-4)  # a=1: pure noise
+    np.testing.assert_allclose(pure, eps, atol=5e-4)  # a=1: pure noise
     levels = np.array([0.0, 0.25, 0.5, 1.0])
     mixed = noise_augment(x, levels, eps)
     alpha, sigma = CosineSchedule().alpha_sigma(levels)

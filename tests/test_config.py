@@ -61,3 +61,10 @@ def test_schedule_endpoints_and_monotone():
 
     t = np.array([0.2, 0.5, 0.8])
     assert np.allclose(sch.alpha_bar(t), np.cos(np.pi * t / 2) ** 2, atol=1e-4)
+
+
+def test_nan_is_rejected_by_range_validators():
+    from reimagen.core.training import TrainConfig
+
+    with pytest.raises(ConfigError, match="lr must be in"):
+        TrainConfig(lr=float("nan"))

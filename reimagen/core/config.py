@@ -98,7 +98,8 @@ def _build(tp, value):
 def in_range(lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False):
     def check(inst, attribute, value):
         bad = (
-            (lo is not None and (value <= lo if lo_open else value < lo))
+            value != value  # NaN passes every comparison below
+            or (lo is not None and (value <= lo if lo_open else value < lo))
             or (hi is not None and (value >= hi if hi_open else value > hi))
         )
         if bad:
