@@ -18,6 +18,7 @@ import attrs
 import numpy as np
 
 from reimagen.core import registry
+from reimagen.core.augment import noise_augment, resize_bilinear
 from reimagen.core.generation import SamplingConfig
 from reimagen.core.interfaces import RetrievalResult, SamplerNoise, TextEncoding
 
@@ -71,13 +72,16 @@ class Pipeline:
     ``k=0`` or ``retriever=None`` for the no-retrieval baseline.
     """
 
-    def __init__(self, *, model, backend, encoder, kb=None, retriever=None, image_size: int):
+    def __init__(
+        self, *, model, backend, encoder, kb=None, retriever=None, image_size: int, lowres_size=0
+    ):
         self.model = model
         self.backend = backend
         self.encoder = encoder
         self.kb = kb
         self.retriever = retriever
         self.image_size = int(image_size)
+        self.lowres_size = int(lowres_size)  # > 0: a super-resolution stage
 
     @classmethod
     def from_checkpoint(
@@ -99,6 +103,7 @@ class Pipeline:
             kb=kb,
             retriever=retriever,
             image_size=config.image_size,
+            lowres_size=config.lowres_size,
         )
 
     def retrieve(self, prompts: Sequence[str], k: int) -> RetrievalResult:
@@ -115,9 +120,11 @@ class Pipeline:
         sampling: SamplingConfig = SamplingConfig(),
         seed: int = 0,
         neighbor_rows: np.ndarray | None = None,
+        lowres: np.ndarray | None = None,
         callback: Any = None,
     ) -> Generation:
-        """Sample one image per prompt. ``neighbor_rows`` [B, K] overrides retrieval."""
+        """Sample one image per prompt. ``neighbor_rows`` [B, K] overrides retrieval;
+        ``lowres`` [B, h, w, 3] in [-1, 1] conditions a super-resolution stage."""
         prompts = tuple(prompts)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("prompts must be non-empty strings")
@@ -141,9 +148,12 @@ class Pipeline:
         else:
             nb_images = np.zeros((len(prompts), 0, size, size, 3), np.float32)
             nb_text = _empty_neighbor_text(text, len(prompts))
-        denoiser = self.backend.make_denoiser(self.model, text, nb_images, nb_text)
         rng = np.random.default_rng(seed)
         noise = SamplerNoise.draw(rng, (len(prompts), size, size, 3), sampling.steps)
+        conditioning = {}
+        if self.lowres_size:
+            conditioning = self._lowres_conditioning(lowres, sampling.aug_level, rng)
+        denoiser = self.backend.make_denoiser(self.model, text, nb_images, nb_text, **conditioning)
         result = sampler(
             denoiser, guidance, noise, steps=sampling.steps, thresholding=thresholding,
             callback=callback,
@@ -158,6 +168,21 @@ class Pipeline:
             seconds=time.perf_counter() - start,
             variants_per_step=result.variants_per_step,
         )
+
+
+    def _lowres_conditioning(self, lowres, aug_level: float, rng: np.random.Generator) -> dict:
+        """Upsample the previous stage's images and corrupt them at the fixed ``aug_level``."""
+        if lowres is None:
+            raise ValueError("lowres images are required by a super-resolution stage")
+        lowres = np.asarray(lowres, np.float32)
+        if lowres.shape[1:3] != (self.lowres_size, self.lowres_size):
+            raise ValueError(
+                f"lowres must be {self.lowres_size}x{self.lowres_size}, got "
+                f"{lowres.shape[1]}x{lowres.shape[2]}"
+            )
+        upsampled = resize_bilinear(lowres, self.image_size)
+        noise = rng.standard_normal(upsampled.shape, dtype=np.float32)
+        return {"lowres": noise_augment(upsampled, aug_level, noise), "aug_level": aug_level}
 
 
 def _empty_neighbor_text(text: TextEncoding, batch: int) -> TextEncoding:

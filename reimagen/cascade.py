@@ -1,0 +1,77 @@
+"""A cascade of stages, base → SR → SR (paper §3.1, DESIGN §7).
+
+Each stage is a :class:`~reimagen.pipeline.Pipeline` (its own network, retriever view, encoder,
+backend) with its own sampling settings and K. The base stage retrieves the neighbours once; the
+super-resolution stages reuse the same KB rows at their own resolution and are conditioned on
+the previous stage's output (upsampled and noise-augmented at a fixed level, Imagen §2.5).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import numpy as np
+
+from reimagen.core.generation import SamplingConfig
+from reimagen.core.interfaces import Cascade as CascadeInterface
+from reimagen.pipeline import Generation, Pipeline
+
+
+class CascadeError(ValueError):
+    """Stages that do not fit together."""
+
+
+@attrs.frozen
+class Stage:
+    name: str
+    pipeline: Pipeline
+    sampling: SamplingConfig = SamplingConfig()
+    k: int = 2
+
+
+class Cascade(CascadeInterface):
+    def __init__(self, stages: Sequence[Stage]):
+        self.stages = tuple(stages)
+        check_stages(self.stages)
+
+    def generate(
+        self, prompts: Sequence[str], *, seed: int = 0, neighbor_rows: np.ndarray | None = None,
+        callback=None,
+    ) -> list[Generation]:
+        """Every stage's Generation, lowest resolution first."""
+        results: list[Generation] = []
+        for index, stage in enumerate(self.stages):
+            previous = results[-1] if results else None
+            rows = neighbor_rows if previous is None else previous.neighbor_rows[:, : stage.k]
+            lowres = None if previous is None else previous.images.astype(np.float32) / 127.5 - 1
+            results.append(
+                stage.pipeline.generate(
+                    prompts, k=stage.k, sampling=stage.sampling, seed=seed + 1000 * index,
+                    neighbor_rows=rows, lowres=lowres, callback=callback,
+                )
+            )
+        return results
+
+
+def check_stages(stages: Sequence[Stage]) -> None:
+    """Fail before any compute if a stage's input resolution is not the previous output's."""
+    if not stages:
+        raise CascadeError("a cascade needs at least one stage")
+    if stages[0].pipeline.lowres_size:
+        raise CascadeError(
+            f"stage {stages[0].name!r} is a super-resolution stage "
+            f"({stages[0].pipeline.lowres_size}→{stages[0].pipeline.image_size}) and cannot come first"
+        )
+    for before, after in zip(stages, stages[1:]):
+        want, have = after.pipeline.lowres_size, before.pipeline.image_size
+        if want != have:
+            raise CascadeError(
+                f"stage {after.name!r} expects {want}x{want} input but stage {before.name!r} "
+                f"outputs {have}x{have}"
+            )
+        if after.k > before.k:
+            raise CascadeError(
+                f"stage {after.name!r} uses k={after.k} neighbours but stage {before.name!r} "
+                f"retrieved only k={before.k}"
+            )
