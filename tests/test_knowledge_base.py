@@ -67,8 +67,9 @@ def image_folder(tmp_path) -> Path:
 
 @pytest.fixture
 def folder_kb(image_folder, tmp_path) -> KnowledgeBase:
-    return build_from_source(FolderSource(folder=image_folder), tmp_path / "kb",
-                             resolution=S, progress=False)
+    return build_from_source(
+        FolderSource(folder=image_folder), tmp_path / "kb", resolution=S, progress=False
+    )
 
 
 def _items(n: int = 3, entity: str = ""):
@@ -110,8 +111,9 @@ def test_rows_views_and_entities(tmp_path):
         ("a/1f350", "pear, a emoji", "a", "pear", _pixels(2)),
         ("c/1f350", "pear, c emoji", "c", "pear", _pixels(3)),
     ]
-    kb = build_knowledge_base(items, tmp_path / "kb", resolution=S, entities=entities,
-                              progress=False)
+    kb = build_knowledge_base(
+        items, tmp_path / "kb", resolution=S, entities=entities, progress=False
+    )
     kb = KnowledgeBase.open(kb.folder)
     assert kb.entities["pear"] == entities[1]
     assert kb.by_entity() == {"red apple": [0, 1], "pear": [2, 3]}
@@ -213,8 +215,9 @@ def test_failed_rebuild_keeps_the_old_kb(folder_kb, image_folder):
     before = folder_kb.fingerprint
     (image_folder / "a.png").write_bytes(b"garbage")
     with pytest.raises(KnowledgeBaseError, match=r"a\.png: unreadable image"):
-        build_from_source(FolderSource(folder=image_folder), folder_kb.folder, resolution=S,
-                          progress=False)
+        build_from_source(
+            FolderSource(folder=image_folder), folder_kb.folder, resolution=S, progress=False
+        )
     assert KnowledgeBase.open(folder_kb.folder).fingerprint == before
     assert sorted(p.name for p in folder_kb.folder.parent.iterdir()) == ["kb", "pictures"]
 
@@ -224,11 +227,15 @@ def test_failed_rebuild_keeps_the_old_kb(folder_kb, image_folder):
     [
         (lambda f: (f / "captions.jsonl").unlink(), r"captions\.jsonl: missing"),
         (lambda f: (f / "sub" / "c.png").unlink(), r"sub/c\.png: image file not found"),
-        (lambda f: (f / "captions.jsonl").write_text('{"image": "a.png", "text": "  "}\n'),
-         r"line 1: empty caption for image 'a\.png'"),
+        (
+            lambda f: (f / "captions.jsonl").write_text('{"image": "a.png", "text": "  "}\n'),
+            r"line 1: empty caption for image 'a\.png'",
+        ),
         (lambda f: (f / "captions.jsonl").write_text('{"image": "a.png"\n'), r"line 1: not JSON"),
-        (lambda f: (f / "captions.jsonl").write_text('{"image": "../x.png", "text": "t"}\n'),
-         r"must be a path inside"),
+        (
+            lambda f: (f / "captions.jsonl").write_text('{"image": "../x.png", "text": "t"}\n'),
+            r"must be a path inside",
+        ),
     ],
 )
 def test_folder_source_bad_input(image_folder, edit, message):
@@ -276,8 +283,9 @@ def test_rgb_composites_a_hand_made_image(tmp_path):
     image[:2, 2:] = (0, 255, 0, 128)
     image[2:, :2] = (0, 0, 255, 0)
     image[2:, 2:] = (255, 255, 255, 51)
-    kb = build_knowledge_base([("t/x", "a test", "t", "", image)], tmp_path / "kb",
-                              resolution=4, progress=False)
+    kb = build_knowledge_base(
+        [("t/x", "a test", "t", "", image)], tmp_path / "kb", resolution=4, progress=False
+    )
     out = kb.rgb([0], background=(0, 0, 255))
     assert out.shape == (1, 4, 4, 3) and out.dtype == np.float32
     a = 128 / 255
@@ -308,22 +316,37 @@ def test_rgb_composites_a_hand_made_image(tmp_path):
 def test_rgb_properties(tmp_path_factory, images, background):
     """Range [-1, 1]; opaque pixels ignore the background; transparent pixels are it."""
     folder = tmp_path_factory.mktemp("kb") / "kb"
-    kb = build_knowledge_base([(f"t/{i}", "x", "t", "", images[i]) for i in range(3)], folder,
-                              resolution=8, progress=False)
+    kb = build_knowledge_base(
+        [(f"t/{i}", "x", "t", "", images[i]) for i in range(3)],
+        folder,
+        resolution=8,
+        progress=False,
+    )
     out = kb.rgb([2, 0, 1], background=background)
     assert out.shape == (3, 8, 8, 3) and np.all(out >= -1) and np.all(out <= 1)
     alpha = images[[2, 0, 1], ..., 3]
-    np.testing.assert_allclose(out[alpha == 255], images[[2, 0, 1]][alpha == 255][:, :3] / 127.5 - 1,
-                               atol=1e-6)
-    np.testing.assert_allclose(out[alpha == 0], np.broadcast_to(np.array(background) / 127.5 - 1,
-                                                                out[alpha == 0].shape), atol=1e-6)
+    np.testing.assert_allclose(
+        out[alpha == 255], images[[2, 0, 1]][alpha == 255][:, :3] / 127.5 - 1, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        out[alpha == 0],
+        np.broadcast_to(np.array(background) / 127.5 - 1, out[alpha == 0].shape),
+        atol=1e-6,
+    )
 
 
 def test_resize_area_block_mean_matches_pillow_box():
     images = np.random.default_rng(0).random((2, 12, 12, 3)).astype(np.float32)
     fast = resize_area(images, 4)  # exact block means (12 = 3 * 4)
-    planes = [[np.asarray(Image.fromarray(images[i, :, :, c], "F").resize((4, 4), Image.Resampling.BOX))
-               for c in range(3)] for i in range(2)]
+    planes = [
+        [
+            np.asarray(
+                Image.fromarray(images[i, :, :, c], "F").resize((4, 4), Image.Resampling.BOX)
+            )
+            for c in range(3)
+        ]
+        for i in range(2)
+    ]
     np.testing.assert_allclose(fast, np.stack([np.stack(p, -1) for p in planes]), atol=1e-6)
     odd = resize_area(images, 5)  # not a divisor: Pillow's box filter
     assert odd.shape == (2, 5, 5, 3)
@@ -362,8 +385,19 @@ def test_cli_build_and_info(image_folder, tmp_path, capsys):
     from reimagen.cli.main import main
 
     out = tmp_path / "cli-kb"
-    argv = ["kb", "build", "--source", "folder", "--folder", str(image_folder), "--out", str(out),
-            "--resolution", "8", "--quiet"]
+    argv = [
+        "kb",
+        "build",
+        "--source",
+        "folder",
+        "--folder",
+        str(image_folder),
+        "--out",
+        str(out),
+        "--resolution",
+        "8",
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert "built 4 records (folder 4) at 8px" in capsys.readouterr().out
     assert main(["kb", "info", str(out), "--json"]) == 0
@@ -379,8 +413,10 @@ def test_cli_build_and_info(image_folder, tmp_path, capsys):
         (["kb", "build", "--source", "folder"], "--folder is required"),
         (["kb", "build", "--source", "nope"], "unknown source 'nope'; known source names: emoji"),
         (["kb", "build", "--resolution", "3"], r"--resolution must be in \[4, 1024\]"),
-        (["kb", "build", "--source", "folder", "--folder", "/nonexistent/pics"],
-         "folder= /nonexistent/pics: not found"),
+        (
+            ["kb", "build", "--source", "folder", "--folder", "/nonexistent/pics"],
+            "folder= /nonexistent/pics: not found",
+        ),
         (["kb", "info", "/nonexistent/kb"], "knowledge base folder not found"),
     ],
 )

@@ -31,12 +31,19 @@ def add_parser(subparsers):
     commands = parser.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
 
     build = commands.add_parser("build", help="build a knowledge base from a registered source")
-    build.add_argument("--source", default="emoji",
-                       help="registered source name: emoji (default), folder, or a plugin's")
+    build.add_argument(
+        "--source",
+        default="emoji",
+        help="registered source name: emoji (default), folder, or a plugin's",
+    )
     build.add_argument("--folder", type=Path, help="input folder (source 'folder': captions.jsonl)")
     build.add_argument("--out", type=Path, help="output folder (default: $REIMAGEN_HOME/kb/<name>)")
-    build.add_argument("--resolution", type=int, default=64,
-                       help=f"side of the packed images, {MIN_RESOLUTION}..{MAX_RESOLUTION}")
+    build.add_argument(
+        "--resolution",
+        type=int,
+        default=64,
+        help=f"side of the packed images, {MIN_RESOLUTION}..{MAX_RESOLUTION}",
+    )
     build.add_argument("--artists", help=f"emoji: comma-separated subset of {','.join(ARTISTS)}")
     build.add_argument("--limit", type=int, help="emoji: only this many entities (a quick look)")
     build.add_argument("--processes", type=int, default=2, help="emoji: rendering processes")
@@ -61,8 +68,11 @@ def source_options(args) -> dict:
     if args.source == "folder":
         if args.folder is None:
             raise _user_error("--folder is required with --source folder")
-        stray = [flag for flag, value in (("--artists", args.artists), ("--limit", args.limit))
-                 if value is not None]
+        stray = [
+            flag
+            for flag, value in (("--artists", args.artists), ("--limit", args.limit))
+            if value is not None
+        ]
         if stray:
             raise _user_error(f"{', '.join(stray)} only apply to --source emoji")
         return {"folder": args.folder}
@@ -100,8 +110,9 @@ def run_build(args) -> int:
     try:
         source = factory(**options)
         info = source.info() if hasattr(source, "info") else {}
-        kb = build_from_source(source, out, resolution=args.resolution,
-                               progress=not args.quiet, info=info)
+        kb = build_from_source(
+            source, out, resolution=args.resolution, progress=not args.quiet, info=info
+        )
     except KnowledgeBaseError as err:
         raise _user_error(str(err)) from None
     seconds = time.perf_counter() - started
@@ -134,8 +145,8 @@ def format_summary(summary: dict) -> str:
         *(f"  {name:<17} {n:,}" for name, n in summary["counts"].items()),
         f"entities            {summary['entities']:,} ({summary['entities_drawn']:,} drawn)",
         f"with twemoji        {with_target:,}",
-        f">=1 other artist    {summary['fraction_with_other']:.1%} of those "
-        f"(other artists per entity -> entities: {histogram})",
+        f">=1 other artist    {summary['fraction_with_other']:.1%} of those",
+        f"  other artists per entity -> entities: {histogram}",
         f"resolution          {summary['resolution']}",
         f"fingerprint         {summary['fingerprint']}",
         f"built               {summary['built_at']} in {summary['build_seconds']} s",

@@ -39,8 +39,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -84,7 +85,7 @@ class Entity:
         return attrs.asdict(self)
 
     @classmethod
-    def from_dict(cls, blob: dict[str, Any]) -> "Entity":
+    def from_dict(cls, blob: dict[str, Any]) -> Entity:
         return cls(
             name=str(blob["name"]),
             emoji=str(blob["emoji"]),
@@ -112,7 +113,7 @@ class Record:
         return attrs.asdict(self)
 
     @classmethod
-    def from_dict(cls, blob: dict[str, Any]) -> "Record":
+    def from_dict(cls, blob: dict[str, Any]) -> Record:
         return cls(**{field.name: blob[field.name] for field in attrs.fields(cls)})
 
 
@@ -157,7 +158,7 @@ class KnowledgeBase:
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def open(cls, folder: str | os.PathLike, verify: bool = True) -> "KnowledgeBase":
+    def open(cls, folder: str | os.PathLike, verify: bool = True) -> KnowledgeBase:
         """Open a KB folder. ``verify`` checks every manifest file exists with its sha256, that
         images/ holds no extra files and that the packed array's shape and hash match; a
         mismatch raises KnowledgeBaseError naming the file. The fingerprint, manifest rows and
@@ -186,8 +187,10 @@ class KnowledgeBase:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={n}" for s, n in self.source_counts().items())
-        return f"KnowledgeBase({str(self.folder)!r}, {len(self)} records: {counts}, " \
-               f"resolution={self.resolution})"
+        return (
+            f"KnowledgeBase({str(self.folder)!r}, {len(self)} records: {counts}, "
+            f"resolution={self.resolution})"
+        )
 
     @property
     def texts(self) -> list[str]:
@@ -205,8 +208,9 @@ class KnowledgeBase:
         except KeyError:
             raise KeyError(f"no record with key {key!r} in {self.folder}") from None
 
-    def rows(self, sources: Iterable[str] | None = None,
-             entities: Iterable[str] | None = None) -> np.ndarray:
+    def rows(
+        self, sources: Iterable[str] | None = None, entities: Iterable[str] | None = None
+    ) -> np.ndarray:
         """int64 row ids (ascending) of the records from ``sources`` that draw ``entities``:
         a *view* of the KB for a retriever to index (DESIGN §8: same-style vs cross-style).
         None means all; an unknown source or entity raises, listing the known ones."""
@@ -321,14 +325,16 @@ def build_knowledge_base(
     started = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_builds(folder)
-    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(folder) + f"{os.getpid()}-",
-                                    dir=folder.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=_staging_prefix(folder) + f"{os.getpid()}-", dir=folder.parent)
+    )
     try:
         records = _write_items(items, staging, resolution, entity_table, progress)
         manifest = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
         rio.atomic_write_text(staging / MANIFEST, manifest)
-        entities_json = json.dumps([e.to_dict() for e in entity_table.values()],
-                                   ensure_ascii=False, indent=1)
+        entities_json = json.dumps(
+            [e.to_dict() for e in entity_table.values()], ensure_ascii=False, indent=1
+        )
         rio.atomic_write_text(staging / ENTITIES, entities_json + "\n")
         meta = _build_meta(staging, records, resolution, entity_table, info)
         meta["build_seconds"] = round(time.perf_counter() - started, 3)
@@ -340,18 +346,32 @@ def build_knowledge_base(
     return KnowledgeBase.open(folder, verify=False)
 
 
-def build_from_source(source: KnowledgeBaseSource, folder: str | os.PathLike, *,
-                      resolution: int = 64, progress: bool = True,
-                      info: dict[str, Any] | None = None) -> KnowledgeBase:
+def build_from_source(
+    source: KnowledgeBaseSource,
+    folder: str | os.PathLike,
+    *,
+    resolution: int = 64,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> KnowledgeBase:
     """Build a KB from a registered source (``registry.get("source", name)(**options)``)."""
     return build_knowledge_base(
-        source.items(), folder, resolution=resolution, entities=source.entities(),
-        progress=progress, info={"source": source.name, **(info or {})},
+        source.items(),
+        folder,
+        resolution=resolution,
+        entities=source.entities(),
+        progress=progress,
+        info={"source": source.name, **(info or {})},
     )
 
 
-def _write_items(items: Iterable[KBItem], staging: Path, resolution: int,
-                 entity_table: dict[str, Entity], progress: bool) -> list[Record]:
+def _write_items(
+    items: Iterable[KBItem],
+    staging: Path,
+    resolution: int,
+    entity_table: dict[str, Entity],
+    progress: bool,
+) -> list[Record]:
     """Check and write each item: its PNG under images/, its packed row to a raw scratch file
     (so memory stays flat however many items), then the raw rows into images.npy."""
     records: list[Record] = []
@@ -374,8 +394,17 @@ def _write_items(items: Iterable[KBItem], staging: Path, resolution: int,
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (staging / rel).write_bytes(png)
             raw.write(pack_rgba(rgba, resolution).tobytes())
-            records.append(Record(row=len(records), key=key, text=text, source=source,
-                                  entity=entity, image=rel, sha256=rio.sha256_bytes(png)))
+            records.append(
+                Record(
+                    row=len(records),
+                    key=key,
+                    text=text,
+                    source=source,
+                    entity=entity,
+                    image=rel,
+                    sha256=rio.sha256_bytes(png),
+                )
+            )
     if not records:
         raise KnowledgeBaseError("no items to build a knowledge base from (the source is empty)")
     shape = (len(records), resolution, resolution, 4)
@@ -394,12 +423,15 @@ def _check_item(item, index: int, entity_table: dict[str, Entity]) -> KBItem:
             f"item {index}: expected (key, text, source, entity, image), got {type(item).__name__}"
         ) from None
     if not isinstance(key, str) or not key.strip() or "\n" in key:
-        raise KnowledgeBaseError(f"item {index}: key must be a non-empty one-line string, got {key!r}")
+        raise KnowledgeBaseError(
+            f"item {index}: key must be a non-empty one-line string, got {key!r}"
+        )
     if not isinstance(text, str) or not text.strip():
         raise KnowledgeBaseError(f"item {key!r}: empty caption (text must be non-empty)")
     if not isinstance(source, str) or not SOURCE_NAME.match(source):
         raise KnowledgeBaseError(
-            f"item {key!r}: source must be a lowercase name like 'twemoji' or 'folder', got {source!r}"
+            f"item {key!r}: source must be a lowercase name like 'twemoji' or 'folder', "
+            f"got {source!r}"
         )
     if not isinstance(entity, str):
         raise KnowledgeBaseError(f"item {key!r}: entity must be a string, got {entity!r}")
@@ -412,7 +444,7 @@ def _check_item(item, index: int, entity_table: dict[str, Entity]) -> KBItem:
 
 def _image_path(source: str, key: str) -> str:
     """images/<source>/<name>.png, name = the key without its "<source>/" prefix, made safe."""
-    stem = key[len(source) + 1:] if key.startswith(source + "/") else key
+    stem = key[len(source) + 1 :] if key.startswith(source + "/") else key
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
     return f"{IMAGES}/{source}/{stem}.png"
 
@@ -457,7 +489,8 @@ def _array_to_image(array: np.ndarray, key: str):
 
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
         raise KnowledgeBaseError(
-            f"item {key!r}: an array image must be uint8 [H, W, 3|4], got {array.dtype} {array.shape}"
+            f"item {key!r}: an array image must be uint8 [H, W, 3|4], "
+            f"got {array.dtype} {array.shape}"
         )
     return Image.fromarray(np.ascontiguousarray(array), "RGBA" if array.shape[2] == 4 else "RGB")
 
@@ -497,8 +530,13 @@ def resize_area(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _build_meta(staging: Path, records: list[Record], resolution: int,
-                entity_table: dict[str, Entity], info: dict[str, Any] | None) -> dict[str, Any]:
+def _build_meta(
+    staging: Path,
+    records: list[Record],
+    resolution: int,
+    entity_table: dict[str, Entity],
+    info: dict[str, Any] | None,
+) -> dict[str, Any]:
     manifest_sha = rio.sha256_file(staging / MANIFEST)
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -511,7 +549,7 @@ def _build_meta(staging: Path, records: list[Record], resolution: int,
         "images_shape": [len(records), resolution, resolution, 4],
         "images_sha256": rio.sha256_file(staging / PACKED),
         "entities_sha256": rio.sha256_file(staging / ENTITIES),
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     for key, value in (info or {}).items():
         if key in meta:
@@ -556,7 +594,7 @@ def _remove_abandoned_builds(folder: Path) -> None:
     """Delete staging folders of builds whose process is gone (killed before its cleanup ran)."""
     prefix = _staging_prefix(folder)
     for entry in folder.parent.glob(prefix + "*"):
-        pid = entry.name[len(prefix):].split("-", 1)[0]
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
 
@@ -575,7 +613,9 @@ def _entity_table(entities: Iterable[Entity] | None) -> dict[str, Entity]:
     table: dict[str, Entity] = {}
     for entity in entities or ():
         if not isinstance(entity, Entity):
-            raise KnowledgeBaseError(f"entities= must hold Entity objects, got {type(entity).__name__}")
+            raise KnowledgeBaseError(
+                f"entities= must hold Entity objects, got {type(entity).__name__}"
+            )
         if entity.name in table:
             raise KnowledgeBaseError(f"entities=: duplicate entity name {entity.name!r}")
         table[entity.name] = entity
@@ -626,13 +666,16 @@ def _parse_manifest(path: Path, blob: bytes) -> tuple[Record, ...]:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise KnowledgeBaseError(f"{path}: line {number} is not a record ({err})") from None
         if record.row != number - 1:
-            raise KnowledgeBaseError(f"{path}: line {number} has row {record.row}, expected {number - 1}")
+            raise KnowledgeBaseError(
+                f"{path}: line {number} has row {record.row}, expected {number - 1}"
+            )
         records.append(record)
     return tuple(records)
 
 
-def _read_entities(folder: Path, records: Sequence[Record],
-                   meta: dict[str, Any] | None) -> dict[str, Entity]:
+def _read_entities(
+    folder: Path, records: Sequence[Record], meta: dict[str, Any] | None
+) -> dict[str, Entity]:
     blob = _read_bytes(folder, ENTITIES)
     if meta is not None and rio.sha256_bytes(blob) != meta.get("entities_sha256"):
         raise KnowledgeBaseError(f"{folder / ENTITIES}: sha256 does not match {META}")
@@ -642,7 +685,9 @@ def _read_entities(folder: Path, records: Sequence[Record],
         raise KnowledgeBaseError(f"{folder / ENTITIES}: not a list of entities ({err})") from None
     missing = sorted({r.entity for r in records if r.entity and r.entity not in entities})
     if missing:
-        raise KnowledgeBaseError(f"{folder / ENTITIES}: records name unknown entities {missing[:5]}")
+        raise KnowledgeBaseError(
+            f"{folder / ENTITIES}: records name unknown entities {missing[:5]}"
+        )
     return entities
 
 
@@ -656,7 +701,11 @@ def _open_packed(folder: Path, meta: dict[str, Any], count: int, verify: bool) -
         raise KnowledgeBaseError(f"{path}: not a readable .npy array ({err})") from None
     side = int(meta["resolution"])
     expected = (count, side, side, 4)
-    if images.shape != expected or images.dtype != np.uint8 or list(expected) != meta["images_shape"]:
+    if (
+        images.shape != expected
+        or images.dtype != np.uint8
+        or list(expected) != meta["images_shape"]
+    ):
         raise KnowledgeBaseError(
             f"{path}: shape {images.shape} {images.dtype}, expected uint8 {expected} "
             f"({count} manifest records at resolution {side})"
@@ -698,7 +747,8 @@ def _check_background(background, n: int) -> np.ndarray:
     colour = np.asarray(background, dtype=np.float32)
     if colour.shape not in ((3,), (n, 3)) or not np.all((colour >= 0) & (colour <= 255)):
         raise KnowledgeBaseError(
-            f"background must be an RGB triple in 0..255 or one per row [{n}, 3], got {background!r}"
+            f"background must be an RGB triple in 0..255 or one per row [{n}, 3], "
+            f"got {background!r}"
         )
     return np.broadcast_to(colour, (n, 3)).reshape(n, 1, 1, 3)
 

@@ -32,8 +32,8 @@ import json
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from reimagen.core import paths
 from reimagen.core.knowledge_base import ARTISTS, Entity, KBItem, KnowledgeBaseError
@@ -55,7 +55,7 @@ TAG_CHARS = range(0xE0020, 0xE0080)
 
 # -------------------------------------------------------------------- entities
 def codepoints_of(emoji_string: str) -> str:
-    """"🍎" -> "1f34e": lowercase hex joined by "-", variation selector fe0f dropped."""
+    """ "🍎" -> "1f34e": lowercase hex joined by "-", variation selector fe0f dropped."""
     return "-".join(f"{ord(ch):x}" for ch in emoji_string if ord(ch) != 0xFE0F)
 
 
@@ -85,8 +85,9 @@ def read_emoji_groups(path: Path | None = EMOJI_TEST) -> dict[str, tuple[str, st
             subgroup = line.split(":", 1)[1].strip()
         elif line and not line.startswith("#") and ";" in line:
             points = line.split(";", 1)[0].split()
-            key = "-".join(p.lower() for p in points if p.lower() != FE0F)
-            table.setdefault(key, (group, subgroup))
+            key = normalize_codepoints("-".join(points))  # "0023 FE0F 20E3" -> "23-20e3"
+            if key:
+                table.setdefault(key, (group, subgroup))
     return table
 
 
@@ -113,13 +114,23 @@ def load_entities(emoji_test: Path | None = EMOJI_TEST) -> list[Entity]:
         if name in seen:
             name = f"{name} {codepoints}"  # keep names unique (entities are keyed by name)
         seen.add(name)
-        entities.append(Entity(name=name, emoji=string, codepoints=codepoints, group=group,
-                               subgroup=subgroup, version=float(data["E"]), is_flag=flag))
+        entities.append(
+            Entity(
+                name=name,
+                emoji=string,
+                codepoints=codepoints,
+                group=group,
+                subgroup=subgroup,
+                version=float(data["E"]),
+                is_flag=flag,
+            )
+        )
     return entities
 
 
-def select_entities(entities: Sequence[Entity], limit: int | None = None,
-                    names: Iterable[str] | None = None) -> list[Entity]:
+def select_entities(
+    entities: Sequence[Entity], limit: int | None = None, names: Iterable[str] | None = None
+) -> list[Entity]:
     """A subset for tests and quick builds: ``names`` picks by name (unknown -> error);
     ``limit`` keeps ``limit`` entities spread evenly over the list (so a small subset still
     holds several groups, flags included)."""
@@ -129,7 +140,9 @@ def select_entities(entities: Sequence[Entity], limit: int | None = None,
         names = [names] if isinstance(names, str) else list(names)
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise KnowledgeBaseError(f"names=: unknown entities {unknown[:5]} (CLDR names, e.g. 'red apple')")
+            raise KnowledgeBaseError(
+                f"names=: unknown entities {unknown[:5]} (CLDR names, e.g. 'red apple')"
+            )
         chosen = [by_name[n] for n in names]
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -173,14 +186,24 @@ def _png(picture) -> bytes:
 
 
 def _index_by_codepoints(folder: Path, suffix: str) -> dict[str, Path]:
-    """file stem (code points, any case, fe0f dropped) -> file, for files ending in suffix."""
+    """file stem (code points, any case, zero-padded or not, fe0f dropped) -> file, for files
+    ending in suffix: OpenMoji writes "0023-FE0F-20E3", Twemoji "23-20e3"."""
     table: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.endswith(suffix):
-            stem = path.name[: -len(suffix)].lower()
-            key = "-".join(p for p in stem.split("-") if p != FE0F)
-            table.setdefault(key, path)
+            key = normalize_codepoints(path.name[: -len(suffix)])
+            if key:
+                table.setdefault(key, path)
     return table
+
+
+def normalize_codepoints(text: str) -> str | None:
+    """ "0023-FE0F-20E3" -> "23-20e3" (our key form); None if it is not hex code points."""
+    try:
+        points = [int(p, 16) for p in text.split("-")]
+    except ValueError:
+        return None
+    return "-".join(f"{p:x}" for p in points if p != 0xFE0F)
 
 
 class Twemoji:
@@ -194,29 +217,39 @@ class Twemoji:
         self.size = size
         self.files = _index_by_codepoints(Path(get_extension_folder("png")), ".png")
 
+    def covers(self, entity: Entity) -> bool:
+        return entity.codepoints in self.files
+
     def encoded(self, entity: Entity) -> bytes | None:
-        """The PNG file itself when it is already ``size``, else a resized copy."""
+        """The PNG file itself at the native size (72), else a resized copy."""
         path = self.files.get(entity.codepoints)
         if path is None:
             return None
         blob = path.read_bytes()
-        picture = self.render(entity, blob)
-        return blob if picture.size == (self.size, self.size) and picture.mode == "RGBA" else _png(picture)
+        native = self._decode(blob)
+        if native.size == (self.size, self.size):
+            return blob
+        return _png(self._resize(native))
 
-    def render(self, entity: Entity, blob: bytes | None = None):
+    def render(self, entity: Entity):
+        path = self.files.get(entity.codepoints)
+        return None if path is None else self._resize(self._decode(path.read_bytes()))
+
+    @staticmethod
+    def _decode(blob: bytes):
         from PIL import Image
 
-        if blob is None:
-            path = self.files.get(entity.codepoints)
-            if path is None:
-                return None
-            blob = path.read_bytes()
         picture = Image.open(io.BytesIO(blob))
         picture.load()
-        picture = picture.convert("RGBA")
-        if picture.size != (self.size, self.size):
-            picture = picture.resize((self.size, self.size), Image.Resampling.LANCZOS)
-        return picture
+        return picture.convert("RGBA")
+
+    def _resize(self, picture):
+        from PIL import Image
+
+        if picture.size == (self.size, self.size):
+            return picture
+        method = Image.Resampling.BOX if picture.width > self.size else Image.Resampling.LANCZOS
+        return picture.resize((self.size, self.size), method)
 
 
 class _SvgArtist:
@@ -231,8 +264,9 @@ class _SvgArtist:
         from PIL import Image
 
         oversample = 2 * self.size  # render larger, then box-downsample in _fit: smoother edges
-        blob = resvg_py.svg_to_bytes(svg_path=svg_path, svg_string=svg_string,
-                                     width=oversample, height=oversample)
+        blob = resvg_py.svg_to_bytes(
+            svg_path=svg_path, svg_string=svg_string, width=oversample, height=oversample
+        )
         picture = Image.open(io.BytesIO(bytes(blob)))
         picture.load()
         return _fit(picture.convert("RGBA"), self.size, self.typical_extent * oversample)
@@ -253,6 +287,9 @@ class OpenMoji(_SvgArtist):
 
         self.size = size
         self.files = _index_by_codepoints(Path(get_openmoji_svg_data()), ".svg")
+
+    def covers(self, entity: Entity) -> bool:
+        return entity.codepoints in self.files
 
     def render(self, entity: Entity):
         path = self.files.get(entity.codepoints)
@@ -287,12 +324,16 @@ class Fluent(_SvgArtist):
                 f"fluent artist not installed: set ${FLUENT_ENV} or run scripts/install_artists.sh"
             )
         self.size = size
-        self.chars = {k.lower(): v for k, v in json.loads((folder / "chars.json").read_text()).items()}
-        self.chars = {"-".join(p for p in k.split("-") if p != FE0F): v for k, v in self.chars.items()}
+        chars = json.loads((folder / "chars.json").read_text())
+        self.chars = {normalize_codepoints(k): v for k, v in chars.items()}
         data = json.loads((folder / "icons.json").read_text())
         self.icons, self.aliases = data["icons"], data.get("aliases", {})
-        self.default_box = (data.get("left", 0), data.get("top", 0),
-                            data.get("width", 16), data.get("height", 16))
+        self.default_box = (
+            data.get("left", 0),
+            data.get("top", 0),
+            data.get("width", 16),
+            data.get("height", 16),
+        )
 
     def svg(self, icon_name: str) -> str | None:
         """The standalone SVG of an icon (Iconify format: body + box, aliases resolved)."""
@@ -327,8 +368,15 @@ class Fluent(_SvgArtist):
             transforms.append(f"rotate({90 * rotate} {cx} {cy})")
         if transforms:
             body = f'<g transform="{" ".join(transforms)}">{body}</g>'
-        return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
-                f'viewBox="{left} {top} {width} {height}" width="{width}" height="{height}">{body}</svg>')
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+            f'viewBox="{left} {top} {width} {height}" width="{width}" height="{height}">'
+            f"{body}</svg>"
+        )
+
+    def covers(self, entity: Entity) -> bool:
+        icon_name = self.chars.get(entity.codepoints)
+        return icon_name is not None and self.svg(icon_name) is not None
 
     def render(self, entity: Entity):
         icon_name = self.chars.get(entity.codepoints)
@@ -353,17 +401,24 @@ class Noto:
             )
         self.size = size
         self.font = ImageFont.truetype(str(font_path), NOTO_SIZE)
-        self.glyph_width = self.font.getlength("\U0001F600")  # one emoji glyph, ~136 px
+        self.glyph_width = self.font.getlength("\U0001f600")  # one emoji glyph, ~136 px
+
+    def covers(self, entity: Entity) -> bool:
+        if self.font.getlength(entity.emoji) > 1.5 * self.glyph_width:
+            return False  # laid out as separate glyphs: the sequence is not in this font
+        _left, top, _right, bottom = self.font.getbbox(entity.emoji)
+        return bottom > top  # an empty box: no glyph at all
 
     def render(self, entity: Entity):
         from PIL import Image, ImageDraw
 
-        if self.font.getlength(entity.emoji) > 1.5 * self.glyph_width:
-            return None  # the font drew the sequence as separate glyphs: not in this font
+        if not self.covers(entity):
+            return None
         side = int(self.glyph_width * 1.5)
         canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-        ImageDraw.Draw(canvas).text((side // 8, side // 8), entity.emoji, font=self.font,
-                                    embedded_color=True)
+        ImageDraw.Draw(canvas).text(
+            (side // 8, side // 8), entity.emoji, font=self.font, embedded_color=True
+        )
         return _fit(canvas, self.size, self.typical_extent * self.glyph_width)
 
     def encoded(self, entity: Entity) -> bytes | None:
@@ -416,13 +471,18 @@ def _init_worker(names: Sequence[str], size: int) -> None:
     _WORKER_ARTISTS = make_artists(names, size)
 
 
-def _render_entity(entity: Entity, artists: Sequence | None = None) -> list[tuple[str, bytes | None]]:
+def _render_entity(
+    entity: Entity, artists: Sequence | None = None
+) -> list[tuple[str, bytes | None]]:
     """(artist, PNG bytes or None) for every artist, in artist order."""
     return [(artist.name, artist.encoded(entity)) for artist in (artists or _WORKER_ARTISTS)]
 
 
-def render_all(entities: Sequence[Entity], artists: Sequence, processes: int = 2,
-               ) -> Iterator[tuple[Entity, list[tuple[str, bytes | None]]]]:
+def render_all(
+    entities: Sequence[Entity],
+    artists: Sequence,
+    processes: int = 2,
+) -> Iterator[tuple[Entity, list[tuple[str, bytes | None]]]]:
     """Render every entity with every artist, in entity order, in ``processes`` workers
     (1: in this process)."""
     if processes <= 1 or len(entities) < 8:
@@ -438,7 +498,7 @@ def render_all(entities: Sequence[Entity], artists: Sequence, processes: int = 2
 
 
 def _start_method() -> str:
-    """"fork" where it is safe (POSIX, no threaded framework loaded in this process): fast, and
+    """ "fork" where it is safe (POSIX, no threaded framework loaded in this process): fast, and
     the caller's script is not re-imported; else "spawn" (the script then needs the usual
     ``if __name__ == "__main__":`` guard)."""
     threaded = any(name in sys.modules for name in ("torch", "jax", "tensorflow"))
@@ -454,7 +514,8 @@ def caption(entity: Entity, artist: str) -> str:
 
 
 class EmojiSource:
-    """Knowledge-base source ``"emoji"``: every entity × every installed artist.
+    """Knowledge-base source ``"emoji"``: every entity × every installed artist. Entities no
+    artist draws (emoji newer than all the sets) are left out and listed in ``undrawn``.
 
     artists: names to use (default: all installed; twemoji and openmoji are required).
     limit / names: a subset of entities (tests, quick looks). size: rendition side in pixels.
@@ -463,15 +524,25 @@ class EmojiSource:
 
     name = "emoji"
 
-    def __init__(self, *, artists: Sequence[str] | None = None, limit: int | None = None,
-                 names: Iterable[str] | None = None, size: int = DEFAULT_SIZE,
-                 processes: int = 2, emoji_test: Path | None = EMOJI_TEST):
+    def __init__(
+        self,
+        *,
+        artists: Sequence[str] | None = None,
+        limit: int | None = None,
+        names: Iterable[str] | None = None,
+        size: int = DEFAULT_SIZE,
+        processes: int = 2,
+        emoji_test: Path | None = EMOJI_TEST,
+    ):
         if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 512:
             raise KnowledgeBaseError(f"size must be an integer in [8, 512], got {size!r}")
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
             raise KnowledgeBaseError(f"processes must be a positive integer, got {processes!r}")
-        self._entities = select_entities(load_entities(emoji_test), limit, names)
+        chosen = select_entities(load_entities(emoji_test), limit, names)
         self._artists = make_artists(artists, size)
+        # Entities newer than every artist's set have no drawing at all: left out, but listed.
+        self._entities = [e for e in chosen if any(a.covers(e) for a in self._artists)]
+        self.undrawn = [e.name for e in chosen if e not in self._entities]
         self.size = size
         self.processes = processes
 
@@ -486,10 +557,18 @@ class EmojiSource:
         for entity, renditions in render_all(self._entities, self._artists, self.processes):
             for artist, png in renditions:
                 if png is not None:
-                    yield (f"{artist}/{entity.codepoints}", caption(entity, artist), artist,
-                           entity.name, png)
+                    yield (
+                        f"{artist}/{entity.codepoints}",
+                        caption(entity, artist),
+                        artist,
+                        entity.name,
+                        png,
+                    )
 
     def info(self) -> dict:
         """Extra kb.json fields: which artists and entities went in."""
-        return {"artists": self.artists, "entities_requested": len(self._entities),
-                "rendition_size": self.size}
+        return {
+            "artists": self.artists,
+            "rendition_size": self.size,
+            "entities_undrawn": self.undrawn,
+        }

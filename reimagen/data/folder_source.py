@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 import attrs
 
@@ -55,10 +55,14 @@ def read_captions(folder: Path) -> list[FolderEntry]:
         except json.JSONDecodeError as err:
             raise KnowledgeBaseError(f"{where}: not JSON ({err.msg})") from None
         if not isinstance(blob, dict) or not isinstance(blob.get("image"), str):
-            raise KnowledgeBaseError(f'{where}: expected {{"image": "<path>", "text": "<caption>"}}')
+            raise KnowledgeBaseError(
+                f'{where}: expected {{"image": "<path>", "text": "<caption>"}}'
+            )
         relative = PurePosixPath(blob["image"].replace(os.sep, "/"))
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-            raise KnowledgeBaseError(f"{where}: image {blob['image']!r} must be a path inside {folder}")
+            raise KnowledgeBaseError(
+                f"{where}: image {blob['image']!r} must be a path inside {folder}"
+            )
         text = blob.get("text")
         if not isinstance(text, str) or not text.strip():
             raise KnowledgeBaseError(f"{where}: empty caption for image {blob['image']!r}")
@@ -66,7 +70,9 @@ def read_captions(folder: Path) -> list[FolderEntry]:
         if not image.is_file():
             raise KnowledgeBaseError(f"{image}: image file not found ({where})")
         if str(relative) in seen:
-            raise KnowledgeBaseError(f"{where}: image {str(relative)!r} already listed on line {seen[str(relative)]}")
+            raise KnowledgeBaseError(
+                f"{where}: image {str(relative)!r} already listed on line {seen[str(relative)]}"
+            )
         seen[str(relative)] = number
         entries.append(FolderEntry(image=image, relative=str(relative), text=text.strip()))
     if not entries:
@@ -81,7 +87,9 @@ class FolderSource:
 
     def __init__(self, *, folder: str | os.PathLike | None = None):
         if folder is None:
-            raise KnowledgeBaseError("folder= is required for the folder source (a folder with captions.jsonl)")
+            raise KnowledgeBaseError(
+                "folder= is required for the folder source (a folder with captions.jsonl)"
+            )
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise KnowledgeBaseError(f"folder= {self.folder}: not found or not a folder")
