@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch.unet import (
     NeighborInputs,
     TextInputs,
     build_unet,
     param_count,
 )
+from reimagen.core.interfaces import TextEncoding, variant_masks
 from reimagen.core.unet_config import PRESETS, UNetConfig
 
 TINY = PRESETS["tiny"]
@@ -211,3 +213,74 @@ def test_finite_across_time_range():
     t = torch.tensor([0.0, 0.5, 1.0])
     eps = _eps(model, x, t, text, neighbors, flags(True, True, True), flags(True, True, True))
     assert np.isfinite(eps.numpy()).all()
+
+
+# ---- the denoiser: one batched call over V condition variants --------------------------------
+
+
+def host_text(text: TextInputs) -> TextEncoding:
+    return TextEncoding(text.tokens.numpy(), text.mask.numpy(), text.pooled.numpy())
+
+
+def test_denoiser_matches_direct_calls(tiny):
+    """ε [V, B, ...] from one call == the model called per variant with the variant's masks."""
+    b, k = 2, 2
+    x, _, text, neighbors, _ = make_inputs(TINY, b, k, seed=11)
+    denoiser = BACKEND.make_denoiser(
+        tiny, host_text(text), neighbors.images.numpy(), host_text(neighbors.text)
+    )
+    variants = ("full", "text", "neighbors", "none")
+    eps = denoiser(x, 0.7, variants)
+    assert eps.shape == (4, b, 16, 16, 3) and eps.dtype == torch.float32
+    assert (denoiser.calls, denoiser.rows) == (1, 4 * b)
+    cache = tiny.encode_neighbors(neighbors.images, *neighbors.text)
+    use_text, use_nb = variant_masks(variants)
+    for i, name in enumerate(variants):
+        with torch.no_grad():
+            direct = tiny(
+                x,
+                torch.full((b,), 0.7),
+                text,
+                use_text=torch.tensor([bool(use_text[i])] * b),
+                use_neighbors=torch.tensor([bool(use_nb[i])] * b),
+                cache=cache,
+            )
+        assert_rel_close(eps[i], direct, tol=1e-5)  # batch 8 vs 2: kernel choice, rounding
+    assert (eps[0] - eps[1]).abs().max() > 1e-3  # neighbours matter
+    assert (eps[0] - eps[2]).abs().max() > 1e-3  # text matters
+    denoiser(x, 0.2, ("full", "none"))
+    assert (denoiser.calls, denoiser.rows) == (2, 6 * b)
+    np.testing.assert_array_equal(denoiser.to_numpy(denoiser.asarray(x.numpy())), x.numpy())
+
+
+def test_denoiser_bf16_close_to_fp32(tiny):
+    x, _, text, neighbors, _ = make_inputs(TINY, 2, 1, seed=12)
+    args = (tiny, host_text(text), neighbors.images.numpy(), host_text(neighbors.text))
+    fp32 = BACKEND.make_denoiser(*args)(x, 0.5, ("full", "none"))
+    bf16 = BACKEND.make_denoiser(*args, dtype="bfloat16")(x, 0.5, ("full", "none"))
+    assert bf16.dtype == torch.float32
+    rel = ((bf16 - fp32).norm() / fp32.norm()).item()
+    assert 0 < rel < 0.05, rel
+
+
+def test_denoiser_rejects_bad_input_before_compute(tiny):
+    x, _, text, neighbors, _ = make_inputs(TINY, 2, 1)
+    nb_text = host_text(neighbors.text)
+    with pytest.raises(ValueError, match="neighbor_images"):
+        BACKEND.make_denoiser(tiny, host_text(text), np.zeros((2, 1, 8, 8, 3)), nb_text)
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16"):
+        BACKEND.make_denoiser(
+            tiny, host_text(text), neighbors.images.numpy(), nb_text, dtype="float16"
+        )
+    denoiser = BACKEND.make_denoiser(tiny, host_text(text), neighbors.images.numpy(), nb_text)
+    with pytest.raises(ValueError, match="allowed: full, text, neighbors, none"):
+        denoiser(x, 0.5, ("full", "image"))
+    assert denoiser.calls == 0
+
+
+def test_registered_backend():
+    from reimagen.core import registry
+
+    backend = registry.get("backend", "torch")()
+    assert backend is BACKEND and backend.name == "torch"
+    assert backend.param_count(TINY) == param_count(TINY)
