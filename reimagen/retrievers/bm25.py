@@ -1,0 +1,105 @@
+"""``bm25``: text-to-text BM25 over the knowledge base's captions, on ``bm25s`` (DESIGN §6).
+
+The paper builds its training set KNN-ImageText with "text-to-text BM25 similarity to find the
+top-2 neighbors" (§3.2), so this is the training retriever. bm25s precomputes every
+(word, document) BM25 term score into a sparse matrix at index time; a query's scores are the
+sum of its words' columns. Text is tokenised by bm25s (lower-case, words of 2+ characters,
+English stop words removed by default); queries use the same tokeniser and the index's
+vocabulary, so words never seen in the captions simply score nothing.
+
+Selection of the top hits is our own :func:`~reimagen.retrievers.base.top_n` (exact, O(N), ties
+broken by row) rather than bm25s's, which imports JAX for ``backend_selection="auto"`` and
+breaks ties arbitrarily.
+
+Saved with bm25s's own ``save``: the score matrix as three ``.npy`` arrays (written and read with
+``allow_pickle=False``) plus the vocabulary and parameters as JSON. No pickle is involved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reimagen.retrievers.base import ViewRetriever, top_n
+from reimagen.retrievers.index import IndexMeta, IndexMismatchError
+
+METHODS = ("robertson", "lucene", "atire")  # bm25s scoring variants without extra arrays
+BM25S_DIR = "bm25s"
+
+
+class BM25Retriever(ViewRetriever):
+    """BM25 over the view's captions. ``k1``, ``b``: the usual BM25 constants; ``method``:
+    bm25s's variant; ``stopwords``: ``"en"`` or ``"none"``."""
+
+    name = "bm25"
+    libraries = ("bm25s",)
+
+    def __init__(
+        self, k1: float = 1.5, b: float = 0.75, method: str = "lucene", stopwords: str = "en"
+    ):
+        super().__init__()
+        if not 0.0 <= float(k1) <= 10.0:
+            raise ValueError(f"k1 must be in [0, 10], got {k1}")
+        if not 0.0 <= float(b) <= 1.0:
+            raise ValueError(f"b must be in [0, 1], got {b}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        if stopwords not in ("en", "none"):
+            raise ValueError(f"stopwords must be one of 'en', 'none'; got {stopwords!r}")
+        self.k1, self.b, self.method, self.stopwords = float(k1), float(b), method, stopwords
+        self._bm25 = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"k1": self.k1, "b": self.b, "method": self.method, "stopwords": self.stopwords}
+
+    def tokenize(self, texts: list[str]) -> list[list[str]]:
+        import bm25s
+
+        stopwords = None if self.stopwords == "none" else self.stopwords
+        return bm25s.tokenize(texts, stopwords=stopwords, return_ids=False, show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every view document for one query: [N] float32."""
+        words = self.tokenize([query])[0]
+        if not words:  # nothing indexable (only stop words or 1-letter words)
+            return np.zeros(len(self._require_view()), np.float32)
+        return self._bm25.get_scores(words)
+
+    def _build(self, texts: list[str]) -> None:
+        import bm25s
+
+        tokens = self.tokenize(texts)
+        if not any(tokens):
+            raise ValueError(
+                f"none of the {len(texts)} captions has an indexable word (bm25 keeps words of "
+                "2+ characters that are not stop words)"
+            )
+        bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method, backend="numpy")
+        bm25.index(tokens, show_progress=False)
+        self._bm25 = bm25
+
+    def _top(self, queries: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.zeros((len(queries), n), np.int64)  # [Q, n]
+        values = np.zeros((len(queries), n), np.float32)  # [Q, n]
+        for q, query in enumerate(queries):
+            positions[q], values[q] = top_n(self.scores(query), n)
+        return positions, values
+
+    def _save_files(self, folder: Path) -> None:
+        self._bm25.save(folder / BM25S_DIR, show_progress=False)  # .npy (no pickle) + JSON
+
+    def _load_files(self, folder: Path, meta: IndexMeta) -> int:
+        import bm25s
+
+        bm25 = bm25s.BM25.load(folder / BM25S_DIR, allow_pickle=False, show_progress=False)
+        found = {"k1": bm25.k1, "b": bm25.b, "method": bm25.method}
+        wanted = {"k1": self.k1, "b": self.b, "method": self.method}
+        if found != wanted:
+            raise IndexMismatchError(
+                f"index {folder} is stale: bm25s parameters {found} != {wanted} in index.json"
+            )
+        self._bm25 = bm25
+        return int(bm25.scores["num_docs"])

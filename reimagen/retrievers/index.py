@@ -1,0 +1,277 @@
+"""Saved retriever indexes beside the knowledge base, and the checks that keep them honest
+(DESIGN §6: "a stale or mismatched index is an error, not a silent wrong answer").
+
+Layout, one folder per (retriever, encoder, view)::
+
+    <kb>/indexes/<name>/
+        index.json     IndexMeta: KB fingerprint and size, the view's rows hash, the indexed
+                       captions' hash, document count, encoder name/dim/options, retriever
+                       options, versions of the libraries that wrote the index
+        rows.npy       [N] int64 KB rows of the view (allow_pickle=False)
+        ...            the retriever's own files (bm25s arrays + JSON vocab, or a faiss index)
+
+A folder is written whole into a temp folder and renamed into place, so a reader sees the old
+index, the new one, or (for an instant while an old one is swapped out) none: never half of one.
+:func:`check_meta` compares everything recorded with the knowledge base given at load time and
+raises :class:`IndexMismatchError` naming every difference.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import attrs
+import numpy as np
+
+from reimagen.core.io import atomic_save_npy, atomic_write_text, load_npy
+
+META_FILE = "index.json"
+ROWS_FILE = "rows.npy"
+FORMAT = "reimagen-retriever-index"
+FORMAT_VERSION = 1
+
+
+class IndexMismatchError(ValueError):
+    """A saved index that does not belong to the knowledge base (or view, or libraries) given."""
+
+
+@attrs.frozen(kw_only=True)
+class IndexMeta:
+    """What a saved index was built from; written as ``index.json``."""
+
+    retriever: str
+    kb_fingerprint: str
+    kb_size: int
+    rows_hash: str
+    texts_hash: str
+    num_docs: int
+    options: dict[str, Any]
+    libraries: dict[str, str]
+    encoder: dict[str, Any] | None = None  # {"name", "dim", "options"} for dense indexes
+    extra: dict[str, Any] = attrs.Factory(dict)  # retriever-specific facts (e.g. resolved nlist)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), indent=2, sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "IndexMeta":
+        path = Path(folder) / META_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved retriever index in {folder} (missing {META_FILE})")
+        try:
+            blob = json.loads(path.read_text(encoding="utf-8"))
+            meta = cls(**{f.name: blob[f.name] for f in attrs.fields(cls) if f.name in blob})
+        except (ValueError, TypeError) as err:
+            raise IndexMismatchError(f"{path} is not a valid index description ({err})") from err
+        if meta.format != FORMAT or meta.format_version != FORMAT_VERSION:
+            raise IndexMismatchError(
+                f"{path}: format {meta.format!r} v{meta.format_version}, this reimagen reads "
+                f"{FORMAT!r} v{FORMAT_VERSION}; rebuild the index"
+            )
+        return meta
+
+
+# ---- fingerprints of what was indexed ------------------------------------------------------
+
+
+def rows_hash(rows: np.ndarray) -> str:
+    """sha256 of the view's rows as little-endian int64."""
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype="<i8").tobytes()).hexdigest()
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    """sha256 of the indexed captions, in order (JSON keeps boundaries unambiguous)."""
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
+
+
+def library_versions(distributions: Sequence[str]) -> dict[str, str]:
+    """Installed versions of the distributions an index's contents depend on."""
+    versions = {}
+    for dist in distributions:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- writing and checking ------------------------------------------------------------------
+
+
+def write_index_folder(
+    folder: str | Path, meta: IndexMeta, rows: np.ndarray, write_files: Callable[[Path], None]
+) -> Path:
+    """Write an index folder atomically: ``write_files(tmp)`` adds the retriever's own files,
+    then rows.npy and index.json (last), then the folder is renamed into place."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        write_files(tmp)
+        atomic_save_npy(tmp / ROWS_FILE, np.asarray(rows, dtype=np.int64))
+        atomic_write_text(tmp / META_FILE, meta.to_json() + "\n")
+        _fsync_tree(tmp)
+        _swap_in(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def read_rows(folder: str | Path) -> np.ndarray:
+    return load_npy(Path(folder) / ROWS_FILE)
+
+
+def check_meta(
+    meta: IndexMeta,
+    folder: str | Path,
+    kb: Any,
+    *,
+    retriever: str,
+    expected_rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Compare a saved index with the knowledge base ``kb``; return its view rows [N] int64.
+
+    Raises :class:`IndexMismatchError` naming every difference found (KB fingerprint or size,
+    view rows, captions, document count, library versions)."""
+    stored_rows = read_rows(folder).astype(np.int64)
+    diffs = []
+    if meta.retriever != retriever:
+        diffs.append(f"retriever {meta.retriever!r} (index) != {retriever!r} (requested)")
+    if meta.kb_fingerprint != kb.fingerprint:
+        diffs.append(
+            f"knowledge-base fingerprint {_short(meta.kb_fingerprint)} (index) != "
+            f"{_short(kb.fingerprint)} (knowledge base)"
+        )
+    if meta.kb_size != len(kb):
+        diffs.append(f"knowledge-base size {meta.kb_size} (index) != {len(kb)} (knowledge base)")
+    if rows_hash(stored_rows) != meta.rows_hash or len(stored_rows) != meta.num_docs:
+        diffs.append(f"{ROWS_FILE} does not match {META_FILE} (rows hash or count)")
+    if expected_rows is not None and rows_hash(expected_rows) != meta.rows_hash:
+        diffs.append(
+            f"view of {meta.num_docs} rows {_short(meta.rows_hash)} (index) != view of "
+            f"{len(expected_rows)} rows {_short(rows_hash(expected_rows))} (requested)"
+        )
+    if len(stored_rows) and (stored_rows.min() < 0 or stored_rows.max() >= len(kb)):
+        diffs.append(f"rows outside the knowledge base's 0..{len(kb) - 1}")
+    elif texts_hash([kb.records[int(r)].text for r in stored_rows]) != meta.texts_hash:
+        diffs.append("captions of the indexed rows changed")
+    for dist, version in meta.libraries.items():
+        installed = library_versions([dist])[dist]
+        if installed != version:
+            diffs.append(f"{dist} {version} (index) != {installed} (installed)")
+    if diffs:
+        raise IndexMismatchError(f"index {folder} is stale: {'; '.join(diffs)}; rebuild it")
+    return stored_rows
+
+
+def check_count(meta: IndexMeta, folder: str | Path, found: int) -> None:
+    """The retriever's own files must hold exactly ``meta.num_docs`` documents."""
+    if found != meta.num_docs:
+        raise IndexMismatchError(
+            f"index {folder} is stale: its files hold {found} documents, {META_FILE} says "
+            f"{meta.num_docs}; rebuild it"
+        )
+
+
+# ---- where indexes live, and build-or-load -------------------------------------------------
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,80}$")
+
+
+def index_name(retriever: str, *, encoder: str | None = None, view: Sequence[str] = ()) -> str:
+    """A readable folder name: ``bm25``, ``dense-minilm``, ``bm25-view-noto+openmoji``.
+
+    Names with characters unsafe in a path fall back to a short hash of the view."""
+    name = retriever if not encoder else f"{retriever}-{encoder}"
+    if view:
+        joined = "+".join(sorted(set(view)))
+        tail = joined if SAFE_NAME.match(joined) else hashlib.sha256(joined.encode()).hexdigest()[:12]
+        name = f"{name}-view-{tail}"
+    if not SAFE_NAME.match(name):
+        raise ValueError(f"index name {name!r} has characters outside [A-Za-z0-9_.+-]")
+    return name
+
+
+def index_folder(kb_folder: str | Path, name: str) -> Path:
+    """``<kb>/indexes/<name>``."""
+    return Path(kb_folder) / "indexes" / name
+
+
+def load_index(folder: str | Path, kb: Any, rows: Sequence[int] | None = None):
+    """Load a saved index with whichever registered retriever wrote it."""
+    from reimagen.core import registry
+
+    meta = IndexMeta.read(folder)
+    cls = registry.get("retriever", meta.retriever)
+    return cls.load(folder, kb, rows=rows)
+
+
+def open_or_build(
+    kb: Any,
+    folder: str | Path,
+    retriever: str = "bm25",
+    *,
+    rows: Sequence[int] | None = None,
+    rebuild: bool = False,
+    **options: Any,
+):
+    """Load the index in ``folder`` if it matches ``kb``, the view ``rows`` and ``options``;
+    otherwise fit a new one and save it there. Returns ``(retriever, status, reason)`` with
+    status ``"loaded"``, ``"built"`` (no index yet) or ``"rebuilt"`` (``reason`` says why)."""
+    from reimagen.core import registry
+
+    fresh = registry.get("retriever", retriever)(**options)
+    view = None if rows is None else np.asarray(rows, dtype=np.int64)
+    status, reason = "built", "no saved index"
+    if rebuild:
+        status, reason = "rebuilt", "rebuild requested"
+    elif (Path(folder) / META_FILE).is_file():
+        try:
+            saved = type(fresh).load(folder, kb, rows=view)
+            if saved.options == fresh.options:
+                return saved, "loaded", ""
+            status, reason = "rebuilt", f"options {saved.options} != requested {fresh.options}"
+        except IndexMismatchError as err:
+            status, reason = "rebuilt", str(err)
+    fresh.fit(kb, rows=view)
+    fresh.save(folder)
+    return fresh, status, reason
+
+
+def _short(digest: str) -> str:
+    return digest[:12] if isinstance(digest, str) else repr(digest)
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())

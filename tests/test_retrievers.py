@@ -1,0 +1,471 @@
+"""Retrievers: the search contract as properties, analytic scores, saved indexes and desync.
+
+Oracles: BM25 scores recomputed from the Lucene formula by hand; dense scores as numpy cosine
+similarities of the encoder's pooled vectors; search with exclusions = the full ranking with the
+excluded rows removed; an exact caption is its own top hit; save -> load answers identically;
+a saved index loaded against a changed knowledge base (row dropped, row added, caption changed,
+another base's index) raises at load time; a crash while saving leaves the old index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from reimagen.core import registry
+from reimagen.core.knowledge_base import KnowledgeBase, build_knowledge_base
+from reimagen.encoders.hash import HashEncoder
+from reimagen.retrievers import (
+    BM25Retriever,
+    DenseRetriever,
+    IndexMismatchError,
+    NoneRetriever,
+    load_index,
+    open_or_build,
+)
+from reimagen.retrievers.index import META_FILE, ROWS_FILE, index_folder, index_name
+
+# Made-up words: 2+ letters, never English stop words, so bm25s keeps every one.
+VOCAB = [c + v + e for c in "bdkmpz" for v in "aeiou" for e in "lrx"][:40]
+
+
+@attrs.frozen
+class Rec:
+    row: int
+    key: str
+    text: str
+    source: str
+    entity: str
+
+
+class MemoryKB:
+    """An in-memory stand-in with the KnowledgeBase attributes retrievers use."""
+
+    def __init__(self, texts, sources=None):
+        sources = sources or ["a"] * len(texts)
+        self.records = tuple(
+            Rec(i, f"k/{i}", t, s, "") for i, (t, s) in enumerate(zip(texts, sources))
+        )
+        blob = json.dumps([[r.text, r.source] for r in self.records]).encode()
+        self.fingerprint = hashlib.sha256(blob).hexdigest()
+
+    def __len__(self):
+        return len(self.records)
+
+    def rows(self, sources=None, entities=None):
+        return np.array([r.row for r in self.records if sources is None or r.source in sources],
+                        dtype=np.int64)
+
+
+def make(name):
+    return {
+        "bm25": lambda: BM25Retriever(),
+        "dense": lambda: DenseRetriever(encoder="hash", encoder_options={"dim": 32}),
+        "dense-ivf": lambda: DenseRetriever(
+            encoder="hash", encoder_options={"dim": 32}, ivf=True, nlist=4, nprobe=1
+        ),
+    }[name]()
+
+
+ALL = ("bm25", "dense", "dense-ivf")
+EXACT = ("bm25", "dense")
+
+caption = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=6).map(" ".join)
+
+
+@st.composite
+def kb_and_view(draw, min_size=2, max_size=24):
+    texts = draw(st.lists(caption, min_size=min_size, max_size=max_size))
+    kb = MemoryKB(texts)
+    rows = None
+    if draw(st.booleans()):
+        rows = sorted(draw(st.sets(st.integers(0, len(kb) - 1), min_size=1)))
+    return kb, rows
+
+
+def check_shape_and_order(result, n_queries, k, allowed_rows):
+    assert result.ids.shape == result.scores.shape == (n_queries, k)
+    assert result.ids.dtype == np.int64 and result.scores.dtype == np.float32
+    assert np.isin(result.ids, allowed_rows).all(), "ids are KB rows of the view"
+    assert all(len(set(row)) == k for row in result.ids.tolist()), "no row twice"
+    assert (np.diff(result.scores, axis=1) <= 0).all(), "scores sorted descending"
+
+
+# ---------------------------------------------------------------- properties, every retriever
+
+
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_search_contract_and_exclusions(name, data):
+    kb, rows = data.draw(kb_and_view())
+    retriever = make(name).fit(kb, rows=rows)
+    view = retriever.rows
+    queries = data.draw(st.lists(caption, min_size=1, max_size=4))
+    k = data.draw(st.integers(0, len(view)))
+    exclude = [data.draw(st.sets(st.integers(0, len(kb) - 1), max_size=4)) for _ in queries]
+    left = [len(set(view.tolist()) - e) for e in exclude]
+    if min(left) < k:
+        with pytest.raises(ValueError, match="fewer than k"):
+            retriever.search(queries, k, exclude=[sorted(e) for e in exclude])
+        return
+    result = retriever.search(queries, k, exclude=[sorted(e) for e in exclude])
+    check_shape_and_order(result, len(queries), k, view)
+    for q, banned in enumerate(exclude):
+        assert not set(result.ids[q].tolist()) & banned, "an excluded id was returned"
+    if name in EXACT:  # exclusion = the full ranking with the excluded rows taken out
+        full = retriever.search(queries, len(view))
+        for q, banned in enumerate(exclude):
+            keep = [i for i, r in enumerate(full.ids[q].tolist()) if r not in banned][:k]
+            np.testing.assert_array_equal(result.ids[q], full.ids[q][keep])
+            np.testing.assert_allclose(result.scores[q], full.scores[q][keep], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_results_identical_after_save_and_load(name, data):
+    kb, rows = data.draw(kb_and_view())
+    retriever = make(name).fit(kb, rows=rows)
+    queries = data.draw(st.lists(caption, min_size=1, max_size=4))
+    k = data.draw(st.integers(1, len(retriever.rows)))
+    before = retriever.search(queries, k)
+    with tempfile.TemporaryDirectory() as tmp:
+        retriever.save(Path(tmp) / "index")
+        loaded = type(retriever).load(Path(tmp) / "index", kb, rows=rows)
+        also = load_index(Path(tmp) / "index", kb)  # by the name recorded in index.json
+    for again in (loaded.search(queries, k), also.search(queries, k)):
+        np.testing.assert_array_equal(again.ids, before.ids)
+        np.testing.assert_array_equal(again.scores, before.scores)
+    assert loaded.options == retriever.options
+
+
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_exact_caption_is_its_own_top_hit(name, data):
+    """BM25 needs equal-length captions of distinct word sets for this to be a theorem (a
+    shorter caption sharing a rare word can outscore an exact match); dense needs distinct
+    bags of words (its pooled vector ignores order)."""
+    length = data.draw(st.integers(1, 4))
+    sizes = st.just(length) if name == "bm25" else st.integers(1, 5)
+    word_sets = data.draw(st.lists(
+        sizes.flatmap(lambda n: st.lists(st.sampled_from(VOCAB), min_size=n, max_size=n,
+                                         unique=True)),
+        min_size=2, max_size=20, unique_by=frozenset,
+    ))
+    kb = MemoryKB([" ".join(words) for words in word_sets])
+    retriever = make(name).fit(kb)
+    target = data.draw(st.integers(0, len(kb) - 1))
+    result = retriever.search([kb.records[target].text], 1)
+    assert result.ids[0, 0] == target
+
+
+# ---------------------------------------------------------------- analytic score oracles
+
+
+def lucene_bm25(docs, query, k1=1.5, b=0.75):
+    """BM25 (Lucene variant: idf = ln(1 + (N - df + .5) / (df + .5))) from the formula."""
+    n, avgdl = len(docs), sum(map(len, docs)) / len(docs)
+    scores = np.zeros(n)
+    for word in query:
+        df = sum(word in doc for doc in docs)
+        if df == 0:
+            continue
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        for d, doc in enumerate(docs):
+            tf = doc.count(word)
+            scores[d] += idf * tf / (tf + k1 * (1 - b + b * len(doc) / avgdl))
+    return scores
+
+
+def test_bm25_scores_match_the_formula():
+    texts = ["Red apple", "green apple pie", "apple apple tree", "the rocket", "red red rocket"]
+    docs = [["red", "apple"], ["green", "apple", "pie"], ["apple", "apple", "tree"], ["rocket"],
+            ["red", "red", "rocket"]]  # bm25s lower-cases and drops the stop word "the"
+    retriever = BM25Retriever().fit(MemoryKB(texts))
+    for query in (["red", "apple"], ["apple"], ["rocket", "red", "red"], ["unseen"]):
+        np.testing.assert_allclose(
+            retriever.scores(" ".join(query)), lucene_bm25(docs, query), rtol=1e-5, atol=1e-7
+        )
+    result = retriever.search(["red apple"], 5)
+    np.testing.assert_allclose(result.scores[0], np.sort(lucene_bm25(docs, ["red", "apple"]))[::-1],
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("ivf", [False, True])
+def test_dense_scores_are_cosines_of_pooled_vectors(ivf):
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(VOCAB, size=rng.integers(1, 6))) for _ in range(400)]
+    kb = MemoryKB(texts)
+    retriever = DenseRetriever(encoder="hash", encoder_options={"dim": 48}, ivf=ivf, nlist=8,
+                               nprobe=8 if ivf else 16).fit(kb)
+    queries = texts[:5] + ["zal bex", "unrelated words entirely"]
+    pooled = HashEncoder(dim=48).encode(texts).pooled
+    query_pooled = HashEncoder(dim=48).encode(queries).pooled
+    cosines = query_pooled @ pooled.T  # [Q, N]
+    result = retriever.search(queries, 10)
+    for q in range(len(queries)):
+        np.testing.assert_allclose(result.scores[q], cosines[q, result.ids[q]], atol=1e-5)
+        np.testing.assert_allclose(result.scores[q], np.sort(cosines[q])[::-1][:10], atol=1e-5)
+    if ivf:
+        assert retriever._index.nlist == 8
+
+
+def test_ivf_with_thin_cells_still_returns_k_complete_results():
+    """nprobe=1 over 8 cells of ~50 docs cannot supply 120 hits: those queries re-run over every
+    cell, which is exact."""
+    rng = np.random.default_rng(1)
+    kb = MemoryKB([" ".join(rng.choice(VOCAB, size=4)) for _ in range(400)])
+    ivf = DenseRetriever(encoder="hash", encoder_options={"dim": 16}, ivf=True, nlist=8,
+                         nprobe=1).fit(kb)
+    exact = DenseRetriever(encoder="hash", encoder_options={"dim": 16}).fit(kb)
+    queries = [kb.records[i].text for i in range(5)]
+    got, want = ivf.search(queries, 120), exact.search(queries, 120)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+
+
+class HighestIdOnTies:
+    """Wraps a faiss index so that, among equal scores, it keeps the *highest* ids (a library
+    is free to): the retriever must still answer by (score desc, row asc)."""
+
+    def __init__(self, inner):
+        self.inner, self.ntotal = inner, inner.ntotal
+
+    def search(self, vectors, n, params=None):
+        scores, ids = self.inner.search(vectors, self.ntotal)
+        order = np.lexsort((-ids, -scores), axis=-1)[:, :n]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def test_dense_breaks_ties_by_row_whatever_faiss_keeps():
+    kb = MemoryKB(["zal bex"] * 8 + ["kor mip"] * 8)  # two groups of identical embeddings
+    retriever = DenseRetriever(encoder="hash", encoder_options={"dim": 16}).fit(kb)
+    retriever._index = HighestIdOnTies(retriever._index)
+    result = retriever.search(["zal bex", "kor mip"], 3, exclude=[[1], []])
+    np.testing.assert_array_equal(result.ids, [[0, 2, 3], [8, 9, 10]])
+
+
+# ---------------------------------------------------------------- views, errors, none
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_view_answers_in_kb_rows(name):
+    kb = MemoryKB(["zal bex", "zal bex", "kor mip", "zal mip", "pex dur"],
+                  sources=["a", "b", "a", "b", "b"])
+    retriever = make(name).fit(kb, rows=kb.rows(sources=["b"]))
+    np.testing.assert_array_equal(retriever.rows, [1, 3, 4])
+    result = retriever.search(["zal bex"], 3)
+    assert sorted(result.ids[0].tolist()) == [1, 3, 4] and result.ids[0, 0] == 1
+    with pytest.raises(ValueError, match=r"k=4 is larger than the 3 indexed documents"):
+        retriever.search(["zal"], 4)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda r: r.search("zal bex", 1), TypeError, "single string"),
+    (lambda r: r.search(["zal"], 1, exclude=[[0], [1]]), ValueError, "one list per query"),
+    (lambda r: r.search(["zal"], -1), ValueError, "k must be >= 0"),
+    (lambda r: r.search(["zal"], 9), ValueError, "k=9 is larger than the 3 indexed"),
+    (lambda r: r.search(["zal"], 3, exclude=[[0]]), ValueError, "only 2 of the 3 .* k=3"),
+    (lambda r: r.fit(MemoryKB(["a b"]), rows=[0, 0]), ValueError, "duplicate"),
+    (lambda r: r.fit(MemoryKB(["zal"]), rows=[1]), ValueError, r"rows must be in \[0, 0\]"),
+    (lambda r: r.fit(MemoryKB(["zal"]), rows=[]), ValueError, "at least one"),
+])
+@pytest.mark.parametrize("name", EXACT)
+def test_bad_input_is_refused_with_a_clear_message(name, call, error, message):
+    retriever = make(name).fit(MemoryKB(["zal bex", "kor mip", "pex dur"]))
+    with pytest.raises(error, match=message):
+        call(retriever)
+
+
+def test_unfitted_retriever_says_what_to_do():
+    with pytest.raises(RuntimeError, match=r"call fit\(kb\) or load"):
+        BM25Retriever().search(["x"], 1)
+
+
+def test_bm25_rejects_a_base_without_indexable_words():
+    with pytest.raises(ValueError, match="no indexable word|none of the 2 captions"):
+        BM25Retriever().fit(MemoryKB(["a", "the of"]))
+
+
+def test_none_retriever_is_the_empty_baseline(tmp_path):
+    retriever = registry.get("retriever", "none")()
+    result = retriever.search(["a red apple", "a rocket"], 0)  # no fit needed
+    assert result.ids.shape == result.scores.shape == (2, 0)
+    assert result.ids.dtype == np.int64 and result.scores.dtype == np.float32
+    with pytest.raises(ValueError, match="k must be 0, got 2"):
+        retriever.search(["a red apple"], 2)
+    kb = MemoryKB(["zal bex", "kor"])
+    retriever.fit(kb).save(tmp_path / "none")
+    loaded = NoneRetriever.load(tmp_path / "none", kb)
+    assert loaded.search(["x"], 0).ids.shape == (1, 0)
+    with pytest.raises(IndexMismatchError, match="fingerprint"):
+        NoneRetriever.load(tmp_path / "none", MemoryKB(["zal bex", "kor", "mip"]))
+
+
+def test_registered_names_and_option_round_trip():
+    assert {"bm25", "dense", "none"} <= set(registry.names("retriever"))
+    for name in ALL:
+        retriever = make(name)
+        assert registry.get("retriever", retriever.name)(**retriever.options).options == \
+            retriever.options
+
+
+# ---------------------------------------------------------------- saved indexes vs a real KB
+
+S = 8
+
+
+def build_kb(folder, texts, sources=None):
+    sources = sources or ["test"] * len(texts)
+    pixels = np.random.default_rng(0).integers(0, 256, (len(texts), S, S, 4), dtype=np.uint8)
+    items = [(f"{s}/{i}", t, s, "", pixels[i]) for i, (t, s) in enumerate(zip(texts, sources))]
+    return build_knowledge_base(items, folder, resolution=S, progress=False)
+
+
+TEXTS = ["grinning face", "red apple", "green apple", "rocket launch", "smiling sun", "blue whale"]
+
+
+@pytest.fixture(params=["bm25", "dense"])
+def saved(request, tmp_path):
+    """A real KB with an index saved beside it: (name, kb, index folder)."""
+    kb = build_kb(tmp_path / "kb", TEXTS, ["test", "other"] * 3)
+    folder = index_folder(kb.folder, index_name(request.param))
+    make(request.param).fit(kb).save(folder)
+    return request.param, kb, folder
+
+
+def load(name, folder, kb, **kw):
+    return type(make(name)).load(folder, kb, **kw)
+
+
+def test_saved_index_loads_against_its_own_kb(saved):
+    name, kb, folder = saved
+    reopened = KnowledgeBase.open(kb.folder)
+    result = load(name, folder, reopened).search(["red apple"], 2)
+    assert result.ids[0, 0] == 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [META_FILE, ROWS_FILE, "bm25s" if name == "bm25" else "faiss.index"]
+    )
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda t: t[:-1], r"fingerprint .*size 6 \(index\) != 5"),  # a row dropped
+    (lambda t: t + ["purple octopus"], r"fingerprint .*size 6 \(index\) != 7"),  # a row added
+    (lambda t: [t[0], "yellow apple", *t[2:]], "fingerprint .*captions"),  # a caption edited
+])
+def test_index_of_a_changed_kb_raises_at_load(saved, change, expected):
+    name, kb, folder = saved
+    rebuilt = build_kb(kb.folder, change(list(TEXTS)))  # same folder: indexes/ carried over
+    assert folder.is_dir()
+    with pytest.raises(IndexMismatchError, match=expected):
+        load(name, folder, rebuilt)
+
+
+def test_another_bases_index_swapped_in_raises(saved, tmp_path):
+    name, kb, folder = saved
+    other = build_kb(tmp_path / "other", [t + " again" for t in TEXTS])
+    other_folder = index_folder(other.folder, index_name(name))
+    make(name).fit(other).save(other_folder)
+    shutil.rmtree(folder)
+    shutil.copytree(other_folder, folder)
+    with pytest.raises(IndexMismatchError, match="fingerprint"):
+        load(name, folder, kb)
+
+
+def test_view_tampering_and_library_versions_are_checked(saved):
+    name, kb, folder = saved
+    with pytest.raises(IndexMismatchError, match=r"view of 6 rows .* != view of 3 rows"):
+        load(name, folder, kb, rows=kb.rows(sources=["other"]))
+    meta = json.loads((folder / META_FILE).read_text())
+    library = "bm25s" if name == "bm25" else "faiss-cpu"
+    meta["libraries"][library] = "0.0.1"
+    (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatchError, match=f"{library} 0.0.1 \\(index\\)"):
+        load(name, folder, kb)
+    (folder / META_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="no saved retriever index"):
+        load(name, folder, kb)
+
+
+def test_tampered_rows_file_raises(saved):
+    name, kb, folder = saved
+    np.save(folder / ROWS_FILE, np.array([0, 1, 2, 3, 5, 4]), allow_pickle=False)
+    with pytest.raises(IndexMismatchError, match="rows.npy does not match"):
+        load(name, folder, kb)
+
+
+def test_dense_index_of_another_dim_raises(tmp_path):
+    kb = build_kb(tmp_path / "kb", TEXTS)
+    folder = tmp_path / "index"
+    DenseRetriever(encoder="hash", encoder_options={"dim": 32}).fit(kb).save(folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["options"]["encoder_options"]["dim"] = 16  # claims another encoder
+    meta["encoder"]["options"]["dim"] = 16
+    (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatchError, match="embedding dim 32 .* != 16"):
+        DenseRetriever.load(folder, kb)
+
+
+def test_bm25_index_holds_no_pickle(saved):
+    name, kb, folder = saved
+    if name != "bm25":
+        pytest.skip("faiss indexes are faiss's binary format")
+    arrays = sorted((folder / "bm25s").glob("*.npy"))
+    assert arrays
+    for path in arrays:
+        np.load(path, allow_pickle=False)  # plain arrays, loadable without pickle
+    np.save(arrays[0], np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load(name, folder, kb)
+
+
+def test_crash_while_saving_keeps_the_old_index(saved, monkeypatch):
+    name, kb, folder = saved
+    before = sorted(p.name for p in folder.parent.iterdir())
+    retriever = make(name).fit(kb, rows=kb.rows(sources=["test"]))
+
+    def crash(self, tmp):
+        (tmp / "partial.npy").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(retriever), "_save_files", crash)
+    with pytest.raises(OSError, match="disk full"):
+        retriever.save(folder)
+    assert sorted(p.name for p in folder.parent.iterdir()) == before  # no temp folder left
+    assert load(name, folder, kb).rows.tolist() == list(range(6))  # the old, whole index
+
+
+def test_open_or_build_builds_loads_and_rebuilds(tmp_path):
+    kb = build_kb(tmp_path / "kb", TEXTS)
+    folder = index_folder(kb.folder, index_name("dense", encoder="hash"))
+    options = {"encoder": "hash", "encoder_options": {"dim": 16}}
+    first, status, _ = open_or_build(kb, folder, "dense", **options)
+    assert status == "built"
+    second, status, _ = open_or_build(kb, folder, "dense", **options)
+    assert status == "loaded"
+    np.testing.assert_array_equal(first.search(["apple"], 3).ids, second.search(["apple"], 3).ids)
+    _, status, reason = open_or_build(kb, folder, "dense", ivf=True, **options)
+    assert status == "rebuilt" and "options" in reason
+    changed = build_kb(kb.folder, TEXTS + ["purple octopus"])
+    third, status, reason = open_or_build(changed, folder, "dense", ivf=True, **options)
+    assert status == "rebuilt" and "fingerprint" in reason
+    assert third.search(["purple octopus"], 1).ids[0, 0] == 6
+
+
+def test_index_names():
+    assert index_name("bm25") == "bm25"
+    assert index_name("dense", encoder="minilm", view=["openmoji", "noto"]) == \
+        "dense-minilm-view-noto+openmoji"
+    assert index_name("bm25", view=["a b/c"]).startswith("bm25-view-")
