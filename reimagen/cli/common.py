@@ -1,0 +1,82 @@
+"""Argument groups and loaders shared by the generate / demo / bench / ablate commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from reimagen.cli.main import UserError
+from reimagen.core import registry
+from reimagen.core.generation import SamplingConfig
+from reimagen.core.paths import default_kb_dir
+
+SETTINGS = ("same-style", "cross-style")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling (defaults: the shipped base stage's)")
+    group.add_argument("--sampler", help="ddpm | ddim | dpmpp2m (registered sampler name)")
+    group.add_argument("--steps", type=int, help="sampling steps")
+    group.add_argument("--guidance", help="none | joint | weighted | interleaved")
+    group.add_argument("--w", type=float, help="joint guidance weight (Eq. 5)")
+    group.add_argument("--w-text", type=float, help="text guidance weight w_p (Eq. 6)")
+    group.add_argument("--w-neighbors", type=float, help="neighbour guidance weight w_n (Eq. 6)")
+    group.add_argument("--eta", type=float, help="interleave ratio η ∈ [0, 1]")
+    group.add_argument("--threshold", choices=("none", "static", "dynamic"),
+                       help="x̂0 thresholding")
+
+
+def sampling_from_args(args, base: SamplingConfig) -> SamplingConfig:
+    """Overlay the given command-line values on ``base``; validate names and ranges now."""
+    changes = {
+        "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance, "w": args.w,
+        "w_text": args.w_text, "w_neighbors": args.w_neighbors, "eta": args.eta,
+        "thresholding": args.threshold,
+    }
+    sampling = base.replace(**{k: v for k, v in changes.items() if v is not None})
+    registry.get("sampler", sampling.sampler)
+    registry.get("guidance", sampling.guidance)
+    return sampling
+
+
+def add_kb_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kb", type=Path, default=None,
+                        help="knowledge-base folder (default: the built-in emoji KB)")
+    parser.add_argument("--retriever", default="bm25", help="registered retriever name")
+    parser.add_argument("--encoder", default="minilm", help="registered text encoder name")
+    parser.add_argument("--setting", default="same-style", choices=SETTINGS,
+                        help="which artists the retriever indexes (DESIGN §8)")
+
+
+def open_kb(path: Path | None):
+    from reimagen.core.knowledge_base import KnowledgeBase
+
+    folder = Path(path) if path else default_kb_dir()
+    if not (folder / "kb.json").is_file():
+        raise UserError(f"--kb: no knowledge base at {folder}; build it with `reimagen kb build`")
+    return KnowledgeBase.open(folder)
+
+
+def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
+    """A saved index for (retriever, view) beside the KB, built on first use."""
+    from reimagen.data.splits import view_rows
+    from reimagen.retrievers.index import index_folder, index_name, open_or_build
+
+    registry.get("retriever", name)
+    if name == "none":
+        return None
+    rows = view_rows(kb, setting)
+    options = {"encoder": encoder} if name == "dense" else {}
+    folder = index_folder(kb.folder, index_name(name, encoder=options.get("encoder"),
+                                                view=(setting,)))
+    retriever, _, _ = open_or_build(kb, folder, name, rows=rows, **options)
+    return retriever
+
+
+def check_out_path(path: Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out must be a .png path, got {path}")
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path

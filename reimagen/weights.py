@@ -1,0 +1,60 @@
+"""The shipped default cascade (DESIGN §7, §8): where its weights live and how to assemble it.
+
+Three self-describing safetensors files (weights + UNetConfig in the metadata) under
+``reimagen/assets/weights/``:
+  base.safetensors      Re-Imagen 32×32 base, trained with K=2 retrieved neighbours
+  baseline.safetensors  the same network trained with no retrieval (the paper's "Imagen" row)
+  sr.safetensors        32→64 super-resolution stage
+``$REIMAGEN_WEIGHTS`` points elsewhere (e.g. a training run's folder).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from reimagen.core import registry
+from reimagen.core.generation import SamplingConfig
+
+STAGES = ("base", "baseline", "sr")
+SR_NEIGHBORS = 1  # K the SR stage was trained with (its neighbours at 64×64 cost 4× the base's)
+
+# Paper §4: the base samples with interleaved guidance, the SR stages with plain guidance.
+# Our CPU defaults (25 DPM-Solver++ steps) are the fast path; `--sampler ddpm --steps 256` is
+# the paper's.
+DEFAULT_SAMPLING = {
+    "base": SamplingConfig(sampler="dpmpp2m", steps=25, guidance="interleaved", eta=0.5,
+                           w_text=3.0, w_neighbors=3.0),
+    "baseline": SamplingConfig(sampler="dpmpp2m", steps=25, guidance="joint", w=3.0),
+    "sr": SamplingConfig(sampler="dpmpp2m", steps=15, guidance="joint", w=1.5, aug_level=0.1),
+}
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("REIMAGEN_WEIGHTS") or Path(__file__).parent / "assets" / "weights")
+
+
+def weights_path(stage: str) -> Path:
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
+    return weights_dir() / f"{stage}.safetensors"
+
+
+def available_stages() -> list[str]:
+    return [stage for stage in STAGES if weights_path(stage).is_file()]
+
+
+def load_stage(stage: str, *, kb=None, retriever=None, encoder: str = "minilm",
+               backend: str = "torch"):
+    """A Pipeline for one shipped stage."""
+    from reimagen.pipeline import Pipeline
+
+    path = weights_path(stage)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no shipped weights for stage {stage!r} at {path}; train them with "
+            f"`reimagen train --stage {stage}` or set REIMAGEN_WEIGHTS"
+        )
+    registry.get("backend", backend)  # unknown backend -> error before loading
+    return Pipeline.from_checkpoint(path, kb=kb, retriever=retriever, encoder=encoder,
+                                    backend=backend)
