@@ -9,14 +9,13 @@ training naming the step; a pickle under a weights name is refused without being
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import pickle
 import random
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -137,8 +136,8 @@ def test_overfits_one_batch(tmp_path):
     losses = []
     train(
         TINY,
-        config(40, batch_size=4, lr=3e-3, warmup_steps=0, checkpoint_every=1000, log_every=10),
-        SyntheticSource(batch_size=4, fixed=True),
+        config(35, batch_size=4, neighbors=0, lr=3e-3, warmup_steps=0, checkpoint_every=1000),
+        SyntheticSource(batch_size=4, k=0, fixed=True),
         tmp_path,
         progress=False,
         callback=lambda step, loss: losses.append(loss),
@@ -258,55 +257,70 @@ def test_crash_at_each_commit_point(tmp_path, reference, monkeypatch, point):
     assert_same_state(tmp_path, reference)
 
 
-WORKER = textwrap.dedent(
-    """
-    import sys, torch
+def _train_child(run_dir: str, fault: str, steps_out) -> None:
+    """Body of the trainer process: report each step on the pipe, train to N_STEPS."""
+    os.environ[ckpt.FAULT_ENV] = fault
     torch.set_num_threads(1)
-    sys.path.insert(0, {tests!r})
-    from test_torch_trainer import SyntheticSource, config, TINY
-    from reimagen.backends.torch.trainer import train
-    def report(step, loss):
-        print("step", step, flush=True)
-    train(TINY, config({steps}), SyntheticSource(), {run_dir!r}, progress=False, callback=report)
-    print("done", flush=True)
-    """
-)
-
-
-def run_worker(run_dir: Path, kill_after: float | None, fault: str | None = None) -> str:
-    """Train in a subprocess; SIGKILL it ``kill_after`` seconds after its first step (or let
-    ``fault`` kill it at a commit point). Returns how it ended."""
-    script = WORKER.format(tests=str(TESTS_DIR), steps=N_STEPS, run_dir=str(run_dir))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", ckpt.FAULT_ENV: fault or ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
+    train(
+        TINY,
+        config(N_STEPS),
+        SyntheticSource(),
+        run_dir,
+        progress=False,
+        callback=lambda step, loss: steps_out.send(step),
     )
+
+
+@pytest.fixture(scope="module")
+def processes():
+    """A forkserver context with torch and this module preloaded: each trainer is a real,
+    separate process (SIGKILL-able) that starts in a fraction of a second."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(
+        ["torch", "torch._dynamo", "reimagen.backends.torch.trainer", __name__]
+    )
+    return context
+
+
+def run_worker(processes, run_dir: Path, kill: tuple[int, float] | None, fault: str = "") -> str:
+    """Train in a separate process. ``kill=(n, seconds)``: SIGKILL it ``seconds`` after its
+    n-th reported step (a random moment inside step n+1 or its checkpoint commit); ``fault``
+    makes it kill itself at a commit point. Returns how it ended: "killed" or "done"."""
+    receive, send = processes.Pipe(duplex=False)
+    proc = processes.Process(target=_train_child, args=(str(run_dir), fault, send))
+    proc.start()
+    send.close()
     try:
-        first = proc.stdout.readline()  # blocks until the first step (or the process ends)
-        if kill_after is not None and first.startswith("step"):
-            time.sleep(kill_after)
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=120)
+        if kill is not None:
+            steps_seen = 0
+            while steps_seen <= kill[0] and receive.poll(120):
+                with contextlib.suppress(EOFError):
+                    receive.recv()
+                steps_seen += 1
+            time.sleep(kill[1])
+            with contextlib.suppress(ProcessLookupError):  # it may have finished already
+                os.kill(proc.pid, signal.SIGKILL)
+        proc.join(120)
     finally:
-        if proc.poll() is None:
+        if proc.is_alive():
             proc.kill()
-            proc.wait()
-    if proc.returncode == -signal.SIGKILL:
-        return "killed"
-    assert proc.returncode == 0, proc.stderr.read()
-    return "done"
+            proc.join()
+    assert proc.exitcode in (0, -signal.SIGKILL), f"trainer process failed: {proc.exitcode}"
+    return "killed" if proc.exitcode == -signal.SIGKILL else "done"
 
 
-def kill_and_resume(run_dir: Path, reference: ckpt.Checkpoint, rng: random.Random, kills: int):
+def kill_and_resume(processes, run_dir: Path, reference, rng: random.Random, kills: int):
     """Kill ``kills`` subprocess runs at random moments; after each, ``latest`` must load;
     then finish in-process and compare with the uninterrupted run."""
     outcomes = []
     for _ in range(kills):
-        outcomes.append(run_worker(run_dir, kill_after=rng.uniform(0.0, 0.6)))
+        done = (
+            ckpt.read_checkpoint(ckpt.latest_checkpoint(run_dir)).step
+            if ckpt.has_checkpoint(run_dir)
+            else 0
+        )
+        kill = (rng.randrange(max(1, N_STEPS - done - 1)), rng.uniform(0.0, 0.2))
+        outcomes.append(run_worker(processes, run_dir, kill))
         if ckpt.has_checkpoint(run_dir):
             BACKEND.load_model(run_dir)  # EMA weights
             ckpt.read_checkpoint(ckpt.latest_checkpoint(run_dir))  # everything resume needs
@@ -315,19 +329,20 @@ def kill_and_resume(run_dir: Path, reference: ckpt.Checkpoint, rng: random.Rando
     return outcomes
 
 
-def test_sigkill_at_a_commit_point_then_random(tmp_path, reference):
-    """Fast tier: one real SIGKILL inside the commit protocol, one at a random moment."""
-    assert run_worker(tmp_path, None, fault="renamed@3") == "killed"
+def test_sigkill_at_a_commit_point_then_random(processes, tmp_path, reference):
+    """Fast tier: one real SIGKILL inside the commit protocol, then three at random moments."""
+    assert run_worker(processes, tmp_path, kill=None, fault="renamed@3") == "killed"
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000002"
     assert (tmp_path / "checkpoints" / "step-00000003").is_dir()  # renamed, not yet pointed to
-    kill_and_resume(tmp_path, reference, random.Random(0), kills=1)
+    outcomes = kill_and_resume(processes, tmp_path, reference, random.Random(0), kills=3)
+    print(f"\nrandom SIGKILLs: {outcomes}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
-def test_sigkill_at_random_moments(tmp_path, reference, seed):
+def test_sigkill_at_random_moments(processes, tmp_path, reference, seed):
     """Slow tier: 4 × 6 = 24 SIGKILLs at random moments."""
-    outcomes = kill_and_resume(tmp_path, reference, random.Random(seed), kills=6)
+    outcomes = kill_and_resume(processes, tmp_path, reference, random.Random(seed), kills=6)
     print(f"\nseed {seed}: {outcomes}")
 
 
