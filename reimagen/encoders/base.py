@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import collections
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,9 +35,7 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     texts = list(texts)
     bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
     if bad:
-        raise TypeError(
-            f"texts must all be str; item {bad[0]} is {type(texts[bad[0]]).__name__}"
-        )
+        raise TypeError(f"texts must all be str; item {bad[0]} is {type(texts[bad[0]]).__name__}")
     return texts
 
 

@@ -67,7 +67,7 @@ class HashEncoder(CachingEncoder):
         if not 0.0 <= float(position_weight) <= 10.0:
             raise ValueError(f"position_weight must be in [0, 10], got {position_weight}")
         self.position_weight = float(position_weight)
-        self._positions = (self.position_weight * sinusoidal_positions(self.max_length, self.dim))
+        self._positions = self.position_weight * sinusoidal_positions(self.max_length, self.dim)
         self._word_vectors: dict[str, np.ndarray] = {}
 
     @property

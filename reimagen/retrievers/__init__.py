@@ -19,8 +19,8 @@ from reimagen.retrievers.none import NoneRetriever
 __all__ = [
     "BM25Retriever",
     "DenseRetriever",
-    "NoneRetriever",
     "IndexMismatchError",
+    "NoneRetriever",
     "load_index",
     "open_or_build",
 ]

@@ -20,8 +20,9 @@ per query), ``_save_files(folder)``, ``_load_files(folder, meta)`` and ``options
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,9 @@ class View:
         """View positions of those ``kb_rows`` that are in the view (others are dropped)."""
         kb_rows = np.asarray(kb_rows, dtype=np.int64).reshape(-1)
         where = np.searchsorted(self.rows, kb_rows)
-        inside = (where < len(self.rows)) & (self.rows[np.minimum(where, len(self.rows) - 1)] == kb_rows)
+        inside = (where < len(self.rows)) & (
+            self.rows[np.minimum(where, len(self.rows) - 1)] == kb_rows
+        )
         return np.unique(where[inside])
 
 
@@ -56,7 +59,9 @@ def select_rows(kb: Any, rows: Sequence[int] | None) -> np.ndarray:
         return np.arange(size, dtype=np.int64)
     rows = np.asarray(rows)
     if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
-        raise ValueError(f"rows must be a 1-D sequence of ints, got shape {rows.shape} {rows.dtype}")
+        raise ValueError(
+            f"rows must be a 1-D sequence of ints, got shape {rows.shape} {rows.dtype}"
+        )
     rows = rows.astype(np.int64)
     if rows.size == 0:
         raise ValueError("rows is empty: a view must select at least one knowledge-base row")
@@ -171,7 +176,7 @@ class ViewRetriever(Retriever):
     def kb_fingerprint(self) -> str:
         return self._require_view().kb_fingerprint
 
-    def fit(self, kb: Any, rows: Sequence[int] | None = None) -> "ViewRetriever":
+    def fit(self, kb: Any, rows: Sequence[int] | None = None) -> ViewRetriever:
         view = View(kb, select_rows(kb, rows))
         self._build(view.texts)
         self.view = view
@@ -228,7 +233,7 @@ class ViewRetriever(Retriever):
         return retriever
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "ViewRetriever":
+    def from_options(cls, options: dict[str, Any]) -> ViewRetriever:
         return cls(**options)
 
     def _require_view(self) -> View:

@@ -59,7 +59,9 @@ class DenseRetriever(ViewRetriever):
     ):
         super().__init__()
         if not isinstance(encoder, str):
-            raise TypeError(f"encoder must be a registered encoder name, got {type(encoder).__name__}")
+            raise TypeError(
+                f"encoder must be a registered encoder name, got {type(encoder).__name__}"
+            )
         if nlist is not None and (isinstance(nlist, bool) or int(nlist) < 1):
             raise ValueError(f"nlist must be >= 1 or None, got {nlist}")
         if int(nprobe) < 1:
@@ -154,7 +156,9 @@ class DenseRetriever(ViewRetriever):
         scores, positions = self._index.search(vectors, n)  # [Q, n] each
         incomplete = np.flatnonzero((positions < 0).any(axis=1))
         if len(incomplete):  # IVF: the probed cells held fewer than n documents
-            scores[incomplete], positions[incomplete] = self._search_all_cells(vectors[incomplete], n)
+            scores[incomplete], positions[incomplete] = self._search_all_cells(
+                vectors[incomplete], n
+            )
         return scores, positions
 
     def _search_all_cells(self, vectors: np.ndarray, n: int):
@@ -212,7 +216,9 @@ def _openblas_core() -> str | None:
     """SkylakeX (AVX-512) or Haswell (AVX2) from /proc/cpuinfo; None where unknown."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+            flags = next(
+                (line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), []
+            )
     except OSError:
         return None
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"} <= set(flags):

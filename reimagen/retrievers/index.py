@@ -27,8 +27,9 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -67,7 +68,7 @@ class IndexMeta:
         return json.dumps(attrs.asdict(self), indent=2, sort_keys=True, ensure_ascii=False)
 
     @classmethod
-    def read(cls, folder: str | Path) -> "IndexMeta":
+    def read(cls, folder: str | Path) -> IndexMeta:
         path = Path(folder) / META_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no saved retriever index in {folder} (missing {META_FILE})")
@@ -109,7 +110,7 @@ def library_versions(distributions: Sequence[str]) -> dict[str, str]:
 
 
 def now_utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 # ---- writing and checking ------------------------------------------------------------------
@@ -196,14 +197,22 @@ def check_count(meta: IndexMeta, folder: str | Path, found: int) -> None:
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,80}$")
 
 
-def index_name(retriever: str, *, encoder: str | None = None, view: Sequence[str] = ()) -> str:
-    """A readable folder name: ``bm25``, ``dense-minilm``, ``bm25-view-noto+openmoji``.
+def index_name(
+    retriever: str,
+    *,
+    encoder: str | None = None,
+    variant: str | None = None,
+    view: Sequence[str] = (),
+) -> str:
+    """A readable folder name: ``bm25``, ``dense-minilm-ivf``, ``bm25-view-noto+openmoji``.
 
-    Names with characters unsafe in a path fall back to a short hash of the view."""
-    name = retriever if not encoder else f"{retriever}-{encoder}"
+    A view whose names have characters unsafe in a path falls back to a short hash."""
+    name = "-".join(part for part in (retriever, encoder, variant) if part)
     if view:
         joined = "+".join(sorted(set(view)))
-        tail = joined if SAFE_NAME.match(joined) else hashlib.sha256(joined.encode()).hexdigest()[:12]
+        tail = (
+            joined if SAFE_NAME.match(joined) else hashlib.sha256(joined.encode()).hexdigest()[:12]
+        )
         name = f"{name}-view-{tail}"
     if not SAFE_NAME.match(name):
         raise ValueError(f"index name {name!r} has characters outside [A-Za-z0-9_.+-]")

@@ -9,8 +9,9 @@ knowledge base the baseline was run against), but it needs neither.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

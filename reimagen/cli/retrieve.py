@@ -1,0 +1,166 @@
+"""``reimagen retrieve``: a prompt's nearest knowledge-base entries, with scores (DESIGN §6).
+
+    reimagen retrieve "a red apple"                         # bm25 over the whole emoji KB
+    reimagen retrieve "a red apple" --k 8 --view openmoji,noto --json
+    reimagen retrieve "a red apple" --retriever dense --encoder minilm [--ivf]
+
+The index is built and saved beside the knowledge base on first use
+(``<kb>/indexes/<retriever>[-<encoder>][-ivf][-view-<sources>]``) and loaded afterwards; an
+index that no longer matches the knowledge base is rebuilt, saying why. Arguments are checked
+before the knowledge base is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from reimagen.core import paths, registry
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "retrieve", help="top-k knowledge-base neighbours of a prompt, with scores"
+    )
+    parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="text to search for")
+    parser.add_argument("--k", type=int, default=4, help="neighbours per prompt (default 4)")
+    parser.add_argument(
+        "--retriever", default="bm25", help="registered retriever: bm25 (default), dense, none"
+    )
+    parser.add_argument(
+        "--encoder", help="registered text encoder for --retriever dense (default minilm)"
+    )
+    parser.add_argument("--ivf", action="store_true", help="dense: approximate IVF index")
+    parser.add_argument("--kb", type=Path, help="knowledge-base folder (default: the emoji KB)")
+    parser.add_argument(
+        "--view", help="comma-separated sources (artists) to search, e.g. openmoji,noto"
+    )
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the saved index")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=run)
+
+
+def _user_error(message: str):
+    from reimagen.cli.main import UserError
+
+    return UserError(message)
+
+
+def check_args(args) -> tuple[dict, list[str] | None]:
+    """Retriever options and the view's sources, or a UserError — before any file is read."""
+    if args.k < 0:
+        raise _user_error(f"--k must be >= 0, got {args.k}")
+    registry.get("retriever", args.retriever)  # unknown name -> error listing the known ones
+    if args.retriever != "dense" and (args.encoder or args.ivf):
+        raise _user_error("--encoder and --ivf only apply to --retriever dense")
+    if args.retriever == "none" and args.k != 0:
+        raise _user_error("--retriever none returns no neighbours; use --k 0")
+    options: dict = {}
+    if args.retriever == "dense":
+        options = {"encoder": args.encoder or "minilm", "ivf": bool(args.ivf)}
+        registry.get("encoder", options["encoder"])
+    sources = None
+    if args.view is not None:
+        sources = [s.strip() for s in args.view.split(",") if s.strip()]
+        if not sources:
+            raise _user_error("--view needs at least one source name, e.g. --view openmoji,noto")
+    return options, sources
+
+
+def run(args) -> int:
+    from reimagen.core.knowledge_base import KnowledgeBase, KnowledgeBaseError
+    from reimagen.retrievers.index import (
+        IndexMismatchError,
+        index_folder,
+        index_name,
+        open_or_build,
+    )
+
+    options, sources = check_args(args)
+    folder = args.kb or paths.default_kb_dir()
+    if not Path(folder).is_dir():
+        raise _user_error(f"no knowledge base at {folder}; build one with `reimagen kb build`")
+    try:
+        kb = KnowledgeBase.open(folder, verify=False)  # manifest fingerprint is still checked
+        rows = None if sources is None else kb.rows(sources=sources)
+    except KnowledgeBaseError as err:
+        raise _user_error(str(err)) from err
+    name = index_name(
+        args.retriever,
+        encoder=options.get("encoder"),
+        variant="ivf" if options.get("ivf") else None,
+        view=sources or (),
+    )
+    started = time.perf_counter()
+    try:
+        retriever, status, reason = open_or_build(
+            kb,
+            index_folder(kb.folder, name),
+            args.retriever,
+            rows=rows,
+            rebuild=args.rebuild,
+            **options,
+        )
+        result = retriever.search(args.prompts, args.k)
+    except (ValueError, IndexMismatchError) as err:
+        raise _user_error(str(err)) from err
+    seconds = time.perf_counter() - started
+    if status != "loaded":
+        why = f" ({reason})" if status == "rebuilt" else ""
+        print(
+            f"{status} {name} index of {len(retriever.rows)} captions in {seconds:.1f}s{why}",
+            file=sys.stderr,
+        )
+    report = _report(kb, args, name, status, retriever, result)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else _table(report))
+    return 0
+
+
+def _report(kb, args, name, status, retriever, result) -> dict:
+    results = []
+    for prompt, ids, scores in zip(args.prompts, result.ids, result.scores):
+        neighbors = []
+        for rank, (row, score) in enumerate(zip(ids.tolist(), scores.tolist()), start=1):
+            record = kb.records[row]
+            neighbors.append(
+                {
+                    "rank": rank,
+                    "row": row,
+                    "score": round(float(score), 6),
+                    "key": record.key,
+                    "text": record.text,
+                    "source": record.source,
+                    "entity": record.entity,
+                }
+            )
+        results.append({"prompt": prompt, "neighbors": neighbors})
+    return {
+        "kb": str(kb.folder),
+        "retriever": args.retriever,
+        "options": retriever.options,
+        "index": name,
+        "index_status": status,
+        "indexed": len(retriever.rows),
+        "k": args.k,
+        "results": results,
+    }
+
+
+def _table(report: dict) -> str:
+    lines = []
+    for entry in report["results"]:
+        lines.append(f"{entry['prompt']!r}  ({report['index']}, {report['indexed']} captions)")
+        if not entry["neighbors"]:
+            lines.append("  (no neighbours)")
+            continue
+        width = max(len(n["source"]) for n in entry["neighbors"])
+        lines.append(f"  {'#':>2}  {'score':>9}  {'row':>6}  {'source':<{width}}  text")
+        for n in entry["neighbors"]:
+            lines.append(
+                f"  {n['rank']:>2}  {n['score']:>9.4f}  {n['row']:>6}  {n['source']:<{width}}  "
+                f"{n['text']}"
+                + (f"  [{n['entity']}]" if n["entity"] and n["entity"] != n["text"] else "")
+            )
+    return "\n".join(lines)
