@@ -335,6 +335,39 @@ def test_rgb_properties(tmp_path_factory, images, background):
     )
 
 
+@pytest.mark.parametrize("size", [8, 4, 3])
+def test_rgba_composited_by_hand_equals_rgb(tmp_path, size):
+    """rgba() resizes in premultiplied space; compositing it by hand must give rgb() (both
+    resizes are linear), for integer (8->4) and non-integer (8->3) factors."""
+    kb = build_knowledge_base(_items(2), tmp_path / "kb", resolution=S, progress=False)
+    rgba = kb.rgba([1, 0], size=size)
+    assert rgba.shape == (2, size, size, 4) and rgba.min() >= 0 and rgba.max() <= 1
+    background = np.array([10, 200, 30]) / 255.0
+    by_hand = rgba[..., :3] * rgba[..., 3:] + background * (1 - rgba[..., 3:])
+    rgb = kb.rgb([1, 0], size=size, background=(10, 200, 30))
+    np.testing.assert_allclose(by_hand * 2 - 1, rgb, atol=1e-5)
+
+
+def test_transparent_colour_does_not_bleed(tmp_path):
+    """Half the pixels transparent *red*, half opaque blue: shrunk to 1 px it is pure blue."""
+    image = np.zeros((4, 4, 4), np.uint8)
+    image[:, :2] = (255, 0, 0, 0)
+    image[:, 2:] = (0, 0, 255, 255)
+    kb = build_knowledge_base(
+        [("t/x", "x", "t", "", image)], tmp_path / "kb", resolution=4, progress=False
+    )
+    np.testing.assert_allclose(kb.rgba([0], size=1)[0, 0, 0], [0, 0, 1, 0.5], atol=1e-6)
+
+
+def test_pickle_reopens_the_memory_map(folder_kb):
+    import pickle
+
+    blob = pickle.dumps(folder_kb)
+    assert len(blob) < 2000  # the folder and fingerprint, not the pixels
+    again = pickle.loads(blob)
+    assert isinstance(again.images, np.memmap) and again.fingerprint == folder_kb.fingerprint
+
+
 def test_resize_area_block_mean_matches_pillow_box():
     images = np.random.default_rng(0).random((2, 12, 12, 3)).astype(np.float32)
     fast = resize_area(images, 4)  # exact block means (12 = 3 * 4)

@@ -145,6 +145,13 @@ def format_summary(summary: dict) -> str:
         *(f"  {name:<17} {n:,}" for name, n in summary["counts"].items()),
         f"entities            {summary['entities']:,} ({summary['entities_drawn']:,} drawn)",
         f"with twemoji        {with_target:,}",
+        *(
+            [
+                f"drawn by no artist  {len(summary['entities_undrawn'])} (left out; kb.json lists them)"
+            ]
+            if summary["entities_undrawn"]
+            else []
+        ),
         f">=1 other artist    {summary['fraction_with_other']:.1%} of those",
         f"  other artists per entity -> entities: {histogram}",
         f"resolution          {summary['resolution']}",

@@ -275,8 +275,28 @@ class KnowledgeBase:
             "fingerprint": self.fingerprint,
             "built_at": self.meta.get("built_at"),
             "build_seconds": self.meta.get("build_seconds"),
+            "entities_undrawn": list(self.meta.get("entities_undrawn", [])),
             "disk_bytes": disk,
         }
+
+    def rgba(self, rows, size: int | None = None) -> np.ndarray:
+        """float32 [n, size, size, 4] in [0, 1], straight alpha: the rows resized by area
+        averaging in premultiplied space (so transparent pixels' colours never bleed in).
+        For composing a drawing into a scene at a chosen size."""
+        index = self._check_rows(rows)
+        size = self.resolution if size is None else _check_size(size, "size", low=1)
+        rgba = np.asarray(self.images[index], dtype=np.float32) / 255.0  # [n, S, S, 4]
+        alpha = rgba[..., 3:]  # [n, S, S, 1]
+        premultiplied = np.concatenate([rgba[..., :3] * alpha, alpha], axis=-1)
+        premultiplied = resize_area(premultiplied, size)  # [n, size, size, 4]
+        alpha = premultiplied[..., 3:]
+        colour = np.divide(
+            premultiplied[..., :3],
+            alpha,
+            out=np.zeros_like(premultiplied[..., :3]),
+            where=alpha > 0,
+        )
+        return np.concatenate([np.clip(colour, 0.0, 1.0), alpha], axis=-1).astype(np.float32)
 
     def rgb(self, rows, size: int | None = None, background=(255, 255, 255)) -> np.ndarray:
         """float32 [n, size, size, 3] in [-1, 1]: rows alpha-composited ("over") on
@@ -284,12 +304,16 @@ class KnowledgeBase:
         averaging to ``size`` (default: the KB resolution)."""
         index = self._check_rows(rows)
         size = self.resolution if size is None else _check_size(size, "size", low=1)
-        rgba = np.asarray(self.images[index], dtype=np.float32) / 255.0  # [n, S, S, 4]
         backdrop = _check_background(background, len(index)) / 255.0  # [n, 1, 1, 3]
+        rgba = np.asarray(self.images[index], dtype=np.float32) / 255.0  # [n, S, S, 4]
         alpha = rgba[..., 3:]  # [n, S, S, 1], straight (not premultiplied) alpha
         composite = rgba[..., :3] * alpha + backdrop * (1.0 - alpha)  # [n, S, S, 3] in [0, 1]
-        composite = resize_area(composite, size)
+        composite = resize_area(composite, size)  # linear, so = composite of the resized rgba
         return (composite * 2.0 - 1.0).astype(np.float32)
+
+    def __reduce__(self):
+        # Worker processes (e.g. a DataLoader) reopen the memory map instead of copying it.
+        return _reopen, (str(self.folder), self.fingerprint)
 
     def _check_rows(self, rows) -> np.ndarray:
         index = np.atleast_1d(np.asarray(rows))
@@ -299,6 +323,13 @@ class KnowledgeBase:
             bad = int(index.min() if index.min() < 0 else index.max())
             raise KnowledgeBaseError(f"row {bad} out of range: this KB has rows 0..{len(self) - 1}")
         return index.astype(np.int64)
+
+
+def _reopen(folder: str, fingerprint: str) -> KnowledgeBase:
+    kb = KnowledgeBase.open(folder, verify=False)
+    if kb.fingerprint != fingerprint:
+        raise KnowledgeBaseError(f"{folder}: changed since it was pickled (fingerprint differs)")
+    return kb
 
 
 # -------------------------------------------------------------------- building

@@ -46,7 +46,13 @@ FLUENT_PACKAGE = Path("artists/node_modules/@iconify-json/fluent-emoji-flat")
 REQUIRED_ARTISTS = ("twemoji", "openmoji")
 DEFAULT_SIZE = 72  # twemoji's native size; the other artists are rendered to match
 
-FE0F = "fe0f"
+# Attribution travels with every KB built from these drawings (kb.json "licences").
+LICENCES = {
+    "twemoji": "Twemoji by Twitter, Inc and other contributors, CC-BY 4.0",
+    "openmoji": "OpenMoji by the OpenMoji project (openmoji.org), CC BY-SA 4.0",
+    "noto": "Noto Color Emoji by Google, SIL Open Font License 1.1",
+    "fluent": "Fluent Emoji by Microsoft Corporation, MIT",
+}
 SKIN_TONES = frozenset(chr(c) for c in range(0x1F3FB, 0x1F400))  # Fitzpatrick modifiers
 HAIR = frozenset(chr(c) for c in range(0x1F9B0, 0x1F9B4))  # red, curly, bald, white hair
 REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
@@ -198,7 +204,7 @@ def _index_by_codepoints(folder: Path, suffix: str) -> dict[str, Path]:
 
 
 def normalize_codepoints(text: str) -> str | None:
-    """ "0023-FE0F-20E3" -> "23-20e3" (our key form); None if it is not hex code points."""
+    """Normalize "0023-FE0F-20E3" to "23-20e3" (our key form); None if not hex code points."""
     try:
         points = [int(p, 16) for p in text.split("-")]
     except ValueError:
@@ -566,9 +572,10 @@ class EmojiSource:
                     )
 
     def info(self) -> dict:
-        """Extra kb.json fields: which artists and entities went in."""
+        """Extra kb.json fields: which artists and entities went in, and the artwork licences."""
         return {
             "artists": self.artists,
+            "licences": {name: LICENCES[name] for name in self.artists},
             "rendition_size": self.size,
             "entities_undrawn": self.undrawn,
         }
