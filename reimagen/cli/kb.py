@@ -139,19 +139,13 @@ def format_summary(summary: dict) -> str:
     with_target = summary["entities_with_twemoji"]
     other = summary["other_renditions"]
     histogram = ", ".join(f"{k}: {n:,}" for k, n in other.items()) or "-"
+    undrawn = len(summary["entities_undrawn"])
     lines = [
         f"knowledge base      {summary['folder']}",
         f"records             {summary['records']:,}",
         *(f"  {name:<17} {n:,}" for name, n in summary["counts"].items()),
         f"entities            {summary['entities']:,} ({summary['entities_drawn']:,} drawn)",
         f"with twemoji        {with_target:,}",
-        *(
-            [
-                f"drawn by no artist  {len(summary['entities_undrawn'])} (left out; kb.json lists them)"
-            ]
-            if summary["entities_undrawn"]
-            else []
-        ),
         f">=1 other artist    {summary['fraction_with_other']:.1%} of those",
         f"  other artists per entity -> entities: {histogram}",
         f"resolution          {summary['resolution']}",
@@ -159,4 +153,7 @@ def format_summary(summary: dict) -> str:
         f"built               {summary['built_at']} in {summary['build_seconds']} s",
         f"disk                {summary['disk_bytes'] / 2**20:.1f} MiB",
     ]
+    if undrawn:
+        after = next(i for i, line in enumerate(lines) if line.startswith("with twemoji"))
+        lines.insert(after + 1, f"drawn by no artist  {undrawn} (left out, listed in kb.json)")
     return "\n".join(lines)
