@@ -68,6 +68,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> T
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)
 
 
+def pointwise_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1×1 conv as one GEMM over the channels of the NHWC view (oneDNN sends 1×1 convs to a
+    slow im2col path on CPU); same parameters, same result up to rounding."""
+    weight = conv.weight.reshape(conv.out_channels, conv.in_channels)  # [Cout, Cin]
+    out = F.linear(x.permute(0, 2, 3, 1), weight, conv.bias)
+    return out.permute(0, 3, 1, 2)  # [N, Cout, H, W], channels_last
+
+
 class Norm(nn.Module):
     """GroupNorm (``norm="group"``) or per-pixel LayerNorm over channels (``norm="layer"``) of an
     NCHW image; explicit eps. Parameters: ``weight`` [C], ``bias`` [C]."""
@@ -123,7 +131,7 @@ class ResBlock(nn.Module):
         h = self.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
         h = F.dropout(F.silu(h), self.dropout, self.training)
         h = self.conv2(h)
-        return (x if self.skip is None else self.skip(x)) + h
+        return (x if self.skip is None else pointwise_conv(self.skip, x)) + h
 
 
 class Downsample(nn.Module):

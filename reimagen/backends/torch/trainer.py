@@ -171,6 +171,7 @@ class Trainer:
         )
         self.step = 0
         self.checkpoint: Path | None = None
+        self.last_loss = float("nan")
         if ckpt.has_checkpoint(self.run_dir):
             self._restore(ckpt.latest_checkpoint(self.run_dir))
 
@@ -210,6 +211,7 @@ class Trainer:
         ckpt.load_optimizer(self.optimizer, self.model, saved.optimizer, folder / ckpt.OPTIM_FILE)
         self.step = saved.step
         self.checkpoint = folder
+        self.last_loss = float(saved.state.get("loss", float("nan")))
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -284,7 +286,7 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        loss, window, started = float("nan"), _Window(), time.perf_counter()
+        loss, window, started = self.last_loss, _Window(), time.perf_counter()
         with _deterministic(), torch.random.fork_rng(devices=[]):  # the caller's RNG is kept
             while self.step < config.steps:
                 tick = time.perf_counter()
