@@ -178,6 +178,9 @@ def test_make_artists_errors(monkeypatch):
     with pytest.raises(KnowledgeBaseError, match="fluent artist not installed"):
         es.make_artists(["fluent"])
     assert "fluent" not in [a.name for a in es.make_artists(None)]  # optional: skipped
+    source = es.EmojiSource(names=["red apple"], processes=1)
+    assert "fluent" not in source.artists and "not installed" in source.skipped["fluent"]
+    assert source.info()["artists_skipped"] == source.skipped
 
 
 # ------------------------------------------------------------------ building

@@ -109,6 +109,8 @@ def run_build(args) -> int:
     started = time.perf_counter()
     try:
         source = factory(**options)
+        for artist, reason in getattr(source, "skipped", {}).items():
+            print(f"note: skipping optional artist {artist}: {reason}")
         info = source.info() if hasattr(source, "info") else {}
         kb = build_from_source(
             source, out, resolution=args.resolution, progress=not args.quiet, info=info

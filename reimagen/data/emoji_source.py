@@ -27,6 +27,7 @@ else spawned).
 
 from __future__ import annotations
 
+import abc
 import io
 import json
 import multiprocessing
@@ -212,7 +213,27 @@ def normalize_codepoints(text: str) -> str | None:
     return "-".join(f"{p:x}" for p in points if p != 0xFE0F)
 
 
-class Twemoji:
+class Artist(abc.ABC):
+    """One artist's drawings. ``covers`` is cheap (an index lookup); ``render`` draws."""
+
+    name: str
+    size: int = DEFAULT_SIZE
+
+    @abc.abstractmethod
+    def covers(self, entity: Entity) -> bool:
+        """Whether this artist has a drawing of ``entity``."""
+
+    @abc.abstractmethod
+    def render(self, entity: Entity):
+        """PIL RGBA image size×size, or None when the artist has no drawing of ``entity``."""
+
+    def encoded(self, entity: Entity) -> bytes | None:
+        """The drawing as PNG bytes (what goes into the KB), or None."""
+        picture = self.render(entity)
+        return None if picture is None else _png(picture)
+
+
+class Twemoji(Artist):
     """Twitter's Twemoji PNGs (72×72), matched by code points with fe0f dropped."""
 
     name = "twemoji"
@@ -258,11 +279,9 @@ class Twemoji:
         return picture.resize((self.size, self.size), method)
 
 
-class _SvgArtist:
+class _SvgArtist(Artist):
     """Shared resvg rendering: SVG text -> RGBA image fitted to ``size``."""
 
-    name = ""
-    size = DEFAULT_SIZE
     typical_extent = 1.0  # median drawing side / SVG canvas side (measured, see _fit)
 
     def _rasterize(self, *, svg_path: str | None = None, svg_string: str | None = None):
@@ -276,10 +295,6 @@ class _SvgArtist:
         picture = Image.open(io.BytesIO(bytes(blob)))
         picture.load()
         return _fit(picture.convert("RGBA"), self.size, self.typical_extent * oversample)
-
-    def encoded(self, entity: Entity) -> bytes | None:
-        picture = self.render(entity)
-        return None if picture is None else _png(picture)
 
 
 class OpenMoji(_SvgArtist):
@@ -390,7 +405,7 @@ class Fluent(_SvgArtist):
         return None if svg is None else self._rasterize(svg_string=svg)
 
 
-class Noto:
+class Noto(Artist):
     """Google's Noto Color Emoji (the Debian font file), drawn by Pillow with Raqm layout so ZWJ
     sequences and flags become one glyph. A sequence the font lacks comes out as several glyphs
     side by side (too wide) or nothing at all: both read as "no drawing"."""
@@ -427,38 +442,29 @@ class Noto:
         )
         return _fit(canvas, self.size, self.typical_extent * self.glyph_width)
 
-    def encoded(self, entity: Entity) -> bytes | None:
-        picture = self.render(entity)
-        return None if picture is None else _png(picture)
-
 
 ARTIST_CLASSES = {"twemoji": Twemoji, "openmoji": OpenMoji, "noto": Noto, "fluent": Fluent}
 
 
-def artist_status() -> dict[str, str]:
-    """artist -> "" when it can render here, else why not (for `reimagen kb info` and errors)."""
-    status = {}
+def installed_artists(size: int = DEFAULT_SIZE) -> tuple[list[Artist], dict[str, str]]:
+    """Every artist that can draw here, and {artist: why not} for the optional ones that
+    cannot. A required artist (twemoji, openmoji) that cannot raises."""
+    artists, skipped = [], {}
     for name in ARTISTS:
         try:
-            ARTIST_CLASSES[name]()
-            status[name] = ""
+            artists.append(ARTIST_CLASSES[name](size=size))
         except (KnowledgeBaseError, ImportError, OSError) as err:
-            status[name] = str(err)
-    return status
+            if name in REQUIRED_ARTISTS:
+                raise KnowledgeBaseError(f"required artist {name} unavailable: {err}") from None
+            skipped[name] = str(err)
+    return artists, skipped
 
 
-def make_artists(names: Sequence[str] | None = None, size: int = DEFAULT_SIZE) -> list:
-    """Instantiate artists by name (None: every one installed here; twemoji and openmoji are
-    required). Unknown or unavailable names raise KnowledgeBaseError saying why."""
+def make_artists(names: Sequence[str] | None = None, size: int = DEFAULT_SIZE) -> list[Artist]:
+    """Instantiate artists by name (None: every one installed here). Unknown or unavailable
+    names raise KnowledgeBaseError saying why."""
     if names is None:
-        artists = []
-        for name in ARTISTS:
-            try:
-                artists.append(ARTIST_CLASSES[name](size=size))
-            except (KnowledgeBaseError, ImportError, OSError):
-                if name in REQUIRED_ARTISTS:
-                    raise
-        return artists
+        return installed_artists(size)[0]
     names = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in names if n not in ARTIST_CLASSES]
     if unknown or not names or len(set(names)) != len(names):
@@ -545,7 +551,10 @@ class EmojiSource:
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
             raise KnowledgeBaseError(f"processes must be a positive integer, got {processes!r}")
         chosen = select_entities(load_entities(emoji_test), limit, names)
-        self._artists = make_artists(artists, size)
+        if artists is None:
+            self._artists, self.skipped = installed_artists(size)  # optional ones may be missing
+        else:
+            self._artists, self.skipped = make_artists(artists, size), {}
         # Entities newer than every artist's set have no drawing at all: left out, but listed.
         self._entities = [e for e in chosen if any(a.covers(e) for a in self._artists)]
         self.undrawn = [e.name for e in chosen if e not in self._entities]
@@ -578,4 +587,5 @@ class EmojiSource:
             "licences": {name: LICENCES[name] for name in self.artists},
             "rendition_size": self.size,
             "entities_undrawn": self.undrawn,
+            "artists_skipped": self.skipped,
         }
