@@ -192,8 +192,8 @@ def eligible_entities(entities=None) -> list:
     from reimagen.data.emoji_source import OpenMoji, Twemoji, load_entities
 
     entities = load_entities() if entities is None else list(entities)
-    drawn = [set(Twemoji().files), set(OpenMoji().files)]  # codepoints each artist has
-    return [e for e in entities if all(e.codepoints in files for files in drawn)]
+    artists = (Twemoji(), OpenMoji())  # = ELIGIBILITY_ARTISTS
+    return [e for e in entities if all(artist.covers(e) for artist in artists)]
 
 
 def category_of(entity) -> str:
