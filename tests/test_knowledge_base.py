@@ -140,6 +140,24 @@ def test_rebuild_replaces_and_keeps_foreign_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]  # no staging or old folders
 
 
+def test_failed_swap_restores_the_old_kb(tmp_path, monkeypatch):
+    """Fault injection: the final rename of the new KB fails -> the old KB is back, intact."""
+    old = build_knowledge_base(_items(3), tmp_path / "kb", resolution=S, progress=False)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if ".building-" in str(src) and Path(dst) == old.folder:
+            raise OSError("disk on fire")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk on fire"):
+        build_knowledge_base(_items(2), tmp_path / "kb", resolution=S, progress=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert KnowledgeBase.open(old.folder).fingerprint == old.fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]  # no staging, no aside folder
+
+
 def test_refuses_to_replace_a_folder_that_is_not_a_kb(tmp_path):
     precious = tmp_path / "documents"
     precious.mkdir()

@@ -601,20 +601,27 @@ def _check_replaceable(folder: Path) -> None:
 
 
 def _swap_into_place(staging: Path, folder: Path) -> None:
-    """Rename the finished staging folder to ``folder``; an old KB there is moved aside first
-    (its non-KB files carried over into the new one) and deleted after."""
+    """Rename the finished staging folder to ``folder``. An old KB there is first renamed aside
+    (restored if the swap fails); files in it that are not the KB's own (a retriever index)
+    are then moved into the new KB, and the old folder is deleted only if they all moved."""
     if not folder.exists():
         os.replace(staging, folder)
         rio._fsync_dir(folder.parent)
         return
-    for entry in folder.iterdir():
-        if entry.name not in OWN_ENTRIES:
-            shutil.move(str(entry), str(staging / entry.name))
-    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    os.replace(folder, old / folder.name)
-    os.replace(staging, folder)
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    old = aside / folder.name
+    os.replace(folder, old)
+    try:
+        os.replace(staging, folder)
+    except BaseException:
+        os.replace(old, folder)  # put the old KB back
+        aside.rmdir()
+        raise
     rio._fsync_dir(folder.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    for entry in sorted(old.iterdir()):
+        if entry.name not in OWN_ENTRIES:
+            os.replace(entry, folder / entry.name)
+    shutil.rmtree(aside)
 
 
 def _staging_prefix(folder: Path) -> str:
