@@ -215,6 +215,41 @@ def test_bm25_scores_match_the_formula():
     )
 
 
+def test_bm25_scores_equal_bm25s_get_scores():
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(VOCAB[:12], size=rng.integers(1, 8))) for _ in range(300)]
+    retriever = BM25Retriever().fit(MemoryKB(texts))
+    for query in texts[:10] + ["zal zal bex", "nothing known"]:
+        words = retriever.tokenize([query])[0]
+        reference = retriever._bm25.get_scores(words) if words else np.zeros(300)
+        np.testing.assert_allclose(retriever.scores(query), reference, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.sampled_from([5, 1023, 1024, 1100, 2500]),
+    batch=st.integers(1, 3),
+    n=st.integers(0, 40),
+    levels=st.integers(1, 50),
+    seed=st.integers(0, 2**16),
+    padding=st.integers(0, 63),
+)
+def test_top_n_rows_is_a_full_sort_prefix(size, batch, n, levels, seed, padding):
+    """The block prefilter is exact: the same as sorting the whole row by (-score, position),
+    with many ties (few distinct levels) and -inf padding."""
+    from reimagen.retrievers.base import top_n_rows
+
+    n = min(n, size)
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, (batch, size)).astype(np.float64) * 0.5
+    scores = np.concatenate([scores, np.full((batch, padding), -np.inf)], axis=1)
+    positions, values = top_n_rows(scores, n)
+    for b in range(batch):
+        expected = np.lexsort((np.arange(scores.shape[1]), -scores[b]))[:n]
+        np.testing.assert_array_equal(positions[b], expected)
+        np.testing.assert_array_equal(values[b], scores[b, expected].astype(np.float32))
+
+
 @pytest.mark.parametrize("ivf", [False, True])
 def test_dense_scores_are_cosines_of_pooled_vectors(ivf):
     rng = np.random.default_rng(0)

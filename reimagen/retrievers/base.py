@@ -110,18 +110,43 @@ def order_hits(positions: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
     return np.take_along_axis(positions, order, -1), np.take_along_axis(scores, order, -1)
 
 
-def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact, deterministic top-n of one score vector [N]: (positions [n], scores [n]) by score
-    descending, ties by position ascending, in O(N) (a partition, not a full sort)."""
-    size = scores.shape[0]
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    threshold = np.partition(scores, size - n)[size - n]  # the n-th largest score
-    above = np.flatnonzero(scores > threshold)
-    ties = np.flatnonzero(scores == threshold)[: n - len(above)]  # lowest positions first
-    chosen = np.concatenate([above, ties]).astype(np.int64)
-    positions, values = order_hits(chosen[None], scores[chosen][None].astype(np.float32))
-    return positions[0], values[0]
+BLOCK = 64  # top_n_rows' prefilter: positions are split into groups of this many
+
+
+def top_n_rows(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact, deterministic top-n of each row of ``scores`` [B, N]: (positions [B, n] int64,
+    scores [B, n] float32) by score descending, ties by position ascending; no full sort.
+
+    Prefilter (exact): split a row's positions into G groups of BLOCK (group g holds positions
+    g, g+G, g+2G, ..., so the group maxima are one vectorised pass over the row). The n largest
+    group maxima are n distinct scores, so the row's n-th largest score is >= t, the n-th
+    largest group maximum: every top-n score lies in a group whose maximum is >= t. Only those
+    few groups (plus the < BLOCK positions past the last full group) are ranked. ``-inf``
+    marks padding."""
+    batch, size = scores.shape
+    positions = np.zeros((batch, n), np.int64)
+    values = np.zeros((batch, n), np.float32)
+    if n == 0 or batch == 0:
+        return positions, values
+    groups = size // BLOCK
+    if groups >= 16 and n <= groups:
+        strided = scores[:, : groups * BLOCK].reshape(batch, BLOCK, groups)  # [B, BLOCK, G]
+        group_max = strided.max(axis=1)  # [B, G]
+        bound = np.partition(group_max, groups - n, axis=1)[:, groups - n]  # [B]
+        members = groups * np.arange(BLOCK)  # offsets of a group's positions
+        tail = np.arange(groups * BLOCK, size)
+    for b in range(batch):
+        if groups >= 16 and n <= groups:
+            hit = np.flatnonzero(group_max[b] >= bound[b])  # few groups
+            candidates = np.concatenate([(hit[:, None] + members).ravel(), tail])
+        else:
+            candidates = np.arange(size)
+        row = scores[b, candidates]
+        threshold = np.partition(row, len(row) - n)[len(row) - n]  # the n-th largest score
+        chosen = candidates[row >= threshold]
+        order = np.lexsort((chosen, -scores[b, chosen]))[:n]  # score desc, then position
+        positions[b], values[b] = chosen[order], scores[b, chosen[order]]
+    return positions, values
 
 
 class ViewRetriever(Retriever):
