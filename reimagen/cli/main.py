@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from reimagen.core.config import ConfigError
+from reimagen.core.knowledge_base import KnowledgeBaseError
 from reimagen.core.registry import RegistryError
 
 # Sub-command modules, in the order `reimagen --help` lists them.
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, RegistryError, ConfigError, FileNotFoundError) as err:
+    except (UserError, RegistryError, ConfigError, KnowledgeBaseError, FileNotFoundError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in message:
             message = f"{message}: {err.filename}"
