@@ -102,8 +102,15 @@ def test_dropped_entity_name_is_not_in_the_prompt():
         assert "apple" not in example.prompt and _says(example.prompt, sc.DROPPED_ENTITY)
         assert sc.example(scene, template_id).prompt != example.prompt
     assert sc.prompt(scene, 0) == "a small red apple in the top left corner on a blue background"
-    assert sc.prompt(scene.__class__(entity="red apple", background="orange", position="center",
-                                     size="large"), 1) == "red apple, large, centred, on orange"
+    assert (
+        sc.prompt(
+            scene.__class__(
+                entity="red apple", background="orange", position="center", size="large"
+            ),
+            1,
+        )
+        == "red apple, large, centred, on orange"
+    )
 
 
 def test_scene_and_prompt_errors_name_the_argument():
@@ -163,8 +170,10 @@ def test_aspect_is_kept_and_transparent_margin_is_cropped():
     with pytest.raises(ValueError, match="fully transparent"):
         sc.fit_drawing(np.zeros((8, 8, 4), np.uint8), 4)
     with pytest.raises(ValueError, match=r"drawing must be uint8 \[S, S, 4\] RGBA"):
-        sc.compose(np.zeros((8, 8, 3), np.uint8), sc.Scene(entity="x", background="red",
-                                                            position="center", size="small"))
+        sc.compose(
+            np.zeros((8, 8, 3), np.uint8),
+            sc.Scene(entity="x", background="red", position="center", size="small"),
+        )
 
 
 @settings(max_examples=60, deadline=None)
@@ -177,8 +186,9 @@ def test_aspect_is_kept_and_transparent_margin_is_cropped():
     canvas=st.sampled_from([32, 64]),
     ink=st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255)),
 )
-def test_readers_recover_any_legible_rectangle(height, width, background, position, size,
-                                               canvas, ink):
+def test_readers_recover_any_legible_rectangle(
+    height, width, background, position, size, canvas, ink
+):
     drawing = np.zeros((64, 64, 4), np.uint8)
     drawing[:height, :width] = (*ink, 255)
     if not sc.legible(drawing, background):
@@ -210,7 +220,7 @@ def _check_all_scenes(drawing: np.ndarray, canvas: int, noise: float = 0.0) -> t
 
 def test_composer_ground_truth_matches_pixels_for_every_colour_position_size(drawings):
     legible_total = 0
-    for name, drawing in drawings.items():
+    for drawing in drawings.values():
         checked, legible = _check_all_scenes(drawing, 32)
         assert checked == legible
         legible_total += legible

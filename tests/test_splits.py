@@ -133,8 +133,9 @@ def test_damaged_split_files_are_refused(tmp_path, split):
 def kb(tmp_path_factory, split):
     names = [*split.frequent[:3], *split.rare[:3], *split.unseen[:3]]
     source = EmojiSource(names=names, artists=["twemoji", "openmoji"], size=24, processes=1)
-    return build_from_source(source, tmp_path_factory.mktemp("kb") / "kb", resolution=16,
-                             progress=False)
+    return build_from_source(
+        source, tmp_path_factory.mktemp("kb") / "kb", resolution=16, progress=False
+    )
 
 
 def test_views(kb, split):
@@ -146,12 +147,17 @@ def test_views(kb, split):
     training = sp.view_rows(kb, "training", split)
     entities = {kb.records[r].entity for r in training}
     assert entities == {n for n in kb.entities if split.tier(n) != "unseen"}
-    assert len(entities) == 6 and {kb.records[r].source for r in training} == {"twemoji", "openmoji"}
+    assert len(entities) == 6 and {kb.records[r].source for r in training} == {
+        "twemoji",
+        "openmoji",
+    }
     unseen_rows = [r.row for r in kb.records if split.tier(r.entity) == "unseen"]
     assert len(unseen_rows) == 6 and not set(unseen_rows) & set(training.tolist())
     assert sp.seen_entities_in(kb, split) == tuple(n for n in split.seen if n in entities)
     assert sp.tier_counts(split, kb.entities) == {"frequent": 3, "rare": 3, "unseen": 3}
-    with pytest.raises(sp.SplitError, match="setting must be one of same-style, cross-style, training"):
+    with pytest.raises(
+        sp.SplitError, match="setting must be one of same-style, cross-style, training"
+    ):
         sp.view_rows(kb, "train", split)
 
 

@@ -15,7 +15,7 @@ S/32. The readers classify the foreground's bounding-box centre to the nearest o
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -179,8 +179,8 @@ def example(scene: Scene, template_id: int, *, name_entity: bool = True) -> Scen
 
 def box(position: str, size: str, canvas: int) -> tuple[int, int, int]:
     """(top, left, side) in pixels of the square box the drawing is fitted into."""
-    side = int(round(BOX_FRACTION[size] * canvas))
-    margin = int(round(MARGIN_FRACTION * canvas))
+    side = round(BOX_FRACTION[size] * canvas)
+    margin = round(MARGIN_FRACTION * canvas)
     far = canvas - margin - side
     centre = (canvas - side) // 2
     top = {"center": centre, "top": margin, "bottom": far}[position.split(" ")[0]]
@@ -201,7 +201,7 @@ def fit_drawing(drawing: np.ndarray, side: int) -> np.ndarray:
     crop = drawing[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = crop.shape[:2]
     scale = side / max(h, w)
-    out_h, out_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
     resized = Image.fromarray(crop, "RGBA").resize((out_w, out_h), Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.uint8)
 

@@ -26,8 +26,9 @@ Views (rows of a KnowledgeBase a retriever may index):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -170,7 +171,7 @@ class EntitySplit:
         return body + ',\n "entities": [\n  ' + ",\n  ".join(lines) + "\n ]\n}\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str = "split") -> "EntitySplit":
+    def from_json(cls, text: str, where: str = "split") -> EntitySplit:
         try:
             blob = json.loads(text)
             if blob.get("format") != FORMAT or blob.get("format_version") != FORMAT_VERSION:
@@ -202,8 +203,10 @@ def category_of(entity) -> str:
 
     if is_flag_sequence(entity.emoji):
         return "flags"
-    group = entity.group if entity.group != "unknown" else _emoji_data_groups().get(
-        entity.codepoints, "unknown"
+    group = (
+        entity.group
+        if entity.group != "unknown"
+        else _emoji_data_groups().get(entity.codepoints, "unknown")
     )
     return GROUP_CATEGORY.get(group, "other")
 
@@ -233,7 +236,7 @@ def generate_split(entities=None, params: SplitParams = SplitParams()) -> Entity
     flags = [e.name for e in eligible if is_flag_sequence(e.emoji) and e.name not in reason]
     for name in _pick(rng, flags, params.unseen_flags):
         reason[name] = "flag"
-    target = int(round(params.unseen_fraction * len(eligible)))
+    target = round(params.unseen_fraction * len(eligible))
     rest = [e.name for e in eligible if e.name not in reason and not is_flag_sequence(e.emoji)]
     for name in _pick(rng, rest, max(0, target - len(reason))):
         reason[name] = "random"
@@ -323,9 +326,11 @@ def view_rows(kb, setting: str, split: EntitySplit | None = None) -> np.ndarray:
 def seen_entities_in(kb, split: EntitySplit) -> tuple[str, ...]:
     """Seen entities of ``split`` that ``kb`` has a Twemoji drawing of (training targets), by
     rank."""
-    target = {kb.records[r].entity for r in kb.rows(sources=[TARGET_ARTIST])} if (
-        TARGET_ARTIST in kb.source_counts()
-    ) else set()
+    target = (
+        {kb.records[r].entity for r in kb.rows(sources=[TARGET_ARTIST])}
+        if (TARGET_ARTIST in kb.source_counts())
+        else set()
+    )
     return tuple(name for name in split.seen if name in target)
 
 
@@ -340,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m reimagen.data.splits [--write | --check]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m reimagen.data.splits", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m reimagen.data.splits", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--write", action="store_true", help=f"regenerate {SPLIT_FILE.name}")
     args = parser.parse_args(argv)
     if args.write:
