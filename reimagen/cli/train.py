@@ -85,13 +85,29 @@ def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, mo
     from reimagen.data.splits import load_split
     from reimagen.data.training_data import EmojiBatchSource, SRBatchSource
 
+    from reimagen.encoders.table import EncodingTable
+
     encoder = registry.get("encoder", encoder_name)()
     split = load_split()
     if stage == "sr":
-        return SRBatchSource(kb, split, encoder, config, image_size=model_config.image_size,
-                             lowres_size=model_config.lowres_size, progress=True)
-    return EmojiBatchSource(kb, split, encoder, config, image_size=model_config.image_size,
-                            progress=True)
+        source = SRBatchSource(kb, split, encoder, config, image_size=model_config.image_size,
+                               lowres_size=model_config.lowres_size, progress=True)
+    else:
+        source = EmojiBatchSource(kb, split, encoder, config,
+                                  image_size=model_config.image_size, progress=True)
+    # Every prompt comes from the fixed pool: encode them all once (a training step then
+    # spends no time in the text encoder).
+    folder = Path(kb.folder) / "encodings" / f"{encoder.name}-pool-{len(source.pool)}"
+    source.encoder = EncodingTable.build_or_load(
+        encoder, source.pool.prompts, folder, progress=_progress("pool prompts encoded"))
+    return source
+
+
+def _progress(what: str):
+    def report(done: int, total: int) -> None:
+        print(f"\r{what} {done}/{total}", end="" if done < total else "\n", flush=True)
+
+    return report
 
 
 def _export_path_default(stage: str) -> Path:
