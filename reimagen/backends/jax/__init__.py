@@ -1,0 +1,89 @@
+"""JAX backend (DESIGN §1, §4, §9): the Re-Imagen U-Net in Equinox, its denoiser, trainer and the
+weight converter. It mirrors ``reimagen/backends/torch/`` file for file:
+
+  layers.py      norms, ResBlock, self/cross/neighbour attention (NHWC, HWIO kernels)
+  unet.py        ReImagenUNet (DStack, neighbour attention, UStack), NeighborCache
+  denoiser.py    JaxDenoiser: one batched, jitted call per step over V condition variants
+  trainer.py     ε-MSE training with optax AdamW, EMA, clipping; torch's checkpoint layout
+  convert.py     torch state_dict (canonical safetensors keys) <-> Equinox module, both ways
+
+Both backends read and write the same safetensors files, so a checkpoint trained on either one
+loads on the other. ``BACKEND`` is what the registry's "jax" entry returns; it has the same
+methods as the torch one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from reimagen.backends.jax import convert as _convert
+from reimagen.backends.jax import trainer as _trainer
+from reimagen.backends.jax.denoiser import JaxDenoiser
+from reimagen.backends.jax.unet import ReImagenUNet, build_unet
+from reimagen.backends.jax.unet import param_count as _param_count
+from reimagen.core.interfaces import TextEncoding
+from reimagen.core.training import BatchSource, TrainConfig
+from reimagen.core.unet_config import UNetConfig
+
+
+class JaxBackend:
+    """The "jax" backend: builds, trains, saves and loads U-Nets and binds denoisers."""
+
+    name = "jax"
+
+    def build_model(self, config: UNetConfig, seed: int = 0) -> ReImagenUNet:
+        return build_unet(config, seed=seed)
+
+    def load_model(self, path_or_dir: str | Path, ema: bool = True) -> ReImagenUNet:
+        """A file or checkpoint folder written by either backend (EMA weights by default)."""
+        from reimagen.backends.torch.checkpoint import resolve_weights
+
+        return _convert.load_weights_file(resolve_weights(path_or_dir, ema))
+
+    def save_model(self, model: ReImagenUNet, path: str | Path) -> Path:
+        return _convert.save_model(model, path)
+
+    def model_config(self, model: ReImagenUNet) -> UNetConfig:
+        return model.config
+
+    def make_denoiser(
+        self,
+        model: ReImagenUNet,
+        text: TextEncoding,
+        neighbor_images: np.ndarray,
+        neighbor_text: TextEncoding,
+        dtype: str = "float32",
+        *,
+        lowres: np.ndarray | None = None,
+        aug_level: float = 0.0,
+    ) -> JaxDenoiser:
+        return JaxDenoiser(
+            model,
+            text,
+            neighbor_images,
+            neighbor_text,
+            dtype=dtype,
+            lowres=lowres,
+            aug_level=aug_level,
+        )
+
+    def train(
+        self,
+        model_config: UNetConfig,
+        train_config: TrainConfig,
+        batch_source: BatchSource,
+        run_dir: str | Path,
+        resume: bool = True,
+        **options,
+    ) -> _trainer.TrainResult:
+        return _trainer.train(model_config, train_config, batch_source, run_dir, resume, **options)
+
+    def param_count(self, config: UNetConfig) -> int:
+        return _param_count(config)
+
+
+BACKEND = JaxBackend()
+
+__all__ = ["BACKEND", "JaxBackend", "JaxDenoiser", "ReImagenUNet", "build_unet"]

@@ -1,0 +1,384 @@
+"""Building blocks of the Re-Imagen U-Net in JAX/Equinox (paper §3.2, Fig. 3).
+
+The twin of ``reimagen/backends/torch/layers.py``: every class and every parameter has the same
+name, so the torch ``state_dict`` keys (the canonical safetensors layout) are also the paths of
+this module tree, and ``convert.py`` is a path -> array mapping.
+
+Why Equinox: a module is a plain pytree of arrays, so ``jax.jit`` / ``jax.grad`` apply to the
+model itself, there is no hidden mutable state (no variable collections, no ``init``/``apply``
+split), and the parameter names are ordinary attribute paths. Flax NNX would do too, but is not
+installed here.
+
+Layout and conventions (the torch twin runs NCHW channels_last, physically the same memory):
+  * images are NHWC; a conv kernel is HWIO ``[kh, kw, in, out]`` (torch OIHW ``[out, in, kh, kw]``);
+  * a ``Linear`` weight is ``[out, in]`` as in torch (and ``eqx.nn.Linear``): ``y = x·Wᵀ + b``;
+  * attention masks are True = attend (torch SDPA boolean ``attn_mask`` has the same meaning);
+  * nothing relies on a framework default: norm epsilons come from ``UNetConfig.norm_eps``, the
+    attention scale is explicit, SiLU is exact.
+
+The layers are written here rather than taken from ``eqx.nn`` because ``eqx.nn.Conv2d`` and
+``eqx.nn.GroupNorm`` act on one channels-first sample (CHW) and are vmapped; the U-Net runs on
+batched NHWC arrays, which is one ``lax.conv_general_dilated`` call and two reductions.
+Attention is ``jax.nn.dot_product_attention`` (the library's fused op), in its [N, L, heads, hd]
+layout, which is a free reshape of [N, L, C].
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import numpy as np
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from reimagen.core.unet_config import UNetConfig
+
+# The same constants as the torch twin: sinusoidal features of TIME_SCALE·t, t ∈ [0, 1].
+TIME_SCALE = 1000.0
+MAX_PERIOD = 10_000.0
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
+    """t [N] in [0, 1] -> [N, dim] = [sin(TIME_SCALE·t·ω_i), cos(TIME_SCALE·t·ω_i)],
+    ω_i = MAX_PERIOD^(−i/half). Same float32 operations, in the same order, as torch."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(MAX_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)  # [half]
+    args = (TIME_SCALE * t.astype(jnp.float32))[:, None] * freqs[None, :]  # [N, half]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)  # [N, dim]
+
+
+def to_tokens(x: jax.Array) -> jax.Array:
+    """[N, H, W, C] -> [N, H·W, C]."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h * w, c)
+
+
+def from_tokens(tokens: jax.Array, height: int, width: int) -> jax.Array:
+    """[N, H·W, C] -> [N, H, W, C]."""
+    n, _, c = tokens.shape
+    return tokens.reshape(n, height, width, c)
+
+
+def split_heads(x: jax.Array, heads: int) -> jax.Array:
+    """[N, L, heads·hd] -> [N, L, heads, hd] (the layout of ``jax.nn.dot_product_attention``)."""
+    n, length, width = x.shape
+    return x.reshape(n, length, heads, width // heads)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """[N, L, heads, hd] -> [N, L, heads·hd]."""
+    n, length, heads, hd = x.shape
+    return x.reshape(n, length, heads * hd)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None):
+    """Multi-head softmax(q·kᵀ/√hd)·v. q [N, Lq, h, hd], k/v [N, Lk, h, hd], key_mask [N, Lk]
+    bool (True = attend). Returns [N, Lq, h, hd]."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # [N, 1, 1, Lk]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5)
+
+
+def _uniform(rng: np.random.Generator | None, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    """U(−1/√fan_in, 1/√fan_in): PyTorch's default Linear/Conv init (kaiming_uniform, a=√5).
+
+    Initial values are drawn on the host with numpy: building a model is then one transfer per
+    array instead of one compiled ``jax.random`` call per shape (minutes for a U-Net on CPU).
+    ``rng=None`` builds the structure only, for ``eqx.filter_eval_shape`` (nothing allocated)."""
+    if rng is None:
+        return jnp.zeros(shape, jnp.float32)
+    bound = 1.0 / math.sqrt(fan_in)
+    return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32))
+
+
+def _normal(rng: np.random.Generator | None, shape: tuple[int, ...], std: float) -> jax.Array:
+    if rng is None:
+        return jnp.zeros(shape, jnp.float32)
+    return jnp.asarray((rng.standard_normal(shape) * std).astype(np.float32))
+
+
+def _const(value: float, channels: int) -> jax.Array:
+    return jnp.asarray(np.full((channels,), value, np.float32))
+
+
+class Linear(eqx.Module):
+    """y = x·Wᵀ + b over the last axis. ``weight`` [out, in], ``bias`` [out] (torch layout)."""
+
+    weight: jax.Array
+    bias: jax.Array
+
+    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator | None):
+        self.weight = _uniform(rng, (out_features, in_features), in_features)
+        self.bias = _uniform(rng, (out_features,), in_features)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., in] -> [..., out]
+        return x @ self.weight.T.astype(x.dtype) + self.bias.astype(x.dtype)
+
+
+class Conv2d(eqx.Module):
+    """NHWC 2-D convolution, symmetric zero padding. ``weight`` HWIO [kh, kw, in, out]."""
+
+    weight: jax.Array
+    bias: jax.Array
+    stride: int = eqx.field(static=True)
+    padding: int = eqx.field(static=True)
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, *, stride=1, padding=0, rng
+    ):
+        fan_in = in_channels * kernel * kernel
+        self.weight = _uniform(rng, (kernel, kernel, in_channels, out_channels), fan_in)
+        self.bias = _uniform(rng, (out_channels,), fan_in)
+        self.stride = stride
+        self.padding = padding
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, Cin] -> [N, H', W', Cout]
+        out = lax.conv_general_dilated(
+            x,
+            self.weight.astype(x.dtype),
+            window_strides=(self.stride, self.stride),
+            padding=((self.padding, self.padding), (self.padding, self.padding)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return out + self.bias.astype(x.dtype)
+
+
+def _normalize(x: jax.Array, axes: tuple[int, ...], eps: float) -> jax.Array:
+    """(x − mean)/√(var + eps) over ``axes`` with the biased variance, computed in float32
+    (torch's group_norm/layer_norm accumulate in float32 too)."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axis=axes, keepdims=True)
+    var = jnp.square(x32 - mean).mean(axis=axes, keepdims=True)
+    return (x32 - mean) * lax.rsqrt(var + eps)
+
+
+class LayerNorm(eqx.Module):
+    """LayerNorm over the last axis (torch ``nn.LayerNorm(C, eps)``): ``weight``, ``bias`` [C]."""
+
+    weight: jax.Array
+    bias: jax.Array
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, channels: int, eps: float):
+        self.weight = _const(1.0, channels)
+        self.bias = _const(0.0, channels)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., C]
+        out = _normalize(x, (-1,), self.eps) * self.weight + self.bias
+        return out.astype(x.dtype)
+
+
+class Norm(eqx.Module):
+    """GroupNorm (``norm="group"``) or per-pixel LayerNorm over channels (``norm="layer"``) of an
+    NHWC image; explicit eps. Parameters: ``weight`` [C], ``bias`` [C]."""
+
+    weight: jax.Array
+    bias: jax.Array
+    kind: str = eqx.field(static=True)
+    groups: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, channels: int, config: UNetConfig):
+        self.weight = _const(1.0, channels)
+        self.bias = _const(0.0, channels)
+        self.kind = config.norm
+        self.groups = config.norm_groups
+        self.eps = config.norm_eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C]
+        if self.kind == "group":
+            n, h, w, c = x.shape
+            grouped = x.reshape(n, h, w, self.groups, c // self.groups)  # [N, H, W, G, C/G]
+            normed = _normalize(grouped, (1, 2, 4), self.eps).reshape(n, h, w, c)
+        else:
+            normed = _normalize(x, (-1,), self.eps)
+        return (normed * self.weight + self.bias).astype(x.dtype)
+
+
+class TimeMLP(eqx.Module):
+    """Sinusoidal features of a level in [0, 1] (time t or SR augmentation level) -> MLP:
+    ``fc2(silu(fc1(sin_emb)))``, [N] -> [N, time_dim]."""
+
+    fc1: Linear
+    fc2: Linear
+    feature_dim: int = eqx.field(static=True)
+
+    def __init__(self, feature_dim: int, time_dim: int, *, rng: np.random.Generator | None):
+        self.fc1 = Linear(feature_dim, time_dim, rng=rng)
+        self.fc2 = Linear(time_dim, time_dim, rng=rng)
+        self.feature_dim = feature_dim
+
+    def __call__(self, level: jax.Array) -> jax.Array:
+        features = sinusoidal_embedding(level, self.feature_dim).astype(self.fc1.weight.dtype)
+        return self.fc2(jax.nn.silu(self.fc1(features)))
+
+
+class ResBlock(eqx.Module):
+    """norm → SiLU → conv3×3 → FiLM by the embedding (scale, shift) on norm → SiLU → dropout →
+    conv3×3, plus a 1×1 ``skip`` conv when the width changes (Imagen/ADM ResBlock)."""
+
+    norm1: Norm
+    conv1: Conv2d
+    emb_proj: Linear
+    norm2: Norm
+    conv2: Conv2d
+    skip: Conv2d | None
+    dropout: float = eqx.field(static=True)
+
+    def __init__(self, in_channels: int, out_channels: int, config: UNetConfig, *, rng: np.random.Generator | None):
+        self.norm1 = Norm(in_channels, config)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, rng=rng)
+        self.emb_proj = Linear(config.time_dim, 2 * out_channels, rng=rng)
+        self.norm2 = Norm(out_channels, config)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, rng=rng)
+        self.skip = (
+            Conv2d(in_channels, out_channels, 1, rng=rng)
+            if in_channels != out_channels
+            else None
+        )
+        self.dropout = config.dropout
+
+    def __call__(self, x: jax.Array, emb: jax.Array, *, key: jax.Array | None = None):
+        """x [N, H, W, Cin], emb [N, time_dim]; ``key`` enables dropout (training only)."""
+        h = self.conv1(jax.nn.silu(self.norm1(x)))  # [N, H, W, Cout]
+        scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb)), 2, axis=1)  # [N, Cout] each
+        h = self.norm2(h) * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
+        h = _dropout(jax.nn.silu(h), self.dropout, key)
+        h = self.conv2(h)
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout (as ``F.dropout``); the identity without a key or with rate 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class Downsample(eqx.Module):
+    """conv3×3, stride 2, padding 1: [N, H, W, C] -> [N, H/2, W/2, C]."""
+
+    conv: Conv2d
+
+    def __init__(self, channels: int, *, rng: np.random.Generator | None):
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=1, rng=rng)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(x)
+
+
+class Upsample(eqx.Module):
+    """nearest ×2 then conv3×3: [N, H, W, C] -> [N, 2H, 2W, C]."""
+
+    conv: Conv2d
+
+    def __init__(self, channels: int, *, rng: np.random.Generator | None):
+        self.conv = Conv2d(channels, channels, 3, padding=1, rng=rng)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+
+
+class SelfAttention(eqx.Module):
+    """Residual multi-head self-attention over the H·W positions of a feature map."""
+
+    norm: Norm
+    to_q: Linear
+    to_k: Linear
+    to_v: Linear
+    to_out: Linear
+    heads: int = eqx.field(static=True)
+
+    def __init__(self, width: int, config: UNetConfig, *, rng: np.random.Generator | None):
+        self.heads = width // config.head_dim
+        self.norm = Norm(width, config)
+        self.to_q, self.to_k, self.to_v, self.to_out = (
+            Linear(width, width, rng=rng) for _ in range(4)
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C]
+        tokens = to_tokens(self.norm(x))  # [N, H·W, C]
+        q, k, v = (split_heads(f(tokens), self.heads) for f in (self.to_q, self.to_k, self.to_v))
+        out = self.to_out(merge_heads(attend(q, k, v)))  # [N, H·W, C]
+        return x + from_tokens(out, x.shape[1], x.shape[2])
+
+
+class CrossAttention(eqx.Module):
+    """Residual multi-head attention from image positions to the text token states (Imagen).
+
+    A learned null key/value (``null_k``, ``null_v`` [C]) is always attendable, so a row whose
+    text is dropped (all tokens masked) attends to the null token only.
+    """
+
+    norm: Norm
+    to_q: Linear
+    to_k: Linear
+    to_v: Linear
+    null_k: jax.Array
+    null_v: jax.Array
+    to_out: Linear
+    heads: int = eqx.field(static=True)
+
+    def __init__(self, width: int, config: UNetConfig, *, rng: np.random.Generator | None):
+        self.heads = width // config.head_dim
+        self.norm = Norm(width, config)
+        self.to_q = Linear(width, width, rng=rng)
+        self.to_k = Linear(config.text_dim, width, rng=rng)
+        self.to_v = Linear(config.text_dim, width, rng=rng)
+        self.null_k = _normal(rng, (width,), 0.02)
+        self.null_v = _normal(rng, (width,), 0.02)
+        self.to_out = Linear(width, width, rng=rng)
+
+    def __call__(self, x: jax.Array, text: jax.Array, key_mask: jax.Array) -> jax.Array:
+        """x [N, H, W, C]; text [N, L, D]; key_mask [N, L] bool (False = padding or dropped)."""
+        n = x.shape[0]
+        q = split_heads(self.to_q(to_tokens(self.norm(x))), self.heads)  # [N, H·W, h, hd]
+        null_k = jnp.broadcast_to(self.null_k.astype(text.dtype), (n, 1, self.null_k.shape[0]))
+        null_v = jnp.broadcast_to(self.null_v.astype(text.dtype), (n, 1, self.null_v.shape[0]))
+        k = split_heads(jnp.concatenate([null_k, self.to_k(text)], axis=1), self.heads)
+        v = split_heads(jnp.concatenate([null_v, self.to_v(text)], axis=1), self.heads)
+        mask = jnp.concatenate([jnp.ones((n, 1), bool), key_mask], axis=1)  # [N, 1+L]
+        out = self.to_out(merge_heads(attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)))
+        return x + from_tokens(out, x.shape[1], x.shape[2])
+
+
+class NeighborAttention(eqx.Module):
+    """Paper Fig. 3: f' = f + Attn(f(x_t, c_p, t), f(c_n, 0)), gated per row.
+
+    Queries come from the noisy image's feature map [N, F, F, C]; keys/values from all K·F·F
+    positions of the K neighbours' DStack features [N, K·F·F, C]. ``project`` turns neighbour
+    features into keys/values once per sample (they do not depend on t). The branch is zeroed
+    for rows with ``use_neighbors`` False, so those rows compute exactly the K=0 network.
+    """
+
+    norm: Norm
+    norm_ctx: LayerNorm
+    to_q: Linear
+    to_k: Linear
+    to_v: Linear
+    to_out: Linear
+    heads: int = eqx.field(static=True)
+
+    def __init__(self, width: int, config: UNetConfig, *, rng: np.random.Generator | None):
+        self.heads = width // config.head_dim
+        self.norm = Norm(width, config)
+        self.norm_ctx = LayerNorm(width, config.norm_eps)  # per neighbour position
+        self.to_q, self.to_k, self.to_v, self.to_out = (
+            Linear(width, width, rng=rng) for _ in range(4)
+        )
+
+    def project(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Neighbour features [N, K·F·F, C] -> (k, v), each [N, K·F·F, h, hd]."""
+        ctx = self.norm_ctx(features)
+        return split_heads(self.to_k(ctx), self.heads), split_heads(self.to_v(ctx), self.heads)
+
+    def __call__(self, x: jax.Array, kv: tuple[jax.Array, jax.Array], use_neighbors: jax.Array):
+        """x [N, F, F, C]; kv from ``project``; use_neighbors [N] bool."""
+        k, v = kv
+        q = split_heads(self.to_q(to_tokens(self.norm(x))), self.heads)  # [N, F·F, h, hd]
+        out = self.to_out(merge_heads(attend(q, k.astype(q.dtype), v.astype(q.dtype))))
+        branch = from_tokens(out, x.shape[1], x.shape[2])  # [N, F, F, C]
+        return x + jnp.where(use_neighbors[:, None, None, None], branch, 0.0).astype(x.dtype)

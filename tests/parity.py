@@ -1,0 +1,222 @@
+"""The one torch <-> JAX parity helper (DESIGN §10; STYLE.md "Two backends without drift").
+
+Shared numpy inputs go to both backends, both run, and the outputs are compared by relative
+error ``max|a − b| / max|b|`` (JAX against torch). With ``grads=True`` the helper also
+back-propagates one shared random cotangent through both and compares the gradients with
+respect to every floating-point input and every parameter (matched by the canonical torch key,
+through ``reimagen.backends.jax.convert``). Used module by module, for the whole U-Net, a whole
+guided sampling run and an optimiser step.
+
+Device-agnostic: torch runs on CUDA when it is available (tests/conftest.py turns TF32 off), JAX
+on its default device (conftest pins the CPU for the default run). Every test draws fresh
+random inputs from :func:`fresh_seed`, which is printed in every failure message;
+``REIMAGEN_PARITY_SEED=<n>`` replays a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from reimagen.backends.jax import convert
+
+TORCH_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+OUTPUT_TOL = 1e-5  # DESIGN §10: every module and the full U-Net, fp32
+GRAD_TOL = 1e-4
+# Some gradients are zero in exact arithmetic: the key bias b of softmax self-attention adds
+# q·b to every logit of a query alike, and softmax ignores that, so ∂L/∂b is rounding noise on
+# both sides and max|a−b|/max|b| is ~1. Gradient errors are therefore measured against
+# max(max|b|, GRAD_FLOOR × the largest gradient of the same kind in the call): a tensor with
+# real gradients is still held to grad_tol of its own scale, and a noise-only one to
+# GRAD_FLOOR·grad_tol (1e-7) of the call's largest gradient.
+GRAD_FLOOR = 1e-3
+
+
+def fresh_seed() -> int:
+    """A new random seed per test (or the one in REIMAGEN_PARITY_SEED, to replay)."""
+    fixed = os.environ.get("REIMAGEN_PARITY_SEED")
+    return int(fixed) if fixed else int(np.random.SeedSequence().entropy % (2**32))
+
+
+def rel_error(actual, expected, floor: float = 0.0) -> float:
+    """max|actual − expected| / max(max|expected|, floor) (0 when both are all zeros)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shapes differ: {actual.shape} vs {expected.shape}")
+    diff = np.abs(actual - expected).max(initial=0.0)
+    scale = max(np.abs(expected).max(initial=0.0), floor)
+    return float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def to_numpy(tree) -> Any:
+    """Torch tensors / JAX arrays anywhere in a (tuple, list, dict, NamedTuple) tree -> numpy."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().float().cpu().numpy()
+    if isinstance(tree, (jax.Array, np.ndarray, np.generic, float, int)):
+        return np.asarray(tree)
+    if isinstance(tree, Mapping):
+        return {k: to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return [to_numpy(v) for v in tree]
+    raise TypeError(f"cannot compare an output of type {type(tree).__name__}")
+
+
+def flat_outputs(tree, prefix: str = "out") -> dict[str, np.ndarray]:
+    """A numpy tree -> {"out[0][level 8]": array, ...} for per-output error reports."""
+    if isinstance(tree, dict):
+        items = sorted(tree.items(), key=lambda kv: str(kv[0]))
+        return {k: v for key, sub in items for k, v in flat_outputs(sub, f"{prefix}[{key}]").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in flat_outputs(sub, f"{prefix}[{i}]").items()}
+    return {prefix: np.asarray(tree)}
+
+
+def shared_weights(torch_module: torch.nn.Module, jax_like, rng: np.random.Generator,
+                   scale: float = 0.1):
+    """Give ``torch_module`` random weights (its init + N(0, scale²) noise, so no branch is a
+    zero-initialised no-op) and return the JAX twin holding the same numbers."""
+    state = {
+        key: (value.detach().cpu().numpy() + scale * rng.standard_normal(value.shape)).astype(
+            np.float32
+        )
+        for key, value in torch_module.state_dict().items()
+    }
+    torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    torch_module.to(TORCH_DEVICE)
+    return convert.load_state_dict(jax_like, state)
+
+
+def _torch_inputs(inputs: Mapping[str, np.ndarray], grads: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, value in inputs.items():
+        tensor = torch.as_tensor(np.asarray(value)).to(TORCH_DEVICE)
+        if grads and tensor.is_floating_point():
+            tensor.requires_grad_(True)
+        out[name] = tensor
+    return out
+
+
+@eqx.filter_jit
+def _jax_outputs_and_grads(jax_fn, module, float_inputs, other_inputs, cotangent_leaves):
+    """Outputs and the vector-Jacobian product (w.r.t. module and float inputs), one compile.
+    The cotangents come as leaves in jax.tree_util order and take the outputs' structure."""
+
+    def forward(module, float_inputs):
+        return jax_fn(module, **float_inputs, **other_inputs)
+
+    outputs, vjp = jax.vjp(forward, module, float_inputs)
+    structure = jax.tree_util.tree_structure(outputs)
+    return outputs, vjp(jax.tree_util.tree_unflatten(structure, cotangent_leaves))
+
+
+def check_parity(
+    torch_fn: Callable[..., Any],
+    jax_fn: Callable[..., Any],
+    inputs: Mapping[str, np.ndarray],
+    *,
+    seed: int,
+    label: str,
+    torch_module: torch.nn.Module | None = None,
+    jax_module: Any = None,
+    grads: bool = True,
+    tol: float = OUTPUT_TOL,
+    grad_tol: float = GRAD_TOL,
+) -> dict[str, float]:
+    """Run ``torch_fn(**inputs)`` and ``jax_fn(jax_module, **inputs)`` on the same numpy
+    inputs and assert their outputs agree to ``tol`` (and, with ``grads``, their gradients
+    w.r.t. the float inputs and the parameters to ``grad_tol``). Both functions return the same
+    tree of arrays in the same layout. Returns {"output": e, "input grads": e, "param grads": e}
+    (the worst relative error of each kind; :func:`summarize`)."""
+    rng = np.random.default_rng(seed + 1)
+    t_in = _torch_inputs(inputs, grads)
+    t_out = torch_fn(**t_in)
+    expected = flat_outputs(to_numpy(t_out))
+    float_names = [k for k, v in inputs.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
+    j_float = {k: jnp.asarray(inputs[k]) for k in float_names}
+    j_other = {k: jnp.asarray(v) for k, v in inputs.items() if k not in float_names}
+    errors: dict[str, float] = {}
+    if grads:
+        # One shared cotangent per output: both backends compute the same VJP.
+        t_leaves = jax.tree_util.tree_leaves(t_out)  # torch tensors are leaves to jax
+        cotangents = [rng.standard_normal(tuple(o.shape)).astype(np.float32) for o in t_leaves]
+        loss = sum(
+            (o.float() * torch.as_tensor(c, device=TORCH_DEVICE)).sum()
+            for o, c in zip(t_leaves, cotangents)
+        )
+        loss.backward()
+        j_out, (j_module_grads, j_input_grads) = _jax_outputs_and_grads(
+            jax_fn, jax_module, j_float, j_other, [jnp.asarray(c) for c in cotangents]
+        )
+        errors.update(_compare_input_grads(t_in, j_input_grads, float_names))
+        if torch_module is not None:
+            errors.update(_compare_param_grads(torch_module, j_module_grads))
+    else:
+        j_out = jax_fn(jax_module, **j_float, **j_other)
+    actual = flat_outputs(to_numpy(j_out))
+    if set(actual) != set(expected):
+        raise AssertionError(f"{label}: output structure differs: {sorted(actual)} vs "
+                             f"{sorted(expected)} (seed={seed})")
+    errors.update({k: rel_error(actual[k], expected[k]) for k in expected})
+    _assert_within(errors, label, seed, tol, grad_tol)
+    return summarize(errors)
+
+
+def _grad_errors(prefix: str, actual: dict, expected: dict) -> dict[str, float]:
+    """Per-tensor gradient errors with the GRAD_FLOOR of this group (see above)."""
+    largest = max((np.abs(v).max(initial=0.0) for v in expected.values()), default=0.0)
+    return {
+        f"{prefix}[{key}]": rel_error(actual[key], value, floor=GRAD_FLOOR * largest)
+        for key, value in expected.items()
+    }
+
+
+def _torch_grad(tensor: torch.Tensor) -> np.ndarray:
+    return np.zeros(tensor.shape, np.float32) if tensor.grad is None else to_numpy(tensor.grad)
+
+
+def _compare_input_grads(t_in, j_grads, names) -> dict[str, float]:
+    expected = {name: _torch_grad(t_in[name]) for name in names}
+    actual = {name: np.asarray(j_grads[name]) for name in names}
+    return _grad_errors("input", actual, expected)
+
+
+def _compare_param_grads(torch_module: torch.nn.Module, j_grads) -> dict[str, float]:
+    actual = convert.state_dict(j_grads)  # canonical torch keys and layouts
+    expected = {key: _torch_grad(param) for key, param in torch_module.named_parameters()}
+    out = _grad_errors("param", actual, expected)
+    missing = sorted(set(actual) - {k for k, _ in torch_module.named_parameters()})
+    if missing:
+        raise AssertionError(f"JAX parameters without a torch twin: {missing[:5]}")
+    return out
+
+
+def _assert_within(errors: dict[str, float], label: str, seed: int, tol: float, grad_tol: float):
+    bad = {
+        k: e for k, e in errors.items()
+        if not (e <= (grad_tol if k.startswith(("input[", "param[")) else tol))
+    }
+    if bad:
+        worst = sorted(bad.items(), key=lambda kv: -kv[1])[:8]
+        listing = ", ".join(f"{k}: {e:.2e}" for k, e in worst)
+        raise AssertionError(
+            f"{label}: torch/JAX parity failed (tol {tol:g}, grad tol {grad_tol:g}; "
+            f"replay with REIMAGEN_PARITY_SEED={seed}): {listing}"
+        )
+
+
+def summarize(errors: dict[str, float]) -> dict[str, float]:
+    """Worst error per kind: outputs, input gradients, parameter gradients."""
+    kinds = {"output": "out", "input grads": "input[", "param grads": "param["}
+    worst = {}
+    for kind, prefix in kinds.items():
+        errs = [e for k, e in errors.items() if k.startswith(prefix)]
+        if errs:
+            worst[kind] = max(errs)
+    return worst
