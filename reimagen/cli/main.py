@@ -15,7 +15,7 @@ from reimagen.core.knowledge_base import KnowledgeBaseError
 from reimagen.core.registry import RegistryError
 
 # Sub-command modules, in the order `reimagen --help` lists them.
-COMMANDS = ("demo", "components", "kb", "retrieve", "train", "generate", "bench", "ablate")
+COMMANDS = ("demo", "components", "presets", "kb", "retrieve", "train", "generate", "bench", "ablate")
 
 
 class UserError(Exception):
