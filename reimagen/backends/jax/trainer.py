@@ -169,7 +169,8 @@ def optimizer_from_numpy(opt_state, tensors: dict[str, np.ndarray], source: Path
             slots[slot] = convert.load_state_dict(adam.mu, state)
         except convert.KeyMismatchError as err:
             raise ckpt.CheckpointError(f"{source}: optimizer {slot}: {err}") from None
-    steps = {float(v) for k, v in tensors.items() if k.endswith(".step")}
+    # one count per parameter; the files hold it as shape (1,) (io saves 0-d arrays as 1-d)
+    steps = {float(np.asarray(v).reshape(-1)[0]) for k, v in tensors.items() if k.endswith(".step")}
     if len(steps) != 1:
         raise ckpt.CheckpointError(f"{source}: optimizer step counts disagree: {sorted(steps)}")
     count = jnp.asarray(int(steps.pop()), jnp.int32)
