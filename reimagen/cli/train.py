@@ -124,6 +124,6 @@ def _export_path(args) -> Path | None:
 
 def _export(backend, run_dir: Path, path: Path) -> int:
     model = backend.load_model(run_dir, ema=True)
-    backend.save_model(model, path)
-    print(f"exported EMA weights of {run_dir} to {path}")
+    backend.save_model(model, path, dtype="float16")  # shipped weights: half the bytes
+    print(f"exported EMA weights of {run_dir} to {path} (float16)")
     return 0

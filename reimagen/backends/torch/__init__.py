@@ -37,8 +37,8 @@ class TorchBackend:
     def load_model(self, path_or_dir: str | Path, ema: bool = True) -> ReImagenUNet:
         return _checkpoint.load_model(path_or_dir, ema=ema)
 
-    def save_model(self, model: ReImagenUNet, path: str | Path) -> Path:
-        return _checkpoint.save_model(model, path)
+    def save_model(self, model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
+        return _checkpoint.save_model(model, path, dtype=dtype)
 
     def model_config(self, model: ReImagenUNet) -> UNetConfig:
         return model.config
