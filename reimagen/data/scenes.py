@@ -11,6 +11,11 @@ Geometry, as fractions of the canvas side S (so 32×32 and 64×64 scenes are the
 the drawing is cropped to its opaque bounding box and fitted (aspect kept) into a square box of
 side 0.625·S (large) or 0.375·S (small), placed in the centre or in a corner with a margin of
 S/32. The readers classify the foreground's bounding-box centre to the nearest of these anchors.
+
+A scene is only fair when the drawing shows on its background: a red cherry on red shows only
+its stems, and no reader (human or pixel) can tell its size. :func:`legible_colours` lists the
+colours a drawing stays readable on; scenes are sampled from those, and on them the readers
+recover the composer's ground truth exactly (tests/test_scenes.py).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "gray": (140, 140, 140),
     "black": (15, 15, 15),
 }
+COLOUR_NAMES = tuple(COLOURS)  # index <-> name (pools store colour indices)
 POSITIONS = ("center", "top left", "top right", "bottom left", "bottom right")
 SIZES = ("small", "large")
 SCENE_KINDS = ("centred", "corner")  # which template family a scene's prompt is drawn from
@@ -243,7 +249,6 @@ def _check_rgba(drawing: np.ndarray) -> np.ndarray:
 # ---- reading scenes back from pixels (text-alignment scoring) ----------------------------------
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # [C, 3]
-_NAMES = tuple(COLOURS)
 
 
 def _as_uint8_rgb(image: np.ndarray) -> np.ndarray:
@@ -267,8 +272,8 @@ def _nearest_colour(pixels: np.ndarray) -> np.ndarray:
 def read_background(image: np.ndarray) -> str:
     """The named colour most pixels are nearest to. The largest drawing covers 0.625² ≈ 39% of
     the canvas, so the background always holds the majority."""
-    votes = np.bincount(_nearest_colour(_as_uint8_rgb(image)).ravel(), minlength=len(_NAMES))
-    return _NAMES[int(votes.argmax())]
+    votes = np.bincount(_nearest_colour(_as_uint8_rgb(image)).ravel(), minlength=len(COLOUR_NAMES))
+    return COLOUR_NAMES[int(votes.argmax())]
 
 
 def _foreground_box(rgb: np.ndarray, background: str, threshold: float):
@@ -369,7 +374,7 @@ def legible_colours(drawing: np.ndarray, threshold: float = LEGIBLE_DISTANCE) ->
     need = [LEGIBLE_SPAN * _span(solid.any(axis)) for axis in (0, 1)]
     return tuple(
         name
-        for name, seen in zip(_NAMES, visible)
+        for name, seen in zip(COLOUR_NAMES, visible)
         if all(_span(seen.any(axis)) >= need[i] for i, axis in enumerate((0, 1)))
     )
 

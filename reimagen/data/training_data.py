@@ -98,7 +98,7 @@ class Pool:
     def scene(self, i: int, entity: str) -> sc.Scene:
         return sc.Scene(
             entity=entity,
-            background=sc._NAMES[self.background[i]],
+            background=sc.COLOUR_NAMES[self.background[i]],
             position=sc.POSITIONS[self.position[i]],
             size=sc.SIZES[self.size[i]],
         )
@@ -187,7 +187,9 @@ class EmojiBatchSource:
         self.other_rows = tuple(others)  # [E] arrays of other artists' rows
         self.weights = self.split.weights(self.entities)  # [E] Zipf, renormalised
         self.colours = tuple(
-            np.array([sc._NAMES.index(c) for c in sc.legible_colours(self.kb.images[r])], np.int8)
+            np.array(
+                [sc.COLOUR_NAMES.index(c) for c in sc.legible_colours(self.kb.images[r])], np.int8
+            )
             for r in self.target_row
         )  # [E] legible colour indices
 
@@ -488,32 +490,33 @@ def augment_drawings(
     """Redraw RGBA drawings uint8 [n, S, S, 4] scaled about the centre, shifted, flipped and
     colour-jittered, over ``background`` -> float32 [n, canvas, canvas, 3] in [0, 1].
 
-    The warp is axis-aligned, so bilinear resampling is separable (rows, then columns) and
-    done with two 2-tap gathers of premultiplied colour at ``work`` = a multiple of canvas ≥ S
-    points, then area-averaged to ``canvas`` (a 64-pixel drawing is not aliased at 32). Gathers
-    rather than interpolation matrices: small batched GEMMs stall when OpenBLAS threads compete
-    for 2 cores with the trainer. scale < 1 always, so the result is never the plain
-    rendition."""
-    n, side = rgba.shape[0], rgba.shape[1]
-    work = max(canvas, side)
-    work += (-work) % canvas
+    Premultiplied colour is first area-averaged to ``canvas`` when S is larger (exactly what
+    KnowledgeBase.rgb does, so scale 1 reproduces the plain rendition and nothing aliases),
+    then warped. The warp is axis-aligned, so bilinear resampling is separable: two 2-tap
+    gathers (rows, then columns). Gathers rather than interpolation matrices: small batched
+    GEMMs stall when OpenBLAS threads compete for 2 cores with the trainer. scale < 1 always
+    (DataConfig), so the result is never the plain rendition."""
+    from reimagen.core.knowledge_base import resize_area
+
+    n = rgba.shape[0]
     colour = rgba.astype(np.float32) / 255.0  # [n, S, S, 4]
     colour[..., :3] *= colour[..., 3:]  # premultiplied
+    if colour.shape[1] > canvas:
+        colour = resize_area(colour, canvas)  # [n, canvas, canvas, 4]
+    side = colour.shape[1]
     colour = np.pad(colour, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zero border = outside
     batch = np.arange(n)[:, None]
-    lo, frac = _taps(params["scale"], params["shift"][:, 0], np.zeros(n, bool), side, work)
+    lo, frac = _taps(params["scale"], params["shift"][:, 0], np.zeros(n, bool), side, canvas)
     rows = (
         colour[batch, lo] * (1 - frac)[..., None, None]
         + colour[batch, lo + 1] * frac[..., None, None]
-    )  # [n, W(y), S+2(x), 4]
-    lo, frac = _taps(params["scale"], params["shift"][:, 1], params["flip"], side, work)
+    )  # [n, canvas(y), side+2(x), 4]
+    lo, frac = _taps(params["scale"], params["shift"][:, 1], params["flip"], side, canvas)
     sampled = (
         rows[batch, :, lo] * (1 - frac)[..., None, None]
         + rows[batch, :, lo + 1] * frac[..., None, None]
-    )  # [n, W(x), W(y), 4]
-    sampled = sampled.transpose(0, 2, 1, 3)  # [n, W(y), W(x), 4]
-    f = work // canvas
-    sampled = sampled.reshape(n, canvas, f, canvas, f, 4).mean(axis=(2, 4))  # area average
+    )  # [n, canvas(x), canvas(y), 4]
+    sampled = sampled.transpose(0, 2, 1, 3)  # [n, canvas(y), canvas(x), 4]
     alpha = sampled[..., 3:]
     ink = sampled[..., :3] * params["gain"][:, None, None, :].astype(np.float32)
     ink = ink + params["brightness"][:, None, None, None].astype(np.float32) * alpha
@@ -524,7 +527,7 @@ def augment_drawings(
 
 def _taps(scale, shift, flip, side: int, work: int) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear taps of one axis of the warp q = (p - 1/2 - shift)/scale + 1/2 (p, q in [0, 1]
-    of the canvas / drawing; flipped: q -> 1 - q) at ``work`` output points: (lo [n, W] int64
+    of the canvas / drawing; flipped: q -> 1 - q) at ``work`` output pixel centres: (lo [n, W] int64
     index into the drawing padded by one zero pixel, frac [n, W] float32 weight of lo + 1)."""
     p = (np.arange(work) + 0.5) / work  # [W] output centres
     q = (p[None] - 0.5 - shift[:, None]) / scale[:, None] + 0.5  # [n, W]
