@@ -5,6 +5,7 @@ checked-in split) and the model-free ``hash`` encoder keep this fast."""
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 
@@ -100,6 +101,33 @@ def test_batch_is_a_pure_function_of_seed_and_step(source, kb, split, encoder):
     assert not np.array_equal(reseeded.images, first["images"])
 
 
+class BatchSensitiveEncoder:
+    """The hash encoder plus an offset that depends on how many texts one call holds: like a
+    batched network whose float rounding depends on its batch, exaggerated."""
+
+    name, dim, max_length = "batch-sensitive", 32, 16
+
+    def __init__(self):
+        self.inner = registry.get("encoder", "hash")(dim=32, max_length=16, cache_size=0)
+
+    def encode(self, texts):
+        out = self.inner.encode(texts)
+        return attrs.evolve(out, tokens=out.tokens + 1e-3 * len(texts))
+
+
+def test_caption_encodings_do_not_depend_on_history(kb, split, tmp_path):
+    """Captions are encoded in fixed blocks, so a source that has served other steps first
+    gives step 9 the same neighbour texts as a fresh one, even with a batch-sensitive
+    encoder."""
+    warm = td.EmojiBatchSource(kb, split, BatchSensitiveEncoder(), CONFIG, DATA)
+    for step in range(9):
+        warm.batch(step)
+    fresh = td.EmojiBatchSource(kb, split, BatchSensitiveEncoder(), CONFIG, DATA)
+    a, b = warm.batch(9), fresh.batch(9)
+    np.testing.assert_array_equal(a.neighbor_text.tokens, b.neighbor_text.tokens)
+    np.testing.assert_array_equal(a.text.tokens, b.text.tokens)
+
+
 def test_shapes_dtypes_and_ranges(source, encoder):
     batch = source.batch(0)
     assert batch.images.shape == (B, 32, 32, 3) and batch.images.dtype == np.float32
@@ -172,8 +200,6 @@ def test_leak_checks_catch_injected_rows(source, split, kb, many):
     _, info = many[0]
     leaked = info.neighbor_rows.copy()
     leaked[3, 1] = unseen_row
-    import attrs
-
     assert td.find_leaks(split, kb, attrs.evolve(info, neighbor_rows=leaked)) == [
         kb.records[unseen_row].entity
     ]

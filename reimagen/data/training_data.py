@@ -46,6 +46,7 @@ from reimagen.data.splits import TARGET_ARTIST, EntitySplit, view_rows
 
 NEIGHBOR_BACKGROUND = (255, 255, 255)  # KnowledgeBase.rgb's default: what inference shows
 TRIPLES_DIR = "triples"
+CAPTION_BLOCK = 64  # captions are encoded in fixed blocks of the training view
 POOL_STREAM = 0x5CE7E  # second word of the pool Generator's seed (independent of batch streams)
 
 
@@ -419,16 +420,8 @@ class EmojiBatchSource:
         once and cached (trimmed to its real tokens)."""
         b, k = rows.shape
         length, dim = self.encoder.max_length, self.encoder.dim
-        missing = sorted({int(r) for r in rows.reshape(-1)} - set(self._caption_cache))
-        if missing:
-            fresh = self.encoder.encode([self.kb.records[r].text for r in missing])
-            for i, row in enumerate(missing):
-                real = int(np.flatnonzero(fresh.mask[i]).max(initial=0)) + 1
-                self._caption_cache[row] = (
-                    fresh.tokens[i, :real].copy(),
-                    fresh.mask[i, :real].copy(),
-                    fresh.pooled[i].copy(),
-                )
+        for block in self._caption_blocks(rows):
+            self._encode_caption_block(block)
         tokens = np.zeros((b, k, length, dim), np.float32)
         mask = np.zeros((b, k, length), bool)
         pooled = np.zeros((b, k, dim), np.float32)
@@ -436,6 +429,25 @@ class EmojiBatchSource:
             t, m, p = self._caption_cache[int(row)]
             tokens[i, j, : len(t)], mask[i, j, : len(m)], pooled[i, j] = t, m, p
         return TextEncoding(tokens=tokens, mask=mask, pooled=pooled)
+
+    def _caption_blocks(self, rows: np.ndarray) -> list[int]:
+        """Blocks (of CAPTION_BLOCK consecutive training-view rows) holding uncached rows."""
+        missing = [int(r) for r in np.unique(rows) if int(r) not in self._caption_cache]
+        return sorted({int(np.searchsorted(self.view, r)) // CAPTION_BLOCK for r in missing})
+
+    def _encode_caption_block(self, block: int) -> None:
+        """Encode one whole block of view captions in one call. Always the same texts together,
+        so a caption's encoding never depends on which batch first needed it (a batched
+        network's float rounding depends on its batch; this keeps batch(step) pure)."""
+        rows = self.view[block * CAPTION_BLOCK : (block + 1) * CAPTION_BLOCK].tolist()
+        fresh = self.encoder.encode([self.kb.records[r].text for r in rows])
+        for i, row in enumerate(rows):
+            real = int(np.flatnonzero(fresh.mask[i]).max(initial=0)) + 1
+            self._caption_cache[row] = (
+                fresh.tokens[i, :real].copy(),
+                fresh.mask[i, :real].copy(),
+                fresh.pooled[i].copy(),
+            )
 
 
 class SRBatchSource(EmojiBatchSource):
