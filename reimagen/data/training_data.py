@@ -4,6 +4,10 @@
 ``EmojiBatchSource.batch(step)`` is a pure function of (TrainConfig.seed, step): every random
 choice of a step comes from ``np.random.default_rng((seed, step))``, in a fixed order, so a
 resumed run sees the batches an uninterrupted one would (reimagen.core.training.BatchSource).
+Captions are encoded in fixed blocks, so their encodings never depend on history either. The
+one exception is the encoder's own LRU cache of prompts: a batched network (minilm) rounds a
+text differently in different batches (~2e-6), so for bit-exact resumes with minilm build it
+with ``cache_size=0`` (the hash encoder is exact either way).
 
 Pool and triples (built once, cached beside the knowledge base). A fixed pool of N scene
 examples is drawn from the seen entities with the split's Zipf weights: entity, background (a
