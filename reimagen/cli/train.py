@@ -18,7 +18,7 @@ from reimagen.core import registry
 from reimagen.core.paths import home
 from reimagen.core.training import TrainConfig
 
-STAGE_PRESET = {"base": "small", "baseline": "small", "sr": "sr-small"}
+STAGE_PRESET = {"base": "cpu-base", "baseline": "cpu-base", "sr": "sr-small"}
 
 
 def add_parser(subparsers):
@@ -27,7 +27,7 @@ def add_parser(subparsers):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--stage", default="base", choices=tuple(STAGE_PRESET))
-    parser.add_argument("--preset", help="network preset (default: small for base/baseline, "
+    parser.add_argument("--preset", help="network preset (default: cpu-base for base/baseline, "
                         "sr-small for sr)")
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=64)
