@@ -38,9 +38,9 @@ SMALL = PRESETS["small"]
 TEXT_LENGTH = 16
 BATCH, K = 2, 2
 VARIANTS = ("full", "text")  # one interleaved-guidance step: 2 variants in one call
-ROUNDS = int(os.environ.get("REIMAGEN_BENCH_ROUNDS", 30))
+ROUNDS = int(os.environ.get("REIMAGEN_BENCH_ROUNDS", "30"))
 
-THREADS = int(os.environ.get("REIMAGEN_BENCH_THREADS", 0))
+THREADS = int(os.environ.get("REIMAGEN_BENCH_THREADS", "0"))
 if THREADS:
     torch.set_num_threads(THREADS)
 if THREADS == 1:  # read when XLA's CPU client starts (first use), so setting it here works
@@ -104,10 +104,13 @@ def measure() -> dict[str, tuple[float, float]]:
 def render(med: dict[str, tuple[float, float]]) -> str:
     torch_wall, torch_cpu = med["torch"]
     jax_wall, jax_cpu = med["jax"]
-    lines = [
+    header = (
         f"small ({JAX.param_count(SMALL) / 1e6:.2f}M params), B={BATCH}, K={K} cached, "
         f"{len(VARIANTS)} variants/step; torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), jax {jax.__version__} ({jax.default_backend()}); load {os.getloadavg()[0]:.1f}",
+        f"threads), jax {jax.__version__} ({jax.default_backend()}); load {os.getloadavg()[0]:.1f}"
+    )
+    lines = [
+        header,
         f"  torch        {torch_wall * 1e3:7.1f} ms wall   {torch_cpu * 1e3:7.1f} ms CPU",
         f"  jax (jit)    {jax_wall * 1e3:7.1f} ms wall   {jax_cpu * 1e3:7.1f} ms CPU",
         f"  jax / torch  {jax_wall / torch_wall:7.2f}x wall    {jax_cpu / torch_cpu:7.2f}x CPU",

@@ -72,14 +72,21 @@ def flat_outputs(tree, prefix: str = "out") -> dict[str, np.ndarray]:
     """A numpy tree -> {"out[0][level 8]": array, ...} for per-output error reports."""
     if isinstance(tree, dict):
         items = sorted(tree.items(), key=lambda kv: str(kv[0]))
-        return {k: v for key, sub in items for k, v in flat_outputs(sub, f"{prefix}[{key}]").items()}
+        return {
+            k: v for key, sub in items for k, v in flat_outputs(sub, f"{prefix}[{key}]").items()
+        }
     if isinstance(tree, list):
-        return {k: v for i, sub in enumerate(tree) for k, v in flat_outputs(sub, f"{prefix}[{i}]").items()}
+        return {
+            k: v
+            for i, sub in enumerate(tree)
+            for k, v in flat_outputs(sub, f"{prefix}[{i}]").items()
+        }
     return {prefix: np.asarray(tree)}
 
 
-def shared_weights(torch_module: torch.nn.Module, jax_like, rng: np.random.Generator,
-                   scale: float = 0.1):
+def shared_weights(
+    torch_module: torch.nn.Module, jax_like, rng: np.random.Generator, scale: float = 0.1
+):
     """Give ``torch_module`` random weights (its init + N(0, scale²) noise, so no branch is a
     zero-initialised no-op) and return the JAX twin holding the same numbers."""
     state = {
@@ -161,8 +168,10 @@ def check_parity(
         j_out = jax_fn(jax_module, **j_float, **j_other)
     actual = flat_outputs(to_numpy(j_out))
     if set(actual) != set(expected):
-        raise AssertionError(f"{label}: output structure differs: {sorted(actual)} vs "
-                             f"{sorted(expected)} (seed={seed})")
+        raise AssertionError(
+            f"{label}: output structure differs: {sorted(actual)} vs "
+            f"{sorted(expected)} (seed={seed})"
+        )
     errors.update({k: rel_error(actual[k], expected[k]) for k in expected})
     _assert_within(errors, label, seed, tol, grad_tol)
     return summarize(errors)
@@ -199,7 +208,8 @@ def _compare_param_grads(torch_module: torch.nn.Module, j_grads) -> dict[str, fl
 
 def _assert_within(errors: dict[str, float], label: str, seed: int, tol: float, grad_tol: float):
     bad = {
-        k: e for k, e in errors.items()
+        k: e
+        for k, e in errors.items()
         if not (e <= (grad_tol if k.startswith(("input[", "param[")) else tol))
     }
     if bad:

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from reimagen.backends.jax import BACKEND
-from reimagen.backends.jax import convert
+from reimagen.backends.jax import BACKEND, convert
 from reimagen.backends.jax import denoiser as jax_denoiser
 from reimagen.backends.jax.trainer import Trainer as JaxTrainer
 from reimagen.backends.torch import BACKEND as TORCH_BACKEND
@@ -37,8 +36,17 @@ from reimagen.guidance.strategies import InterleavedGuidance
 
 TINY = PRESETS["tiny"]
 L = 5
-TRAIN = TrainConfig(batch_size=3, neighbors=2, lr=2e-5, warmup_steps=0, weight_decay=0.1,
-                    grad_clip=0.5, ema_decay=0.999, checkpoint_every=1, log_every=1)
+TRAIN = TrainConfig(
+    batch_size=3,
+    neighbors=2,
+    lr=2e-5,
+    warmup_steps=0,
+    weight_decay=0.1,
+    grad_clip=0.5,
+    ema_decay=0.999,
+    checkpoint_every=1,
+    log_every=1,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,18 +87,24 @@ class Source:
             images[0, 0, 0, 0] = np.nan
         t, noise, use_text, use_neighbors = draw_diffusion_inputs(rng, images.shape, 0.1, 0.1)
         return Batch(
-            images=images, text=random_text(rng, (b,)),
+            images=images,
+            text=random_text(rng, (b,)),
             neighbor_images=rng.uniform(-1, 1, (b, k, s, s, 3)).astype(np.float32),
             neighbor_text=random_text(rng, (b, k)),
-            t=t, noise=noise, use_text=use_text, use_neighbors=use_neighbors,
+            t=t,
+            noise=noise,
+            use_text=use_text,
+            use_neighbors=use_neighbors,
         )
 
 
 def randomized(seed: int):
     """A tiny JAX U-Net with every parameter random (no zero-initialised no-op branch)."""
     rng = np.random.default_rng(seed)
-    state = {k: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32)
-             for k, v in convert.state_dict(BACKEND.build_model(TINY, seed=seed)).items()}
+    state = {
+        k: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32)
+        for k, v in convert.state_dict(BACKEND.build_model(TINY, seed=seed)).items()
+    }
     return convert.unet_from_state_dict(TINY, state)
 
 
@@ -99,9 +113,13 @@ def randomized(seed: int):
 
 def test_backend_mirrors_torch():
     """Same public methods with the same signatures as the torch backend; found by name."""
+
     def methods(obj):
-        return {n: inspect.signature(getattr(obj, n)) for n in dir(obj)
-                if not n.startswith("_") and callable(getattr(obj, n))}
+        return {
+            n: inspect.signature(getattr(obj, n))
+            for n in dir(obj)
+            if not n.startswith("_") and callable(getattr(obj, n))
+        }
 
     assert methods(BACKEND).keys() == methods(TORCH_BACKEND).keys()
     for name, signature in methods(TORCH_BACKEND).items():
@@ -133,8 +151,9 @@ def test_denoiser_contract(bound, monkeypatch):
     model, text, nb_images, nb_text = bound
     encodings = []
     real_encode = jax_denoiser.encode_neighbors
-    monkeypatch.setattr(jax_denoiser, "encode_neighbors",
-                        lambda *a: encodings.append(1) or real_encode(*a))
+    monkeypatch.setattr(
+        jax_denoiser, "encode_neighbors", lambda *a: encodings.append(1) or real_encode(*a)
+    )
     den = BACKEND.make_denoiser(model, text, nb_images, nb_text)
     steps = 4
     noise = SamplerNoise.draw(np.random.default_rng(0), (2, 16, 16, 3), steps)
@@ -157,8 +176,9 @@ def test_masked_neighbours_are_the_k0_network(bound):
     'full' rows do depend on them (so the comparison can fail)."""
     model, text, nb_images, nb_text = bound
     den = BACKEND.make_denoiser(model, text, nb_images, nb_text)
-    no_k = BACKEND.make_denoiser(model, text, nb_images[:, :0], nb_text.take((slice(None),
-                                                                               slice(0, 0))))
+    no_k = BACKEND.make_denoiser(
+        model, text, nb_images[:, :0], nb_text.take((slice(None), slice(0, 0)))
+    )
     x = den.asarray(np.random.default_rng(1).standard_normal((2, 16, 16, 3)).astype(np.float32))
     with_k = den.to_numpy(den(x, 0.3, ("full", "text")))
     without = no_k.to_numpy(no_k(x, 0.3, ("full", "text")))
@@ -224,8 +244,10 @@ def test_resume_across_backends(tmp_path):
     with pytest.warns(UserWarning, match="threads"):  # torch notes the run's thread count
         resumed = TorchTrainer(TINY, TRAIN.replace(steps=2), Source(), run, progress=False)
     assert resumed.step == 2
-    _assert_same({k: v.numpy() for k, v in resumed.model.state_dict().items()},
-                 convert.state_dict(result.model))
+    _assert_same(
+        {k: v.numpy() for k, v in resumed.model.state_dict().items()},
+        convert.state_dict(result.model),
+    )
     # torch's own continuation from step 1 (a second run folder).
     own = tmp_path / "own"
     torch_only = TorchTrainer(TINY, TRAIN.replace(steps=2), Source(), own, progress=False).run()
@@ -260,8 +282,7 @@ def test_train_loop_checkpoints_and_resumes(tmp_path):
 
 
 def test_nan_batch_stops_before_the_update(tmp_path):
-    trainer = JaxTrainer(TINY, TRAIN.replace(steps=3), Source(nan_at=1), tmp_path,
-                         progress=False)
+    trainer = JaxTrainer(TINY, TRAIN.replace(steps=3), Source(nan_at=1), tmp_path, progress=False)
     with pytest.raises(NonFiniteLossError, match="at step 1"):
         trainer.run()
     assert trainer.step == 1
@@ -278,3 +299,22 @@ def test_bfloat16_denoiser_is_close(bound):
     a, b = (d.to_numpy(d(d.asarray(x), 0.5, ("full", "none"))) for d in (f32, b16))
     assert b.dtype == np.float32
     assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()
+
+
+@pytest.mark.slow
+def test_bfloat16_train_step_is_close(tmp_path):
+    """bf16 compute (weights and image/text inputs; t stays float32): the loss of the same
+    step within 2% of float32's, and the weights stay float32 (master copy)."""
+    losses = []
+    for bf16 in (False, True):
+        trainer = JaxTrainer(
+            TINY,
+            TRAIN.replace(bf16=bf16),
+            Source(),
+            tmp_path / str(bf16),
+            progress=False,
+            model=randomized(7),
+        )
+        losses.append(trainer.train_step(Source().batch(0))[0])
+        assert trainer.model.conv_in.weight.dtype == np.float32
+    assert abs(losses[1] - losses[0]) <= 0.02 * losses[0]

@@ -20,14 +20,12 @@ import inspect
 import attrs
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from parity import (
     GRAD_FLOOR,
     GRAD_TOL,
-    TORCH_DEVICE,
     check_parity,
     fresh_seed,
     rel_error,
@@ -42,8 +40,8 @@ from reimagen.backends.jax.trainer import Trainer as JaxTrainer
 from reimagen.backends.jax.trainer import optimizer_to_numpy as jax_optimizer_state
 from reimagen.backends.torch import layers as tl
 from reimagen.backends.torch import unet as tu
-from reimagen.backends.torch.denoiser import TorchDenoiser
 from reimagen.backends.torch.checkpoint import optimizer_to_numpy as torch_optimizer_state
+from reimagen.backends.torch.denoiser import TorchDenoiser
 from reimagen.backends.torch.trainer import Trainer as TorchTrainer
 from reimagen.core.interfaces import SamplerNoise, TextEncoding
 from reimagen.core.samplers import SAMPLERS
@@ -84,8 +82,10 @@ def quick_compiles():
 @pytest.fixture(scope="module", autouse=True)
 def report():
     yield
-    lines = [f"  {label:<28} " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
-             for label, errs in MEASURED.items()]
+    lines = [
+        f"  {label:<28} " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+        for label, errs in MEASURED.items()
+    ]
     print("\nmax relative error torch vs JAX:\n" + "\n".join(lines))
 
 
@@ -138,35 +138,68 @@ def _layer_case(name: str, rng):
     x = normal(rng, 3, 8, 8, 32)  # [N, H, W, C]
     if name in ("norm-group", "norm-layer"):
         cfg = c.replace(norm=name.split("-")[1])
-        return (tl.Norm(32, cfg), skeleton(jl.Norm, 32, cfg),
-                lambda m: lambda x: nhwc(m(nchw(x))), lambda j, x: j(x), {"x": x})
+        return (
+            tl.Norm(32, cfg),
+            skeleton(jl.Norm, 32, cfg),
+            lambda m: lambda x: nhwc(m(nchw(x))),
+            lambda j, x: j(x),
+            {"x": x},
+        )
     if name == "layernorm-ctx":
-        return (torch.nn.LayerNorm(32, eps=c.norm_eps), skeleton(jl.LayerNorm, 32, c.norm_eps),
-                lambda m: lambda x: m(x), lambda j, x: j(x), {"x": normal(rng, 3, 20, 32)})
+        return (
+            torch.nn.LayerNorm(32, eps=c.norm_eps),
+            skeleton(jl.LayerNorm, 32, c.norm_eps),
+            lambda m: lambda x: m(x),
+            lambda j, x: j(x),
+            {"x": normal(rng, 3, 20, 32)},
+        )
     if name == "time-mlp":
-        return (tl.TimeMLP(16, 64), skeleton(jl.TimeMLP, 16, 64),
-                lambda m: lambda t: m(t), lambda j, t: j(t),
-                {"t": rng.random(4).astype(np.float32)})
+        return (
+            tl.TimeMLP(16, 64),
+            skeleton(jl.TimeMLP, 16, 64),
+            lambda m: lambda t: m(t),
+            lambda j, t: j(t),
+            {"t": rng.random(4).astype(np.float32)},
+        )
     if name == "resblock":
         inputs = {"x": x, "emb": normal(rng, 3, c.time_dim)}
-        return (tl.ResBlock(32, 16, c), skeleton(jl.ResBlock, 32, 16, c),
-                lambda m: lambda x, emb: nhwc(m(nchw(x), emb)), lambda j, x, emb: j(x, emb),
-                inputs)
+        return (
+            tl.ResBlock(32, 16, c),
+            skeleton(jl.ResBlock, 32, 16, c),
+            lambda m: lambda x, emb: nhwc(m(nchw(x), emb)),
+            lambda j, x, emb: j(x, emb),
+            inputs,
+        )
     if name in ("downsample", "upsample"):
-        t_cls, j_cls = (tl.Downsample, jl.Downsample) if name == "downsample" else (
-            tl.Upsample, jl.Upsample)
-        return (t_cls(32), skeleton(j_cls, 32),
-                lambda m: lambda x: nhwc(m(nchw(x))), lambda j, x: j(x), {"x": x})
+        t_cls, j_cls = (
+            (tl.Downsample, jl.Downsample) if name == "downsample" else (tl.Upsample, jl.Upsample)
+        )
+        return (
+            t_cls(32),
+            skeleton(j_cls, 32),
+            lambda m: lambda x: nhwc(m(nchw(x))),
+            lambda j, x: j(x),
+            {"x": x},
+        )
     if name == "self-attention":
-        return (tl.SelfAttention(32, c), skeleton(jl.SelfAttention, 32, c),
-                lambda m: lambda x: nhwc(m(nchw(x))), lambda j, x: j(x), {"x": x})
+        return (
+            tl.SelfAttention(32, c),
+            skeleton(jl.SelfAttention, 32, c),
+            lambda m: lambda x: nhwc(m(nchw(x))),
+            lambda j, x: j(x),
+            {"x": x},
+        )
     if name == "cross-attention":
         text = text_arrays(rng, (3,), c.text_dim)
         text["mask"][1] = False  # a dropped text: attends to the null token only
         inputs = {"x": x, "tokens": text["tokens"], "mask": text["mask"]}
-        return (tl.CrossAttention(32, c), skeleton(jl.CrossAttention, 32, c),
-                lambda m: lambda x, tokens, mask: nhwc(m(nchw(x), tokens, mask)),
-                lambda j, x, tokens, mask: j(x, tokens, mask), inputs)
+        return (
+            tl.CrossAttention(32, c),
+            skeleton(jl.CrossAttention, 32, c),
+            lambda m: lambda x, tokens, mask: nhwc(m(nchw(x), tokens, mask)),
+            lambda j, x, tokens, mask: j(x, tokens, mask),
+            inputs,
+        )
     if name == "neighbor-attention":
         k = 2
         inputs = {
@@ -183,13 +216,28 @@ def _layer_case(name: str, rng):
         def jax_fn(j, x, features, use_neighbors):
             return j(x, j.project(features), use_neighbors)
 
-        return (tl.NeighborAttention(32, c), skeleton(jl.NeighborAttention, 32, c),
-                torch_fn, jax_fn, inputs)
+        return (
+            tl.NeighborAttention(32, c),
+            skeleton(jl.NeighborAttention, 32, c),
+            torch_fn,
+            jax_fn,
+            inputs,
+        )
     raise KeyError(name)
 
 
-LAYERS = ("norm-group", "norm-layer", "layernorm-ctx", "time-mlp", "resblock", "downsample",
-          "upsample", "self-attention", "cross-attention", "neighbor-attention")
+LAYERS = (
+    "norm-group",
+    "norm-layer",
+    "layernorm-ctx",
+    "time-mlp",
+    "resblock",
+    "downsample",
+    "upsample",
+    "self-attention",
+    "cross-attention",
+    "neighbor-attention",
+)
 
 
 @pytest.mark.parametrize("name", LAYERS)
@@ -198,8 +246,13 @@ def test_building_block(name, seed):
     torch_module, jax_like, torch_fn, jax_fn, inputs = _layer_case(name, rng)
     jax_module = shared_weights(torch_module, jax_like, rng)
     errors = check_parity(
-        torch_fn(torch_module), jax_fn, inputs, seed=seed, label=name,
-        torch_module=torch_module, jax_module=jax_module,
+        torch_fn(torch_module),
+        jax_fn,
+        inputs,
+        seed=seed,
+        label=name,
+        torch_module=torch_module,
+        jax_module=jax_module,
     )
     record(name, errors)
 
@@ -209,8 +262,12 @@ def test_sinusoidal_embedding(seed):
     rng = np.random.default_rng(seed)
     t = np.concatenate([[0.0, 1.0], rng.random(30)]).astype(np.float32)
     errors = check_parity(
-        lambda t: tl.sinusoidal_embedding(t, 64), lambda _, t: jl.sinusoidal_embedding(t, 64),
-        {"t": t}, seed=seed, label="sinusoidal", grads=False,
+        lambda t: tl.sinusoidal_embedding(t, 64),
+        lambda _, t: jl.sinusoidal_embedding(t, 64),
+        {"t": t},
+        seed=seed,
+        label="sinusoidal",
+        grads=False,
     )
     record("sinusoidal embedding", errors)
 
@@ -243,8 +300,21 @@ def unet_inputs(config, rng, b: int = 3, k: int = 2) -> dict[str, np.ndarray]:
 
 
 def torch_unet_fn(model, cached: bool = False):
-    def run(x, t, tokens, mask, pooled, use_text, use_neighbors, nb_images, nb_tokens, nb_mask,
-            nb_pooled, lowres=None, aug_level=None):
+    def run(
+        x,
+        t,
+        tokens,
+        mask,
+        pooled,
+        use_text,
+        use_neighbors,
+        nb_images,
+        nb_tokens,
+        nb_mask,
+        nb_pooled,
+        lowres=None,
+        aug_level=None,
+    ):
         text = tu.TextInputs(tokens, mask, pooled)
         nb_text = tu.TextInputs(nb_tokens, nb_mask, nb_pooled)
         extra = {"lowres": lowres, "aug_level": aug_level}
@@ -258,8 +328,22 @@ def torch_unet_fn(model, cached: bool = False):
 
 
 def jax_unet_fn(cached: bool = False):
-    def run(model, x, t, tokens, mask, pooled, use_text, use_neighbors, nb_images, nb_tokens,
-            nb_mask, nb_pooled, lowres=None, aug_level=None):
+    def run(
+        model,
+        x,
+        t,
+        tokens,
+        mask,
+        pooled,
+        use_text,
+        use_neighbors,
+        nb_images,
+        nb_tokens,
+        nb_mask,
+        nb_pooled,
+        lowres=None,
+        aug_level=None,
+    ):
         text = ju.TextInputs(tokens, mask, pooled)
         nb_text = ju.TextInputs(nb_tokens, nb_mask, nb_pooled)
         extra = {"lowres": lowres, "aug_level": aug_level}
@@ -275,8 +359,11 @@ def jax_unet_fn(cached: bool = False):
 def test_dstack(seed):
     rng = np.random.default_rng(seed)
     torch_model, jax_model = unet_pair(TINY, rng)
-    inputs = {k: v for k, v in unet_inputs(TINY, rng).items()
-              if k in ("x", "t", "tokens", "mask", "pooled", "use_text")}
+    inputs = {
+        k: v
+        for k, v in unet_inputs(TINY, rng).items()
+        if k in ("x", "t", "tokens", "mask", "pooled", "use_text")
+    }
 
     def torch_fn(x, t, tokens, mask, pooled, use_text):
         cond = torch_model._conditioning(t, tu.TextInputs(tokens, mask, pooled), use_text, None)
@@ -287,8 +374,15 @@ def test_dstack(seed):
         cond = model.conditioning(t, ju.TextInputs(tokens, mask, pooled), use_text, None)
         return model.dstack(x, cond)
 
-    errors = check_parity(torch_fn, jax_fn, inputs, seed=seed, label="DStack",
-                          torch_module=torch_model, jax_module=jax_model)
+    errors = check_parity(
+        torch_fn,
+        jax_fn,
+        inputs,
+        seed=seed,
+        label="DStack",
+        torch_module=torch_model,
+        jax_module=jax_model,
+    )
     record("DStack", errors)
 
 
@@ -299,20 +393,31 @@ def test_ustack(seed):
     config = TINY.replace(neighbor_attn_resolutions=(16, 8))
     torch_model, jax_model = unet_pair(config, rng)
     b, k = 3, 2
-    inputs = {key: v for key, v in unet_inputs(config, rng, b, k).items()
-              if key in ("t", "tokens", "mask", "pooled", "use_text", "use_neighbors")}
+    inputs = {
+        key: v
+        for key, v in unet_inputs(config, rng, b, k).items()
+        if key in ("t", "tokens", "mask", "pooled", "use_text", "use_neighbors")
+    }
     # f and the skips of the tiny DStack: stem 16@16, block 16@16, downsample 16@8, block 32@8.
     skip_shapes = [(16, 16), (16, 16), (8, 16), (8, 32)]
     skips = {f"skip{i}": normal(rng, b, r, r, ch) for i, (r, ch) in enumerate(skip_shapes)}
     heads = {r: config.widths[config.resolutions.index(r)] // config.head_dim for r in (16, 8)}
-    kv = {f"{name}{r}": normal(rng, b, k * r * r, heads[r], config.head_dim)
-          for r in (16, 8) for name in ("k", "v")}  # [B, K·r·r, heads, hd]
+    kv = {
+        f"{name}{r}": normal(rng, b, k * r * r, heads[r], config.head_dim)
+        for r in (16, 8)
+        for name in ("k", "v")
+    }  # [B, K·r·r, heads, hd]
     inputs = {**inputs, "h": normal(rng, b, 8, 8, 32), **skips, **kv}
 
     def torch_fn(h, t, tokens, mask, pooled, use_text, use_neighbors, **arrays):
         cond = torch_model._conditioning(t, tu.TextInputs(tokens, mask, pooled), use_text, None)
-        cache = tu.NeighborCache(k, {r: (arrays[f"k{r}"].transpose(1, 2),
-                                         arrays[f"v{r}"].transpose(1, 2)) for r in (16, 8)})
+        cache = tu.NeighborCache(
+            k,
+            {
+                r: (arrays[f"k{r}"].transpose(1, 2), arrays[f"v{r}"].transpose(1, 2))
+                for r in (16, 8)
+            },
+        )
         skip_list = [nchw(arrays[f"skip{i}"]) for i in range(len(skip_shapes))]
         return nhwc(torch_model.ustack(nchw(h), skip_list, cond, cache, use_neighbors))
 
@@ -322,8 +427,15 @@ def test_ustack(seed):
         skip_list = [arrays[f"skip{i}"] for i in range(len(skip_shapes))]
         return model.ustack(h, skip_list, cond, cache, use_neighbors)
 
-    errors = check_parity(torch_fn, jax_fn, inputs, seed=seed, label="UStack",
-                          torch_module=torch_model, jax_module=jax_model)
+    errors = check_parity(
+        torch_fn,
+        jax_fn,
+        inputs,
+        seed=seed,
+        label="UStack",
+        torch_module=torch_model,
+        jax_module=jax_model,
+    )
     record("UStack", errors)
 
 
@@ -333,8 +445,15 @@ def test_unet_training_path(seed):
     rng = np.random.default_rng(seed)
     torch_model, jax_model = unet_pair(TINY, rng)
     inputs = unet_inputs(TINY, rng)
-    errors = check_parity(torch_unet_fn(torch_model), jax_unet_fn(), inputs, seed=seed,
-                          label="U-Net", torch_module=torch_model, jax_module=jax_model)
+    errors = check_parity(
+        torch_unet_fn(torch_model),
+        jax_unet_fn(),
+        inputs,
+        seed=seed,
+        label="U-Net",
+        torch_module=torch_model,
+        jax_module=jax_model,
+    )
     record("U-Net (tiny, training path)", errors)
 
 
@@ -345,9 +464,15 @@ def test_unet_cached_sr(seed):
     torch_model, jax_model = unet_pair(TINY_SR, rng)
     inputs = unet_inputs(TINY_SR, rng)
     torch_fn = torch_unet_fn(torch_model.eval(), cached=True)
-    errors = check_parity(lambda **kw: _no_grad(torch_fn, **kw), eqx.filter_jit(jax_unet_fn(True)),
-                          inputs, seed=seed, label="U-Net SR cached", jax_module=jax_model,
-                          grads=False)
+    errors = check_parity(
+        lambda **kw: _no_grad(torch_fn, **kw),
+        eqx.filter_jit(jax_unet_fn(True)),
+        inputs,
+        seed=seed,
+        label="U-Net SR cached",
+        jax_module=jax_model,
+        grads=False,
+    )
     record("U-Net (SR, cached)", errors)
 
 
@@ -397,8 +522,13 @@ def test_sampling_trajectory(sampler, guidance, sampling_setup):
         return denoiser.to_numpy(result.x0)
 
     errors = check_parity(
-        lambda **_: sample(torch_den, "torch"), lambda *_, **__: sample(jax_den, "jax"),
-        {"x_T": noise.x_T}, seed=seed, label=f"{sampler}/{guidance}", grads=False, tol=1e-4,
+        lambda **_: sample(torch_den, "torch"),
+        lambda *_, **__: sample(jax_den, "jax"),
+        {"x_T": noise.x_T},
+        seed=seed,
+        label=f"{sampler}/{guidance}",
+        grads=False,
+        tol=1e-4,
     )
     assert choices["torch"] == choices["jax"], (choices, seed)
     if guidance == "interleaved":
@@ -418,7 +548,10 @@ def training_batch(config, rng, b: int = 3, k: int = 2) -> Batch:
         text=TextEncoding(**_renamed(text_arrays(rng, (b,), config.text_dim))),
         neighbor_images=rng.uniform(-1, 1, (b, k, s, s, c)).astype(np.float32),
         neighbor_text=TextEncoding(**_renamed(text_arrays(rng, (b, k), config.text_dim))),
-        t=t, noise=noise, use_text=use_text, use_neighbors=use_neighbors,
+        t=t,
+        noise=noise,
+        use_text=use_text,
+        use_neighbors=use_neighbors,
     )
 
 
@@ -442,15 +575,22 @@ def test_optimizer_step(seed, tmp_path):
     """
     rng = np.random.default_rng(seed)
     batch = training_batch(TINY, rng)
-    config = TrainConfig(batch_size=3, neighbors=2, lr=2e-5, warmup_steps=0, weight_decay=0.1,
-                         grad_clip=0.5, ema_decay=0.999)
-    torch_trainer = TorchTrainer(TINY, config, _OneBatch(batch), tmp_path / "torch",
-                                 progress=False)
+    config = TrainConfig(
+        batch_size=3,
+        neighbors=2,
+        lr=2e-5,
+        warmup_steps=0,
+        weight_decay=0.1,
+        grad_clip=0.5,
+        ema_decay=0.999,
+    )
+    torch_trainer = TorchTrainer(TINY, config, _OneBatch(batch), tmp_path / "torch", progress=False)
     jax_model = shared_weights(torch_trainer.model, convert.skeleton(TINY), rng)
     torch_trainer.ema.load_state_dict(torch_trainer.model.state_dict())
     before = convert.state_dict(jax_model)
-    jax_trainer = JaxTrainer(TINY, config, _OneBatch(batch), tmp_path / "jax", progress=False,
-                             model=jax_model)
+    jax_trainer = JaxTrainer(
+        TINY, config, _OneBatch(batch), tmp_path / "jax", progress=False, model=jax_model
+    )
     t_loss, t_norm = torch_trainer.train_step(batch)
     j_loss, j_norm = jax_trainer.train_step(batch)
     assert t_norm > config.grad_clip  # the clipping branch is exercised
@@ -459,8 +599,11 @@ def test_optimizer_step(seed, tmp_path):
     j_weights = convert.state_dict(jax_trainer.model)
     for label, t_state, j_state in (
         ("weights", t_weights, j_weights),
-        ("ema", {k: v.numpy() for k, v in torch_trainer.ema.state_dict().items()},
-         convert.state_dict(jax_trainer.ema)),
+        (
+            "ema",
+            {k: v.numpy() for k, v in torch_trainer.ema.state_dict().items()},
+            convert.state_dict(jax_trainer.ema),
+        ),
     ):
         errors[label] = max(rel_error(j_state[k], v) for k, v in t_state.items())
     t_adam = torch_optimizer_state(torch_trainer.optimizer, torch_trainer.model)
@@ -472,9 +615,9 @@ def test_optimizer_step(seed, tmp_path):
         keys = [k for k in t_adam if k.endswith("." + slot)]
         floor = GRAD_FLOOR * max(np.abs(t_adam[k]).max() for k in keys)
         errors[f"adam {slot}"] = max(rel_error(j_adam[k], t_adam[k], floor) for k in keys)
-    step_error = np.concatenate([
-        np.abs((j_weights[k] - before[k]) - (t_weights[k] - before[k])).ravel() for k in before
-    ])
+    step_error = np.concatenate(
+        [np.abs((j_weights[k] - before[k]) - (t_weights[k] - before[k])).ravel() for k in before]
+    )
     errors["update (mean, in lr)"] = float(step_error.mean() / config.lr)
     record("optimizer step", errors)
     limits = {
@@ -523,5 +666,3 @@ def test_round_trip_is_exact(seed):
     wrong = {**state, "conv_out.weight": state["conv_out.weight"][:, :2]}
     with pytest.raises(convert.KeyMismatchError, match="conv_out.weight"):
         convert.load_state_dict(jax_model, wrong)
-    assert TORCH_DEVICE.type in ("cpu", "cuda")
-    assert jnp.asarray(0).dtype == jnp.int32  # x64 stays off: float32 end to end

@@ -15,7 +15,7 @@ the K=0 network, as torch's run-time skip does.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
@@ -42,9 +42,11 @@ def resolve_dtype(dtype) -> jnp.dtype:
 
 def cast_floats(tree, dtype):
     """Every floating-point array of ``tree`` (a model, inputs) cast to ``dtype``."""
-    return jax.tree_util.tree_map(
-        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree
-    )
+
+    def cast(a):
+        return a.astype(dtype) if eqx.is_inexact_array(a) and a.dtype != dtype else a
+
+    return jax.tree_util.tree_map(cast, tree)
 
 
 def text_inputs(text: TextEncoding) -> TextInputs:
@@ -68,7 +70,7 @@ def eps_rows(model, x, t, text: TextInputs, use_text, use_neighbors, cache, lowr
     -> ε [V, B, H, W, C] float32. Rows are variant-major (row v·B + b = sample b)."""
     b = x.shape[0]
     v = use_text.shape[0] // b
-    tile = lambda a: jnp.tile(a, (v,) + (1,) * (a.ndim - 1))  # noqa: E731  [B, ...] -> [V·B, ...]
+    tile = lambda a: jnp.tile(a, (v,) + (1,) * (a.ndim - 1))
     eps = model(
         tile(x.astype(model.text_pool.weight.dtype)),  # [V·B, H, W, C]
         jnp.broadcast_to(t, (v * b,)),

@@ -28,9 +28,9 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from reimagen.core.unet_config import UNetConfig
@@ -227,16 +227,21 @@ class ResBlock(eqx.Module):
     skip: Conv2d | None
     dropout: float = eqx.field(static=True)
 
-    def __init__(self, in_channels: int, out_channels: int, config: UNetConfig, *, rng: np.random.Generator | None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        config: UNetConfig,
+        *,
+        rng: np.random.Generator | None,
+    ):
         self.norm1 = Norm(in_channels, config)
         self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, rng=rng)
         self.emb_proj = Linear(config.time_dim, 2 * out_channels, rng=rng)
         self.norm2 = Norm(out_channels, config)
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, rng=rng)
         self.skip = (
-            Conv2d(in_channels, out_channels, 1, rng=rng)
-            if in_channels != out_channels
-            else None
+            Conv2d(in_channels, out_channels, 1, rng=rng) if in_channels != out_channels else None
         )
         self.dropout = config.dropout
 

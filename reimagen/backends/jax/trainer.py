@@ -106,7 +106,7 @@ def batch_inputs(batch: Batch, schedule: CosineSchedule) -> dict[str, Any]:
             jnp.asarray(np.asarray(batch.neighbor_images, np.float32)),
             text_inputs(batch.neighbor_text),
         )
-    optional = lambda a: None if a is None else jnp.asarray(a)  # noqa: E731
+    optional = lambda a: None if a is None else jnp.asarray(a)
     return {
         "x": jnp.asarray(noisy_inputs(batch, schedule)),
         "t": jnp.asarray(np.asarray(batch.t, np.float32)),
@@ -120,16 +120,34 @@ def batch_inputs(batch: Batch, schedule: CosineSchedule) -> dict[str, Any]:
 
 
 def loss_fn(model: ReImagenUNet, inputs: dict, noise, key, compute_dtype) -> jax.Array:
-    """‖ε̂ − ε‖² averaged over every element (paper Eq. 2, ε-prediction), in float32."""
+    """‖ε̂ − ε‖² averaged over every element (paper Eq. 2, ε-prediction), in float32.
+
+    bf16 (``compute_dtype``) casts the weights and the image/text inputs, as torch's autocast
+    runs matmuls and convolutions in bf16; the levels t and aug_level stay float32 (the
+    sinusoidal features of 1000·t need float32) and norms compute in float32."""
     if compute_dtype != jnp.float32:
-        model, inputs = cast_floats(model, compute_dtype), cast_floats(inputs, compute_dtype)
+        levels = {k: inputs[k] for k in ("t", "aug_level")}
+        model = cast_floats(model, compute_dtype)
+        inputs = {**cast_floats(inputs, compute_dtype), **levels}
     eps = model(**inputs, key=key)
     return jnp.mean(jnp.square(eps.astype(jnp.float32) - noise))
 
 
 @eqx.filter_jit
-def train_step(model, ema, opt_state, inputs, noise, lr, ema_weight, key, *, optimizer,
-               grad_clip, compute_dtype):
+def train_step(
+    model,
+    ema,
+    opt_state,
+    inputs,
+    noise,
+    lr,
+    ema_weight,
+    key,
+    *,
+    optimizer,
+    grad_clip,
+    compute_dtype,
+):
     """One AdamW update: (model, ema, opt_state, loss, ‖g‖ before clipping). Pure: the caller
     keeps the old state when the loss or norm is not finite."""
     loss, grads = eqx.filter_value_and_grad(loss_fn)(model, inputs, noise, key, compute_dtype)
@@ -190,6 +208,8 @@ def write_checkpoint(run_dir, step: int, *, model, ema, opt_state, state: dict, 
             )
     root = Path(run_dir) / ckpt.CHECKPOINTS
     final = root / ckpt.step_dir_name(step)
+    if (root / ckpt.LATEST).is_file() and (root / ckpt.LATEST).read_text().strip() == final.name:
+        raise ckpt.CheckpointError(f"step {step} is already the committed checkpoint in {root}")
     partial = root / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -367,7 +387,9 @@ class Trainer:
                 _log(log, record)
                 window = []
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                _log(log, {"event": "checkpoint", "step": self.step, "folder": self.save(loss).name})
+                _log(
+                    log, {"event": "checkpoint", "step": self.step, "folder": self.save(loss).name}
+                )
         bar.close()
         seconds = time.perf_counter() - started
         done = self.step - start_step

@@ -71,12 +71,14 @@ class NeighborCache(eqx.Module):
     def batch_size(self) -> int:
         return next(iter(self.kv.values()))[0].shape[0] if self.kv else 0
 
-    def tile(self, times: int) -> "NeighborCache":
+    def tile(self, times: int) -> NeighborCache:
         """Repeat the batch ``times`` times (row v·B + b = example b): for V variants."""
         if times == 1:
             return self
-        kv = {r: (jnp.tile(k, (times, 1, 1, 1)), jnp.tile(v, (times, 1, 1, 1)))
-              for r, (k, v) in self.kv.items()}
+        kv = {
+            r: (jnp.tile(k, (times, 1, 1, 1)), jnp.tile(v, (times, 1, 1, 1)))
+            for r, (k, v) in self.kv.items()
+        }
         return NeighborCache(self.k, kv)
 
 
