@@ -13,11 +13,12 @@ retriever for our text encoders.
 
 Saved with ``faiss.serialize_index`` (faiss's own binary format, not pickle) written atomically.
 
-One environment fix, see :func:`import_faiss`: faiss-cpu's wheel bundles OpenBLAS 0.3.15, which
-does not recognise recent Xeons (e.g. Emerald Rapids, CPU model 207) and falls back to its
-generic "Prescott" SSE3 kernels — exact search measured 3-7x slower than with the AVX-512
-kernels here. When the CPU has AVX-512 (or AVX2) and the user has not chosen, we name the core
-type for OpenBLAS while faiss is first imported, then restore the environment.
+Two fixes for faiss-cpu 1.15 on this machine, both in :func:`import_faiss`: its wheel bundles
+OpenBLAS 0.3.15, which does not recognise recent Xeons (e.g. Emerald Rapids, CPU model 207) and
+falls back to its generic "Prescott" SSE3 kernels — exact search measured 3-7x slower than with
+the AVX-512 kernels. When the CPU has AVX-512 (or AVX2) and the user has not chosen, we name the
+core type for OpenBLAS while faiss is first imported, then restore the environment. And the
+query-count threshold above which exact search uses BLAS is set back to 20.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from reimagen.retrievers.base import ViewRetriever, order_hits
 from reimagen.retrievers.index import IndexMeta, IndexMismatchError
 
 INDEX_FILE = "faiss.index"
+BLAS_THRESHOLD = 20  # queries per batch from which faiss's exact search uses BLAS
 
 
 class DenseRetriever(ViewRetriever):
@@ -43,7 +45,9 @@ class DenseRetriever(ViewRetriever):
 
     ``encoder``: a registered encoder name (``encoder_options`` are passed to its factory);
     ``ivf``: approximate IVF index instead of exact; ``nlist``: IVF cells (None: ≈ 4·√N,
-    at most N/39 so k-means has enough points); ``nprobe``: cells scanned per query."""
+    at most N/39 so k-means has enough points); ``nprobe``: cells scanned per query (default
+    4: on 100k vectors with MiniLM's cosine structure, recall@4 0.99 at ~7x the exact speed;
+    vectors without cluster structure need far more, see benchmarks/bench_retrieval.py)."""
 
     name = "dense"
     libraries = ("faiss-cpu",)
@@ -54,7 +58,7 @@ class DenseRetriever(ViewRetriever):
         encoder_options: dict[str, Any] | None = None,
         ivf: bool = False,
         nlist: int | None = None,
-        nprobe: int = 16,
+        nprobe: int = 4,
         batch_size: int = 256,
     ):
         super().__init__()
@@ -209,6 +213,10 @@ def import_faiss():
     core = None if "OPENBLAS_CORETYPE" in os.environ else _openblas_core()
     with _temporary_env("OPENBLAS_CORETYPE", core):
         import faiss
+    # Exact search of a batch of >= 20 queries through BLAS matrix products, as faiss did by
+    # default for years; this build's default (128000) sent batches of a few hundred queries
+    # down a per-query loop measured 10x slower here (200 queries x 20k docs x 384-d).
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
     return faiss
 
 
