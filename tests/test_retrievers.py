@@ -592,6 +592,16 @@ def test_cli_view_and_dense(tmp_path, capsys):
     assert {n["source"] for n in report["results"][0]["neighbors"]} == {"test"}
 
 
+def test_cli_none_retrieves_nothing_and_writes_nothing(tmp_path, capsys):
+    kb = build_kb(tmp_path / "kb", TEXTS)
+    code, out, err = run_cli(
+        capsys, "red apple", "--kb", str(kb.folder), "--retriever", "none", "--k", "0", "--json"
+    )
+    assert code == 0 and err == ""
+    assert json.loads(out)["results"] == [{"prompt": "red apple", "neighbors": []}]
+    assert not (kb.folder / "indexes").exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -95,19 +95,22 @@ def run(args) -> int:
     )
     started = time.perf_counter()
     try:
-        retriever, status, reason = open_or_build(
-            kb,
-            index_folder(kb.folder, name),
-            args.retriever,
-            rows=rows,
-            rebuild=args.rebuild,
-            **options,
-        )
+        if args.retriever == "none":  # nothing to index: no folder is written
+            retriever, status = registry.get("retriever", "none")().fit(kb, rows=rows), "none"
+        else:
+            retriever, status, reason = open_or_build(
+                kb,
+                index_folder(kb.folder, name),
+                args.retriever,
+                rows=rows,
+                rebuild=args.rebuild,
+                **options,
+            )
         result = retriever.search(args.prompts, args.k)
     except (ValueError, IndexMismatchError) as err:
         raise _user_error(str(err)) from err
     seconds = time.perf_counter() - started
-    if status != "loaded":
+    if status in ("built", "rebuilt"):
         why = f" ({reason})" if status == "rebuilt" else ""
         print(
             f"{status} {name} index of {len(retriever.rows)} captions in {seconds:.1f}s{why}",
