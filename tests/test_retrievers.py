@@ -367,6 +367,18 @@ def test_none_retriever_is_the_empty_baseline(tmp_path):
         NoneRetriever.load(tmp_path / "none", MemoryKB(["zal bex", "kor", "mip"]))
 
 
+@settings(max_examples=30, deadline=None)
+@given(queries=st.lists(st.text(max_size=20), max_size=5), k=st.integers(-2, 5))
+def test_none_property_empty_for_k0_and_refuses_any_other_k(queries, k):
+    retriever = NoneRetriever()
+    if k != 0:
+        with pytest.raises(ValueError, match="k must be 0"):
+            retriever.search(queries, k)
+        return
+    result = retriever.search(queries, 0, exclude=[[1, 2]] * len(queries))
+    assert result.ids.shape == result.scores.shape == (len(queries), 0)
+
+
 def test_registered_names_and_option_round_trip():
     assert {"bm25", "dense", "none"} <= set(registry.names("retriever"))
     for name in ALL:
