@@ -198,8 +198,9 @@ def test_denoiser_rejects_bad_conditions(bound):
 
 
 def test_weights_files_load_on_either_backend(tmp_path):
-    """torch writes -> JAX reads and JAX writes -> torch reads, bit-identical; a pickle under a
-    weights name is refused, never executed."""
+    """torch writes -> JAX reads and JAX writes -> torch reads, bit-identical (float16 exports
+    too: both read them back as the same float32 numbers); a pickle under a weights name is
+    refused, never executed."""
     torch_model = TORCH_BACKEND.build_model(TINY, seed=5)
     TORCH_BACKEND.save_model(torch_model, tmp_path / "torch.safetensors")
     jax_model = BACKEND.load_model(tmp_path / "torch.safetensors")
@@ -211,6 +212,12 @@ def test_weights_files_load_on_either_backend(tmp_path):
     back = TORCH_BACKEND.load_model(tmp_path / "jax.safetensors")
     for key, value in convert.state_dict(jax_model).items():
         np.testing.assert_array_equal(back.state_dict()[key].numpy(), value)
+    BACKEND.save_model(jax_model, tmp_path / "half.safetensors", dtype="float16")
+    half = TORCH_BACKEND.load_model(tmp_path / "half.safetensors")
+    for key, value in convert.state_dict(BACKEND.load_model(tmp_path / "half.safetensors")).items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(half.state_dict()[key].numpy(), value)
+        np.testing.assert_allclose(value, convert.state_dict(jax_model)[key], rtol=1e-3, atol=1e-4)
     evil = tmp_path / "evil.safetensors"
     evil.write_bytes(pickle.dumps({"conv_in.weight": np.zeros(3)}))
     with pytest.raises(UnsafeFileError):
@@ -270,11 +277,13 @@ def test_train_loop_checkpoints_and_resumes(tmp_path):
     assert first.step == 2 and np.isfinite(first.loss)
     second = BACKEND.train(TINY, TRAIN.replace(steps=3), Source(), tmp_path, progress=False)
     assert second.step == 3
+    done = BACKEND.train(TINY, TRAIN.replace(steps=3), Source(), tmp_path, progress=False)
+    assert (done.step, done.loss) == (3, second.loss)  # nothing left to do: the saved loss
     folders = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert folders == ["step-00000002", "step-00000003"]
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
-    assert [r["resumed"] for r in records if r.get("event") == "start"] == [False, True]
+    assert [r["resumed"] for r in records if r.get("event") == "start"] == [False, True, True]
     loaded = BACKEND.load_model(tmp_path)  # EMA weights of the latest checkpoint
     _assert_same(convert.state_dict(loaded), convert.state_dict(second.ema))
     with pytest.raises(ValueError, match="already holds checkpoints"):

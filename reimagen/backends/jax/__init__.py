@@ -42,8 +42,8 @@ class JaxBackend:
 
         return _convert.load_weights_file(resolve_weights(path_or_dir, ema))
 
-    def save_model(self, model: ReImagenUNet, path: str | Path) -> Path:
-        return _convert.save_model(model, path)
+    def save_model(self, model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
+        return _convert.save_model(model, path, dtype=dtype)
 
     def model_config(self, model: ReImagenUNet) -> UNetConfig:
         return model.config

@@ -123,20 +123,25 @@ FORMAT = "reimagen-unet/1"
 CONFIG_KEY = "reimagen.unet_config"  # safetensors metadata: the UNetConfig as JSON
 
 
-def save_model(model: ReImagenUNet, path: str | Path) -> Path:
-    """One self-describing safetensors file, byte-compatible with the torch backend's
-    ``save_model``: canonical keys and layouts, the UNetConfig in the metadata."""
+def save_model(model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
+    """One self-describing safetensors file, the same as the torch backend's ``save_model``:
+    canonical keys and layouts, the UNetConfig in the metadata. ``dtype="float16"`` halves the
+    file (shipped weights); loading casts back to float32."""
     from reimagen.core.io import atomic_save_safetensors
 
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     path = Path(path)
     metadata = {"format": FORMAT, CONFIG_KEY: model.config.to_json()}
-    atomic_save_safetensors(path, state_dict(model), metadata=metadata)
+    tensors = {k: v.astype(dtype) for k, v in state_dict(model).items()}
+    atomic_save_safetensors(path, tensors, metadata=metadata)
     return path
 
 
 def load_weights_file(source: str | Path) -> ReImagenUNet:
-    """A safetensors weights file (from either backend) -> a JAX U-Net; refuses non-safetensors
-    files (never unpickles) and files without the UNetConfig metadata."""
+    """A safetensors weights file (from either backend, float32 or float16) -> a float32 JAX
+    U-Net; refuses non-safetensors files (never unpickles) and files without the UNetConfig
+    metadata."""
     from reimagen.core.io import load_safetensors
 
     tensors, metadata = load_safetensors(source)

@@ -272,6 +272,7 @@ class Trainer:
         self.opt_state = self.optimizer.init(self.model)
         self.step = 0
         self.checkpoint: Path | None = None
+        self.last_loss = float("nan")
         if ckpt.has_checkpoint(self.run_dir):
             self._restore(ckpt.latest_checkpoint(self.run_dir))
 
@@ -306,6 +307,7 @@ class Trainer:
         self.opt_state = optimizer_from_numpy(self.opt_state, saved.optimizer, folder)
         self.step = saved.step
         self.checkpoint = folder
+        self.last_loss = float(saved.state.get("loss", float("nan")))
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -366,7 +368,7 @@ class Trainer:
         log = self.run_dir / LOG_FILE
         _log(log, {"event": "start", "step": start_step, "resumed": self.checkpoint is not None})
         bar = tqdm(total=config.steps, initial=start_step, disable=not self.progress, unit="step")
-        loss, window, started = float("nan"), [], time.perf_counter()
+        loss, window, started = self.last_loss, [], time.perf_counter()
         while self.step < config.steps:
             tick = time.perf_counter()
             loss, grad_norm = self.train_step(self.source.batch(self.step))
