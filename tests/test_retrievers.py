@@ -302,8 +302,12 @@ def test_dense_breaks_ties_by_row_whatever_faiss_keeps():
     kb = MemoryKB(["zal bex"] * 8 + ["kor mip"] * 8)  # two groups of identical embeddings
     retriever = DenseRetriever(encoder="hash", encoder_options={"dim": 16}).fit(kb)
     retriever._index = HighestIdOnTies(retriever._index)
+    fetched = []
+    raw_search = retriever._raw_search
+    retriever._raw_search = lambda v, n: (fetched.append(n), raw_search(v, n))[1]
     result = retriever.search(["zal bex", "kor mip"], 3, exclude=[[1], []])
     np.testing.assert_array_equal(result.ids, [[0, 2, 3], [8, 9, 10]])
+    assert fetched == [5, 10], "widened until the 8 tied documents were in hand, no further"
 
 
 # ---------------------------------------------------------------- views, errors, none

@@ -140,8 +140,9 @@ class DenseRetriever(ViewRetriever):
         """Top-n positions and scores [Q, n], ties at the cut resolved by position.
 
         faiss keeps an arbitrary one of several equal scores at the n-th place (duplicate
-        captions embed identically), so fetch one more and widen until no query has a tie
-        across the cut; then the total order (score, position) decides."""
+        captions embed identically), so fetch one more, and widen (only for the queries
+        concerned) until the last hit fetched scores below the n-th: then every document tied
+        with the n-th is in hand and the total order (score, position) decides."""
         total = int(self._index.ntotal)
         positions = np.zeros((len(vectors), n), np.int64)  # [Q, n]
         scores = np.zeros((len(vectors), n), np.float32)  # [Q, n]
@@ -150,7 +151,8 @@ class DenseRetriever(ViewRetriever):
         while len(pending):
             found, hits = self._raw_search(vectors[pending], fetch)  # [P, fetch]
             hits, found = order_hits(hits.astype(np.int64), found.astype(np.float32))
-            tied = found[:, n - 1] == found[:, n] if fetch > n else np.zeros(len(pending), bool)
+            # more documents may share the n-th score only if the last one fetched still does
+            tied = found[:, -1] == found[:, n - 1] if fetch > n else np.zeros(len(pending), bool)
             done = ~tied | (fetch == total)
             positions[pending[done]], scores[pending[done]] = hits[done, :n], found[done, :n]
             pending, fetch = pending[~done], min(total, 2 * fetch)
