@@ -46,8 +46,9 @@ class DenseRetriever(ViewRetriever):
     ``encoder``: a registered encoder name (``encoder_options`` are passed to its factory);
     ``ivf``: approximate IVF index instead of exact; ``nlist``: IVF cells (None: ≈ 4·√N,
     at most N/39 so k-means has enough points); ``nprobe``: cells scanned per query (default
-    4: on 100k vectors with MiniLM's cosine structure, recall@4 0.99 at ~7x the exact speed;
-    vectors without cluster structure need far more, see benchmarks/bench_retrieval.py)."""
+    2: on 100k vectors with MiniLM's cosine structure, recall@4 0.985 at 4.5-14x the exact
+    speed across runs on this shared machine, 4 gave 0.994 at 3.5-8x; vectors without cluster
+    structure, like the hash encoder's, need far more — see benchmarks/bench_retrieval.py)."""
 
     name = "dense"
     libraries = ("faiss-cpu",)
@@ -58,7 +59,7 @@ class DenseRetriever(ViewRetriever):
         encoder_options: dict[str, Any] | None = None,
         ivf: bool = False,
         nlist: int | None = None,
-        nprobe: int = 4,
+        nprobe: int = 2,
         batch_size: int = 256,
     ):
         super().__init__()
