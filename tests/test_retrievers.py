@@ -638,3 +638,14 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     code, out, err = run_cli(capsys, "red apple", *argv)
     assert code == 2 and out == ""
     assert err.startswith("reimagen: error: ") and message in err and err.count("\n") == 1
+
+
+def test_dense_index_of_another_kind_raises(tmp_path):
+    kb = build_kb(tmp_path / "kb", TEXTS)
+    folder = tmp_path / "index"
+    DenseRetriever(encoder="hash", encoder_options={"dim": 8}).fit(kb).save(folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["options"]["ivf"] = True  # claims an IVF index; the file holds a flat one
+    (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatchError, match="holds a IndexFlatIP, index.json says ivf=True"):
+        DenseRetriever.load(folder, kb)

@@ -195,6 +195,13 @@ class DenseRetriever(ViewRetriever):
                 f"index {folder} is stale: embedding dim {index.d} (index, recorded "
                 f"{saved_dim}) != {self.dim} (encoder {self.encoder_name!r})"
             )
+        if hasattr(index, "nlist") != self.ivf:
+            raise IndexMismatchError(
+                f"index {folder} is stale: it holds a {type(index).__name__}, index.json says "
+                f"ivf={self.ivf}"
+            )
+        if self.ivf:
+            index.nprobe = min(self.nprobe, index.nlist)  # a search setting, from the options
         self._index = index
         return int(index.ntotal)
 
