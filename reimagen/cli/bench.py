@@ -1,0 +1,311 @@
+"""``reimagen bench``: EntityBench, the paper's Table 2 / Fig. 5 analogue (DESIGN §8).
+
+Rows: the no-retrieval "Imagen" row (the shipped ``baseline`` network when there is one, else the
+base network with K=0: the table says which), then Re-Imagen with each K of ``--k``, for each
+retrieval setting (same-style: Twemoji references retrievable; cross-style: other artists only).
+Columns: faithfulness (entity named by the evaluator AND background + position read from pixels)
+per tier, entity top-1/top-5, text alignment, neighbour recall, and faithfulness per category.
+
+Writes ``results.json``, ``results.md``, ``prompts.jsonl`` and one image grid per row to
+``--out`` (atomically); prints the markdown. Everything is validated before a network loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from reimagen.cli.common import SETTINGS, add_sampling_arguments, sampling_from_args
+from reimagen.cli.main import UserError
+from reimagen.core import registry
+
+FORMAT = "reimagen-entitybench"
+TIMING_COLUMNS = [
+    ("setting", "", "setting"),
+    ("K", "", "k"),
+    ("NFE / image", "", "nfe"),
+    ("generation s", "", "seconds"),
+]
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "bench",
+        help="EntityBench: faithfulness and text alignment, with and without retrieval",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_common_arguments(parser, out="outputs/bench", n=8)
+    parser.add_argument("--k", default="1,2,3", help="comma-separated K values (neighbours)")
+    parser.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help=f"comma-separated retrieval settings: {', '.join(SETTINGS)}",
+    )
+    add_sampling_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_common_arguments(parser, *, out: str, n: int) -> None:
+    """Options bench and ablate share: prompts, seed, output, KB/retriever/encoder, judge."""
+    parser.add_argument("--n", type=int, default=n, help="default prompt set: prompts per tier")
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="JSONL prompt set (prompt, entity, background, position, size)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="prompt draw and sampling seed")
+    parser.add_argument("--out", type=Path, default=Path(out), help="output folder")
+    parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
+    parser.add_argument(
+        "--kb",
+        type=Path,
+        default=None,
+        help="knowledge-base folder (default: the built-in emoji KB)",
+    )
+    parser.add_argument("--retriever", default="bm25", help="registered retriever name")
+    parser.add_argument("--encoder", default="minilm", help="registered text encoder name")
+    parser.add_argument("--backend", default="torch", help="torch | jax")
+    parser.add_argument(
+        "--evaluator", type=Path, default=None, help="evaluator folder (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: all cores; 1 is much faster on a busy machine)",
+    )
+
+
+def comma_list(text: str, option: str, allowed=None, cast=str) -> list:
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        values = [cast(t) for t in items]
+    except ValueError:
+        raise UserError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{option}: empty list")
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if bad:
+        raise UserError(
+            f"{option}: unknown value(s) {bad}; allowed: {', '.join(map(str, allowed))}"
+        )
+    return values
+
+
+# ---- shared setup: validate, then load -----------------------------------------------------------
+
+
+def load_prompts(args):
+    """(prompts, evaluator meta) - the prompt file is checked line by line before any load."""
+    from reimagen.bench.entitybench import PromptFileError, default_prompts, read_prompts
+    from reimagen.bench.evaluator import EvaluatorError, read_meta
+
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        meta = read_meta(args.evaluator)
+        known = frozenset(meta["entities"])
+        if args.prompts is not None:
+            return read_prompts(args.prompts, known), meta
+        return default_prompts(args.n, args.seed, known=known), meta
+    except (PromptFileError, EvaluatorError) as err:
+        raise UserError(str(err)) from None
+
+
+def check_components(args) -> None:
+    from reimagen.weights import available_stages, weights_path
+
+    registry.get("backend", args.backend)
+    registry.get("encoder", args.encoder)
+    registry.get("retriever", args.retriever)
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    if "base" not in available_stages():
+        raise UserError(
+            f"no base network at {weights_path('base')}; train it with "
+            "`reimagen train --stage base --export` or set REIMAGEN_WEIGHTS"
+        )
+
+
+def load_parts(args, settings, need_retrieval: bool):
+    """(pipelines {"base", "baseline"?}, retrievers {setting: retriever}, evaluator)."""
+    from reimagen.bench.evaluator import Evaluator
+    from reimagen.cli.common import open_kb, open_retriever
+    from reimagen.weights import available_stages, load_stage
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    kb = open_kb(args.kb)
+    retrievers = {}
+    if need_retrieval:
+        if args.retriever == "none":
+            raise UserError("--retriever none retrieves nothing; K > 0 rows need a retriever")
+        retrievers = {s: open_retriever(kb, args.retriever, s, args.encoder) for s in settings}
+    pipelines = {"base": load_stage("base", kb=kb, encoder=args.encoder, backend=args.backend)}
+    if "baseline" in available_stages():
+        pipelines["baseline"] = load_stage(
+            "baseline", kb=kb, encoder=args.encoder, backend=args.backend
+        )
+    return pipelines, retrievers, Evaluator.load(args.evaluator)
+
+
+def no_retrieval_row(pipelines, sampling, label="Imagen (no retrieval)"):
+    """The "Imagen" row: the baseline network with its own guidance, or the base network with
+    K=0 and joint guidance at the text weight (interleaving needs two conditions)."""
+    from reimagen.bench.entitybench import NO_RETRIEVAL, Row
+    from reimagen.weights import DEFAULT_SAMPLING
+
+    shared = {
+        "sampler": sampling.sampler,
+        "steps": sampling.steps,
+        "thresholding": sampling.thresholding,
+    }
+    if "baseline" in pipelines:
+        return Row(
+            label=f"{label}: baseline network",
+            network="baseline",
+            k=0,
+            setting=NO_RETRIEVAL,
+            sampling=DEFAULT_SAMPLING["baseline"].replace(**shared),
+        )
+    return Row(
+        label=f"{label}: base network, K=0",
+        network="base",
+        k=0,
+        setting=NO_RETRIEVAL,
+        sampling=sampling.replace(guidance="joint", w=sampling.w_text),
+    )
+
+
+def write_outputs(out: Path, blob: dict, markdown: str, prompts, results) -> None:
+    """results.json, results.md, prompts.jsonl, grid_<i>.png (row i's images, prompt order)
+    and grid_truth.png (each prompt's scene composed from the Twemoji drawing), atomically."""
+    import numpy as np
+
+    from reimagen.bench.entitybench import save_grid, write_prompts
+    from reimagen.bench.evaluator import target_drawings
+    from reimagen.core.io import atomic_write_text
+    from reimagen.data.scenes import compose
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_prompts(out / "prompts.jsonl", prompts)
+    size = results[0].images.shape[1]
+    _, drawings = target_drawings([p.entity for p in prompts])
+    truth = np.stack([compose(d, p.scene, size) for d, p in zip(drawings, prompts)])
+    save_grid(out / "grid_truth.png", truth)
+    for index, result in enumerate(results):
+        save_grid(out / f"grid_{index:02d}.png", result.images)
+    atomic_write_text(out / "results.json", json.dumps(blob, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "results.md", markdown)
+
+
+def header(args, meta, pipelines, prompts, seconds: float) -> dict:
+    from reimagen.weights import weights_path
+
+    return {
+        "format": FORMAT,
+        "format_version": 1,
+        "command": "reimagen " + " ".join(sys.argv[1:]),
+        "seed": args.seed,
+        "prompts": str(args.prompts) if args.prompts else f"default: {args.n} per tier",
+        "n_prompts": len(prompts),
+        "networks": {name: str(weights_path(name)) for name in pipelines},
+        "evaluator": {
+            "weights_sha256": meta["weights_sha256"],
+            "ceiling": meta.get("accuracy", {}).get("clean", {}),
+        },
+        "wall_seconds": round(seconds, 1),
+    }
+
+
+def evaluator_note(meta) -> str:
+    ceiling = meta.get("accuracy", {}).get("clean", {})
+    if not ceiling:
+        return ""
+    parts = ", ".join(
+        f"{g.split('/')[-1]} {v['top1']:.2f}" for g, v in ceiling.items() if g.startswith("tier/")
+    )
+    return (
+        f"Evaluator ceiling (top-1 on real composites): all {ceiling['all']['top1']:.2f}"
+        f" ({parts}); top-5 {ceiling['all']['top5']:.2f}."
+    )
+
+
+# ---- bench --------------------------------------------------------------------------------------
+
+
+def run(args) -> int:
+    from reimagen.bench.entitybench import BenchRunner, Row, category_columns, table, tier_columns
+    from reimagen.weights import DEFAULT_SAMPLING
+
+    ks = comma_list(args.k, "--k", cast=int)
+    if any(k < 1 for k in ks):
+        raise UserError(f"--k values must be >= 1 (the no-retrieval row is always run), got {ks}")
+    settings = comma_list(args.settings, "--settings", allowed=SETTINGS)
+    sampling = sampling_from_args(args, DEFAULT_SAMPLING["base"])
+    check_components(args)
+    prompts, meta = load_prompts(args)
+
+    started = time.perf_counter()
+    pipelines, retrievers, evaluator = load_parts(args, settings, need_retrieval=True)
+    runner = BenchRunner(
+        prompts,
+        pipelines=pipelines,
+        retrievers=retrievers,
+        evaluator=evaluator,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    baseline = no_retrieval_row(pipelines, sampling)
+    rows = [baseline] + [
+        Row(label=f"Re-Imagen K={k}", network="base", k=k, setting=s, sampling=sampling)
+        for s in settings
+        for k in ks
+    ]
+    results = runner.run(rows)
+    seconds = time.perf_counter() - started
+
+    lines = [f"# EntityBench ({len(prompts)} prompts, seed {args.seed})", ""]
+    lines += [
+        (
+            "Faithful = the evaluator names the entity (top-1) and the background colour and "
+            f"position read from the pixels match the prompt. {evaluator_note(meta)}"
+        ),
+        "",
+    ]
+    for setting in settings:
+        chosen = [results[0]] + [r for r in results[1:] if r.row.setting == setting]
+        lines += [
+            f"## {setting}",
+            "",
+            table(chosen, tier_columns()),
+            "",
+            "Faithfulness per category:",
+            "",
+            table(chosen, category_columns(chosen)),
+            "",
+        ]
+    lines += ["## Generation time", "", table(results, TIMING_COLUMNS), ""]
+    lines += [f"Wall time {seconds:.1f} s (loading, retrieval, generation and scoring).", ""]
+    lines += [
+        "Images: grid_truth.png (the prompts' target scenes), then one grid per row: "
+        + "; ".join(
+            f"grid_{i:02d}.png {r.row.label} [{r.row.setting}]" for i, r in enumerate(results)
+        )
+        + "."
+    ]
+    markdown = "\n".join(lines) + "\n"
+    blob = header(args, meta, pipelines, prompts, seconds)
+    blob["rows"] = [r.to_dict(prompts) for r in results]
+    write_outputs(args.out, blob, markdown, prompts, results)
+    print(markdown)
+    print(f"wrote {args.out}/results.json, results.md, prompts.jsonl and {len(results)} grids")
+    return 0
