@@ -8,7 +8,8 @@ the previous stage's output (upsampled and noise-augmented at a fixed level, Ima
 
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import attrs
 import numpy as np
@@ -26,7 +27,7 @@ class CascadeError(ValueError):
 class Stage:
     name: str
     pipeline: Pipeline
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: SamplingConfig = attrs.Factory(SamplingConfig)
     k: int = 2
 
 
@@ -63,7 +64,7 @@ def check_stages(stages: Sequence[Stage]) -> None:
             f"stage {stages[0].name!r} is a super-resolution stage "
             f"({stages[0].pipeline.lowres_size}→{stages[0].pipeline.image_size}) and cannot come first"
         )
-    for before, after in zip(stages, stages[1:]):
+    for before, after in itertools.pairwise(stages):
         want, have = after.pipeline.lowres_size, before.pipeline.image_size
         if want != have:
             raise CascadeError(

@@ -11,8 +11,9 @@ Every piece is looked up by registered name, so a variant is a different set of 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -21,6 +22,8 @@ from reimagen.core import registry
 from reimagen.core.augment import noise_augment, resize_bilinear
 from reimagen.core.generation import SamplingConfig
 from reimagen.core.interfaces import RetrievalResult, SamplerNoise, TextEncoding
+
+DEFAULT_SAMPLING = SamplingConfig()  # frozen, so one shared default is safe
 
 
 @attrs.frozen
@@ -92,7 +95,7 @@ class Pipeline:
         retriever=None,
         encoder: str = "minilm",
         backend: str = "torch",
-    ) -> "Pipeline":
+    ) -> Pipeline:
         backend_impl = registry.get("backend", backend)()
         model = backend_impl.load_model(weights)
         config = backend_impl.model_config(model)
@@ -117,7 +120,7 @@ class Pipeline:
         prompts: Sequence[str],
         *,
         k: int = 2,
-        sampling: SamplingConfig = SamplingConfig(),
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
         seed: int = 0,
         neighbor_rows: np.ndarray | None = None,
         lowres: np.ndarray | None = None,

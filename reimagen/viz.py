@@ -6,7 +6,7 @@ Pillow only (no matplotlib figure machinery needed for a grid of small images).
 from __future__ import annotations
 
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 import numpy as np

@@ -13,7 +13,6 @@ import argparse
 import time
 from pathlib import Path
 
-
 from reimagen.cli.main import UserError
 from reimagen.core.paths import default_kb_dir
 

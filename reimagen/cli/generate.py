@@ -14,7 +14,11 @@ import numpy as np
 from PIL import Image
 
 from reimagen.cli.common import (
-    add_kb_arguments, add_sampling_arguments, check_out_path, open_kb, open_retriever,
+    add_kb_arguments,
+    add_sampling_arguments,
+    check_out_path,
+    open_kb,
+    open_retriever,
     sampling_from_args,
 )
 from reimagen.cli.main import UserError

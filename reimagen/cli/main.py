@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{message}: {err.filename}"
         print(f"reimagen: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -84,7 +84,6 @@ def run(args) -> int:
 def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config):
     from reimagen.data.splits import load_split
     from reimagen.data.training_data import EmojiBatchSource, SRBatchSource
-
     from reimagen.encoders.table import EncodingTable
 
     encoder = registry.get("encoder", encoder_name)()

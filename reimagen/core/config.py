@@ -9,6 +9,7 @@ configs / tuples are rebuilt from their annotated types.
 from __future__ import annotations
 
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,7 +41,7 @@ class ConfigMixin:
         return text
 
     @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    def from_dict(cls, data: dict[str, Any]) -> typing.Self:
         if not isinstance(data, dict):
             raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
         fields = attrs.fields_dict(cls)
@@ -59,13 +60,13 @@ class ConfigMixin:
             raise ConfigError(f"{cls.__name__}: {err}") from err
 
     @classmethod
-    def from_json(cls: type[C], path_or_text: str | Path) -> C:
+    def from_json(cls, path_or_text: str | Path) -> typing.Self:
         text = str(path_or_text)
         if not text.lstrip().startswith("{"):
             text = Path(path_or_text).read_text()
         return cls.from_dict(json.loads(text))
 
-    def replace(self: C, **changes: Any) -> C:
+    def replace(self, **changes: Any) -> typing.Self:
         return attrs.evolve(self, **changes)
 
 
@@ -98,7 +99,7 @@ def _build(tp, value):
 def in_range(lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False):
     def check(inst, attribute, value):
         bad = (
-            value != value  # NaN passes every comparison below
+            math.isnan(value)  # NaN passes every comparison below
             or (lo is not None and (value <= lo if lo_open else value < lo))
             or (hi is not None and (value >= hi if hi_open else value > hi))
         )

@@ -19,7 +19,7 @@ loop. Built-in components register through these same hooks (see ``DEFAULT_PLUGI
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

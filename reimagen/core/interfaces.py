@@ -13,7 +13,8 @@ Condition variants (DESIGN §5) name which conditions one ε prediction sees:
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -48,7 +49,7 @@ class TextEncoding:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def take(self, index) -> "TextEncoding":
+    def take(self, index) -> TextEncoding:
         return TextEncoding(self.tokens[index], self.mask[index], self.pooled[index])
 
 
@@ -78,7 +79,7 @@ class Retriever(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def fit(self, kb: Any, rows: Sequence[int] | None = None) -> "Retriever":
+    def fit(self, kb: Any, rows: Sequence[int] | None = None) -> Retriever:
         """Index the knowledge base ``kb`` (only ``rows`` if given: a view). Returns self."""
 
     @abc.abstractmethod
@@ -94,7 +95,7 @@ class Retriever(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, folder, kb: Any) -> "Retriever":
+    def load(cls, folder, kb: Any) -> Retriever:
         """Load a saved index; a fingerprint that does not match ``kb`` raises at load time."""
 
 
@@ -155,7 +156,7 @@ class SamplerNoise:
     guidance_draws: np.ndarray  # [steps] U[0,1) numbers for interleaved guidance
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, shape: Sequence[int], steps: int) -> "SamplerNoise":
+    def draw(cls, rng: np.random.Generator, shape: Sequence[int], steps: int) -> SamplerNoise:
         """Draw in a fixed order from one Generator so every backend sees the same numbers."""
         shape = tuple(int(s) for s in shape)
         x_T = rng.standard_normal(shape, dtype=np.float32)

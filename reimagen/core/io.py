@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -46,9 +46,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
@@ -100,7 +99,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as err:  # safetensors raises its own error types for a bad header
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own types for a bad header)
         raise UnsafeFileError(f"{path} is not a valid safetensors file ({err}); refusing to load it")
     return tensors, metadata

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import numpy as np
 
 from reimagen.core.config import ConfigMixin, config, in_range
-
-import attrs
 
 
 @config

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class EncodingTable(Encoder):
     def build_or_load(
         cls, encoder: Encoder, texts: Sequence[str], folder: str | Path, batch: int = 256,
         progress=None,
-    ) -> "EncodingTable":
+    ) -> EncodingTable:
         """Load the table in ``folder`` if it was built from the same encoder and texts,
         else encode the distinct texts in batches and write it (atomically, file by file,
         the meta file last so a half-written table is never taken for a whole one)."""
