@@ -77,6 +77,4 @@ def check_out_path(path: Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UserError(f"--out must be a .png path, got {path}")
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return path  # its folder is created only when the first file is written (atomically)
