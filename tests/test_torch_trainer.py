@@ -27,6 +27,7 @@ import torch
 from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.trainer import NonFiniteLossError, Trainer, train
+from reimagen.core import checkpoint as core_checkpoint
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.io import UnsafeFileError
@@ -246,7 +247,7 @@ def test_crash_at_each_commit_point(tmp_path, reference, monkeypatch, point):
         if (name, step) == (point, 4):
             raise Crash
 
-    monkeypatch.setattr(ckpt, "_fault_point", crash_at)
+    monkeypatch.setattr(core_checkpoint, "_fault_point", crash_at)  # the shared commit protocol
     with pytest.raises(Crash):
         train(TINY, config(N_STEPS), SyntheticSource(), tmp_path, progress=False)
     monkeypatch.undo()

@@ -12,14 +12,17 @@ are pure functions of (seed, step); model, EMA and AdamW moments are restored ex
 safetensors; deterministic algorithms are on. The one thing outside the checkpoint is the
 thread count (oneDNN may split reductions differently), so it is recorded and a resume on a
 different count warns.
+
+What is not torch-specific (the schedules, x_t on the host, the batch checks, the run loop, log,
+resume checks and checkpoint commit) lives in :mod:`reimagen.core.train_loop` and
+:mod:`reimagen.core.checkpoint`, shared with the JAX trainer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import math
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,20 +34,22 @@ import torch
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.denoiser import autocast, text_inputs
 from reimagen.backends.torch.unet import NeighborInputs, ReImagenUNet, build_unet
-from reimagen.core.config import ConfigError
 from reimagen.core.schedule import CosineSchedule
+from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this module's callers)
+    ADAM_BETAS,
+    ADAM_EPS,
+    LOG_FILE,
+    RESUMABLE_CHANGES,
+    NonFiniteLossError,
+    TrainLoop,
+    check_batch,
+    ema_decay,
+    learning_rate,
+    noisy_inputs,
+    step_seed,
+)
 from reimagen.core.training import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
-
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-LOG_FILE = "log.jsonl"
-# TrainConfig fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm became NaN/Inf; training stopped before applying the step."""
 
 
 @attrs.frozen
@@ -57,32 +62,7 @@ class TrainResult:
     images_per_second: float  # over this call's steps
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warmup from lr/warmup to lr over ``warmup_steps``, then constant."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    return config.lr
-
-
-def ema_decay(config: TrainConfig, step: int) -> float:
-    """EMA decay with the usual warmup: min(decay, (1 + n) / (10 + n))."""
-    return min(config.ema_decay, (1.0 + step) / (10.0 + step))
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The torch RNG seed of one step (dropout): a pure function of (seed, step)."""
-    return (seed * 1_000_003 + step) % (2**63 - 1)
-
-
 # ---- host batch -> tensors ---------------------------------------------------------------------
-
-
-def noisy_inputs(batch: Batch, schedule: CosineSchedule) -> np.ndarray:
-    """x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε (paper Eq. 1), on the host in float32, [B, H, W, C]."""
-    alpha, sigma = schedule.alpha_sigma(batch.t)  # [B] float64 each
-    shape = (-1,) + (1,) * (batch.images.ndim - 1)
-    x_t = alpha.reshape(shape) * batch.images + sigma.reshape(shape) * batch.noise
-    return x_t.astype(np.float32)
 
 
 def model_kwargs(batch: Batch, schedule: CosineSchedule) -> dict:
@@ -106,32 +86,12 @@ def model_kwargs(batch: Batch, schedule: CosineSchedule) -> dict:
     }
 
 
-def check_batch(batch: Batch, model_config: UNetConfig, train_config: TrainConfig) -> None:
-    """The batch stream fits the model and the config (one-line errors, before any update)."""
-    s, c = model_config.image_size, model_config.in_channels
-    expect = (train_config.batch_size, s, s, c)
-    if tuple(batch.images.shape) != expect:
-        raise ValueError(
-            f"batch.images must be {list(expect)} (B, H, W, C); got {list(batch.images.shape)}"
-        )
-    k = batch.neighbor_images.shape[1]
-    if k != train_config.neighbors:
-        raise ValueError(
-            f"batch has K={k} neighbours, TrainConfig.neighbors is {train_config.neighbors}"
-        )
-    if batch.text.tokens.shape[-1] != model_config.text_dim:
-        raise ValueError(
-            f"text dim {batch.text.tokens.shape[-1]} != UNetConfig.text_dim {model_config.text_dim}"
-        )
-    if model_config.is_super_resolution and batch.lowres is None:
-        raise ValueError("a super-resolution model needs batch.lowres and batch.aug_level")
-
-
 # ---- the trainer -------------------------------------------------------------------------------
 
 
-class Trainer:
-    """Owns the model, EMA, optimizer and run folder of one training run."""
+class Trainer(TrainLoop):
+    """Owns the model, EMA and AdamW of one torch training run; the run folder, log, resume
+    checks and loop are :class:`~reimagen.core.train_loop.TrainLoop`'s."""
 
     def __init__(
         self,
@@ -145,20 +105,17 @@ class Trainer:
         callback: Callable[[int, float], None] | None = None,
         keep: int = 2,
     ):
-        self.model_config = model_config
-        self.config = train_config
-        self.source = batch_source
-        self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.callback = callback
-        self.keep = keep
-        self.schedule = CosineSchedule()
+        super().__init__(
+            model_config,
+            train_config,
+            batch_source,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            callback=callback,
+            keep=keep,
+        )
         self.dtype = torch.bfloat16 if train_config.bf16 else torch.float32
-        if ckpt.has_checkpoint(self.run_dir) and not resume:
-            raise ValueError(
-                f"run_dir {self.run_dir} already holds checkpoints; pass resume=True to continue "
-                "it or choose an empty folder"
-            )
         self.model = build_unet(model_config, seed=train_config.seed).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
@@ -169,49 +126,29 @@ class Trainer:
             weight_decay=train_config.weight_decay,
             fused=True,
         )
-        self.step = 0
-        self.checkpoint: Path | None = None
-        self.last_loss = float("nan")
-        if ckpt.has_checkpoint(self.run_dir):
-            self._restore(ckpt.latest_checkpoint(self.run_dir))
+        self.resume_latest()
 
     # ---- state ---------------------------------------------------------------------------
 
-    def _state(self, loss: float) -> dict:
+    def _backend_state(self) -> dict:
         return {
-            "format": ckpt.FORMAT,
-            "loss": loss,
-            "model_config": self.model_config.to_dict(),
-            "train_config": self.config.to_dict(),
-            "optimizer": {"name": "AdamW", "betas": list(ADAM_BETAS), "eps": ADAM_EPS},
+            "backend": "torch",
             "rng": "torch.manual_seed(step_seed(seed, step)) before every step; no other state",
             "num_threads": torch.get_num_threads(),
             "torch_version": torch.__version__,
         }
 
-    def _restore(self, folder: Path) -> None:
-        saved = ckpt.read_checkpoint(folder)
-        if saved.state["model_config"] != self.model_config.to_dict():
-            raise ConfigError(f"{folder}: the run was trained with a different UNetConfig")
-        old, new = saved.state["train_config"], self.config.to_dict()
-        changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
-        if changed:
-            raise ConfigError(
-                f"{folder}: TrainConfig differs from the run's in {', '.join(changed)}; only "
-                f"{', '.join(RESUMABLE_CHANGES)} may change on resume"
-            )
+    def _load_state(self, saved: ckpt.Checkpoint) -> None:
+        folder = saved.folder
         if saved.state.get("num_threads") != torch.get_num_threads():
             warnings.warn(
                 f"resuming with {torch.get_num_threads()} threads, the run used "
                 f"{saved.state.get('num_threads')}: the continuation may not be bit-identical",
-                stacklevel=3,
+                stacklevel=5,  # the caller of Trainer(...)
             )
         ckpt.load_weights(self.model, saved.model, folder / ckpt.MODEL_FILE)
         ckpt.load_weights(self.ema, saved.ema, folder / ckpt.EMA_FILE)
         ckpt.load_optimizer(self.optimizer, self.model, saved.optimizer, folder / ckpt.OPTIM_FILE)
-        self.step = saved.step
-        self.checkpoint = folder
-        self.last_loss = float(saved.state.get("loss", float("nan")))
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -229,25 +166,18 @@ class Trainer:
         loss = torch.mean((eps.float() - noise) ** 2)  # paper Eq. 2, ε-prediction
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(self._stop_message("loss", loss_value))
+            raise NonFiniteLossError(self.stop_message("loss", loss_value))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         )
         if not math.isfinite(grad_norm):
-            raise NonFiniteLossError(self._stop_message("gradient norm", grad_norm))
+            raise NonFiniteLossError(self.stop_message("gradient norm", grad_norm))
         self.optimizer.step()
         self._update_ema()
         self.step += 1
         return loss_value, grad_norm
-
-    def _stop_message(self, what: str, value: float) -> str:
-        last = "none" if self.checkpoint is None else self.checkpoint.name
-        return (
-            f"{what} is {value} at step {self.step}; stopped before the update "
-            f"(last committed checkpoint: {last})"
-        )
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -269,52 +199,20 @@ class Trainer:
         )
         return self.checkpoint
 
-    def run(self) -> TrainResult:
-        """Train until ``config.steps`` updates, checkpointing every ``checkpoint_every``."""
-        from tqdm.auto import tqdm
-
-        config = self.config
-        start_step = self.step
-        if start_step < config.steps:
-            check_batch(self.source.batch(start_step), self.model_config, config)
-        log = _JsonlLog(self.run_dir / LOG_FILE)
-        log.write({"event": "start", "step": start_step, "resumed": self.checkpoint is not None})
-        bar = tqdm(
-            total=config.steps,
-            initial=start_step,
-            disable=not self.progress,
-            unit="step",
-            dynamic_ncols=True,
-        )
-        loss, window, started = self.last_loss, _Window(), time.perf_counter()
+    @contextlib.contextmanager
+    def _loop_context(self):
+        """Deterministic algorithms on and the caller's RNG kept, while the loop runs."""
         with _deterministic(), torch.random.fork_rng(devices=[]):  # the caller's RNG is kept
-            while self.step < config.steps:
-                tick = time.perf_counter()
-                loss, grad_norm = self.train_step(self.source.batch(self.step))
-                window.add(loss, grad_norm, config.batch_size, time.perf_counter() - tick)
-                bar.update(1)
-                if self.callback is not None:
-                    self.callback(self.step, loss)
-                if self.step % config.log_every == 0 or self.step == config.steps:
-                    record = window.flush(self.step, learning_rate(config, self.step - 1))
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
-                    )
-                    log.write(record)
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                    log.write(
-                        {"event": "checkpoint", "step": self.step, "folder": self.save(loss).name}
-                    )
-        bar.close()
-        seconds = time.perf_counter() - started
-        done = self.step - start_step
+            yield
+
+    def _result(self, loss: float, images_per_second: float) -> TrainResult:
         return TrainResult(
             step=self.step,
             loss=loss,
             checkpoint=self.checkpoint,
             model=self.model,
             ema=self.ema,
-            images_per_second=done * config.batch_size / seconds if done else 0.0,
+            images_per_second=images_per_second,
         )
 
 
@@ -339,42 +237,6 @@ def train(
         callback=callback,
     )
     return trainer.run()
-
-
-class _Window:
-    """Running means between two log lines."""
-
-    def __init__(self):
-        self.losses, self.norms, self.images, self.seconds = [], [], 0, 0.0
-
-    def add(self, loss: float, grad_norm: float, images: int, seconds: float) -> None:
-        self.losses.append(loss)
-        self.norms.append(grad_norm)
-        self.images += images
-        self.seconds += seconds
-
-    def flush(self, step: int, lr: float) -> dict:
-        record = {
-            "step": step,
-            "loss": float(np.mean(self.losses)),
-            "grad_norm": float(np.mean(self.norms)),
-            "lr": lr,
-            "images_per_s": self.images / self.seconds if self.seconds else 0.0,
-        }
-        self.__init__()
-        return record
-
-
-class _JsonlLog:
-    """Append-only JSON lines, flushed per line (a crash loses at most the line being written)."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({**record, "time": time.time()}) + "\n")
 
 
 class _deterministic:

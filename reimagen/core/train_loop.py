@@ -1,0 +1,295 @@
+"""The backend-neutral half of training (paper §3.2 "Model Training", Eq. 2): everything of a
+training run that is not a tensor. The torch and JAX trainers subclass :class:`TrainLoop` and
+keep only their framework-specific state and step.
+
+Shared here, so the two backends cannot drift apart:
+
+* the per-step schedules, pure functions of (config, step): :func:`learning_rate` (linear
+  warmup), :func:`ema_decay` (EMA warmup) and :func:`step_seed` (the dropout RNG seed), and the
+  AdamW constants both optimizers use;
+* the host-side input maths: x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε (:func:`noisy_inputs`, Eq. 1), so
+  both backends train on the same numbers, and the batch checks (:func:`check_batch`);
+* the run loop (:meth:`TrainLoop.run`): progress bar, JSON-lines log with running means,
+  checkpoint cadence, the resume checks and the "stopped before the update" message.
+
+numpy only: no framework is imported here (tests/test_core_imports.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reimagen.core import checkpoint as ckpt
+from reimagen.core.config import ConfigError
+from reimagen.core.schedule import CosineSchedule
+from reimagen.core.training import Batch, BatchSource, TrainConfig
+from reimagen.core.unet_config import UNetConfig
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+LOG_FILE = "log.jsonl"
+# TrainConfig fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/Inf; training stopped before applying the step."""
+
+
+# ---- schedules: pure functions of (config, step) ------------------------------------------------
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warmup from lr/warmup to lr over ``warmup_steps``, then constant."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+def ema_decay(config: TrainConfig, step: int) -> float:
+    """EMA decay with the usual warmup: min(decay, (1 + n) / (10 + n))."""
+    return min(config.ema_decay, (1.0 + step) / (10.0 + step))
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The RNG seed of one step (dropout): a pure function of (seed, step)."""
+    return (seed * 1_000_003 + step) % (2**63 - 1)
+
+
+# ---- host batch ---------------------------------------------------------------------------------
+
+
+def noisy_inputs(batch: Batch, schedule: CosineSchedule) -> np.ndarray:
+    """x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε (paper Eq. 1), on the host in float32, [B, H, W, C]."""
+    alpha, sigma = schedule.alpha_sigma(batch.t)  # [B] float64 each
+    shape = (-1,) + (1,) * (batch.images.ndim - 1)
+    x_t = alpha.reshape(shape) * batch.images + sigma.reshape(shape) * batch.noise
+    return x_t.astype(np.float32)
+
+
+def check_batch(batch: Batch, model_config: UNetConfig, train_config: TrainConfig) -> None:
+    """The batch stream fits the model and the config (one-line errors, before any update)."""
+    s, c = model_config.image_size, model_config.in_channels
+    expect = (train_config.batch_size, s, s, c)
+    if tuple(batch.images.shape) != expect:
+        raise ValueError(
+            f"batch.images must be {list(expect)} (B, H, W, C); got {list(batch.images.shape)}"
+        )
+    k = batch.neighbor_images.shape[1]
+    if k != train_config.neighbors:
+        raise ValueError(
+            f"batch has K={k} neighbours, TrainConfig.neighbors is {train_config.neighbors}"
+        )
+    if batch.text.tokens.shape[-1] != model_config.text_dim:
+        raise ValueError(
+            f"text dim {batch.text.tokens.shape[-1]} != UNetConfig.text_dim {model_config.text_dim}"
+        )
+    if model_config.is_super_resolution and batch.lowres is None:
+        raise ValueError("a super-resolution model needs batch.lowres and batch.aug_level")
+
+
+def check_resumable(saved: ckpt.Checkpoint, model_config: UNetConfig, config: TrainConfig):
+    """A run may resume only with the same UNetConfig and TrainConfig (but the fields in
+    ``RESUMABLE_CHANGES``); otherwise a one-line ConfigError naming what differs."""
+    folder = saved.folder
+    if saved.state["model_config"] != model_config.to_dict():
+        raise ConfigError(f"{folder}: the run was trained with a different UNetConfig")
+    old, new = saved.state["train_config"], config.to_dict()
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise ConfigError(
+            f"{folder}: TrainConfig differs from the run's in {', '.join(changed)}; only "
+            f"{', '.join(RESUMABLE_CHANGES)} may change on resume"
+        )
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+class TrainLoop:
+    """The run folder, resume, log and checkpoint cadence of one training run.
+
+    A backend's trainer sets up its model, EMA and optimizer after ``super().__init__`` and then
+    calls :meth:`resume_latest`; it implements :meth:`train_step` (one update on the batch of
+    ``self.step``, which it advances), :meth:`_load_state` (arrays of a
+    :class:`~reimagen.core.checkpoint.Checkpoint` -> its state), :meth:`save` and
+    :meth:`_result`; optionally :meth:`_backend_state` (extra state.json facts) and
+    :meth:`_loop_context` (what must hold while the loop runs)."""
+
+    def __init__(
+        self,
+        model_config: UNetConfig,
+        train_config: TrainConfig,
+        batch_source: BatchSource,
+        run_dir: str | Path,
+        *,
+        resume: bool = True,
+        progress: bool = True,
+        callback: Callable[[int, float], None] | None = None,
+        keep: int = 2,
+    ):
+        self.model_config = model_config
+        self.config = train_config
+        self.source = batch_source
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.callback = callback
+        self.keep = keep
+        self.schedule = CosineSchedule()
+        if ckpt.has_checkpoint(self.run_dir) and not resume:
+            raise ValueError(
+                f"run_dir {self.run_dir} already holds checkpoints; pass resume=True to continue "
+                "it or choose an empty folder"
+            )
+        self.step = 0
+        self.checkpoint: Path | None = None
+        self.last_loss = float("nan")
+
+    # ---- what a backend provides ---------------------------------------------------------
+
+    def train_step(self, batch: Batch) -> tuple[float, float]:
+        """One update on ``batch``; returns (loss, gradient norm before clipping)."""
+        raise NotImplementedError
+
+    def save(self, loss: float) -> Path:
+        """Commit a checkpoint of step ``self.step``; sets and returns ``self.checkpoint``."""
+        raise NotImplementedError
+
+    def _load_state(self, saved: ckpt.Checkpoint) -> None:
+        """Restore model, EMA and optimizer from the checkpoint's arrays."""
+        raise NotImplementedError
+
+    def _result(self, loss: float, images_per_second: float):
+        """The backend's TrainResult."""
+        raise NotImplementedError
+
+    def _backend_state(self) -> dict[str, Any]:
+        return {}
+
+    def _loop_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    # ---- shared ------------------------------------------------------------------------------
+
+    def _state(self, loss: float) -> dict[str, Any]:
+        """state.json of a checkpoint (the step is added by the writer)."""
+        return {
+            "format": ckpt.FORMAT,
+            "loss": loss,
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.config.to_dict(),
+            "optimizer": {"name": "AdamW", "betas": list(ADAM_BETAS), "eps": ADAM_EPS},
+            **self._backend_state(),
+        }
+
+    def resume_latest(self) -> None:
+        """Continue from the run folder's committed checkpoint, if it has one."""
+        if ckpt.has_checkpoint(self.run_dir):
+            self._restore(ckpt.latest_checkpoint(self.run_dir))
+
+    def _restore(self, folder: Path) -> None:
+        saved = ckpt.read_checkpoint(folder)
+        check_resumable(saved, self.model_config, self.config)
+        self._load_state(saved)
+        self.step = saved.step
+        self.checkpoint = folder
+        self.last_loss = float(saved.state.get("loss", float("nan")))
+
+    def stop_message(self, what: str, value: float) -> str:
+        """The NonFiniteLossError message: what was not finite, where, and what is safe."""
+        last = "none" if self.checkpoint is None else self.checkpoint.name
+        return (
+            f"{what} is {value} at step {self.step}; stopped before the update "
+            f"(last committed checkpoint: {last})"
+        )
+
+    def check_finite(self, loss: float, grad_norm: float) -> None:
+        """NonFiniteLossError unless both are finite (call before applying the update)."""
+        for what, value in (("loss", loss), ("gradient norm", grad_norm)):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(self.stop_message(what, value))
+
+    def run(self):
+        """Train until ``config.steps`` updates, checkpointing every ``checkpoint_every``."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        start_step = self.step
+        if start_step < config.steps:
+            check_batch(self.source.batch(start_step), self.model_config, config)
+        log = JsonlLog(self.run_dir / LOG_FILE)
+        log.write({"event": "start", "step": start_step, "resumed": self.checkpoint is not None})
+        bar = tqdm(
+            total=config.steps,
+            initial=start_step,
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        loss, window, started = self.last_loss, Window(), time.perf_counter()
+        with self._loop_context():
+            while self.step < config.steps:
+                tick = time.perf_counter()
+                loss, grad_norm = self.train_step(self.source.batch(self.step))
+                window.add(loss, grad_norm, config.batch_size, time.perf_counter() - tick)
+                bar.update(1)
+                if self.callback is not None:
+                    self.callback(self.step, loss)
+                last = self.step == config.steps
+                if self.step % config.log_every == 0 or last:
+                    record = window.flush(self.step, learning_rate(config, self.step - 1))
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
+                    )
+                    log.write(record)
+                if self.step % config.checkpoint_every == 0 or last:
+                    folder = self.save(loss).name
+                    log.write({"event": "checkpoint", "step": self.step, "folder": folder})
+        bar.close()
+        seconds = time.perf_counter() - started
+        done = self.step - start_step
+        return self._result(loss, done * config.batch_size / seconds if done else 0.0)
+
+
+class Window:
+    """Running means between two log lines."""
+
+    def __init__(self):
+        self.losses, self.norms, self.images, self.seconds = [], [], 0, 0.0
+
+    def add(self, loss: float, grad_norm: float, images: int, seconds: float) -> None:
+        self.losses.append(loss)
+        self.norms.append(grad_norm)
+        self.images += images
+        self.seconds += seconds
+
+    def flush(self, step: int, lr: float) -> dict:
+        record = {
+            "step": step,
+            "loss": float(np.mean(self.losses)),
+            "grad_norm": float(np.mean(self.norms)),
+            "lr": lr,
+            "images_per_s": self.images / self.seconds if self.seconds else 0.0,
+        }
+        self.__init__()
+        return record
+
+
+class JsonlLog:
+    """Append-only JSON lines, flushed per line (a crash loses at most the line being written)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({**record, "time": time.time()}) + "\n")
