@@ -1,5 +1,5 @@
 """JAX backend (DESIGN §1, §4, §9): the Re-Imagen U-Net in Equinox, its denoiser, trainer and the
-weight converter. It mirrors ``reimagen/backends/torch/`` file for file:
+weight converter. It mirrors the torch backend's package file for file:
 
   layers.py      norms, ResBlock, self/cross/neighbour attention (NHWC, HWIO kernels)
   unet.py        ReImagenUNet (DStack, neighbour attention, UStack), NeighborCache
@@ -23,6 +23,7 @@ from reimagen.backends.jax import trainer as _trainer
 from reimagen.backends.jax.denoiser import JaxDenoiser
 from reimagen.backends.jax.unet import ReImagenUNet, build_unet
 from reimagen.backends.jax.unet import param_count as _param_count
+from reimagen.core.checkpoint import resolve_weights
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.training import BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
@@ -38,8 +39,6 @@ class JaxBackend:
 
     def load_model(self, path_or_dir: str | Path, ema: bool = True) -> ReImagenUNet:
         """A file or checkpoint folder written by either backend (EMA weights by default)."""
-        from reimagen.backends.torch.checkpoint import resolve_weights
-
         return _convert.load_weights_file(resolve_weights(path_or_dir, ema))
 
     def save_model(self, model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:

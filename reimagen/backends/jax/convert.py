@@ -28,6 +28,7 @@ from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from reimagen.backends.jax.layers import Conv2d
 from reimagen.backends.jax.unet import ReImagenUNet
+from reimagen.core import checkpoint as _checkpoint
 from reimagen.core.unet_config import UNetConfig
 
 OIHW_TO_HWIO = (2, 3, 1, 0)  # torch conv kernel [out, in, kh, kw] -> [kh, kw, in, out]
@@ -119,8 +120,7 @@ def unet_from_state_dict(config: UNetConfig, state: Mapping[str, np.ndarray]) ->
 
 # ---- safetensors files (the same files the torch backend writes) -------------------------------
 
-FORMAT = "reimagen-unet/1"
-CONFIG_KEY = "reimagen.unet_config"  # safetensors metadata: the UNetConfig as JSON
+FORMAT, CONFIG_KEY = _checkpoint.FORMAT, _checkpoint.CONFIG_KEY  # the file format both share
 
 
 def save_model(model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
@@ -132,7 +132,7 @@ def save_model(model: ReImagenUNet, path: str | Path, dtype: str = "float32") ->
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     path = Path(path)
-    metadata = {"format": FORMAT, CONFIG_KEY: model.config.to_json()}
+    metadata = _checkpoint.weights_metadata(model.config.to_json())
     tensors = {k: v.astype(dtype) for k, v in state_dict(model).items()}
     atomic_save_safetensors(path, tensors, metadata=metadata)
     return path

@@ -1,6 +1,6 @@
 """The JAX denoiser: the U-Net bound to one batch's prompts and cached neighbours.
 
-The twin of ``reimagen/backends/torch/denoiser.py`` with the same contract
+The twin of the torch backend's ``denoiser.py`` with the same contract
 (:class:`reimagen.core.interfaces.Denoiser`): a sampler asks for ε under V condition variants
 per step; :class:`JaxDenoiser` runs ONE jit-compiled network call of V·B rows with per-row
 ``use_text`` / ``use_neighbors`` masks. The K neighbours go through the DStack once, at
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reimagen.backends.jax.unet import NeighborCache, ReImagenUNet, TextInputs
+from reimagen.core.conditions import check_conditions
 from reimagen.core.interfaces import Denoiser, TextEncoding, variant_masks
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -98,11 +99,7 @@ class JaxDenoiser(Denoiser):
         lowres: np.ndarray | None = None,
         aug_level: float = 0.0,
     ):
-        from reimagen.backends.torch.denoiser import check_conditions  # framework-free checks
-
-        check_conditions(model, text, neighbor_images, neighbor_text)
-        if model.config.is_super_resolution and lowres is None:
-            raise ValueError("lowres [B, H, W, C] is required for a super-resolution model")
+        check_conditions(model.config, text, neighbor_images, neighbor_text, lowres)
         self.dtype = resolve_dtype(dtype)
         self.model = cast_floats(model, self.dtype)
         self.batch_size = len(text)

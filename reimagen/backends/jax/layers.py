@@ -1,6 +1,6 @@
 """Building blocks of the Re-Imagen U-Net in JAX/Equinox (paper §3.2, Fig. 3).
 
-The twin of ``reimagen/backends/torch/layers.py``: every class and every parameter has the same
+The twin of the torch backend's ``layers.py``: every class and every parameter has the same
 name, so the torch ``state_dict`` keys (the canonical safetensors layout) are also the paths of
 this module tree, and ``convert.py`` is a path -> array mapping.
 

@@ -1,6 +1,6 @@
 """Training of the Re-Imagen U-Net in JAX (paper §3.2 "Model Training", Eq. 2) with optax.
 
-The twin of ``reimagen/backends/torch/trainer.py``, step for step: the same host batch (t, ε and
+The twin of the torch backend's ``trainer.py``, step for step: the same host batch (t, ε and
 the independent text/neighbour drops come from the :class:`~reimagen.core.training.BatchSource`;
 x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε is formed on the host by the same function), one forward pass in
 which the noisy rows and their K neighbours share the DStack, the ε-MSE loss, torch's gradient
@@ -8,10 +8,10 @@ clipping, AdamW with the same betas/eps/decoupled weight decay and the same host
 learning rate (``inject_hyperparams``), and the same EMA update. So one step from the same
 weights and batch gives the same loss and weights on both backends (tests/test_jax_parity.py).
 
-The schedule functions (``learning_rate``, ``ema_decay``), the host-side input maths and the
-checkpoint reading/commit conventions are imported from the torch twin rather than copied:
-they are framework-free, and one copy cannot drift. Checkpoints use the same folder layout and
-files (model/ema/optimizer safetensors in canonical torch keys, state.json, ``latest``), so a
+The schedule functions (``learning_rate``, ``ema_decay``), the host-side input maths, the run
+loop and the checkpoint layout/commit protocol are the backend-neutral ones in
+:mod:`reimagen.core.train_loop` and :mod:`reimagen.core.checkpoint`, shared with the torch
+trainer: one copy cannot drift. Checkpoints use the same folder layout and files (model/ema/optimizer safetensors in canonical torch keys, state.json, ``latest``), so a
 run started on one backend resumes on the other. Dropout (off in every preset) draws its mask
 from ``jax.random`` and is the one thing the backends cannot share.
 """
@@ -19,11 +19,6 @@ from ``jax.random`` and is the one thing the backends cannot share.
 from __future__ import annotations
 
 import functools
-import json
-import math
-import os
-import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,22 +33,19 @@ import optax
 from reimagen.backends.jax import convert
 from reimagen.backends.jax.denoiser import cast_floats, text_inputs
 from reimagen.backends.jax.unet import NeighborInputs, ReImagenUNet, build_unet
-from reimagen.backends.torch import checkpoint as ckpt
-from reimagen.backends.torch.trainer import (
+from reimagen.core import checkpoint as ckpt
+from reimagen.core.config import ConfigError
+from reimagen.core.schedule import CosineSchedule
+from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this module's callers)
     ADAM_BETAS,
     ADAM_EPS,
-    LOG_FILE,
-    RESUMABLE_CHANGES,
     NonFiniteLossError,
-    check_batch,
+    TrainLoop,
     ema_decay,
     learning_rate,
     noisy_inputs,
     step_seed,
 )
-from reimagen.core.config import ConfigError
-from reimagen.core.io import atomic_save_safetensors, atomic_write_text
-from reimagen.core.schedule import CosineSchedule
 from reimagen.core.training import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
 
@@ -197,45 +189,26 @@ def optimizer_from_numpy(opt_state, tensors: dict[str, np.ndarray], source: Path
 
 
 def write_checkpoint(run_dir, step: int, *, model, ema, opt_state, state: dict, keep: int = 2):
-    """Write and commit step ``step`` exactly as torch's ``checkpoint.write_checkpoint`` does
-    (hidden partial folder, fsync, rename, then ``latest``), from JAX state."""
-    weights, ema_weights = convert.state_dict(model), convert.state_dict(ema)
-    for label, tensors in (("model", weights), ("EMA", ema_weights)):
-        bad = [k for k, v in tensors.items() if not np.isfinite(v).all()]
-        if bad:
-            raise FloatingPointError(
-                f"refusing to write a non-finite checkpoint at step {step}: {label} {bad[:3]}"
-            )
-    root = Path(run_dir) / ckpt.CHECKPOINTS
-    final = root / ckpt.step_dir_name(step)
-    if (root / ckpt.LATEST).is_file() and (root / ckpt.LATEST).read_text().strip() == final.name:
-        raise ckpt.CheckpointError(f"step {step} is already the committed checkpoint in {root}")
-    partial = root / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    metadata = {"format": ckpt.FORMAT, ckpt.CONFIG_KEY: model.config.to_json()}
-    atomic_save_safetensors(partial / ckpt.MODEL_FILE, weights, metadata=metadata)
-    atomic_save_safetensors(partial / ckpt.EMA_FILE, ema_weights, metadata=metadata)
-    atomic_save_safetensors(partial / ckpt.OPTIM_FILE, optimizer_to_numpy(opt_state))
-    atomic_write_text(partial / ckpt.STATE_FILE, json.dumps({**state, "step": step}, indent=2))
-    ckpt.fsync_dir(partial)
-    if final.exists():  # committed earlier but never pointed to (a crash before `latest`)
-        shutil.rmtree(final)
-    os.rename(partial, final)
-    ckpt.fsync_dir(root)
-    atomic_write_text(root / ckpt.LATEST, final.name + "\n")
-    committed = sorted(p.name for p in root.glob("step-*") if p.is_dir())
-    for name in committed[: -max(1, keep)]:
-        if name != final.name:
-            shutil.rmtree(root / name, ignore_errors=True)
-    return final
+    """Write and commit step ``step`` from JAX state (:func:`reimagen.core.checkpoint.
+    write_checkpoint`, the protocol and files torch uses)."""
+    return ckpt.write_checkpoint(
+        run_dir,
+        step,
+        model=convert.state_dict(model),
+        ema=convert.state_dict(ema),
+        optimizer=optimizer_to_numpy(opt_state),
+        config_json=model.config.to_json(),
+        state=state,
+        keep=keep,
+    )
 
 
 # ---- the trainer -------------------------------------------------------------------------------
 
 
-class Trainer:
-    """Owns the model, EMA, optimizer state and run folder of one JAX training run."""
+class Trainer(TrainLoop):
+    """Owns the model, EMA and optax state of one JAX training run; the run folder, log, resume
+    checks and loop are :class:`~reimagen.core.train_loop.TrainLoop`'s."""
 
     def __init__(
         self,
@@ -250,64 +223,39 @@ class Trainer:
         keep: int = 2,
         model: ReImagenUNet | None = None,
     ):
-        self.model_config = model_config
-        self.config = train_config
-        self.source = batch_source
-        self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.callback = callback
-        self.keep = keep
-        self.schedule = CosineSchedule()
+        super().__init__(
+            model_config,
+            train_config,
+            batch_source,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            callback=callback,
+            keep=keep,
+        )
         self.compute_dtype = jnp.bfloat16 if train_config.bf16 else jnp.float32
-        if ckpt.has_checkpoint(self.run_dir) and not resume:
-            raise ValueError(
-                f"run_dir {self.run_dir} already holds checkpoints; pass resume=True to continue "
-                "it or choose an empty folder"
-            )
         self.model = model if model is not None else build_unet(model_config, train_config.seed)
         if self.model.config != model_config:
             raise ConfigError("the model passed to Trainer was built from a different UNetConfig")
         self.ema = self.model
         self.optimizer = make_optimizer(train_config)
         self.opt_state = self.optimizer.init(self.model)
-        self.step = 0
-        self.checkpoint: Path | None = None
-        self.last_loss = float("nan")
-        if ckpt.has_checkpoint(self.run_dir):
-            self._restore(ckpt.latest_checkpoint(self.run_dir))
+        self.resume_latest()
 
-    def _state(self, loss: float) -> dict:
+    def _backend_state(self) -> dict:
         return {
-            "format": ckpt.FORMAT,
             "backend": "jax",
-            "loss": loss,
-            "model_config": self.model_config.to_dict(),
-            "train_config": self.config.to_dict(),
-            "optimizer": {"name": "AdamW", "betas": list(ADAM_BETAS), "eps": ADAM_EPS},
             "rng": "jax.random.PRNGKey(step_seed(seed, step)) for dropout; no other state",
             "jax_version": jax.__version__,
         }
 
-    def _restore(self, folder: Path) -> None:
-        saved = ckpt.read_checkpoint(folder)
-        if saved.state["model_config"] != self.model_config.to_dict():
-            raise ConfigError(f"{folder}: the run was trained with a different UNetConfig")
-        old, new = saved.state["train_config"], self.config.to_dict()
-        changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
-        if changed:
-            raise ConfigError(
-                f"{folder}: TrainConfig differs from the run's in {', '.join(changed)}; only "
-                f"{', '.join(RESUMABLE_CHANGES)} may change on resume"
-            )
+    def _load_state(self, saved: ckpt.Checkpoint) -> None:
         try:
             self.model = convert.load_state_dict(self.model, saved.model)
             self.ema = convert.load_state_dict(self.ema, saved.ema)
         except convert.KeyMismatchError as err:
-            raise ckpt.CheckpointError(f"{folder}: {err}") from None
-        self.opt_state = optimizer_from_numpy(self.opt_state, saved.optimizer, folder)
-        self.step = saved.step
-        self.checkpoint = folder
-        self.last_loss = float(saved.state.get("loss", float("nan")))
+            raise ckpt.CheckpointError(f"{saved.folder}: {err}") from None
+        self.opt_state = optimizer_from_numpy(self.opt_state, saved.optimizer, saved.folder)
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -332,13 +280,7 @@ class Trainer:
             compute_dtype=self.compute_dtype,
         )
         loss, grad_norm = float(loss), float(grad_norm)
-        for what, value in (("loss", loss), ("gradient norm", grad_norm)):
-            if not math.isfinite(value):
-                last = "none" if self.checkpoint is None else self.checkpoint.name
-                raise NonFiniteLossError(
-                    f"{what} is {value} at step {self.step}; stopped before the update "
-                    f"(last committed checkpoint: {last})"
-                )
+        self.check_finite(loss, grad_norm)  # NonFiniteLossError; the new state is dropped
         self.model, self.ema, self.opt_state = model, ema, opt_state
         self.step += 1
         return loss, grad_norm
@@ -357,51 +299,14 @@ class Trainer:
         )
         return self.checkpoint
 
-    def run(self) -> TrainResult:
-        """Train until ``config.steps`` updates, checkpointing every ``checkpoint_every``."""
-        from tqdm.auto import tqdm
-
-        config = self.config
-        start_step = self.step
-        if start_step < config.steps:
-            check_batch(self.source.batch(start_step), self.model_config, config)
-        log = self.run_dir / LOG_FILE
-        _log(log, {"event": "start", "step": start_step, "resumed": self.checkpoint is not None})
-        bar = tqdm(total=config.steps, initial=start_step, disable=not self.progress, unit="step")
-        loss, window, started = self.last_loss, [], time.perf_counter()
-        while self.step < config.steps:
-            tick = time.perf_counter()
-            loss, grad_norm = self.train_step(self.source.batch(self.step))
-            window.append((loss, grad_norm, time.perf_counter() - tick))
-            bar.update(1)
-            if self.callback is not None:
-                self.callback(self.step, loss)
-            if self.step % config.log_every == 0 or self.step == config.steps:
-                losses, norms, seconds = (np.asarray(col) for col in zip(*window))
-                record = {
-                    "step": self.step,
-                    "loss": float(losses.mean()),
-                    "grad_norm": float(norms.mean()),
-                    "lr": learning_rate(config, self.step - 1),
-                    "images_per_s": len(window) * config.batch_size / float(seconds.sum()),
-                }
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-                _log(log, record)
-                window = []
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                _log(
-                    log, {"event": "checkpoint", "step": self.step, "folder": self.save(loss).name}
-                )
-        bar.close()
-        seconds = time.perf_counter() - started
-        done = self.step - start_step
+    def _result(self, loss: float, images_per_second: float) -> TrainResult:
         return TrainResult(
             step=self.step,
             loss=loss,
             checkpoint=self.checkpoint,
             model=self.model,
             ema=self.ema,
-            images_per_second=done * config.batch_size / seconds if done else 0.0,
+            images_per_second=images_per_second,
         )
 
 
@@ -426,10 +331,3 @@ def train(
         callback=callback,
     )
     return trainer.run()
-
-
-def _log(path: Path, record: dict) -> None:
-    """Append one JSON line (flushed per line, as torch's log)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({**record, "time": time.time()}) + "\n")

@@ -1,6 +1,6 @@
 """The Re-Imagen U-Net in JAX/Equinox (paper §3.2, Fig. 3; DESIGN §4).
 
-The twin of ``reimagen/backends/torch/unet.py``, built from the same ``UNetConfig`` into the
+The twin of the torch backend's ``unet.py``, built from the same ``UNetConfig`` into the
 same module tree with the same parameter paths (``down.1.blocks.0.cross_attn.to_k.weight``, …):
 
     DStack(x_t, c_p, t)  -> f [B, F, F, C] (+ the skip activations for the UStack)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from reimagen.backends.torch.unet import NeighborCache, ReImagenUNet, TextInputs
+from reimagen.core.conditions import check_conditions
 from reimagen.core.interfaces import Denoiser, TextEncoding, variant_masks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -47,33 +48,6 @@ def text_inputs(text: TextEncoding) -> TextInputs:
     )
 
 
-def check_conditions(
-    model: ReImagenUNet,
-    text: TextEncoding,
-    neighbor_images: np.ndarray,
-    neighbor_text: TextEncoding,
-) -> None:
-    """Shape checks with one-line messages, before any compute."""
-    config = model.config
-    b = len(text)
-    size, channels = config.image_size, config.in_channels
-    if text.tokens.ndim != 3 or text.tokens.shape[-1] != config.text_dim:
-        raise ValueError(
-            f"text.tokens must be [B, L, {config.text_dim}] for this model; got {text.tokens.shape}"
-        )
-    expected = (b, None, size, size, channels)
-    shape = tuple(np.shape(neighbor_images))
-    if len(shape) != 5 or any(e is not None and e != s for e, s in zip(expected, shape)):
-        raise ValueError(
-            f"neighbor_images must be [B={b}, K, {size}, {size}, {channels}]; got {shape}"
-        )
-    k = shape[1]
-    if tuple(neighbor_text.tokens.shape[:2]) != (b, k) or neighbor_text.tokens.ndim != 4:
-        raise ValueError(
-            f"neighbor_text.tokens must be [B={b}, K={k}, L, D]; got {neighbor_text.tokens.shape}"
-        )
-
-
 class TorchDenoiser(Denoiser):
     """ε(x_t, t | variant) for B fixed samples; one batched call of V·B rows per step."""
 
@@ -88,7 +62,7 @@ class TorchDenoiser(Denoiser):
         lowres: np.ndarray | None = None,
         aug_level: float = 0.0,
     ):
-        check_conditions(model, text, neighbor_images, neighbor_text)
+        check_conditions(model.config, text, neighbor_images, neighbor_text, lowres)
         self.dtype = resolve_dtype(dtype)
         self.model = model.eval()
         self.batch_size = len(text)
@@ -97,8 +71,6 @@ class TorchDenoiser(Denoiser):
         self._text = text_inputs(text)
         self._lowres = None if lowres is None else self.asarray(np.asarray(lowres, np.float32))
         self._aug_level = float(aug_level)
-        if model.config.is_super_resolution and self._lowres is None:
-            raise ValueError("lowres [B, H, W, C] is required for a super-resolution model")
         images = torch.as_tensor(np.asarray(neighbor_images, dtype=np.float32))
         with torch.inference_mode(), autocast(self.dtype):
             self.cache: NeighborCache = model.encode_neighbors(images, *text_inputs(neighbor_text))
