@@ -20,6 +20,14 @@ from reimagen.data import scenes as sc
 from reimagen.data.splits import load_split
 
 NAMES = ["red apple", "dragon", "flag Japan", "rocket", "pizza", "violin"]
+COLOUR = {
+    "red apple": "blue",
+    "dragon": "white",
+    "flag Japan": "blue",
+    "rocket": "yellow",
+    "pizza": "blue",
+    "violin": "white",
+}  # a background each drawing is legible on
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +62,8 @@ def test_a_composite_against_its_own_truth_is_faithful_and_a_wrong_prompt_is_not
     _, drawings = target_drawings(NAMES)
     truth, images = [], []
     for name, drawing in zip(NAMES, drawings):
-        colour = sc.legible_colours(drawing)[0]
-        truth.append(_prompt(split, name, colour, "center", "large"))
+        assert COLOUR[name] in sc.legible_colours(drawing)
+        truth.append(_prompt(split, name, COLOUR[name], "center", "large"))
         images.append(sc.compose(drawing, truth[-1].scene, 32))
     images = np.stack(images)
     right = eb.score_images(judge, truth, images)

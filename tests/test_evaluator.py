@@ -112,20 +112,21 @@ def test_config_errors_name_the_field():
 
 
 def test_shipped_evaluator_names_known_composites(shipped, drawings):
-    """Large centred composites of distinctive entities: the judge names each one (top-1)."""
-    images, truth = [], []
+    """Every legible scene (colour × position × size) of a few distinctive entities: the judge
+    names each entity in >= 85% of its scenes and keeps it in its top 5 in >= 97%; a red apple,
+    large and centred on blue, is named with probability > 0.5."""
     for name in NAMES:
-        colour = sc.legible_colours(drawings[name])[0]
-        scene = sc.Scene(entity=name, background=colour, position="center", size="large")
-        images.append(sc.compose(drawings[name], scene, shipped.image_size))
-        truth.append(name)
-    top5, probs = shipped.predict(np.stack(images))
-    assert [t[0] for t in top5] == truth
-    assert probs.shape == (len(NAMES), 5) and probs.dtype == np.float32
-    assert np.all(np.diff(probs, axis=1) <= 1e-7) and np.all(
-        probs[:, 0] > 1.0 / len(shipped.entities)
-    )
-    assert all(len(set(t)) == 5 and set(t) <= set(shipped.entities) for t in top5)
+        legible = sc.legible_colours(drawings[name])
+        scenes = [s for s in sc.all_scenes(name) if s.background in legible]
+        top5, probs = shipped.predict(np.stack([sc.compose(drawings[name], s, 32) for s in scenes]))
+        assert np.mean([t[0] == name for t in top5]) >= 0.85, name
+        assert np.mean([name in t for t in top5]) >= 0.97, name
+        assert probs.shape == (len(scenes), 5) and probs.dtype == np.float32
+        assert np.all(np.diff(probs, axis=1) <= 1e-7)  # best first
+        assert all(len(set(t)) == 5 and set(t) <= set(shipped.entities) for t in top5)
+    apple = sc.Scene(entity="red apple", background="blue", position="center", size="large")
+    top5, probs = shipped.predict(sc.compose(drawings["red apple"], apple, 32)[None])
+    assert top5[0][0] == "red apple" and probs[0, 0] > 0.5
 
 
 def test_shipped_evaluator_ceiling_is_reproducible(shipped):

@@ -73,7 +73,7 @@ class EvaluatorConfig(ConfigMixin):
         default=(16, 32, 32, 64, 64, 128, 128), validator=_positive_tuple
     )
     strides: tuple[int, ...] = attrs.field(default=(1, 2, 1, 2, 1, 2, 1), validator=_positive_tuple)
-    steps: int = attrs.field(default=4000, validator=in_range(1, 10**7))
+    steps: int = attrs.field(default=5000, validator=in_range(1, 10**7))
     batch_size: int = attrs.field(default=128, validator=in_range(1, 65536))
     lr: float = attrs.field(default=2e-3, validator=in_range(0.0, 1.0, lo_open=True))
     warmup: int = attrs.field(default=200, validator=in_range(0, 10**7))
