@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 
 from reimagen.core import checkpoint as ckpt
@@ -42,6 +43,16 @@ RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every")
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/Inf; training stopped before applying the step."""
+
+
+@attrs.frozen
+class TrainResult:
+    step: int  # optimizer updates applied in total
+    loss: float  # the last step's loss
+    checkpoint: Path | None  # the committed checkpoint folder
+    model: Any = attrs.field(repr=False)  # raw weights: the backend's ReImagenUNet
+    ema: Any = attrs.field(repr=False)  # EMA weights: the backend's ReImagenUNet
+    images_per_second: float = 0.0  # over this call's steps
 
 
 # ---- schedules: pure functions of (config, step) ------------------------------------------------
@@ -117,12 +128,28 @@ def check_resumable(saved: ckpt.Checkpoint, model_config: UNetConfig, config: Tr
 class TrainLoop:
     """The run folder, resume, log and checkpoint cadence of one training run.
 
-    A backend's trainer sets up its model, EMA and optimizer after ``super().__init__`` and then
-    calls :meth:`resume_latest`; it implements :meth:`train_step` (one update on the batch of
-    ``self.step``, which it advances), :meth:`_load_state` (arrays of a
-    :class:`~reimagen.core.checkpoint.Checkpoint` -> its state), :meth:`save` and
-    :meth:`_result`; optionally :meth:`_backend_state` (extra state.json facts) and
-    :meth:`_loop_context` (what must hold while the loop runs)."""
+    A backend's trainer sets up ``self.model``, ``self.ema`` and its optimizer after
+    ``super().__init__`` and then calls :meth:`resume_latest`; it implements :meth:`train_step`
+    (one update on the batch of ``self.step``, which it advances), :meth:`_load_state` (arrays
+    of a :class:`~reimagen.core.checkpoint.Checkpoint` -> its state) and :meth:`save`;
+    optionally :meth:`_backend_state` (extra state.json facts) and :meth:`_loop_context` (what
+    must hold while the loop runs)."""
+
+    @classmethod
+    def train(
+        cls,
+        model_config: UNetConfig,
+        train_config: TrainConfig,
+        batch_source: BatchSource,
+        run_dir: str | Path,
+        resume: bool = True,
+        *,
+        progress: bool = True,
+        callback: Callable[[int, float], None] | None = None,
+    ) -> TrainResult:
+        """Train (or continue training) a U-Net in ``run_dir``: ``cls(...).run()``."""
+        options = {"resume": resume, "progress": progress, "callback": callback}
+        return cls(model_config, train_config, batch_source, run_dir, **options).run()
 
     def __init__(
         self,
@@ -165,10 +192,6 @@ class TrainLoop:
 
     def _load_state(self, saved: ckpt.Checkpoint) -> None:
         """Restore model, EMA and optimizer from the checkpoint's arrays."""
-        raise NotImplementedError
-
-    def _result(self, loss: float, images_per_second: float):
-        """The backend's TrainResult."""
         raise NotImplementedError
 
     def _backend_state(self) -> dict[str, Any]:
@@ -217,7 +240,7 @@ class TrainLoop:
             if not math.isfinite(value):
                 raise NonFiniteLossError(self.stop_message(what, value))
 
-    def run(self):
+    def run(self) -> TrainResult:
         """Train until ``config.steps`` updates, checkpointing every ``checkpoint_every``."""
         from tqdm.auto import tqdm
 
@@ -256,7 +279,14 @@ class TrainLoop:
         bar.close()
         seconds = time.perf_counter() - started
         done = self.step - start_step
-        return self._result(loss, done * config.batch_size / seconds if done else 0.0)
+        return TrainResult(
+            step=self.step,
+            loss=loss,
+            checkpoint=self.checkpoint,
+            model=self.model,
+            ema=self.ema,
+            images_per_second=done * config.batch_size / seconds if done else 0.0,
+        )
 
 
 class Window:

@@ -19,11 +19,9 @@ from ``jax.random`` and is the one thing the backends cannot share.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -41,6 +39,7 @@ from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this modu
     ADAM_EPS,
     NonFiniteLossError,
     TrainLoop,
+    TrainResult,
     ema_decay,
     learning_rate,
     noisy_inputs,
@@ -50,16 +49,6 @@ from reimagen.core.training import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), at most 1
-
-
-@attrs.frozen
-class TrainResult:
-    step: int  # optimizer updates applied in total
-    loss: float  # the last step's loss
-    checkpoint: Path | None  # the committed checkpoint folder
-    model: ReImagenUNet = attrs.field(repr=False)  # raw weights
-    ema: ReImagenUNet = attrs.field(repr=False)  # EMA weights
-    images_per_second: float = 0.0  # over this call's steps
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -217,22 +206,12 @@ class Trainer(TrainLoop):
         batch_source: BatchSource,
         run_dir: str | Path,
         *,
-        resume: bool = True,
-        progress: bool = True,
-        callback: Callable[[int, float], None] | None = None,
-        keep: int = 2,
         model: ReImagenUNet | None = None,
+        **options,
     ):
-        super().__init__(
-            model_config,
-            train_config,
-            batch_source,
-            run_dir,
-            resume=resume,
-            progress=progress,
-            callback=callback,
-            keep=keep,
-        )
+        """``options``: resume, progress, callback, keep (see TrainLoop); ``model``: start from
+        these weights instead of ``build_unet(model_config, seed)``."""
+        super().__init__(model_config, train_config, batch_source, run_dir, **options)
         self.compute_dtype = jnp.bfloat16 if train_config.bf16 else jnp.float32
         self.model = model if model is not None else build_unet(model_config, train_config.seed)
         if self.model.config != model_config:
@@ -299,35 +278,7 @@ class Trainer(TrainLoop):
         )
         return self.checkpoint
 
-    def _result(self, loss: float, images_per_second: float) -> TrainResult:
-        return TrainResult(
-            step=self.step,
-            loss=loss,
-            checkpoint=self.checkpoint,
-            model=self.model,
-            ema=self.ema,
-            images_per_second=images_per_second,
-        )
 
-
-def train(
-    model_config: UNetConfig,
-    train_config: TrainConfig,
-    batch_source: BatchSource,
-    run_dir: str | Path,
-    resume: bool = True,
-    *,
-    progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
-) -> TrainResult:
-    """Train (or continue training) a U-Net in ``run_dir``; see :class:`Trainer`."""
-    trainer = Trainer(
-        model_config,
-        train_config,
-        batch_source,
-        run_dir,
-        resume=resume,
-        progress=progress,
-        callback=callback,
-    )
-    return trainer.run()
+# The module-level entry point: train(model_config, train_config, batch_source, run_dir,
+# resume=True, *, progress=True, callback=None) -> TrainResult.
+train = Trainer.train

@@ -24,16 +24,14 @@ import contextlib
 import copy
 import math
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import attrs
 import numpy as np
 import torch
 
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.denoiser import autocast, text_inputs
-from reimagen.backends.torch.unet import NeighborInputs, ReImagenUNet, build_unet
+from reimagen.backends.torch.unet import NeighborInputs, build_unet
 from reimagen.core.schedule import CosineSchedule
 from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this module's callers)
     ADAM_BETAS,
@@ -42,6 +40,7 @@ from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this modu
     RESUMABLE_CHANGES,
     NonFiniteLossError,
     TrainLoop,
+    TrainResult,
     check_batch,
     ema_decay,
     learning_rate,
@@ -50,17 +49,6 @@ from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this modu
 )
 from reimagen.core.training import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
-
-
-@attrs.frozen
-class TrainResult:
-    step: int  # optimizer updates applied in total
-    loss: float  # the last step's loss
-    checkpoint: Path | None  # the committed checkpoint folder
-    model: ReImagenUNet  # raw weights
-    ema: ReImagenUNet  # EMA weights
-    images_per_second: float  # over this call's steps
-
 
 # ---- host batch -> tensors ---------------------------------------------------------------------
 
@@ -99,22 +87,10 @@ class Trainer(TrainLoop):
         train_config: TrainConfig,
         batch_source: BatchSource,
         run_dir: str | Path,
-        *,
-        resume: bool = True,
-        progress: bool = True,
-        callback: Callable[[int, float], None] | None = None,
-        keep: int = 2,
+        **options,
     ):
-        super().__init__(
-            model_config,
-            train_config,
-            batch_source,
-            run_dir,
-            resume=resume,
-            progress=progress,
-            callback=callback,
-            keep=keep,
-        )
+        """``options``: resume, progress, callback, keep (see TrainLoop)."""
+        super().__init__(model_config, train_config, batch_source, run_dir, **options)
         self.dtype = torch.bfloat16 if train_config.bf16 else torch.float32
         self.model = build_unet(model_config, seed=train_config.seed).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -205,38 +181,10 @@ class Trainer(TrainLoop):
         with _deterministic(), torch.random.fork_rng(devices=[]):  # the caller's RNG is kept
             yield
 
-    def _result(self, loss: float, images_per_second: float) -> TrainResult:
-        return TrainResult(
-            step=self.step,
-            loss=loss,
-            checkpoint=self.checkpoint,
-            model=self.model,
-            ema=self.ema,
-            images_per_second=images_per_second,
-        )
 
-
-def train(
-    model_config: UNetConfig,
-    train_config: TrainConfig,
-    batch_source: BatchSource,
-    run_dir: str | Path,
-    resume: bool = True,
-    *,
-    progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
-) -> TrainResult:
-    """Train (or continue training) a U-Net in ``run_dir``; see :class:`Trainer`."""
-    trainer = Trainer(
-        model_config,
-        train_config,
-        batch_source,
-        run_dir,
-        resume=resume,
-        progress=progress,
-        callback=callback,
-    )
-    return trainer.run()
+# The module-level entry point: train(model_config, train_config, batch_source, run_dir,
+# resume=True, *, progress=True, callback=None) -> TrainResult.
+train = Trainer.train
 
 
 class _deterministic:
