@@ -16,23 +16,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from reimagen.backends.jax import convert as _convert
 from reimagen.backends.jax import trainer as _trainer
 from reimagen.backends.jax.denoiser import JaxDenoiser
 from reimagen.backends.jax.unet import ReImagenUNet, build_unet
 from reimagen.backends.jax.unet import param_count as _param_count
+from reimagen.core.backend import ModelBackend
 from reimagen.core.checkpoint import resolve_weights
-from reimagen.core.interfaces import TextEncoding
-from reimagen.core.training import BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
 
 
-class JaxBackend:
-    """The "jax" backend: builds, trains, saves and loads U-Nets and binds denoisers."""
+class JaxBackend(ModelBackend):
+    """The "jax" backend: builds, trains, saves and loads U-Nets and binds denoisers
+    (``make_denoiser``, ``train`` and ``model_config`` come from ModelBackend)."""
 
     name = "jax"
+    _denoiser_class = JaxDenoiser
+    _trainer_class = _trainer.Trainer
 
     def build_model(self, config: UNetConfig, seed: int = 0) -> ReImagenUNet:
         return build_unet(config, seed=seed)
@@ -43,41 +43,6 @@ class JaxBackend:
 
     def save_model(self, model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
         return _convert.save_model(model, path, dtype=dtype)
-
-    def model_config(self, model: ReImagenUNet) -> UNetConfig:
-        return model.config
-
-    def make_denoiser(
-        self,
-        model: ReImagenUNet,
-        text: TextEncoding,
-        neighbor_images: np.ndarray,
-        neighbor_text: TextEncoding,
-        dtype: str = "float32",
-        *,
-        lowres: np.ndarray | None = None,
-        aug_level: float = 0.0,
-    ) -> JaxDenoiser:
-        return JaxDenoiser(
-            model,
-            text,
-            neighbor_images,
-            neighbor_text,
-            dtype=dtype,
-            lowres=lowres,
-            aug_level=aug_level,
-        )
-
-    def train(
-        self,
-        model_config: UNetConfig,
-        train_config: TrainConfig,
-        batch_source: BatchSource,
-        run_dir: str | Path,
-        resume: bool = True,
-        **options,
-    ) -> _trainer.TrainResult:
-        return _trainer.train(model_config, train_config, batch_source, run_dir, resume, **options)
 
     def param_count(self, config: UNetConfig) -> int:
         return _param_count(config)

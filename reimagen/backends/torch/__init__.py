@@ -14,22 +14,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from reimagen.backends.torch import checkpoint as _checkpoint
 from reimagen.backends.torch import trainer as _trainer
 from reimagen.backends.torch.denoiser import TorchDenoiser
 from reimagen.backends.torch.unet import ReImagenUNet, build_unet
 from reimagen.backends.torch.unet import param_count as _param_count
-from reimagen.core.interfaces import TextEncoding
-from reimagen.core.training import BatchSource, TrainConfig
+from reimagen.core.backend import ModelBackend
 from reimagen.core.unet_config import UNetConfig
 
 
-class TorchBackend:
-    """The "torch" backend: builds, trains, saves and loads U-Nets and binds denoisers."""
+class TorchBackend(ModelBackend):
+    """The "torch" backend: builds, trains, saves and loads U-Nets and binds denoisers
+    (``make_denoiser``, ``train`` and ``model_config`` come from ModelBackend)."""
 
     name = "torch"
+    _denoiser_class = TorchDenoiser
+    _trainer_class = _trainer.Trainer
 
     def build_model(self, config: UNetConfig, seed: int = 0) -> ReImagenUNet:
         return build_unet(config, seed=seed)
@@ -39,41 +39,6 @@ class TorchBackend:
 
     def save_model(self, model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
         return _checkpoint.save_model(model, path, dtype=dtype)
-
-    def model_config(self, model: ReImagenUNet) -> UNetConfig:
-        return model.config
-
-    def make_denoiser(
-        self,
-        model: ReImagenUNet,
-        text: TextEncoding,
-        neighbor_images: np.ndarray,
-        neighbor_text: TextEncoding,
-        dtype: str = "float32",
-        *,
-        lowres: np.ndarray | None = None,
-        aug_level: float = 0.0,
-    ) -> TorchDenoiser:
-        return TorchDenoiser(
-            model,
-            text,
-            neighbor_images,
-            neighbor_text,
-            dtype=dtype,
-            lowres=lowres,
-            aug_level=aug_level,
-        )
-
-    def train(
-        self,
-        model_config: UNetConfig,
-        train_config: TrainConfig,
-        batch_source: BatchSource,
-        run_dir: str | Path,
-        resume: bool = True,
-        **options,
-    ) -> _trainer.TrainResult:
-        return _trainer.train(model_config, train_config, batch_source, run_dir, resume, **options)
 
     def param_count(self, config: UNetConfig) -> int:
         return _param_count(config)
