@@ -232,54 +232,43 @@ def test_bench_rejects_a_bad_prompt_file_before_generating(tiny, tmp_path, capsy
 
 
 def test_bench_writes_the_table_on_a_tiny_run(tiny, tmp_path, capsys):
-    path = _write(
-        tmp_path / "p.jsonl",
-        [
-            {
-                **GOOD,
-                "entity": name,
-                "prompt": f"a large {name} in the centre on a white background",
-                "background": "white",
-                "position": "center",
-                "size": "large",
-            }
-            for name in NAMES[:3]
-        ],
-    )
+    lines = [
+        {
+            "prompt": f"a large {name} in the centre on {COLOUR[name]}",
+            "entity": name,
+            "background": COLOUR[name],
+            "position": "center",
+            "size": "large",
+        }
+        for name in NAMES[:3]
+    ]
+    path = _write(tmp_path / "p.jsonl", lines)
     out = tmp_path / "out"
-    code = main(
-        [
-            "bench",
-            "--prompts",
-            str(path),
-            "--k",
-            "1,2",
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            *_common(tiny, out),
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
+    args = ["--prompts", str(path), "--k", "1,2", "--steps", "2", "--batch-size", "2"]
+    assert main(["bench", *args, *_common(tiny, out)]) == 0, capsys.readouterr().err
     blob = json.loads((out / "results.json").read_text())
     labels = [(r["label"], r["setting"], r["k"]) for r in blob["rows"]]
     assert labels == [
+        (eb.CEILING, "none", 0),
         ("Imagen (no retrieval): base network, K=0", "none", 0),
         ("Re-Imagen K=1", "same-style", 1),
         ("Re-Imagen K=2", "same-style", 2),
         ("Re-Imagen K=1", "cross-style", 1),
         ("Re-Imagen K=2", "cross-style", 2),
     ]
-    for row in blob["rows"]:
+    ceiling = blob["rows"][0]
+    assert ceiling["metrics"]["all"]["faithful"] == 1.0  # the targets score as faithful
+    assert [p["predicted"] for p in ceiling["per_prompt"]] == NAMES[:3]
+    for row in blob["rows"][1:]:
         assert row["metrics"]["all"]["n"] == 3 and len(row["per_prompt"]) == 3
         assert all(0.0 <= row["metrics"]["all"][m] <= 1.0 for m in eb.METRICS)
+        assert row["nfe"] == 2 * 2 and row["seconds"] > 0  # interleaved / joint: 2 passes
         # the tiny KB holds every prompt's entity, drawn by two artists: retrieval finds it
         assert row["k"] == 0 or row["neighbor_recall"] == 1.0
     markdown = (out / "results.md").read_text()
     assert "## same-style" in markdown and "## cross-style" in markdown
     assert "| faithful frequent | faithful rare | faithful unseen |" in markdown
-    assert len(list(out.glob("grid_*.png"))) == 5 + 1  # one per row + the target scenes
+    assert len(list(out.glob("grid_*.png"))) == 6  # one per row
     assert eb.read_prompts(out / "prompts.jsonl", frozenset(NAMES))[0].entity == NAMES[0]
 
 

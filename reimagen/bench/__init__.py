@@ -12,6 +12,7 @@ no framework (torch is imported when an evaluator is loaded or trained).
 
 from reimagen.bench.ablate import FULL, QUICK, Sweep, plot_eta, plot_k, sweep_rows
 from reimagen.bench.entitybench import (
+    CEILING,
     METRICS,
     NO_RETRIEVAL,
     TIERS,
@@ -24,6 +25,7 @@ from reimagen.bench.entitybench import (
     read_prompts,
     score_images,
     summarise,
+    target_images,
     write_prompts,
 )
 from reimagen.bench.evaluator import (
@@ -37,6 +39,7 @@ from reimagen.bench.evaluator import (
 )
 
 __all__ = [
+    "CEILING",
     "FULL",
     "METRICS",
     "NO_RETRIEVAL",
@@ -61,6 +64,7 @@ __all__ = [
     "summarise",
     "sweep_rows",
     "target_drawings",
+    "target_images",
     "train_evaluator",
     "write_prompts",
 ]

@@ -186,21 +186,13 @@ def no_retrieval_row(pipelines, sampling, label="Imagen (no retrieval)"):
 
 
 def write_outputs(out: Path, blob: dict, markdown: str, prompts, results) -> None:
-    """results.json, results.md, prompts.jsonl, grid_<i>.png (row i's images, prompt order)
-    and grid_truth.png (each prompt's scene composed from the Twemoji drawing), atomically."""
-    import numpy as np
-
+    """results.json, results.md, prompts.jsonl and grid_<i>.png (row i's images in prompt
+    order, 16 a line), each written atomically."""
     from reimagen.bench.entitybench import save_grid, write_prompts
-    from reimagen.bench.evaluator import target_drawings
     from reimagen.core.io import atomic_write_text
-    from reimagen.data.scenes import compose
 
     out.mkdir(parents=True, exist_ok=True)
     write_prompts(out / "prompts.jsonl", prompts)
-    size = results[0].images.shape[1]
-    _, drawings = target_drawings([p.entity for p in prompts])
-    truth = np.stack([compose(d, p.scene, size) for d, p in zip(drawings, prompts)])
-    save_grid(out / "grid_truth.png", truth)
     for index, result in enumerate(results):
         save_grid(out / f"grid_{index:02d}.png", result.images)
     atomic_write_text(out / "results.json", json.dumps(blob, indent=1, ensure_ascii=False) + "\n")
@@ -270,19 +262,23 @@ def run(args) -> int:
         for s in settings
         for k in ks
     ]
-    results = runner.run(rows)
+    generated = runner.run(rows)
+    size = generated[0].images.shape[1]
+    results = [runner.ceiling(size), *generated]  # row 0: the targets themselves
     seconds = time.perf_counter() - started
 
     lines = [f"# EntityBench ({len(prompts)} prompts, seed {args.seed})", ""]
     lines += [
         (
             "Faithful = the evaluator names the entity (top-1) and the background colour and "
-            f"position read from the pixels match the prompt. {evaluator_note(meta)}"
+            "position read from the pixels match the prompt. The first row scores the prompts' "
+            "target scenes (Twemoji composites) as if generated: the most a generator can score "
+            f"on these prompts. {evaluator_note(meta)}"
         ),
         "",
     ]
     for setting in settings:
-        chosen = [results[0]] + [r for r in results[1:] if r.row.setting == setting]
+        chosen = results[:2] + [r for r in results[2:] if r.row.setting == setting]
         lines += [
             f"## {setting}",
             "",
@@ -293,10 +289,10 @@ def run(args) -> int:
             table(chosen, category_columns(chosen)),
             "",
         ]
-    lines += ["## Generation time", "", table(results, TIMING_COLUMNS), ""]
+    lines += ["## Generation time", "", table(generated, TIMING_COLUMNS), ""]
     lines += [f"Wall time {seconds:.1f} s (loading, retrieval, generation and scoring).", ""]
     lines += [
-        "Images: grid_truth.png (the prompts' target scenes), then one grid per row: "
+        "Images, one grid per row: "
         + "; ".join(
             f"grid_{i:02d}.png {r.row.label} [{r.row.setting}]" for i, r in enumerate(results)
         )
