@@ -131,7 +131,8 @@ class TrainLoop:
     A backend's trainer sets up ``self.model``, ``self.ema`` and its optimizer after
     ``super().__init__`` and then calls :meth:`resume_latest`; it implements :meth:`train_step`
     (one update on the batch of ``self.step``, which it advances), :meth:`_load_state` (arrays
-    of a :class:`~reimagen.core.checkpoint.Checkpoint` -> its state) and :meth:`save`;
+    of a :class:`~reimagen.core.checkpoint.Checkpoint` -> its state) and :meth:`_host_arrays`
+    (its state -> those arrays);
     optionally :meth:`_backend_state` (extra state.json facts) and :meth:`_loop_context` (what
     must hold while the loop runs)."""
 
@@ -186,8 +187,9 @@ class TrainLoop:
         """One update on ``batch``; returns (loss, gradient norm before clipping)."""
         raise NotImplementedError
 
-    def save(self, loss: float) -> Path:
-        """Commit a checkpoint of step ``self.step``; sets and returns ``self.checkpoint``."""
+    def _host_arrays(self) -> tuple[dict, dict, dict]:
+        """(model, EMA, optimizer state) as ``{canonical key: np.ndarray}`` dicts, the layout
+        of :mod:`reimagen.core.checkpoint`."""
         raise NotImplementedError
 
     def _load_state(self, saved: ckpt.Checkpoint) -> None:
@@ -212,6 +214,21 @@ class TrainLoop:
             "optimizer": {"name": "AdamW", "betas": list(ADAM_BETAS), "eps": ADAM_EPS},
             **self._backend_state(),
         }
+
+    def save(self, loss: float) -> Path:
+        """Commit a checkpoint of step ``self.step``; sets and returns ``self.checkpoint``."""
+        model, ema, optimizer = self._host_arrays()
+        self.checkpoint = ckpt.write_checkpoint(
+            self.run_dir,
+            self.step,
+            model=model,
+            ema=ema,
+            optimizer=optimizer,
+            config_json=self.model_config.to_json(),
+            state=self._state(loss),
+            keep=self.keep,
+        )
+        return self.checkpoint
 
     def resume_latest(self) -> None:
         """Continue from the run folder's committed checkpoint, if it has one."""

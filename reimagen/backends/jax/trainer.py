@@ -177,21 +177,6 @@ def optimizer_from_numpy(opt_state, tensors: dict[str, np.ndarray], source: Path
     return opt_state._replace(count=count, inner_state=(adam, *opt_state.inner_state[1:]))
 
 
-def write_checkpoint(run_dir, step: int, *, model, ema, opt_state, state: dict, keep: int = 2):
-    """Write and commit step ``step`` from JAX state (:func:`reimagen.core.checkpoint.
-    write_checkpoint`, the protocol and files torch uses)."""
-    return ckpt.write_checkpoint(
-        run_dir,
-        step,
-        model=convert.state_dict(model),
-        ema=convert.state_dict(ema),
-        optimizer=optimizer_to_numpy(opt_state),
-        config_json=model.config.to_json(),
-        state=state,
-        keep=keep,
-    )
-
-
 # ---- the trainer -------------------------------------------------------------------------------
 
 
@@ -266,17 +251,9 @@ class Trainer(TrainLoop):
 
     # ---- the loop ------------------------------------------------------------------------
 
-    def save(self, loss: float) -> Path:
-        self.checkpoint = write_checkpoint(
-            self.run_dir,
-            self.step,
-            model=self.model,
-            ema=self.ema,
-            opt_state=self.opt_state,
-            state=self._state(loss),
-            keep=self.keep,
-        )
-        return self.checkpoint
+    def _host_arrays(self) -> tuple[dict, dict, dict]:
+        weights, ema = convert.state_dict(self.model), convert.state_dict(self.ema)
+        return weights, ema, optimizer_to_numpy(self.opt_state)
 
 
 # The module-level entry point: train(model_config, train_config, batch_source, run_dir,

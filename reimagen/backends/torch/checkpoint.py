@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from reimagen.backends.torch.unet import ReImagenUNet, build_unet
-from reimagen.core import checkpoint as _core
 from reimagen.core.checkpoint import (  # noqa: F401  (re-exported: the shared layout and readers)
     ADAM_SLOTS,
     CHECKPOINTS,
@@ -140,30 +138,3 @@ def load_optimizer(
             value = torch.from_numpy(np.ascontiguousarray(tensors[key]))
             state[slot] = value.clone() if slot == "step" else torch.empty_like(param).copy_(value)
         optimizer.state[param] = state
-
-
-# ---- commit ------------------------------------------------------------------------------------
-
-
-def write_checkpoint(
-    run_dir: str | Path,
-    step: int,
-    *,
-    model: ReImagenUNet,
-    ema: ReImagenUNet,
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-    keep: int = 2,
-) -> Path:
-    """Write step ``step`` from torch state and commit it (:func:`reimagen.core.checkpoint.
-    write_checkpoint`: refuses non-finite weights, keeps the newest ``keep``)."""
-    return _core.write_checkpoint(
-        run_dir,
-        step,
-        model=weights_to_numpy(model),
-        ema=weights_to_numpy(ema),
-        optimizer=optimizer_to_numpy(optimizer, model),
-        config_json=model.config.to_json(),
-        state=state,
-        keep=keep,
-    )

@@ -163,17 +163,9 @@ class Trainer(TrainLoop):
 
     # ---- the loop ------------------------------------------------------------------------
 
-    def save(self, loss: float) -> Path:
-        self.checkpoint = ckpt.write_checkpoint(
-            self.run_dir,
-            self.step,
-            model=self.model,
-            ema=self.ema,
-            optimizer=self.optimizer,
-            state=self._state(loss),
-            keep=self.keep,
-        )
-        return self.checkpoint
+    def _host_arrays(self) -> tuple[dict, dict, dict]:
+        weights, ema = ckpt.weights_to_numpy(self.model), ckpt.weights_to_numpy(self.ema)
+        return weights, ema, ckpt.optimizer_to_numpy(self.optimizer, self.model)
 
     @contextlib.contextmanager
     def _loop_context(self):
