@@ -78,3 +78,18 @@ def check_out_path(path: Path) -> Path:
     if path.suffix.lower() != ".png":
         raise UserError(f"--out must be a .png path, got {path}")
     return path  # its folder is created only when the first file is written (atomically)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: all cores; 1 is faster on a busy machine)")
+
+
+def apply_threads(threads: int) -> None:
+    """Validate ``--threads`` and apply it to torch (before any network is built)."""
+    if threads < 0:
+        raise UserError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -13,6 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
+from reimagen.cli.common import add_threads_argument, apply_threads
 from reimagen.cli.main import UserError
 from reimagen.core.paths import default_kb_dir
 
@@ -34,6 +35,7 @@ def add_parser(subparsers):
     parser.add_argument("--setting", default="same-style", choices=("same-style", "cross-style"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="sampling steps of the base stage")
+    add_threads_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -42,6 +44,7 @@ def run(args) -> int:
     from reimagen.data.splits import load_split
 
     out = check_out_path(args.out)
+    apply_threads(args.threads)
     split = load_split()
     names = [n.strip() for n in args.entities.split(",")] if args.entities else list(DEMO_ENTITIES)
     unknown = [n for n in names if n not in split]

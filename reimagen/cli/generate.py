@@ -16,6 +16,8 @@ from PIL import Image
 from reimagen.cli.common import (
     add_kb_arguments,
     add_sampling_arguments,
+    add_threads_argument,
+    apply_threads,
     check_out_path,
     open_kb,
     open_retriever,
@@ -40,6 +42,7 @@ def add_parser(subparsers):
                         help="comma-separated shipped stages: base or baseline, then sr")
     add_kb_arguments(parser)
     add_sampling_arguments(parser)
+    add_threads_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -55,6 +58,7 @@ def run(args) -> int:
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
         raise UserError(f"--stages: unknown stage(s) {bad}; allowed: {', '.join(STAGES)}")
+    apply_threads(args.threads)
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
     registry.get("backend", args.backend)
