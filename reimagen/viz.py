@@ -51,3 +51,16 @@ def make_sheet(rows: Sequence[SheetRow], tile: int = 128, pad: int = 8) -> Image
 def _tile(image: np.ndarray, size: int) -> Image.Image:
     """Nearest-neighbour upscale so the small pixels stay visible."""
     return Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((size, size), Image.NEAREST)
+
+
+def neighbor_tiles(kb, rows, scores=None, size: int = 64) -> tuple[tuple[str, np.ndarray], ...]:
+    """(caption, uint8 [size, size, 3]) for the KB ``rows`` [K] of one sample, scores shown when
+    given; one ``kb.rgb`` call for all K."""
+    rows = [int(r) for r in rows]
+    if not rows:
+        return ()
+    pixels = np.clip(np.round((kb.rgb(rows, size=size) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    captions = [kb.records[r].text for r in rows]
+    if scores is not None:
+        captions = [f"{c} ({float(s):.2f})" for c, s in zip(captions, scores)]
+    return tuple(zip(captions, pixels))

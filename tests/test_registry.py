@@ -63,7 +63,7 @@ def test_every_hook_is_documented_and_has_a_kind():
 
     for kind, hook_name in HOOKS.items():
         fn = getattr(hookspecs, hook_name)
-        assert fn.__doc__ and "register" in fn.__doc__.lower() or "Register" in fn.__doc__
+        assert fn.__doc__ and "register" in fn.__doc__.lower(), hook_name
 
 
 def test_entry_point_plugin_discovered_end_to_end(tmp_path):

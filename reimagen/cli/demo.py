@@ -90,8 +90,7 @@ def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
     from reimagen.cascade import Cascade, Stage
     from reimagen.cli.common import open_retriever
     from reimagen.core.io import atomic_path
-    from reimagen.pipeline import to_uint8
-    from reimagen.viz import SheetRow, make_sheet
+    from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
     from reimagen.weights import DEFAULT_SAMPLING, SR_NEIGHBORS, available_stages, load_stage
 
     stages = available_stages()
@@ -127,10 +126,7 @@ def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
             (f"Re-Imagen K={args.k}", with_retrieval[-1].images[b]),
             (label, without[-1].images[b]),
         )
-        neighbors = tuple(
-            (kb.records[int(r)].text, to_uint8(kb.rgb([int(r)], size=64))[0])
-            for r in with_retrieval[0].neighbor_rows[b]
-        )
+        neighbors = neighbor_tiles(kb, with_retrieval[0].neighbor_rows[b])
         rows.append(SheetRow(prompt=f"[{tier}] {prompt}", images=images, neighbors=neighbors))
     with atomic_path(out) as tmp:
         make_sheet(rows).save(tmp, format="PNG")

@@ -48,8 +48,7 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from reimagen.cascade import Cascade, Stage
-    from reimagen.pipeline import to_uint8
-    from reimagen.viz import SheetRow, make_sheet
+    from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
     from reimagen.weights import DEFAULT_SAMPLING, SR_NEIGHBORS, STAGES, load_stage
 
     # ---- validate everything before loading a network ----
@@ -88,11 +87,7 @@ def run(args) -> int:
     for b, prompt in enumerate(args.prompts):
         images = tuple((f"{name} {r.images.shape[1]}px", r.images[b])
                        for name, r in zip(stages, results))
-        neighbors = tuple(
-            (f"{kb.records[int(row)].text} ({score:.2f})",
-             to_uint8(kb.rgb([int(row)], size=64))[0])
-            for row, score in zip(results[0].neighbor_rows[b], results[0].neighbor_scores[b])
-        )
+        neighbors = neighbor_tiles(kb, results[0].neighbor_rows[b], results[0].neighbor_scores[b])
         rows.append(SheetRow(prompt=prompt, images=images, neighbors=neighbors))
     sheet_path = out.with_suffix(".sheet.png")
     with atomic_path(sheet_path) as tmp:
