@@ -3,7 +3,10 @@
 Registered names (API: add, never rename):
   ``bm25``   text-to-text BM25 over the captions (bm25s), the paper's training retriever;
   ``dense``  faiss inner product over any registered encoder's pooled embeddings (exact, or IVF);
-  ``none``   no neighbours (k must be 0): the no-retrieval baseline.
+  ``none``   no neighbours (k must be 0): the no-retrieval baseline;
+  ``bm25-sharded``, ``dense-sharded``  the same over shards with global ids (BM25 with global
+             statistics, so scores equal ``bm25``'s), shard files memory-mapped at load
+             (:mod:`reimagen.retrievers.sharded`).
 
 All index a *view* (``fit(kb, rows)``) and answer in KB row ids, sorted by score; saved indexes
 live beside the KB and are checked against it at load (:mod:`reimagen.retrievers.index`).
@@ -15,12 +18,24 @@ from reimagen.retrievers.bm25 import BM25Retriever
 from reimagen.retrievers.dense import DenseRetriever
 from reimagen.retrievers.index import IndexMismatchError, load_index, open_or_build
 from reimagen.retrievers.none import NoneRetriever
+from reimagen.retrievers.sharded import (
+    BM25Stats,
+    ShardedBM25,
+    ShardedBM25Retriever,
+    ShardedDenseIndex,
+    ShardedDenseRetriever,
+)
 
 __all__ = [
     "BM25Retriever",
+    "BM25Stats",
     "DenseRetriever",
     "IndexMismatchError",
     "NoneRetriever",
+    "ShardedBM25",
+    "ShardedBM25Retriever",
+    "ShardedDenseIndex",
+    "ShardedDenseRetriever",
     "load_index",
     "open_or_build",
 ]
@@ -31,3 +46,5 @@ def reimagen_register_retrievers(register):
     register("bm25", BM25Retriever)
     register("dense", DenseRetriever)
     register("none", NoneRetriever)
+    register("bm25-sharded", ShardedBM25Retriever)
+    register("dense-sharded", ShardedDenseRetriever)
