@@ -93,9 +93,14 @@ class Pipeline:
         *,
         kb=None,
         retriever=None,
-        encoder: str = "minilm",
+        encoder: str | None = None,
         backend: str = "torch",
     ) -> Pipeline:
+        """``encoder``: a registered name; default: the one the weights were trained with
+        (their metadata, reimagen.core.checkpoint.trained_encoder)."""
+        from reimagen.core.checkpoint import trained_encoder
+
+        encoder = encoder or trained_encoder(weights)
         backend_impl = registry.get("backend", backend)()
         model = backend_impl.load_model(weights)
         config = backend_impl.model_config(model)

@@ -44,9 +44,9 @@ def available_stages() -> list[str]:
     return [stage for stage in STAGES if weights_path(stage).is_file()]
 
 
-def load_stage(stage: str, *, kb=None, retriever=None, encoder: str = "minilm",
+def load_stage(stage: str, *, kb=None, retriever=None, encoder: str | None = None,
                backend: str = "torch"):
-    """A Pipeline for one shipped stage."""
+    """A Pipeline for one shipped stage (its text encoder: the one it was trained with)."""
     from reimagen.pipeline import Pipeline
 
     path = weights_path(stage)

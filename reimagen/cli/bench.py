@@ -67,7 +67,8 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
         help="knowledge-base folder (default: the built-in emoji KB)",
     )
     parser.add_argument("--retriever", default="bm25", help="registered retriever name")
-    parser.add_argument("--encoder", default="minilm", help="registered text encoder name")
+    parser.add_argument("--encoder", default=None,
+                        help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)")
     parser.add_argument("--backend", default="torch", help="torch | jax")
     parser.add_argument(
         "--evaluator", type=Path, default=None, help="evaluator folder (default: the shipped one)"
@@ -122,7 +123,8 @@ def check_components(args) -> None:
     from reimagen.weights import available_stages, weights_path
 
     registry.get("backend", args.backend)
-    registry.get("encoder", args.encoder)
+    if args.encoder:
+        registry.get("encoder", args.encoder)
     registry.get("retriever", args.retriever)
     if args.threads < 0:
         raise UserError(f"--threads must be >= 0, got {args.threads}")

@@ -43,18 +43,19 @@ def add_kb_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kb", type=Path, default=None,
                         help="knowledge-base folder (default: the built-in emoji KB)")
     parser.add_argument("--retriever", default="bm25", help="registered retriever name")
-    parser.add_argument("--encoder", default="minilm", help="registered text encoder name")
+    parser.add_argument("--encoder", default=None,
+                        help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)")
     parser.add_argument("--setting", default="same-style", choices=SETTINGS,
                         help="which artists the retriever indexes (DESIGN §8)")
 
 
-def open_kb(path: Path | None):
+def open_kb(path: Path | None, verify: bool = True):
     from reimagen.core.knowledge_base import KnowledgeBase
 
     folder = Path(path) if path else default_kb_dir()
     if not (folder / "kb.json").is_file():
         raise UserError(f"--kb: no knowledge base at {folder}; build it with `reimagen kb build`")
-    return KnowledgeBase.open(folder)
+    return KnowledgeBase.open(folder, verify=verify)
 
 
 def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
@@ -66,7 +67,7 @@ def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
     if name == "none":
         return None
     rows = view_rows(kb, setting)
-    options = {"encoder": encoder} if name == "dense" else {}
+    options = {"encoder": encoder or "minilm"} if name == "dense" else {}
     folder = index_folder(kb.folder, index_name(name, encoder=options.get("encoder"),
                                                 view=(setting,)))
     retriever, _, _ = open_or_build(kb, folder, name, rows=rows, **options)

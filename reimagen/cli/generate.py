@@ -61,7 +61,8 @@ def run(args) -> int:
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
     registry.get("backend", args.backend)
-    registry.get("encoder", args.encoder)
+    if args.encoder:
+        registry.get("encoder", args.encoder)
     first = stages[0]
     sampling = {s: DEFAULT_SAMPLING[s] for s in stages}
     sampling[first] = sampling_from_args(args, DEFAULT_SAMPLING[first])

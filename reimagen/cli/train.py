@@ -39,8 +39,16 @@ def add_parser(subparsers):
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--run-dir", type=Path, help="default: <home>/runs/<stage>")
     parser.add_argument("--kb", type=Path, help="knowledge base (default: the emoji KB)")
-    parser.add_argument("--encoder", default="minilm")
+    parser.add_argument("--no-verify-kb", dest="verify_kb", action="store_false",
+                        help="skip the sha256 check of every KB file (a KB copied without "
+                        "its images/ folder, e.g. to a GPU machine)")
+    parser.add_argument("--encoder", default="hash", help="registered text encoder name")
     parser.add_argument("--backend", default="torch")
+    parser.add_argument("--device", default="cpu", help="torch: cpu | cuda[:N] | auto")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes composing batches ahead (0: inline)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="checkpoint and stop after this many minutes (resume later)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--export", type=Path, nargs="?", const=Path("-"),
                         help="after training, write the EMA weights to this .safetensors "
@@ -65,20 +73,44 @@ def run(args) -> int:
         raise UserError(f"--preset {preset} does not fit --stage {args.stage}")
     run_dir = args.run_dir or home() / "runs" / args.stage
     export = _export_path(args)
+    registry.get("encoder", args.encoder)
     if args.export_only:
-        return _export(backend, run_dir, export or _export_path_default(args.stage))
+        return _export(backend, run_dir, export or _export_path_default(args.stage), args.encoder)
+    options = _loop_options(args, backend)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    source = make_batch_source(args.stage, open_kb(args.kb), args.encoder, config, model_config)
+    kb = open_kb(args.kb, verify=args.verify_kb)
+    source = make_batch_source(args.stage, kb, args.encoder, config, model_config)
     print(f"training {args.stage} ({preset}, {backend.param_count(model_config) / 1e6:.2f}M "
           f"params, K={k}) into {run_dir}")
-    result = backend.train(model_config, config, source, run_dir, resume=True)
+    result = backend.train(model_config, config, source, run_dir, resume=True, **options)
     print(result)
     if export:
-        _export(backend, run_dir, export)
+        _export(backend, run_dir, export, args.encoder)
     return 0
+
+
+def _loop_options(args, backend) -> dict:
+    """TrainLoop / backend options from the flags (checked before any heavy work)."""
+    if not 0 <= args.workers <= 256:
+        raise UserError(f"--workers must be in [0, 256], got {args.workers}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise UserError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
+    options = {"workers": args.workers}
+    if args.time_limit is not None:
+        options["time_limit"] = args.time_limit * 60.0
+    if args.device != "cpu":
+        if backend.name != "torch":
+            raise UserError(f"--device {args.device}: only the torch backend takes a device")
+        from reimagen.backends.torch.trainer import resolve_device
+
+        try:
+            options["device"] = resolve_device(args.device)
+        except ValueError as err:
+            raise UserError(f"--device: {err}") from None
+    return options
 
 
 def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config):
@@ -121,8 +153,11 @@ def _export_path(args) -> Path | None:
     return _export_path_default(args.stage) if str(args.export) == "-" else args.export
 
 
-def _export(backend, run_dir: Path, path: Path) -> int:
+def _export(backend, run_dir: Path, path: Path, encoder: str) -> int:
+    from reimagen.core.checkpoint import ENCODER_KEY, stamp_metadata
+
     model = backend.load_model(run_dir, ema=True)
     backend.save_model(model, path, dtype="float16")  # shipped weights: half the bytes
-    print(f"exported EMA weights of {run_dir} to {path} (float16)")
+    stamp_metadata(path, {ENCODER_KEY: encoder})
+    print(f"exported EMA weights of {run_dir} to {path} (float16, encoder {encoder})")
     return 0

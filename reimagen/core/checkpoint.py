@@ -79,6 +79,24 @@ def weights_metadata(config_json: str) -> dict[str, str]:
     return {"format": FORMAT, CONFIG_KEY: config_json}
 
 
+ENCODER_KEY = "reimagen.encoder"  # safetensors metadata: the text encoder it was trained with
+DEFAULT_ENCODER = "minilm"  # weights that do not say
+
+
+def stamp_metadata(path: str | Path, extra: dict[str, str]) -> None:
+    """Add ``extra`` to a weights file's metadata (rewritten atomically, tensors unchanged)."""
+    tensors, metadata = load_safetensors(path)
+    atomic_save_safetensors(path, tensors, metadata={**metadata, **extra})
+
+
+def trained_encoder(path: str | Path) -> str:
+    """The registered name of the text encoder a weights file was trained with."""
+    from safetensors import safe_open  # reads the header only
+
+    with safe_open(str(resolve_weights(path)), framework="numpy") as handle:
+        return (handle.metadata() or {}).get(ENCODER_KEY, DEFAULT_ENCODER)
+
+
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 

@@ -29,6 +29,7 @@ import attrs
 import numpy as np
 
 from reimagen.core import checkpoint as ckpt
+from reimagen.core import prefetch
 from reimagen.core.config import ConfigError
 from reimagen.core.schedule import CosineSchedule
 from reimagen.core.training import Batch, BatchSource, TrainConfig
@@ -147,9 +148,11 @@ class TrainLoop:
         *,
         progress: bool = True,
         callback: Callable[[int, float], None] | None = None,
+        **options: Any,
     ) -> TrainResult:
-        """Train (or continue training) a U-Net in ``run_dir``: ``cls(...).run()``."""
-        options = {"resume": resume, "progress": progress, "callback": callback}
+        """Train (or continue training) a U-Net in ``run_dir``: ``cls(...).run()``.
+        ``options``: workers, time_limit, keep, and the backend's own (e.g. torch's device)."""
+        options.update(resume=resume, progress=progress, callback=callback)
         return cls(model_config, train_config, batch_source, run_dir, **options).run()
 
     def __init__(
@@ -163,7 +166,16 @@ class TrainLoop:
         progress: bool = True,
         callback: Callable[[int, float], None] | None = None,
         keep: int = 2,
+        workers: int = 0,
+        time_limit: float | None = None,
     ):
+        """``workers``: processes making batches ahead (reimagen.core.prefetch; 0 = inline).
+        ``time_limit``: seconds after which the loop checkpoints and returns early (a lease on
+        a borrowed GPU, a CI budget); the run resumes from there."""
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds or None, got {time_limit}")
+        self.workers = workers
+        self.time_limit = time_limit
         self.model_config = model_config
         self.config = train_config
         self.source = batch_source
@@ -275,15 +287,21 @@ class TrainLoop:
             dynamic_ncols=True,
         )
         loss, window, started = self.last_loss, Window(), time.perf_counter()
+        stream = prefetch.batches(
+            self.source, start_step, config.steps, workers=self.workers, compact=self.workers > 0
+        )
         with self._loop_context():
-            while self.step < config.steps:
-                tick = time.perf_counter()
-                loss, grad_norm = self.train_step(self.source.batch(self.step))
-                window.add(loss, grad_norm, config.batch_size, time.perf_counter() - tick)
+            tick = time.perf_counter()
+            for batch in stream:
+                loss, grad_norm = self.train_step(batch)
+                now = time.perf_counter()
+                window.add(loss, grad_norm, config.batch_size, now - tick)
+                tick = now
                 bar.update(1)
                 if self.callback is not None:
                     self.callback(self.step, loss)
-                last = self.step == config.steps
+                out_of_time = self.time_limit is not None and now - started > self.time_limit
+                last = self.step == config.steps or out_of_time
                 if self.step % config.log_every == 0 or last:
                     record = window.flush(self.step, learning_rate(config, self.step - 1))
                     bar.set_postfix(
@@ -293,6 +311,10 @@ class TrainLoop:
                 if self.step % config.checkpoint_every == 0 or last:
                     folder = self.save(loss).name
                     log.write({"event": "checkpoint", "step": self.step, "folder": folder})
+                if out_of_time:
+                    log.write({"event": "time-limit", "step": self.step, "seconds": now - started})
+                    break
+            stream.close()  # stops the prefetch workers
         bar.close()
         seconds = time.perf_counter() - started
         done = self.step - start_step

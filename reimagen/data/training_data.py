@@ -303,6 +303,16 @@ class EmojiBatchSource:
             f"\rtraining triples {done}/{total}", end="" if done < total else "\n", file=sys.stderr
         )
 
+    def warm(self) -> None:
+        """Fill the caches every batch reads (neighbour renditions and caption encodings of
+        the whole training view, fitted drawings): called before prefetch workers fork, so
+        they share one copy instead of each building its own."""
+        self._plain(self.view, self.image_size)
+        blocks = range((len(self.view) + CAPTION_BLOCK - 1) // CAPTION_BLOCK)
+        for block in blocks:
+            if int(self.view[block * CAPTION_BLOCK]) not in self._caption_cache:
+                self._encode_caption_block(block)
+
     # ---- one batch -------------------------------------------------------------------------
 
     def batch(self, step: int) -> Batch:
@@ -476,6 +486,11 @@ class SRBatchSource(EmojiBatchSource):
             raise ValueError(f"lowres_size {lowres_size} must be < image_size {image_size}")
         self.lowres_size = int(lowres_size)
         super().__init__(kb, split, encoder, config, data, image_size=image_size, **options)
+
+    def warm(self) -> None:
+        super().warm()
+        if self.lowres_size not in self._fitted:
+            self._fitted[self.lowres_size] = self._fit_all(self.lowres_size)
 
     def _finish(self, rng, batch: Batch, info: BatchInfo) -> tuple[Batch, BatchInfo]:
         low = self._targets(info.entity_index, info.scenes, self.lowres_size)  # [B, s, s, 3]

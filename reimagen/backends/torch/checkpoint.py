@@ -136,5 +136,9 @@ def load_optimizer(
         state = {}
         for slot, key in zip(ADAM_SLOTS, keys):
             value = torch.from_numpy(np.ascontiguousarray(tensors[key]))
-            state[slot] = value.clone() if slot == "step" else torch.empty_like(param).copy_(value)
+            state[slot] = (
+                value.clone().to(param.device)  # fused AdamW keeps step beside the parameter
+                if slot == "step"
+                else torch.empty_like(param).copy_(value)
+            )
         optimizer.state[param] = state

@@ -32,10 +32,11 @@ def resolve_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
 
 
-def autocast(dtype: torch.dtype):
-    """bf16 autocast on the CPU for matmuls/convs, or nothing for float32."""
+def autocast(dtype: torch.dtype, device: str = "cpu"):
+    """bf16 autocast for matmuls/convs on ``device`` ("cpu" or "cuda[:N]"), or nothing for
+    float32."""
     if dtype == torch.bfloat16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
     return nullcontext()
 
 

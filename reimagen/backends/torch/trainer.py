@@ -53,8 +53,8 @@ from reimagen.core.unet_config import UNetConfig
 # ---- host batch -> tensors ---------------------------------------------------------------------
 
 
-def model_kwargs(batch: Batch, schedule: CosineSchedule) -> dict:
-    """Keyword arguments of :meth:`ReImagenUNet.forward` for a training batch."""
+def model_kwargs(batch: Batch, schedule: CosineSchedule, device: str = "cpu") -> dict:
+    """Keyword arguments of :meth:`ReImagenUNet.forward` for a training batch, on ``device``."""
     k = batch.neighbor_images.shape[1]
     neighbors = None
     if k:
@@ -62,7 +62,7 @@ def model_kwargs(batch: Batch, schedule: CosineSchedule) -> dict:
             torch.from_numpy(np.asarray(batch.neighbor_images, np.float32)),
             text_inputs(batch.neighbor_text),
         )
-    return {
+    kwargs = {
         "x": torch.from_numpy(noisy_inputs(batch, schedule)),
         "t": torch.from_numpy(np.asarray(batch.t, np.float32)),
         "text": text_inputs(batch.text),
@@ -72,6 +72,29 @@ def model_kwargs(batch: Batch, schedule: CosineSchedule) -> dict:
         "lowres": None if batch.lowres is None else torch.from_numpy(batch.lowres),
         "aug_level": None if batch.aug_level is None else torch.from_numpy(batch.aug_level),
     }
+    return kwargs if device == "cpu" else to_device(kwargs, device)
+
+
+def to_device(value, device: str):
+    """Tensors (also inside NamedTuples / dicts) moved to ``device`` (asynchronous copies)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # NamedTuple
+        return type(value)(*(to_device(item, device) for item in value))
+    return value
+
+
+def resolve_device(device: str) -> str:
+    """"cpu", "cuda", "cuda:N" or "auto" (cuda when available) -> a torch device string."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch {torch.__version__} sees no CUDA device")
+    return device
 
 
 # ---- the trainer -------------------------------------------------------------------------------
@@ -87,12 +110,17 @@ class Trainer(TrainLoop):
         train_config: TrainConfig,
         batch_source: BatchSource,
         run_dir: str | Path,
+        *,
+        device: str = "cpu",
         **options,
     ):
-        """``options``: resume, progress, callback, keep (see TrainLoop)."""
+        """``device``: "cpu", "cuda[:N]" or "auto". ``options``: resume, progress, callback,
+        keep, workers, time_limit (see TrainLoop)."""
         super().__init__(model_config, train_config, batch_source, run_dir, **options)
+        self.device = resolve_device(device)
         self.dtype = torch.bfloat16 if train_config.bf16 else torch.float32
-        self.model = build_unet(model_config, seed=train_config.seed).train()
+        # Initialised on the CPU (the same weights for a seed on any device), then moved.
+        self.model = build_unet(model_config, seed=train_config.seed).train().to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -111,6 +139,7 @@ class Trainer(TrainLoop):
             "backend": "torch",
             "rng": "torch.manual_seed(step_seed(seed, step)) before every step; no other state",
             "num_threads": torch.get_num_threads(),
+            "device": self.device,
             "torch_version": torch.__version__,
         }
 
@@ -131,13 +160,13 @@ class Trainer(TrainLoop):
     def train_step(self, batch: Batch) -> tuple[float, float]:
         """One AdamW update on ``batch`` (the batch of step ``self.step``). Returns (loss,
         gradient norm before clipping). NaN/Inf -> NonFiniteLossError, nothing applied."""
-        kwargs = model_kwargs(batch, self.schedule)
-        noise = torch.from_numpy(batch.noise)
+        kwargs = model_kwargs(batch, self.schedule, self.device)
+        noise = to_device(torch.from_numpy(batch.noise), self.device)
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(step_seed(self.config.seed, self.step))
-        with autocast(self.dtype):
+        torch.manual_seed(step_seed(self.config.seed, self.step))  # all devices' generators
+        with autocast(self.dtype, self.device):
             eps = self.model(**kwargs)
         loss = torch.mean((eps.float() - noise) ** 2)  # paper Eq. 2, ε-prediction
         loss_value = loss.item()
@@ -169,8 +198,13 @@ class Trainer(TrainLoop):
 
     @contextlib.contextmanager
     def _loop_context(self):
-        """Deterministic algorithms on and the caller's RNG kept, while the loop runs."""
-        with _deterministic(), torch.random.fork_rng(devices=[]):  # the caller's RNG is kept
+        """Deterministic algorithms on (CPU) and the caller's RNG kept, while the loop runs.
+        On CUDA the run is reproducible only up to cuBLAS/cuDNN reduction order: deterministic
+        mode there would need CUBLAS_WORKSPACE_CONFIG and slower kernels, for a run that
+        cannot be bit-identical to the CPU's anyway."""
+        devices = [] if self.device == "cpu" else [torch.device(self.device)]
+        exact = _deterministic() if self.device == "cpu" else contextlib.nullcontext()
+        with exact, torch.random.fork_rng(devices=devices):  # the caller's RNG is kept
             yield
 
 

@@ -359,7 +359,7 @@ class ReImagenUNet(nn.Module):
         b = x.shape[0]
         x_in = self._stem_input(x, lowres)  # [B, Cin, H, W] channels_last
         t = t.float().expand(b) if t.dim() == 0 else t.float()
-        aug = self._aug_input(aug_level, b)
+        aug = self._aug_input(aug_level, b, x.device)
         if neighbors is not None and neighbors.images.shape[1] > 0:
             k = neighbors.images.shape[1]
             nx, nt, ntext, nuse, naug = self._neighbor_rows(neighbors.images, neighbors.text)
@@ -391,11 +391,11 @@ class ReImagenUNet(nn.Module):
             x = torch.cat([x, lowres.to(x.dtype)], dim=-1)
         return x.permute(0, 3, 1, 2)  # NHWC -> NCHW view with channels_last strides
 
-    def _aug_input(self, aug_level: Tensor | None, b: int) -> Tensor | None:
+    def _aug_input(self, aug_level: Tensor | None, b: int, device) -> Tensor | None:
         if not self.config.is_super_resolution:
             return None
         if aug_level is None:
-            return torch.zeros(b)
+            return torch.zeros(b, device=device)
         aug_level = aug_level.float()
         return aug_level.expand(b) if aug_level.dim() == 0 else aug_level
 
