@@ -14,6 +14,13 @@ loop and the checkpoint layout/commit protocol are the backend-neutral ones in
 trainer: one copy cannot drift. Checkpoints use the same folder layout and files (model/ema/optimizer safetensors in canonical torch keys, state.json, ``latest``), so a
 run started on one backend resumes on the other. Dropout (off in every preset) draws its mask
 from ``jax.random`` and is the one thing the backends cannot share.
+
+Data parallelism (``Trainer(..., data_parallel=True)`` or ``mesh=``): the batch is split over a
+1-D ``"batch"`` device mesh and the state replicated (:mod:`reimagen.backends.jax.sharding`);
+the same jitted step is partitioned by XLA, so the losses equal the one-device run's up to float
+reduction order. Across processes (:mod:`reimagen.backends.jax.distributed`) every process
+builds the global batch of a step from the BatchSource and uploads its own rows; process 0
+alone writes checkpoints, and process i > 0 logs to ``run_dir/process-<i>/log.jsonl``.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import numpy as np
 import optax
 
 from reimagen.backends.jax import convert
-from reimagen.backends.jax.denoiser import cast_floats, text_inputs
-from reimagen.backends.jax.unet import NeighborInputs, ReImagenUNet, build_unet
+from reimagen.backends.jax import sharding as shd
+from reimagen.backends.jax.denoiser import cast_floats
+from reimagen.backends.jax.unet import NeighborInputs, ReImagenUNet, TextInputs, build_unet
 from reimagen.core import checkpoint as ckpt
 from reimagen.core.config import ConfigError
 from reimagen.core.schedule import CosineSchedule
@@ -77,27 +85,39 @@ def clip_by_global_norm(grads, max_norm: float):
     return jax.tree_util.tree_map(lambda g: g * coef, grads), norm
 
 
-def batch_inputs(batch: Batch, schedule: CosineSchedule) -> dict[str, Any]:
-    """Keyword arguments of :meth:`ReImagenUNet.__call__` for a training batch (device arrays);
-    the twin of torch's ``model_kwargs``."""
+def _host_text(text) -> TextInputs:
+    return TextInputs(
+        np.asarray(text.tokens, np.float32),
+        np.asarray(text.mask, bool),
+        np.asarray(text.pooled, np.float32),
+    )
+
+
+def host_inputs(batch: Batch, schedule: CosineSchedule) -> dict[str, Any]:
+    """Keyword arguments of :meth:`ReImagenUNet.__call__` for a training batch, as numpy arrays
+    that all lead with the batch axis B (``None`` where absent)."""
     k = batch.neighbor_images.shape[1]
     neighbors = None
     if k:
         neighbors = NeighborInputs(
-            jnp.asarray(np.asarray(batch.neighbor_images, np.float32)),
-            text_inputs(batch.neighbor_text),
+            np.asarray(batch.neighbor_images, np.float32), _host_text(batch.neighbor_text)
         )
-    optional = lambda a: None if a is None else jnp.asarray(a)
+    optional = lambda a: None if a is None else np.asarray(a)
     return {
-        "x": jnp.asarray(noisy_inputs(batch, schedule)),
-        "t": jnp.asarray(np.asarray(batch.t, np.float32)),
-        "text": text_inputs(batch.text),
-        "use_text": jnp.asarray(np.asarray(batch.use_text, bool)),
-        "use_neighbors": jnp.asarray(np.asarray(batch.use_neighbors, bool)),
+        "x": noisy_inputs(batch, schedule),
+        "t": np.asarray(batch.t, np.float32),
+        "text": _host_text(batch.text),
+        "use_text": np.asarray(batch.use_text, bool),
+        "use_neighbors": np.asarray(batch.use_neighbors, bool),
         "neighbors": neighbors,
         "lowres": optional(batch.lowres),
         "aug_level": optional(batch.aug_level),
     }
+
+
+def batch_inputs(batch: Batch, schedule: CosineSchedule) -> dict[str, Any]:
+    """:func:`host_inputs` on the default device; the twin of torch's ``model_kwargs``."""
+    return jax.tree_util.tree_map(jnp.asarray, host_inputs(batch, schedule))
 
 
 def loss_fn(model: ReImagenUNet, inputs: dict, noise, key, compute_dtype) -> jax.Array:
@@ -128,9 +148,11 @@ def train_step(
     optimizer,
     grad_clip,
     compute_dtype,
+    state_sharding=None,
 ):
     """One AdamW update: (model, ema, opt_state, loss, ‖g‖ before clipping). Pure: the caller
-    keeps the old state when the loss or norm is not finite."""
+    keeps the old state when the loss or norm is not finite. ``state_sharding`` (data parallel:
+    the mesh's replicated sharding) pins the new model, EMA and optimizer state to it."""
     loss, grads = eqx.filter_value_and_grad(loss_fn)(model, inputs, noise, key, compute_dtype)
     grads, grad_norm = clip_by_global_norm(grads, grad_clip)
     opt_state.hyperparams["learning_rate"] = lr  # the host's value, as torch's group["lr"]
@@ -138,6 +160,8 @@ def train_step(
     model = eqx.apply_updates(model, updates)
     # ema ← ema + w·(θ − ema), w = 1 − decay (torch: _foreach_lerp_)
     ema = jax.tree_util.tree_map(lambda e, p: e + ema_weight * (p - e), ema, model)
+    if state_sharding is not None:
+        model, ema, opt_state = shd.constrain((model, ema, opt_state), state_sharding)
     return model, ema, opt_state, loss, grad_norm
 
 
@@ -192,11 +216,30 @@ class Trainer(TrainLoop):
         run_dir: str | Path,
         *,
         model: ReImagenUNet | None = None,
+        data_parallel: bool = False,
+        mesh: jax.sharding.Mesh | None = None,
         **options,
     ):
         """``options``: resume, progress, callback, keep (see TrainLoop); ``model``: start from
-        these weights instead of ``build_unet(model_config, seed)``."""
+        these weights instead of ``build_unet(model_config, seed)``; ``data_parallel``: split
+        each batch over every device of every process (``mesh``: over this mesh's ``"batch"``
+        axis instead). Several processes (``jax.process_count() > 1``) need one of the two."""
+        if data_parallel and mesh is None:
+            mesh = shd.batch_mesh()
+        if mesh is None and jax.process_count() > 1:
+            raise ValueError(
+                f"jax.process_count() is {jax.process_count()}: pass data_parallel=True (or a "
+                "mesh) so the processes train one model together"
+            )
+        if mesh is not None:
+            shd.check_batch_size(train_config.batch_size, mesh)
+        self.mesh = mesh
         super().__init__(model_config, train_config, batch_source, run_dir, **options)
+        if jax.process_count() > 1 and getattr(self, "time_limit", None) is not None:
+            raise ValueError(
+                "time_limit must be None when jax.process_count() > 1 (each process would "
+                "stop at its own step and the others would wait for it forever)"
+            )
         self.compute_dtype = jnp.bfloat16 if train_config.bf16 else jnp.float32
         self.model = model if model is not None else build_unet(model_config, train_config.seed)
         if self.model.config != model_config:
@@ -205,6 +248,48 @@ class Trainer(TrainLoop):
         self.optimizer = make_optimizer(train_config)
         self.opt_state = self.optimizer.init(self.model)
         self.resume_latest()
+        if mesh is not None:
+            self._replicate_state()
+        if jax.process_count() > 1:
+            self._join_processes()
+
+    # ---- data parallel -------------------------------------------------------------------
+
+    def _replicate_state(self) -> None:
+        """Model, EMA and optimizer state -> one full copy on every device of the mesh."""
+        put = functools.partial(shd.replicate, mesh=self.mesh)
+        self.model, self.ema, self.opt_state = put(self.model), put(self.ema), put(self.opt_state)
+
+    def _join_processes(self) -> None:
+        """All processes resumed at the same step (else the checkpoints are not on a filesystem
+        they all see); process i > 0 logs beside the run instead of into its log.jsonl."""
+        from jax.experimental import multihost_utils
+
+        steps = multihost_utils.process_allgather(np.int64(self.step)).reshape(-1).tolist()
+        if len(set(steps)) != 1:
+            raise ckpt.CheckpointError(
+                f"processes resumed {self.run_dir} at different steps {steps}: run_dir must be "
+                "on a filesystem that every process sees"
+            )
+        self.shared_run_dir = self.run_dir
+        if jax.process_index() > 0:
+            self.run_dir = self.run_dir / f"process-{jax.process_index()}"
+            self.progress = False
+
+    def save(self, loss: float) -> Path:
+        """Process 0 commits the checkpoint (TrainLoop.save); other processes wait until it is
+        committed and return its folder."""
+        if jax.process_count() == 1:
+            return super().save(loss)
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            super().save(loss)
+        else:
+            folder = self.shared_run_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(self.step)
+            self.checkpoint = folder
+        multihost_utils.sync_global_devices(f"reimagen checkpoint {self.step}")
+        return self.checkpoint
 
     def _backend_state(self) -> dict:
         return {
@@ -220,28 +305,46 @@ class Trainer(TrainLoop):
         except convert.KeyMismatchError as err:
             raise ckpt.CheckpointError(f"{saved.folder}: {err}") from None
         self.opt_state = optimizer_from_numpy(self.opt_state, saved.optimizer, saved.folder)
+        if self.mesh is not None:
+            self._replicate_state()
 
     # ---- one step ------------------------------------------------------------------------
 
     def train_step(self, batch: Batch) -> tuple[float, float]:
         """One AdamW update on ``batch`` (the batch of step ``self.step``). Returns (loss,
-        gradient norm before clipping). NaN/Inf -> NonFiniteLossError, nothing applied."""
-        inputs = batch_inputs(batch, self.schedule)
-        key = None
+        gradient norm before clipping). NaN/Inf -> NonFiniteLossError, nothing applied.
+        Data parallel: ``batch`` is the global batch; this process uploads its own rows."""
+        rows = host_inputs(batch, self.schedule), np.asarray(batch.noise, np.float32)
+        scalars = (
+            np.float32(learning_rate(self.config, self.step)),
+            np.float32(1.0 - ema_decay(self.config, self.step)),
+            None,
+        )
         if self.model_config.dropout > 0:
-            key = jax.random.PRNGKey(step_seed(self.config.seed, self.step))
+            key = jax.random.PRNGKey(step_seed(self.config.seed, self.step))  # uint32 [2]
+            scalars = (*scalars[:2], np.asarray(key))
+        if self.mesh is None:
+            (inputs, noise), (lr, ema_weight, key) = jax.tree_util.tree_map(
+                jnp.asarray, (rows, scalars)
+            )
+            state_sharding = None
+        else:
+            inputs, noise = shd.shard_rows(rows, self.mesh, self.config.batch_size)
+            lr, ema_weight, key = shd.replicate(scalars, self.mesh)
+            state_sharding = shd.replicated(self.mesh)
         model, ema, opt_state, loss, grad_norm = train_step(
             self.model,
             self.ema,
             self.opt_state,
             inputs,
-            jnp.asarray(batch.noise),
-            jnp.float32(learning_rate(self.config, self.step)),
-            jnp.float32(1.0 - ema_decay(self.config, self.step)),
+            noise,
+            lr,
+            ema_weight,
             key,
             optimizer=self.optimizer,
             grad_clip=self.config.grad_clip,
             compute_dtype=self.compute_dtype,
+            state_sharding=state_sharding,
         )
         loss, grad_norm = float(loss), float(grad_norm)
         self.check_finite(loss, grad_norm)  # NonFiniteLossError; the new state is dropped
