@@ -49,6 +49,8 @@ def add_parser(subparsers):
                         help="processes composing batches ahead (0: inline)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="checkpoint and stop after this many minutes (resume later)")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS",
+                        help="start a new run from these weights (fresh optimizer; torch)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--export", type=Path, nargs="?", const=Path("-"),
                         help="after training, write the EMA weights to this .safetensors "
@@ -99,6 +101,12 @@ def _loop_options(args, backend) -> dict:
     if args.time_limit is not None and not args.time_limit > 0:
         raise UserError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
     options = {"workers": args.workers}
+    if args.init_from is not None:
+        if backend.name != "torch":
+            raise UserError("--init-from: only the torch backend takes initial weights")
+        if not args.init_from.is_file():
+            raise UserError(f"--init-from: no weights file at {args.init_from}")
+        options["init_weights"] = args.init_from
     if args.time_limit is not None:
         options["time_limit"] = args.time_limit * 60.0
     if args.device != "cpu":

@@ -112,10 +112,13 @@ class Trainer(TrainLoop):
         run_dir: str | Path,
         *,
         device: str = "cpu",
+        init_weights: str | Path | None = None,
         **options,
     ):
-        """``device``: "cpu", "cuda[:N]" or "auto". ``options``: resume, progress, callback,
-        keep, workers, time_limit (see TrainLoop)."""
+        """``device``: "cpu", "cuda[:N]" or "auto". ``init_weights``: a weights file (e.g. an
+        exported EMA) to start a NEW run from (fresh AdamW; ignored when the run folder
+        already has a checkpoint to resume). ``options``: resume, progress, callback, keep,
+        workers, time_limit (see TrainLoop)."""
         super().__init__(model_config, train_config, batch_source, run_dir, **options)
         self.device = resolve_device(device)
         self.dtype = torch.bfloat16 if train_config.bf16 else torch.float32
@@ -130,7 +133,10 @@ class Trainer(TrainLoop):
             weight_decay=train_config.weight_decay,
             fused=True,
         )
+        self.init_weights = None if init_weights is None else Path(init_weights)
         self.resume_latest()
+        if self.checkpoint is None and self.init_weights is not None:
+            self._load_init_weights(self.init_weights)
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -140,8 +146,18 @@ class Trainer(TrainLoop):
             "rng": "torch.manual_seed(step_seed(seed, step)) before every step; no other state",
             "num_threads": torch.get_num_threads(),
             "device": self.device,
+            "init_weights": None if self.init_weights is None else str(self.init_weights),
             "torch_version": torch.__version__,
         }
+
+    def _load_init_weights(self, path: Path) -> None:
+        """Model and EMA from a weights file with this run's UNetConfig."""
+        source = ckpt.load_model(path)  # checks the file's own config and keys
+        if source.config != self.model_config:
+            raise ValueError(f"init_weights {path}: trained with a different UNetConfig")
+        state = ckpt.weights_to_numpy(source)
+        ckpt.load_weights(self.model, state, path)
+        ckpt.load_weights(self.ema, state, path)
 
     def _load_state(self, saved: ckpt.Checkpoint) -> None:
         folder = saved.folder
