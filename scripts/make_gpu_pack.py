@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reimagen.core.paths import home  # noqa: E402
+from reimagen.core.paths import home
 
 KB_FILES = ("kb.json", "entities.json", "manifest.jsonl")
 

@@ -1,0 +1,159 @@
+"""Training on borrowed hardware: prefetch workers, the compact batch transport, the time limit,
+starting a run from exported weights, weights stamped with their encoder, device choice.
+
+Oracles: prefetched batches equal inline ones array for array; a compact batch gives the
+network the same output as the full batch (its tokens rounded alike); a run stopped by its
+time limit and resumed ends bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import numpy as np
+import pytest
+import torch
+from test_torch_trainer import (
+    N_STEPS,
+    TINY,
+    SyntheticSource,
+    assert_same_state,
+    config,
+)
+
+from reimagen.backends.torch import checkpoint as ckpt
+from reimagen.backends.torch.trainer import Trainer, model_kwargs, resolve_device, train
+from reimagen.backends.torch.unet import build_unet
+from reimagen.core import checkpoint as core_checkpoint
+from reimagen.core import prefetch
+from reimagen.core.interfaces import TextEncoding
+from reimagen.core.schedule import CosineSchedule
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_same_batch(a, b) -> None:
+    for name in ("images", "neighbor_images", "t", "noise", "use_text", "use_neighbors"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for name in ("text", "neighbor_text"):
+        for part in ("tokens", "mask", "pooled"):
+            left, right = getattr(getattr(a, name), part), getattr(getattr(b, name), part)
+            assert left.dtype == right.dtype and np.array_equal(left, right), (name, part)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_workers_give_the_inline_batches_in_step_order(compact):
+    source = SyntheticSource(batch_size=3, k=2, text_length=7)
+    inline = list(prefetch.batches(source, 3, 10, workers=0, compact=compact))
+    pooled = list(prefetch.batches(source, 3, 10, workers=2, compact=compact))
+    assert len(inline) == len(pooled) == 7
+    for a, b in zip(inline, pooled):
+        assert_same_batch(a, b)
+
+
+def test_compact_batch_cuts_to_the_longest_real_sequence():
+    source = SyntheticSource(batch_size=4, k=2, text_length=9)
+    batch = source.batch(5)
+    small = prefetch.compact_batch(batch)
+    longest = max(
+        prefetch.real_length(batch.text.mask), prefetch.real_length(batch.neighbor_text.mask)
+    )
+    assert small.text.tokens.shape[-2] == small.neighbor_text.tokens.shape[-2] == longest
+    assert small.text.tokens.dtype == small.neighbor_text.tokens.dtype == np.float16
+    # every cut position was padding in every row
+    assert not batch.text.mask[..., longest:].any()
+    assert not batch.neighbor_text.mask[..., longest:].any()
+
+
+def rounded(text: TextEncoding) -> TextEncoding:
+    """The full-length encoding with tokens rounded to float16, as the transport rounds them."""
+    tokens = text.tokens.astype(np.float16).astype(np.float32)
+    return TextEncoding(tokens, text.mask, text.pooled)
+
+
+def test_compact_batch_gives_the_network_the_same_output():
+    source = SyntheticSource(batch_size=3, k=2, text_length=9)
+    batch = source.batch(2)
+    full = attrs.evolve(batch, text=rounded(batch.text), neighbor_text=rounded(batch.neighbor_text))
+    small = prefetch.compact_batch(batch)
+    model = build_unet(TINY, seed=1).eval()
+    schedule = CosineSchedule()
+    with torch.no_grad():
+        want = model(**model_kwargs(full, schedule)).numpy()
+        got = model(**model_kwargs(small, schedule)).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_bad_workers_are_refused():
+    with pytest.raises(ValueError, match="workers must be an int in \\[0, 256\\]"):
+        list(prefetch.batches(SyntheticSource(), 0, 2, workers=-1))
+
+
+def test_time_limit_stops_early_and_the_resumed_run_is_bit_identical(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    first = train(TINY, config(N_STEPS), SyntheticSource(), run_dir, progress=False,
+                  time_limit=1e-9)
+    assert first.step == 1  # the limit is checked after each step
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert {"event": "time-limit", "step": 1}.items() <= events[-1].items()
+    assert ckpt.read_checkpoint(ckpt.latest_checkpoint(run_dir)).step == 1
+    train(TINY, config(N_STEPS), SyntheticSource(), run_dir, progress=False)
+    assert_same_state(run_dir, reference)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference")
+    train(TINY, config(N_STEPS), SyntheticSource(), run_dir, progress=False)
+    return ckpt.read_checkpoint(ckpt.latest_checkpoint(run_dir))
+
+
+def test_time_limit_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="time_limit must be > 0"):
+        Trainer(TINY, config(2), SyntheticSource(), tmp_path, time_limit=0)
+
+
+def test_init_weights_start_a_new_run_from_exported_weights(tmp_path):
+    donor = build_unet(TINY, seed=7)
+    path = ckpt.save_model(donor, tmp_path / "donor.safetensors")
+    trainer = Trainer(TINY, config(2), SyntheticSource(), tmp_path / "run", init_weights=path)
+    assert trainer.step == 0
+    for own in (trainer.model, trainer.ema):
+        for key, value in donor.state_dict().items():
+            assert torch.equal(own.state_dict()[key], value), key
+    assert not trainer.optimizer.state  # a fresh AdamW
+
+
+def test_init_weights_of_another_network_are_refused(tmp_path):
+    other = build_unet(TINY.replace(base_channels=2 * TINY.base_channels), seed=0)
+    path = ckpt.save_model(other, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="different UNetConfig"):
+        Trainer(TINY, config(2), SyntheticSource(), tmp_path / "run", init_weights=path)
+
+
+def test_weights_say_which_encoder_they_were_trained_with(tmp_path):
+    path = ckpt.save_model(build_unet(TINY), tmp_path / "w.safetensors")
+    assert core_checkpoint.trained_encoder(path) == "minilm"  # unstamped: the old default
+    core_checkpoint.stamp_metadata(path, {core_checkpoint.ENCODER_KEY: "hash"})
+    assert core_checkpoint.trained_encoder(path) == "hash"
+    assert ckpt.load_model(path).config == TINY  # tensors and config survive the stamp
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", ""])
+def test_unknown_devices_are_refused(device):
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda"):
+        resolve_device(device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu"
