@@ -38,9 +38,11 @@ class Cascade(CascadeInterface):
 
     def generate(
         self, prompts: Sequence[str], *, seed: int = 0, neighbor_rows: np.ndarray | None = None,
-        callback=None,
+        callback=None, indices: Sequence[int] | None = None,
     ) -> list[Generation]:
-        """Every stage's Generation, lowest resolution first."""
+        """Every stage's Generation, lowest resolution first. ``indices`` [B]: the prompts'
+        global indices (default range(B)); each sample's noise depends on (seed, its index)
+        only (Pipeline.generate)."""
         results: list[Generation] = []
         for index, stage in enumerate(self.stages):
             previous = results[-1] if results else None
@@ -49,7 +51,7 @@ class Cascade(CascadeInterface):
             results.append(
                 stage.pipeline.generate(
                     prompts, k=stage.k, sampling=stage.sampling, seed=seed + 1000 * index,
-                    neighbor_rows=rows, lowres=lowres, callback=callback,
+                    neighbor_rows=rows, lowres=lowres, callback=callback, indices=indices,
                 )
             )
         return results

@@ -21,7 +21,12 @@ import numpy as np
 from reimagen.core import registry
 from reimagen.core.augment import noise_augment, resize_bilinear
 from reimagen.core.generation import SamplingConfig
-from reimagen.core.interfaces import RetrievalResult, SamplerNoise, TextEncoding
+from reimagen.core.interfaces import (
+    RetrievalResult,
+    SamplerNoise,
+    TextEncoding,
+    sample_generators,
+)
 
 DEFAULT_SAMPLING = SamplingConfig()  # frozen, so one shared default is safe
 
@@ -130,14 +135,20 @@ class Pipeline:
         neighbor_rows: np.ndarray | None = None,
         lowres: np.ndarray | None = None,
         callback: Any = None,
+        indices: Sequence[int] | None = None,
     ) -> Generation:
         """Sample one image per prompt. ``neighbor_rows`` [B, K] overrides retrieval;
-        ``lowres`` [B, h, w, 3] in [-1, 1] conditions a super-resolution stage."""
+        ``lowres`` [B, h, w, 3] in [-1, 1] conditions a super-resolution stage.
+
+        ``indices`` [B] (default ``range(B)``): each prompt's global index. All noise of sample
+        b (initial, per-step, SR augmentation) is drawn from (seed, indices[b]) alone, so a
+        prompt list split into batches with their global indices gives the same images."""
         prompts = tuple(prompts)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("prompts must be non-empty strings")
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
+        indices = _check_indices(indices, len(prompts))
         sampler = registry.get("sampler", sampling.sampler)  # unknown names fail before compute
         guidance = make_guidance(sampling)
         thresholding = make_thresholding(sampling)
@@ -156,11 +167,10 @@ class Pipeline:
         else:
             nb_images = np.zeros((len(prompts), 0, size, size, 3), np.float32)
             nb_text = _empty_neighbor_text(text, len(prompts))
-        rng = np.random.default_rng(seed)
-        noise = SamplerNoise.draw(rng, (len(prompts), size, size, 3), sampling.steps)
+        noise = SamplerNoise.draw_per_sample(seed, indices, (size, size, 3), sampling.steps)
         conditioning = {}
         if self.lowres_size:
-            conditioning = self._lowres_conditioning(lowres, sampling.aug_level, rng)
+            conditioning = self._lowres_conditioning(lowres, sampling.aug_level, seed, indices)
         denoiser = self.backend.make_denoiser(self.model, text, nb_images, nb_text, **conditioning)
         result = sampler(
             denoiser, guidance, noise, steps=sampling.steps, thresholding=thresholding,
@@ -178,8 +188,10 @@ class Pipeline:
         )
 
 
-    def _lowres_conditioning(self, lowres, aug_level: float, rng: np.random.Generator) -> dict:
-        """Upsample the previous stage's images and corrupt them at the fixed ``aug_level``."""
+    def _lowres_conditioning(self, lowres, aug_level: float, seed: int, indices) -> dict:
+        """Upsample the previous stage's images and corrupt them at the fixed ``aug_level``
+        (augmentation noise of row b: stream 1 of (seed, indices[b]), apart from its sampler
+        noise)."""
         if lowres is None:
             raise ValueError("lowres images are required by a super-resolution stage")
         lowres = np.asarray(lowres, np.float32)
@@ -189,8 +201,23 @@ class Pipeline:
                 f"{lowres.shape[1]}x{lowres.shape[2]}"
             )
         upsampled = resize_bilinear(lowres, self.image_size)
-        noise = rng.standard_normal(upsampled.shape, dtype=np.float32)
+        noise = np.stack([
+            rng.standard_normal(upsampled.shape[1:], dtype=np.float32)
+            for rng in sample_generators(seed, indices, stream=1)
+        ])  # [B, H, W, 3]
         return {"lowres": noise_augment(upsampled, aug_level, noise), "aug_level": aug_level}
+
+
+def _check_indices(indices, batch: int) -> tuple[int, ...]:
+    """Global sample indices [B]: default range(B); distinct integers >= 0."""
+    if indices is None:
+        return tuple(range(batch))
+    indices = tuple(indices)
+    if len(indices) != batch:
+        raise ValueError(f"indices must give one index per prompt ({batch}), got {len(indices)}")
+    if len({int(i) for i in indices}) != batch:
+        raise ValueError(f"indices must be distinct, got {list(indices)}")
+    return indices
 
 
 def _empty_neighbor_text(text: TextEncoding, batch: int) -> TextEncoding:

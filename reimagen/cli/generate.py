@@ -2,6 +2,11 @@
 
 Writes ``x.png`` (the last stage's images side by side), ``x.<stage>.png`` for every stage, and
 ``x.sheet.png``: each image beside the retrieved neighbours it was grounded on (paper Fig. 4).
+
+``--distributed`` (under torchrun) splits the prompts across the processes by global index;
+every sample is seeded from (seed, its index) and the prompts go through the network in the
+same global micro-batches (``--batch-size``) whatever the process count, so the images are
+byte-identical to a one-process run (reimagen.distributed_generation).
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ def add_parser(subparsers):
     parser.add_argument("--backend", default="torch", help="torch | jax")
     parser.add_argument("--stages", default="base,sr",
                         help="comma-separated shipped stages: base or baseline, then sr")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="prompts per network batch (global micro-batches: the images do "
+                             "not depend on the number of processes)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="under torchrun: split the prompts across the processes (gloo); "
+                             "rank 0 writes the outputs")
     add_kb_arguments(parser)
     add_sampling_arguments(parser)
     add_threads_argument(parser)
@@ -47,9 +58,7 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from reimagen.cascade import Cascade, Stage
-    from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
-    from reimagen.weights import DEFAULT_SAMPLING, SR_NEIGHBORS, STAGES, load_stage
+    from reimagen.weights import DEFAULT_SAMPLING, STAGES
 
     # ---- validate everything before loading a network ----
     out = check_out_path(args.out)
@@ -60,6 +69,8 @@ def run(args) -> int:
     apply_threads(args.threads)
     if args.k < 0:
         raise UserError(f"--k must be >= 0, got {args.k}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     registry.get("backend", args.backend)
     if args.encoder:
         registry.get("encoder", args.encoder)
@@ -67,6 +78,23 @@ def run(args) -> int:
     sampling = {s: DEFAULT_SAMPLING[s] for s in stages}
     sampling[first] = sampling_from_args(args, DEFAULT_SAMPLING[first])
     k = 0 if first == "baseline" else args.k
+    rank, world = _join(args.distributed)
+    try:
+        return _generate(args, out, stages, sampling, k, rank, world)
+    finally:
+        if args.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _generate(args, out: Path, stages: list[str], sampling: dict, k: int, rank: int,
+              world: int) -> int:
+    """Load the cascade, generate this process's micro-batches, and (rank 0) write."""
+    from reimagen.cascade import Cascade, Stage
+    from reimagen.distributed_generation import generate_distributed
+    from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
+    from reimagen.weights import SR_NEIGHBORS, load_stage
 
     kb = open_kb(args.kb)
     retriever = open_retriever(kb, args.retriever, args.setting, args.encoder) if k else None
@@ -77,8 +105,10 @@ def run(args) -> int:
         for index, name in enumerate(stages)
     ])
     started = time.perf_counter()
-    results = cascade.generate(args.prompts, seed=args.seed)
+    results = generate_distributed(cascade, args.prompts, args.seed, batch_size=args.batch_size)
     seconds = time.perf_counter() - started
+    if rank != 0:  # rank 0 gathered every image and writes the outputs
+        return 0
 
     for name, result in zip(stages, results):
         _save(out.with_suffix(f".{name}.png"), np.concatenate(list(result.images), axis=1))
@@ -95,8 +125,21 @@ def run(args) -> int:
         make_sheet(rows).save(tmp, format="PNG")
     nfe = sum(r.nfe for r in results)
     print(f"wrote {out}, {sheet_path} and one image per stage ({', '.join(stages)})")
-    print(f"{len(args.prompts)} prompt(s), {nfe} network evaluations per sample, {seconds:.1f} s")
+    print(f"{len(args.prompts)} prompt(s), {nfe} network evaluations per sample, {seconds:.1f} s"
+          + (f", {world} processes" if world > 1 else ""))
     return 0
+
+
+def _join(distributed: bool) -> tuple[int, int]:
+    """(rank, world): torchrun's gloo group with ``--distributed``, else (0, 1)."""
+    if not distributed:
+        return 0, 1
+    from reimagen.distributed_generation import init_from_env
+
+    try:
+        return init_from_env()
+    except RuntimeError as err:
+        raise UserError(f"--distributed: {err}; launch with torchrun") from err
 
 
 def _save(path: Path, image: np.ndarray) -> None:

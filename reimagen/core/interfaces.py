@@ -164,6 +164,45 @@ class SamplerNoise:
         draws = rng.random(steps)
         return cls(x_T=x_T, step_noise=step_noise, guidance_draws=draws)
 
+    @classmethod
+    def draw_per_sample(
+        cls, seed: int, indices: Sequence[int], shape: Sequence[int], steps: int
+    ) -> SamplerNoise:
+        """Per-sample noise: row b (x_T[b] and step_noise[:, b]) is a pure function of
+        (seed, indices[b]), so a sample's pixels do not depend on its batch or its position in
+        it. ``shape`` is one sample's [H, W, C]. The guidance draws [steps] are shared by the
+        batch (one batched call per step) and depend on ``seed`` only."""
+        rngs = sample_generators(seed, indices)
+        shape = tuple(int(s) for s in shape)
+        x_T = np.zeros((len(rngs), *shape), np.float32)  # [B, H, W, C]
+        step_noise = np.zeros((steps, len(rngs), *shape), np.float32)  # [steps, B, H, W, C]
+        for b, rng in enumerate(rngs):
+            x_T[b] = rng.standard_normal(shape, dtype=np.float32)
+            step_noise[:, b] = rng.standard_normal((steps, *shape), dtype=np.float32)
+        draws = np.random.default_rng(np.random.SeedSequence(_check_seed(seed))).random(steps)
+        return cls(x_T=x_T, step_noise=step_noise, guidance_draws=draws)
+
+
+def sample_generators(
+    seed: int, indices: Sequence[int], stream: int = 0
+) -> list[np.random.Generator]:
+    """One Generator per sample, seeded from (seed, global index): the spawned descendant
+    ``SeedSequence(seed, spawn_key=(index, stream))``, independent of every other index's (and
+    stream's) numbers. Stream 0: sampler noise; 1: SR noise augmentation."""
+    seed = _check_seed(seed)
+    out = []
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+            raise ValueError(f"indices must be integers >= 0, got {index!r}")
+        out.append(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(int(index), int(stream)))))
+    return out
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
 
 @attrs.frozen
 class SampleResult:
