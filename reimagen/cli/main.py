@@ -56,4 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m reimagen.cli.main` (e.g. under torchrun): run the imported module's main, whose
+    # UserError is the class the sub-commands raise (this __main__ copy has its own).
+    from reimagen.cli.main import main as package_main
+
+    sys.exit(package_main())

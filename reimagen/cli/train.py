@@ -6,6 +6,10 @@
 
 Resumable: rerunning the same command continues from the run folder's latest committed
 checkpoint, bit-identically. ``--export`` writes the EMA weights as the shipped stage file.
+
+Data parallel (torch): ``torchrun --nproc-per-node N -m reimagen.cli.main train --distributed
+...`` runs one rank per process (gloo on the CPU, nccl with ``--device cuda``); ``--batch-size``
+is the global batch, split evenly over the ranks; rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def add_parser(subparsers):
     parser.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS",
                         help="start a new run from these weights (fresh optimizer; torch)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="torch DDP over the processes torchrun started (gloo on cpu, "
+                        "nccl on cuda); --batch-size is the global batch")
     parser.add_argument("--export", type=Path, nargs="?", const=Path("-"),
                         help="after training, write the EMA weights to this .safetensors "
                         "(no value: the shipped file for the stage)")
@@ -78,20 +85,73 @@ def run(args) -> int:
     registry.get("encoder", args.encoder)
     if args.export_only:
         return _export(backend, run_dir, export or _export_path_default(args.stage), args.encoder)
-    options = _loop_options(args, backend)
+    options = {**_loop_options(args, backend),
+               **_distributed_options(args, backend, config.batch_size)}
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    rank = _join(args)  # distributed: rank 0 builds the source's caches before the others
+    if rank > 0:
+        _barrier()
     kb = open_kb(args.kb, verify=args.verify_kb)
     source = make_batch_source(args.stage, kb, args.encoder, config, model_config)
+    if args.distributed and rank == 0:
+        _barrier()
     print(f"training {args.stage} ({preset}, {backend.param_count(model_config) / 1e6:.2f}M "
           f"params, K={k}) into {run_dir}")
     result = backend.train(model_config, config, source, run_dir, resume=True, **options)
     print(result)
-    if export:
+    if export and rank == 0:
         _export(backend, run_dir, export, args.encoder)
+    if args.distributed:
+        from reimagen.backends.torch import distributed
+
+        distributed.shutdown()
     return 0
+
+
+def _join(args) -> int:
+    """--distributed: join torchrun's process group; this process's rank (0 otherwise)."""
+    if not args.distributed:
+        return 0
+    from reimagen.backends.torch import distributed
+
+    return distributed.init(args.device).rank
+
+
+def _barrier() -> None:
+    from reimagen.backends.torch import distributed
+
+    distributed.barrier()
+
+
+def _distributed_options(args, backend, batch_size: int) -> dict:
+    """--distributed checks (one line each), before any process group is joined."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "")
+    if not args.distributed:
+        if world.isdigit() and int(world) > 1:
+            raise UserError(f"WORLD_SIZE={world} (started by torchrun?): pass --distributed "
+                            "so the processes train one model together")
+        return {}
+    if backend.name != "torch":
+        raise UserError(f"--distributed: only the torch backend, got --backend {backend.name}")
+    from reimagen.backends.torch import distributed
+
+    if not distributed.launched() or not world.isdigit():
+        raise UserError("--distributed: RANK and WORLD_SIZE are not set; launch with "
+                        "torchrun --nproc-per-node N -m reimagen.cli.main train --distributed")
+    if args.time_limit is not None:
+        raise UserError("--time-limit cannot be combined with --distributed")
+    if batch_size % int(world):
+        raise UserError(f"--batch-size {batch_size} must be divisible by the world size "
+                        f"{world} (torchrun processes)")
+    if args.device not in ("cpu", "cuda", "auto"):
+        raise UserError(f"--device must be cpu, cuda or auto with --distributed (rank i takes "
+                        f"cuda:LOCAL_RANK), got {args.device}")
+    return {"distributed": True}
 
 
 def _loop_options(args, backend) -> dict:

@@ -13,6 +13,19 @@ safetensors; deterministic algorithms are on. The one thing outside the checkpoi
 thread count (oneDNN may split reductions differently), so it is recorded and a resume on a
 different count warns.
 
+Data parallel (``distributed=True``, under ``torchrun``; issue #9 "Scale-out"): every rank
+builds the same model, wraps it in DistributedDataParallel and takes rows [r·b, (r+1)·b) of the
+step's *global* batch (b = batch_size / world size: the data is sharded by global example
+index). Each rank's loss is the mean over its rows and DDP averages the gradients over the
+ranks, so with equal shards the update is the single-process one up to float reduction order;
+the logged loss is the all-reduced global mean, the same on every rank. Gradient clipping runs
+after DDP's all-reduce, on identical gradients, so it uses the global norm; AdamW and the EMA
+then run identically on every rank. Dropout is seeded from (seed, step, rank). Rank 0 alone
+commits checkpoints (the atomic protocol of core.checkpoint); the other ranks wait at a barrier
+until it is committed, and every rank resumes from the same ``latest``, so a job relaunched
+after a crash continues exactly where the last checkpoint left it. Rank i > 0 logs to
+``run_dir/process-<i>/log.jsonl``. See :mod:`reimagen.backends.torch.distributed`.
+
 What is not torch-specific (the schedules, x_t on the host, the batch checks, the run loop, log,
 resume checks and checkpoint commit) lives in :mod:`reimagen.core.train_loop` and
 :mod:`reimagen.core.checkpoint`, shared with the JAX trainer.
@@ -23,13 +36,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import warnings
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 
 from reimagen.backends.torch import checkpoint as ckpt
+from reimagen.backends.torch import distributed as dist
 from reimagen.backends.torch.denoiser import autocast, text_inputs
 from reimagen.backends.torch.unet import NeighborInputs, build_unet
 from reimagen.core.schedule import CosineSchedule
@@ -97,6 +113,45 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# ---- data parallel -----------------------------------------------------------------------------
+
+
+def check_world_size(batch_size: int, world_size: int) -> None:
+    """The global batch splits evenly over the ranks (one-line ValueError)."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"TrainConfig.batch_size={batch_size} must be divisible by the world size "
+            f"{world_size} (torchrun processes)"
+        )
+
+
+def shard_batch(batch: Batch, rank: int, world_size: int) -> Batch:
+    """Rows [rank·b, (rank+1)·b) of a global batch, b = batch.size / world_size."""
+    check_world_size(batch.size, world_size)
+    b = batch.size // world_size
+    rows = slice(rank * b, (rank + 1) * b)
+    take = lambda a: None if a is None else a[rows]
+    return attrs.evolve(
+        batch,
+        images=batch.images[rows],
+        text=batch.text.take(rows),
+        neighbor_images=batch.neighbor_images[rows],
+        neighbor_text=batch.neighbor_text.take(rows),
+        t=batch.t[rows],
+        noise=batch.noise[rows],
+        use_text=batch.use_text[rows],
+        use_neighbors=batch.use_neighbors[rows],
+        lowres=take(batch.lowres),
+        aug_level=take(batch.aug_level),
+    )
+
+
+def rank_step_seed(seed: int, step: int, rank: int) -> int:
+    """The dropout seed of one rank at one step, a pure function of (seed, step, rank); rank 0
+    (and a single process) uses :func:`step_seed`, so one-process runs keep their numbers."""
+    return (step_seed(seed, step) + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
 # ---- the trainer -------------------------------------------------------------------------------
 
 
@@ -113,12 +168,24 @@ class Trainer(TrainLoop):
         *,
         device: str = "cpu",
         init_weights: str | Path | None = None,
+        distributed: bool = False,
         **options,
     ):
         """``device``: "cpu", "cuda[:N]" or "auto". ``init_weights``: a weights file (e.g. an
         exported EMA) to start a NEW run from (fresh AdamW; ignored when the run folder
-        already has a checkpoint to resume). ``options``: resume, progress, callback, keep,
-        workers, time_limit (see TrainLoop)."""
+        already has a checkpoint to resume). ``distributed``: data parallel over the ranks
+        torchrun started (joins the process group when none exists; on CUDA each rank takes
+        cuda:LOCAL_RANK, so ``device`` is "cpu", "cuda" or "auto"). ``options``: resume,
+        progress, callback, keep, workers, time_limit (see TrainLoop)."""
+        self.distributed = bool(distributed)
+        if self.distributed:
+            device = self._join(train_config, device, options.get("time_limit"))
+        elif dist.world_size() > 1:
+            raise ValueError(
+                f"the process group has {dist.world_size()} ranks: pass distributed=True so "
+                "they train one model together"
+            )
+        self.rank, self.world_size = dist.rank(), dist.world_size()
         super().__init__(model_config, train_config, batch_source, run_dir, **options)
         self.device = resolve_device(device)
         self.dtype = torch.bfloat16 if train_config.bf16 else torch.float32
@@ -137,14 +204,69 @@ class Trainer(TrainLoop):
         self.resume_latest()
         if self.checkpoint is None and self.init_weights is not None:
             self._load_init_weights(self.init_weights)
+        self.network = self.model  # what the step calls: the model, or its DDP wrapper
+        if self.distributed:
+            self._wrap_ddp()
+
+    # ---- data parallel -------------------------------------------------------------------
+
+    def _join(self, train_config: TrainConfig, device: str, time_limit) -> str:
+        """Checks, then join the job (before anything is built or written); this rank's
+        device."""
+        if time_limit is not None:
+            raise ValueError(
+                "time_limit must be None with distributed=True (each rank would stop at its "
+                "own step and the others would wait for it forever)"
+            )
+        if not dist.is_initialized():
+            check_world_size(train_config.batch_size, int(os.environ.get("WORLD_SIZE") or 1))
+        info = dist.init(device)
+        check_world_size(train_config.batch_size, info.world_size)
+        return info.device
+
+    def _wrap_ddp(self) -> None:
+        """All ranks resumed at the same step (else the checkpoints are not on a filesystem
+        they all see); rank i > 0 logs beside the run; the model wrapped in DDP."""
+        steps = dist.gather_ints(self.step)
+        if len(set(steps)) != 1:
+            raise ckpt.CheckpointError(
+                f"ranks resumed {self.run_dir} at different steps {steps}: run_dir must be on "
+                "a filesystem that every rank sees"
+            )
+        self.shared_run_dir = self.run_dir
+        if self.rank > 0:
+            self.run_dir = self.run_dir / f"process-{self.rank}"
+            self.progress = False
+        cuda = self.device.startswith("cuda")
+        self.network = torch.nn.parallel.DistributedDataParallel(
+            self.model,
+            device_ids=[torch.device(self.device).index] if cuda else None,
+            # K = 0: the neighbour-attention weights take no part in the forward pass
+            find_unused_parameters=self.config.neighbors == 0,
+        )
+
+    def save(self, loss: float) -> Path:
+        """Rank 0 commits the checkpoint (TrainLoop.save); the other ranks wait until it is
+        committed and return its folder."""
+        if not self.distributed:
+            return super().save(loss)
+        if self.rank == 0:
+            super().save(loss)
+        else:
+            folder = self.shared_run_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(self.step)
+            self.checkpoint = folder
+        dist.barrier()
+        return self.checkpoint
 
     # ---- state ---------------------------------------------------------------------------
 
     def _backend_state(self) -> dict:
         return {
             "backend": "torch",
-            "rng": "torch.manual_seed(step_seed(seed, step)) before every step; no other state",
+            "rng": "torch.manual_seed(rank_step_seed(seed, step, rank)) before every step "
+            "(rank 0: step_seed(seed, step)); no other state",
             "num_threads": torch.get_num_threads(),
+            "world_size": self.world_size,
             "device": self.device,
             "init_weights": None if self.init_weights is None else str(self.init_weights),
             "torch_version": torch.__version__,
@@ -167,6 +289,13 @@ class Trainer(TrainLoop):
                 f"{saved.state.get('num_threads')}: the continuation may not be bit-identical",
                 stacklevel=5,  # the caller of Trainer(...)
             )
+        if saved.state.get("world_size", 1) != self.world_size:
+            warnings.warn(
+                f"resuming on {self.world_size} ranks, the run used "
+                f"{saved.state.get('world_size', 1)}: gradients are reduced in another order, "
+                "so the continuation may not be bit-identical",
+                stacklevel=5,
+            )
         ckpt.load_weights(self.model, saved.model, folder / ckpt.MODEL_FILE)
         ckpt.load_weights(self.ema, saved.ema, folder / ckpt.EMA_FILE)
         ckpt.load_optimizer(self.optimizer, self.model, saved.optimizer, folder / ckpt.OPTIM_FILE)
@@ -175,21 +304,28 @@ class Trainer(TrainLoop):
 
     def train_step(self, batch: Batch) -> tuple[float, float]:
         """One AdamW update on ``batch`` (the batch of step ``self.step``). Returns (loss,
-        gradient norm before clipping). NaN/Inf -> NonFiniteLossError, nothing applied."""
+        gradient norm before clipping). NaN/Inf -> NonFiniteLossError, nothing applied.
+        Distributed: ``batch`` is the global batch; this rank trains on its rows, and the
+        loss returned is the global mean."""
+        if self.distributed:
+            batch = shard_batch(batch, self.rank, self.world_size)
         kwargs = model_kwargs(batch, self.schedule, self.device)
         noise = to_device(torch.from_numpy(batch.noise), self.device)
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(step_seed(self.config.seed, self.step))  # all devices' generators
+        # all devices' generators
+        torch.manual_seed(rank_step_seed(self.config.seed, self.step, self.rank))
         with autocast(self.dtype, self.device):
-            eps = self.model(**kwargs)
+            eps = self.network(**kwargs)
         loss = torch.mean((eps.float() - noise) ** 2)  # paper Eq. 2, ε-prediction
-        loss_value = loss.item()
+        # the global mean; a NaN on any rank stops every rank here, before the backward pass
+        loss_value = dist.mean(loss.detach()).item() if self.distributed else loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(self.stop_message("loss", loss_value))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # after DDP's all-reduce the gradients are the same on every rank: the global norm
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         )
@@ -220,7 +356,10 @@ class Trainer(TrainLoop):
         cannot be bit-identical to the CPU's anyway."""
         devices = [] if self.device == "cpu" else [torch.device(self.device)]
         exact = _deterministic() if self.device == "cpu" else contextlib.nullcontext()
-        with exact, torch.random.fork_rng(devices=devices):  # the caller's RNG is kept
+        with exact, torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            # DDP: a 1×1 kernel's gradient comes contiguous while its channels_last bucket view
+            # has other strides for the size-1 axes; the same memory order, nothing to fix.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
             yield
 
 
