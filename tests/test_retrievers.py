@@ -621,7 +621,7 @@ def test_cli_none_retrieves_nothing_and_writes_nothing(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--retriever", "nope"], "unknown retriever 'nope'; known retriever names: bm25, dense"),
+        (["--retriever", "nope"], "unknown retriever 'nope'; known retriever names: bm25, bm25-sharded, dense"),
         (["--k", "-1"], "--k must be >= 0"),
         (["--encoder", "hash"], "only apply to --retriever dense"),
         (["--retriever", "none"], "use --k 0"),
