@@ -9,6 +9,10 @@ time limit and resumed ends bit-identical to an uninterrupted run.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -48,14 +52,38 @@ def assert_same_batch(a, b) -> None:
             assert left.dtype == right.dtype and np.array_equal(left, right), (name, part)
 
 
-@pytest.mark.parametrize("compact", [False, True])
+POOLED_CHECK = """
+import sys
+import numpy as np
+from reimagen.core import prefetch
+from test_torch_trainer import SyntheticSource
+from test_prefetch import assert_same_batch
+
+compact = sys.argv[1] == "compact"
+source = SyntheticSource(batch_size=3, k=2, text_length=7)
+inline = list(prefetch.batches(source, 3, 10, workers=0, compact=compact))
+pooled = list(prefetch.batches(source, 3, 10, workers=2, compact=compact))
+assert len(inline) == len(pooled) == 7
+for a, b in zip(inline, pooled):
+    assert_same_batch(a, b)
+print("same")
+"""
+
+
+@pytest.mark.parametrize("compact", ["full", "compact"])
 def test_workers_give_the_inline_batches_in_step_order(compact):
-    source = SyntheticSource(batch_size=3, k=2, text_length=7)
-    inline = list(prefetch.batches(source, 3, 10, workers=0, compact=compact))
-    pooled = list(prefetch.batches(source, 3, 10, workers=2, compact=compact))
-    assert len(inline) == len(pooled) == 7
-    for a, b in zip(inline, pooled):
-        assert_same_batch(a, b)
+    """In a fresh interpreter: this pytest process has JAX's threads running, and forking a
+    multithreaded process can deadlock (the trainer forks before any JAX work)."""
+    done = subprocess.run(
+        [sys.executable, "-c", POOLED_CHECK, compact],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
 
 
 def test_compact_batch_cuts_to_the_longest_real_sequence():
