@@ -185,3 +185,17 @@ def test_cuda_without_a_gpu_is_refused():
     with pytest.raises(ValueError, match="sees no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
+
+
+def test_a_run_keeps_the_text_encoder_it_started_with(tmp_path):
+    from reimagen.cli.main import UserError
+    from reimagen.cli.train import RUN_FILE, run_encoder
+
+    run_dir = tmp_path / "run"
+    assert run_encoder(run_dir, None, record=False) == "hash"  # export-only writes nothing
+    assert not (run_dir / RUN_FILE).exists()
+    assert run_encoder(run_dir, "minilm") == "minilm"  # recorded at the first start
+    assert run_encoder(run_dir, None) == "minilm"  # a resume without the flag keeps it
+    with pytest.raises(UserError, match="--encoder hash: the run in .* was trained with "
+                                        "--encoder minilm"):
+        run_encoder(run_dir, "hash")

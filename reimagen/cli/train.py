@@ -46,7 +46,8 @@ def add_parser(subparsers):
     parser.add_argument("--no-verify-kb", dest="verify_kb", action="store_false",
                         help="skip the sha256 check of every KB file (a KB copied without "
                         "its images/ folder, e.g. to a GPU machine)")
-    parser.add_argument("--encoder", default="hash", help="registered text encoder name")
+    parser.add_argument("--encoder", default=None,
+                        help="registered text encoder name (default: the run's, else hash)")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--device", default="cpu", help="torch: cpu | cuda[:N] | auto")
     parser.add_argument("--workers", type=int, default=0,
@@ -82,9 +83,11 @@ def run(args) -> int:
         raise UserError(f"--preset {preset} does not fit --stage {args.stage}")
     run_dir = args.run_dir or home() / "runs" / args.stage
     export = _export_path(args)
-    registry.get("encoder", args.encoder)
+    if args.encoder:
+        registry.get("encoder", args.encoder)
+    encoder = run_encoder(run_dir, args.encoder, record=not args.export_only)
     if args.export_only:
-        return _export(backend, run_dir, export or _export_path_default(args.stage), args.encoder)
+        return _export(backend, run_dir, export or _export_path_default(args.stage), encoder)
     options = {**_loop_options(args, backend),
                **_distributed_options(args, backend, config.batch_size)}
     if args.threads:
@@ -95,7 +98,7 @@ def run(args) -> int:
     if rank > 0:
         _barrier()
     kb = open_kb(args.kb, verify=args.verify_kb)
-    source = make_batch_source(args.stage, kb, args.encoder, config, model_config)
+    source = make_batch_source(args.stage, kb, encoder, config, model_config)
     if args.distributed and rank == 0:
         _barrier()
     print(f"training {args.stage} ({preset}, {backend.param_count(model_config) / 1e6:.2f}M "
@@ -103,7 +106,7 @@ def run(args) -> int:
     result = backend.train(model_config, config, source, run_dir, resume=True, **options)
     print(result)
     if export and rank == 0:
-        _export(backend, run_dir, export, args.encoder)
+        _export(backend, run_dir, export, encoder)
     if args.distributed:
         from reimagen.backends.torch import distributed
 
@@ -219,6 +222,32 @@ def _export_path(args) -> Path | None:
     if args.export is None:
         return None
     return _export_path_default(args.stage) if str(args.export) == "-" else args.export
+
+
+RUN_FILE = "run.json"  # facts of a run that its checkpoints do not hold: the text encoder
+DEFAULT_ENCODER = "hash"  # see the module docstring
+
+
+def run_encoder(run_dir: Path, requested: str | None, record: bool = True) -> str:
+    """The text encoder of the run in ``run_dir``. run.json records it at the run's first start;
+    asking a recorded run for another one is refused (its prompts would be encoded
+    differently). ``requested`` None: the recorded one, else DEFAULT_ENCODER."""
+    import json
+
+    from reimagen.core.io import atomic_write_text
+
+    path = Path(run_dir) / RUN_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))["encoder"]
+        if requested not in (None, recorded):
+            raise UserError(f"--encoder {requested}: the run in {run_dir} was trained with "
+                            f"--encoder {recorded}")
+        return recorded
+    encoder = requested or DEFAULT_ENCODER
+    if record:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"encoder": encoder}) + "\n")
+    return encoder
 
 
 def _export(backend, run_dir: Path, path: Path, encoder: str) -> int:
