@@ -85,7 +85,7 @@ def run(args) -> int:
     export = _export_path(args)
     if args.encoder:
         registry.get("encoder", args.encoder)
-    encoder = run_encoder(run_dir, args.encoder, record=not args.export_only)
+    encoder = run_encoder(run_dir, args.encoder, record=False)  # checked; recorded below
     if args.export_only:
         return _export(backend, run_dir, export or _export_path_default(args.stage), encoder)
     options = {**_loop_options(args, backend),
@@ -103,6 +103,7 @@ def run(args) -> int:
         _barrier()
     print(f"training {args.stage} ({preset}, {backend.param_count(model_config) / 1e6:.2f}M "
           f"params, K={k}) into {run_dir}")
+    run_encoder(run_dir, encoder)  # every check passed: the run starts (or resumes) here
     result = backend.train(model_config, config, source, run_dir, resume=True, **options)
     print(result)
     if export and rank == 0:
