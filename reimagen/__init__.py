@@ -3,5 +3,5 @@
 from reimagen.core.hookspecs import hookimpl
 from reimagen.core.registry import get, names
 
-__all__ = ["hookimpl", "get", "names", "__version__"]
+__all__ = ["__version__", "get", "hookimpl", "names"]
 __version__ = "0.1.0"

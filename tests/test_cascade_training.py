@@ -6,6 +6,7 @@ from pathlib import Path
 
 import attrs
 import numpy as np
+from test_torch_trainer import SyntheticSource, config
 
 from reimagen.backends.torch import BACKEND
 from reimagen.cascade import Cascade, Stage
@@ -14,7 +15,6 @@ from reimagen.core.augment import noise_augment, resize_bilinear
 from reimagen.core.generation import SamplingConfig
 from reimagen.core.unet_config import PRESETS
 from reimagen.pipeline import Pipeline
-from test_torch_trainer import SyntheticSource, config  # noqa: E402  (same tests folder)
 
 BASE = PRESETS["tiny"].replace(image_size=8, channel_mults=(1,), self_attn_resolutions=(8,),
                                cross_attn_resolutions=(8,), neighbor_attn_resolutions=(8,))

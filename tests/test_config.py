@@ -1,7 +1,9 @@
 import json
 
+import attrs
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reimagen.core.config import ConfigError
 from reimagen.core.schedule import CosineSchedule
@@ -40,7 +42,7 @@ def test_validation_errors_name_the_field(changes, message):
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
         PRESETS["tiny"].image_size = 8  # type: ignore[misc]
 
 

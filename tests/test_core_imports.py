@@ -15,5 +15,5 @@ def test_core_imports_no_framework():
         "('torch', 'jax', 'jaxlib', 'flax', 'equinox', 'tensorflow'))\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

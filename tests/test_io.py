@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from reimagen.core.io import (
-    UnsafeFileError, atomic_path, atomic_save_safetensors, atomic_write_text, load_npy,
+    UnsafeFileError,
+    atomic_path,
+    atomic_save_safetensors,
+    atomic_write_text,
+    load_npy,
     load_safetensors,
 )
 
@@ -15,10 +19,9 @@ from reimagen.core.io import (
 def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "f.txt"
     atomic_write_text(target, "old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 

@@ -61,7 +61,7 @@ def test_duplicate_name_raises_naming_both(fresh_registry):
 def test_every_hook_is_documented_and_has_a_kind():
     from reimagen.core import hookspecs
 
-    for kind, hook_name in HOOKS.items():
+    for hook_name in HOOKS.values():
         fn = getattr(hookspecs, hook_name)
         assert fn.__doc__ and "register" in fn.__doc__.lower(), hook_name
 
@@ -82,10 +82,10 @@ def test_entry_point_plugin_discovered_end_to_end(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-reimagen\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[reimagen]\nacme = acme_reimagen\n")
     code = (
-        "import sys, json; sys.path.insert(0, %r)\n"
+        f"import sys, json; sys.path.insert(0, {str(site)!r})\n"
         "from reimagen.core import registry\n"
         "print(json.dumps([registry.names('retriever'), registry.get('retriever','acme')()]))"
-    ) % str(site)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     names, made = json.loads(out.stdout.strip().splitlines()[-1])
     assert "acme" in names and made == "acme-retriever"
@@ -93,6 +93,7 @@ def test_entry_point_plugin_discovered_end_to_end(tmp_path):
     env_off = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True,
         env={**__import__("os").environ, "REIMAGEN_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        check=False,
     )
     assert env_off.returncode != 0 and "unknown retriever 'acme'" in env_off.stderr
 
