@@ -105,9 +105,9 @@ class Pipeline:
         (their metadata, reimagen.core.checkpoint.trained_encoder)."""
         from reimagen.core.checkpoint import trained_encoder
 
-        encoder = encoder or trained_encoder(weights)
         backend_impl = registry.get("backend", backend)()
-        model = backend_impl.load_model(weights)
+        model = backend_impl.load_model(weights)  # refuses a non-safetensors file first
+        encoder = encoder or trained_encoder(weights)
         config = backend_impl.model_config(model)
         return cls(
             model=model,

@@ -167,9 +167,10 @@ def test_init_weights_of_another_network_are_refused(tmp_path):
 
 
 def test_weights_say_which_encoder_they_were_trained_with(tmp_path):
-    path = ckpt.save_model(build_unet(TINY), tmp_path / "w.safetensors")
+    model = build_unet(TINY)
+    path = ckpt.save_model(model, tmp_path / "w.safetensors")
     assert core_checkpoint.trained_encoder(path) == "minilm"  # unstamped: the old default
-    core_checkpoint.stamp_metadata(path, {core_checkpoint.ENCODER_KEY: "hash"})
+    path = ckpt.save_model(model, path, metadata={core_checkpoint.ENCODER_KEY: "hash"})
     assert core_checkpoint.trained_encoder(path) == "hash"
     assert ckpt.load_model(path).config == TINY  # tensors and config survive the stamp
 

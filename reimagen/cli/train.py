@@ -252,10 +252,9 @@ def run_encoder(run_dir: Path, requested: str | None, record: bool = True) -> st
 
 
 def _export(backend, run_dir: Path, path: Path, encoder: str) -> int:
-    from reimagen.core.checkpoint import ENCODER_KEY, stamp_metadata
+    from reimagen.core.checkpoint import ENCODER_KEY
 
-    model = backend.load_model(run_dir, ema=True)
-    backend.save_model(model, path, dtype="float16")  # shipped weights: half the bytes
-    stamp_metadata(path, {ENCODER_KEY: encoder})
+    model = backend.load_model(run_dir, ema=True)  # float16: shipped weights, half the bytes
+    backend.save_model(model, path, dtype="float16", metadata={ENCODER_KEY: encoder})
     print(f"exported EMA weights of {run_dir} to {path} (float16, encoder {encoder})")
     return 0

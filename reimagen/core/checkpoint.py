@@ -74,27 +74,21 @@ def _fault_point(point: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def weights_metadata(config_json: str) -> dict[str, str]:
-    """The metadata of a self-describing weights file: the format and the UNetConfig JSON."""
-    return {"format": FORMAT, CONFIG_KEY: config_json}
+def weights_metadata(config_json: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The metadata of a self-describing weights file: the format, the UNetConfig JSON and
+    ``extra`` facts (e.g. {ENCODER_KEY: "hash"})."""
+    return {**(extra or {}), "format": FORMAT, CONFIG_KEY: config_json}
 
 
 ENCODER_KEY = "reimagen.encoder"  # safetensors metadata: the text encoder it was trained with
 DEFAULT_ENCODER = "minilm"  # weights that do not say
 
 
-def stamp_metadata(path: str | Path, extra: dict[str, str]) -> None:
-    """Add ``extra`` to a weights file's metadata (rewritten atomically, tensors unchanged)."""
-    tensors, metadata = load_safetensors(path)
-    atomic_save_safetensors(path, tensors, metadata={**metadata, **extra})
-
-
 def trained_encoder(path: str | Path) -> str:
-    """The registered name of the text encoder a weights file was trained with."""
-    from safetensors import safe_open  # reads the header only
+    """The registered name of the text encoder a weights file (or run folder) was trained with."""
+    from reimagen.core.io import load_safetensors_metadata
 
-    with safe_open(str(resolve_weights(path)), framework="numpy") as handle:
-        return (handle.metadata() or {}).get(ENCODER_KEY, DEFAULT_ENCODER)
+    return load_safetensors_metadata(resolve_weights(path)).get(ENCODER_KEY, DEFAULT_ENCODER)
 
 
 def step_dir_name(step: int) -> str:

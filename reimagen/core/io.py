@@ -96,6 +96,20 @@ def atomic_save_safetensors(
     atomic_write_bytes(path, blob)
 
 
+def load_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """A safetensors file's metadata, reading the header only; refused like load_safetensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own types for a bad header)
+        raise UnsafeFileError(f"{path} is not a valid safetensors file ({err}); refusing to load it")
+
+
 def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Load arrays and metadata. Anything that is not safetensors is refused, never unpickled."""
     from safetensors import safe_open

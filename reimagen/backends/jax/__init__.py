@@ -41,8 +41,10 @@ class JaxBackend(ModelBackend):
         """A file or checkpoint folder written by either backend (EMA weights by default)."""
         return _convert.load_weights_file(resolve_weights(path_or_dir, ema))
 
-    def save_model(self, model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
-        return _convert.save_model(model, path, dtype=dtype)
+    def save_model(
+        self, model: ReImagenUNet, path: str | Path, dtype: str = "float32", metadata=None
+    ) -> Path:
+        return _convert.save_model(model, path, dtype=dtype, metadata=metadata)
 
     def param_count(self, config: UNetConfig) -> int:
         return _param_count(config)

@@ -123,18 +123,19 @@ def unet_from_state_dict(config: UNetConfig, state: Mapping[str, np.ndarray]) ->
 FORMAT, CONFIG_KEY = _checkpoint.FORMAT, _checkpoint.CONFIG_KEY  # the file format both share
 
 
-def save_model(model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
+def save_model(
+    model: ReImagenUNet, path: str | Path, dtype: str = "float32", metadata: dict | None = None
+) -> Path:
     """One self-describing safetensors file, the same as the torch backend's ``save_model``:
-    canonical keys and layouts, the UNetConfig in the metadata. ``dtype="float16"`` halves the
-    file (shipped weights); loading casts back to float32."""
+    canonical keys and layouts, the UNetConfig (plus ``metadata``) in the metadata.
+    ``dtype="float16"`` halves the file (shipped weights); loading casts back to float32."""
     from reimagen.core.io import atomic_save_safetensors
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     path = Path(path)
-    metadata = _checkpoint.weights_metadata(model.config.to_json())
     tensors = {k: v.astype(dtype) for k, v in state_dict(model).items()}
-    atomic_save_safetensors(path, tensors, metadata=metadata)
+    atomic_save_safetensors(path, tensors, _checkpoint.weights_metadata(model.config.to_json(), metadata))
     return path
 
 

@@ -37,8 +37,10 @@ class TorchBackend(ModelBackend):
     def load_model(self, path_or_dir: str | Path, ema: bool = True) -> ReImagenUNet:
         return _checkpoint.load_model(path_or_dir, ema=ema)
 
-    def save_model(self, model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
-        return _checkpoint.save_model(model, path, dtype=dtype)
+    def save_model(
+        self, model: ReImagenUNet, path: str | Path, dtype: str = "float32", metadata=None
+    ) -> Path:
+        return _checkpoint.save_model(model, path, dtype=dtype, metadata=metadata)
 
     def param_count(self, config: UNetConfig) -> int:
         return _param_count(config)

@@ -76,15 +76,17 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, np.ndarray], source:
             target.copy_(value)
 
 
-def save_model(model: ReImagenUNet, path: str | Path, dtype: str = "float32") -> Path:
-    """One self-describing safetensors file: weights + the UNetConfig in its metadata.
-    ``dtype="float16"`` halves the file (shipped weights); loading casts back to float32."""
+def save_model(
+    model: ReImagenUNet, path: str | Path, dtype: str = "float32", metadata: dict | None = None
+) -> Path:
+    """One self-describing safetensors file: weights + the UNetConfig in its metadata (plus
+    ``metadata``, e.g. the text encoder). ``dtype="float16"`` halves the file (shipped
+    weights); loading casts back to float32."""
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     path = Path(path)
-    metadata = weights_metadata(model.config.to_json())
     tensors = {k: v.astype(dtype) for k, v in weights_to_numpy(model).items()}
-    atomic_save_safetensors(path, tensors, metadata=metadata)
+    atomic_save_safetensors(path, tensors, weights_metadata(model.config.to_json(), metadata))
     return path
 
 
