@@ -63,7 +63,8 @@ class ModelBackend:
         resume: bool = True,
         **options,
     ) -> TrainResult:
-        """Train (or resume) in ``run_dir``; ``options``: progress, callback."""
+        """Train (or resume) in ``run_dir``; ``options``: see the backend trainer (progress,
+        callback, workers, time_limit, and e.g. torch's device)."""
         return self._trainer_class.train(
             model_config, train_config, batch_source, run_dir, resume, **options
         )

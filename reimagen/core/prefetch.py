@@ -19,6 +19,7 @@ JAX trainer uses the same iterator.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import multiprocessing
 import os
@@ -58,7 +59,7 @@ def _pooled(source, start: int, stop: int, workers: int, compact: bool) -> Itera
         warm()  # fill the source's caches once, shared copy-on-write by every worker
     _SOURCE = source  # inherited by the forked workers; nothing of it is pickled
     pool = multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_threads)
-    work = _make_compact if compact else _make
+    work = functools.partial(_make, compact=compact)
     steps = iter(range(start, stop))
     pending: collections.deque = collections.deque()
     try:
@@ -81,12 +82,9 @@ def _quiet_threads() -> None:
         os.environ[name] = "1"
 
 
-def _make(step: int) -> Batch:
-    return _SOURCE.batch(step)
-
-
-def _make_compact(step: int) -> Batch:
-    return compact_batch(_SOURCE.batch(step))
+def _make(step: int, compact: bool) -> Batch:
+    batch = _SOURCE.batch(step)
+    return compact_batch(batch) if compact else batch
 
 
 def compact_batch(batch: Batch) -> Batch:

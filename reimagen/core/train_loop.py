@@ -275,8 +275,6 @@ class TrainLoop:
 
         config = self.config
         start_step = self.step
-        if start_step < config.steps:
-            check_batch(self.source.batch(start_step), self.model_config, config)
         log = JsonlLog(self.run_dir / LOG_FILE)
         log.write({"event": "start", "step": start_step, "resumed": self.checkpoint is not None})
         bar = tqdm(
@@ -290,9 +288,11 @@ class TrainLoop:
         stream = prefetch.batches(
             self.source, start_step, config.steps, workers=self.workers, compact=self.workers > 0
         )
-        with self._loop_context():
+        with self._loop_context(), contextlib.closing(stream):  # closing: stops the workers
             tick = time.perf_counter()
             for batch in stream:
+                if self.step == start_step:  # one-line errors before any update
+                    check_batch(batch, self.model_config, config)
                 loss, grad_norm = self.train_step(batch)
                 now = time.perf_counter()
                 window.add(loss, grad_norm, config.batch_size, now - tick)
@@ -314,7 +314,6 @@ class TrainLoop:
                 if out_of_time:
                     log.write({"event": "time-limit", "step": self.step, "seconds": now - started})
                     break
-            stream.close()  # stops the prefetch workers
         bar.close()
         seconds = time.perf_counter() - started
         done = self.step - start_step
