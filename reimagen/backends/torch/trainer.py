@@ -48,6 +48,7 @@ from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch import distributed as dist
 from reimagen.backends.torch.denoiser import autocast, text_inputs
 from reimagen.backends.torch.unet import NeighborInputs, build_unet
+from reimagen.core.interfaces import TextEncoding
 from reimagen.core.schedule import CosineSchedule
 from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this module's callers)
     ADAM_BETAS,
@@ -130,19 +131,14 @@ def shard_batch(batch: Batch, rank: int, world_size: int) -> Batch:
     check_world_size(batch.size, world_size)
     b = batch.size // world_size
     rows = slice(rank * b, (rank + 1) * b)
-    take = lambda a: None if a is None else a[rows]
+
+    def take(value):  # every Batch field is per-row: an array, a TextEncoding or None
+        if value is None:
+            return None
+        return value.take(rows) if isinstance(value, TextEncoding) else value[rows]
+
     return attrs.evolve(
-        batch,
-        images=batch.images[rows],
-        text=batch.text.take(rows),
-        neighbor_images=batch.neighbor_images[rows],
-        neighbor_text=batch.neighbor_text.take(rows),
-        t=batch.t[rows],
-        noise=batch.noise[rows],
-        use_text=batch.use_text[rows],
-        use_neighbors=batch.use_neighbors[rows],
-        lowres=take(batch.lowres),
-        aug_level=take(batch.aug_level),
+        batch, **{field.name: take(getattr(batch, field.name)) for field in attrs.fields(Batch)}
     )
 
 
