@@ -67,7 +67,7 @@ def make_examples(rng, kb, split, tier: str, n: int, k: int, setting: str):
 
 def epsilon_errors(model, encoder, kb, targets, prompts, rows_by_condition, seed: int = 0):
     """{condition: mean ε-MSE over the examples and T_VALUES}; conditions map to rows [n, K]
-    or None (neighbours dropped)."""
+    or None (neighbours dropped: the first condition's rows are passed but masked out)."""
     import torch
 
     from reimagen.backends.torch.trainer import model_kwargs
@@ -75,25 +75,29 @@ def epsilon_errors(model, encoder, kb, targets, prompts, rows_by_condition, seed
     from reimagen.pipeline import encode_neighbors_text
 
     n = len(prompts)
+    shown = next(rows for rows in rows_by_condition.values() if rows is not None)
+    neighbors = {}  # condition -> (images [n, K, 32, 32, 3], captions, use_neighbors [n])
+    for condition, rows in rows_by_condition.items():
+        rows = shown if rows is None else rows
+        images = kb.rgb(rows.reshape(-1), size=32).reshape(*rows.shape, 32, 32, 3)
+        use = np.full(n, rows_by_condition[condition] is not None)
+        neighbors[condition] = (images.astype(np.float32), encode_neighbors_text(encoder, kb, rows), use)
     text = encoder.encode(prompts)
     rng = np.random.default_rng((seed, 1))
     schedule = CosineSchedule()
     totals = dict.fromkeys(rows_by_condition, 0.0)
     for t_value in T_VALUES:
-        noise = rng.standard_normal(targets.shape, dtype=np.float32)
-        for condition, rows in rows_by_condition.items():
-            use_rows = next(r for r in rows_by_condition.values() if r is not None)
-            rows_here = use_rows if rows is None else rows
+        noise = rng.standard_normal(targets.shape, dtype=np.float32)  # the same for all conditions
+        for condition, (images, captions, use) in neighbors.items():
             batch = Batch(
                 images=targets,
                 text=text,
-                neighbor_images=kb.rgb(rows_here.reshape(-1), size=32).reshape(
-                    *rows_here.shape, 32, 32, 3).astype(np.float32),
-                neighbor_text=encode_neighbors_text(encoder, kb, rows_here),
+                neighbor_images=images,
+                neighbor_text=captions,
                 t=np.full(n, t_value, np.float32),
                 noise=noise,
                 use_text=np.ones(n, bool),
-                use_neighbors=np.full(n, rows is not None),
+                use_neighbors=use,
             )
             with torch.no_grad():
                 eps = model(**model_kwargs(batch, schedule)).float().numpy()
