@@ -93,15 +93,20 @@ class BM25Retriever(ViewRetriever):
         scores[:, n_docs:] = -np.inf
         return scores
 
-    def _build(self, texts: list[str]) -> None:
-        import bm25s
-
+    def indexable_tokens(self, texts: list[str]) -> list[list[str]]:
+        """The captions' tokens; a one-line error when none has an indexable word."""
         tokens = self.tokenize(texts)
         if not any(tokens):
             raise ValueError(
                 f"none of the {len(texts)} captions has an indexable word (bm25 keeps words of "
                 "2+ characters that are not stop words)"
             )
+        return tokens
+
+    def _build(self, texts: list[str]) -> None:
+        import bm25s
+
+        tokens = self.indexable_tokens(texts)
         bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method, backend="numpy")
         bm25.index(tokens, show_progress=False)
         self._bm25 = bm25

@@ -546,12 +546,7 @@ class ShardedBM25Retriever(_MmapLoad, BM25Retriever):
         return self._index.scores(self.tokenize([query]))[0].astype(np.float32)
 
     def _build(self, texts: list[str]) -> None:
-        tokens = self.tokenize(texts)
-        if not any(tokens):
-            raise ValueError(
-                f"none of the {len(texts)} captions has an indexable word (bm25 keeps words of "
-                "2+ characters that are not stop words)"
-            )
+        tokens = self.indexable_tokens(texts)
         self._index = ShardedBM25(self.k1, self.b, self.method, self.mode).build(
             tokens, self.shards
         )
