@@ -19,13 +19,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from toys import toy_kb, toy_pipeline
 
 from reimagen.cascade import Cascade, Stage
 from reimagen.cli.main import main
 from reimagen.core import registry
 from reimagen.core.generation import SamplingConfig
 from reimagen.core.interfaces import SamplerNoise
-from reimagen.core.knowledge_base import build_knowledge_base
 from reimagen.core.unet_config import PRESETS
 from reimagen.distributed_generation import (
     _check_complete,
@@ -33,7 +33,6 @@ from reimagen.distributed_generation import (
     micro_batches,
     shard_indices,
 )
-from reimagen.pipeline import Pipeline
 
 PROMPTS = ["a red apple", "a robot", "a rocket in the top left", "a green cactus", "an anchor"]
 SR_CONFIG = PRESETS["tiny"].replace(
@@ -102,24 +101,10 @@ def test_sample_noise_depends_on_seed_and_global_index_only():
 
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    items = []
-    for i, word in enumerate(["apple", "robot", "rocket", "cactus", "violin", "anchor"]):
-        image = np.zeros((16, 16, 4), np.uint8)
-        image[..., :3] = rng.integers(0, 255, 3, dtype=np.uint8)
-        image[4:12, 4:12, 3] = 255
-        items.append((f"folder/{i}", f"a drawing of a {word}", "folder", "", image))
-    return build_knowledge_base(items, tmp_path_factory.mktemp("kb") / "kb", resolution=16,
-                                progress=False)
+    return toy_kb(tmp_path_factory.mktemp("kb") / "kb")
 
 
-def _pipeline(kb, config, retriever=None):
-    backend = registry.get("backend", "torch")()
-    return Pipeline(
-        model=backend.build_model(config, seed=0), backend=backend,
-        encoder=registry.get("encoder", "hash")(), kb=kb, retriever=retriever,
-        image_size=config.image_size, lowres_size=config.lowres_size,
-    )
+_pipeline = toy_pipeline
 
 
 def test_cascade_split_into_micro_batches_matches_one_batch_here(kb):
@@ -131,7 +116,7 @@ def test_cascade_split_into_micro_batches_matches_one_batch_here(kb):
     torch.set_num_threads(1)
     try:
         retriever = registry.get("retriever", "bm25")().fit(kb)
-        cascade = Cascade([Stage("base", _pipeline(kb, PRESETS["tiny"], retriever), FAST, k=2),
+        cascade = Cascade([Stage("base", _pipeline(kb, PRESETS["tiny"], retriever=retriever), FAST, k=2),
                            Stage("sr", _pipeline(kb, SR_CONFIG), FAST.replace(aug_level=0.1),
                                  k=1)])
         whole = cascade.generate(PROMPTS, seed=3)

@@ -2,38 +2,22 @@
 
 import numpy as np
 import pytest
+from toys import toy_kb, toy_pipeline
 
 from reimagen.cascade import Cascade, CascadeError, Stage
 from reimagen.core import registry
 from reimagen.core.generation import SamplingConfig
-from reimagen.core.knowledge_base import build_knowledge_base
 from reimagen.core.unet_config import PRESETS
-from reimagen.pipeline import Pipeline
 
 SR_TINY = PRESETS["tiny"].replace(cond_image_channels=3, lowres_size=8)
 
 
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    words = ["apple", "robot", "rocket", "cactus", "violin", "anchor"]
-    items = []
-    for i, word in enumerate(words):
-        image = np.zeros((16, 16, 4), np.uint8)
-        image[..., :3] = rng.integers(0, 255, 3, dtype=np.uint8)
-        image[4:12, 4:12, 3] = 255
-        items.append((f"folder/{i}", f"a drawing of a {word}", "folder", "", image))
-    return build_knowledge_base(items, tmp_path_factory.mktemp("kb") / "kb", resolution=16,
-                                progress=False)
+    return toy_kb(tmp_path_factory.mktemp("kb") / "kb")
 
 
-def _pipeline(kb, config, seed=0, retriever=None):
-    backend = registry.get("backend", "torch")()
-    return Pipeline(
-        model=backend.build_model(config, seed=seed), backend=backend,
-        encoder=registry.get("encoder", "hash")(), kb=kb, retriever=retriever,
-        image_size=config.image_size, lowres_size=config.lowres_size,
-    )
+_pipeline = toy_pipeline
 
 
 FAST = SamplingConfig(sampler="ddim", steps=3, guidance="interleaved", eta=0.5)

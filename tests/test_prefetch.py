@@ -24,6 +24,7 @@ from test_torch_trainer import (
     SyntheticSource,
     assert_same_state,
     config,
+    one_thread,  # noqa: F401  (autouse: one torch thread for this module too)
 )
 
 from reimagen.backends.torch import checkpoint as ckpt
@@ -33,14 +34,6 @@ from reimagen.core import checkpoint as core_checkpoint
 from reimagen.core import prefetch
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.schedule import CosineSchedule
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_same_batch(a, b) -> None:

@@ -1,0 +1,35 @@
+"""Toy parts several test files share: a six-item folder knowledge base and tiny pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from reimagen.core import registry
+from reimagen.core.knowledge_base import build_knowledge_base
+from reimagen.pipeline import Pipeline
+
+WORDS = ("apple", "robot", "rocket", "cactus", "violin", "anchor")
+
+
+def toy_kb(folder: Path):
+    """Six 16×16 RGBA squares of random colour, captioned "a drawing of a <word>"."""
+    rng = np.random.default_rng(0)
+    items = []
+    for i, word in enumerate(WORDS):
+        image = np.zeros((16, 16, 4), np.uint8)
+        image[..., :3] = rng.integers(0, 255, 3, dtype=np.uint8)
+        image[4:12, 4:12, 3] = 255
+        items.append((f"folder/{i}", f"a drawing of a {word}", "folder", "", image))
+    return build_knowledge_base(items, folder, resolution=16, progress=False)
+
+
+def toy_pipeline(kb, config, seed=0, retriever=None) -> Pipeline:
+    """A torch Pipeline around a freshly initialised network of ``config``, hash encoder."""
+    backend = registry.get("backend", "torch")()
+    return Pipeline(
+        model=backend.build_model(config, seed=seed), backend=backend,
+        encoder=registry.get("encoder", "hash")(), kb=kb, retriever=retriever,
+        image_size=config.image_size, lowres_size=config.lowres_size,
+    )
