@@ -25,6 +25,7 @@ from test_torch_trainer import (
     assert_same_state,
     config,
     one_thread,  # noqa: F401  (autouse: one torch thread for this module too)
+    reference,  # noqa: F401  (the uninterrupted N_STEPS run)
 )
 
 from reimagen.backends.torch import checkpoint as ckpt
@@ -117,7 +118,7 @@ def test_bad_workers_are_refused():
         list(prefetch.batches(SyntheticSource(), 0, 2, workers=-1))
 
 
-def test_time_limit_stops_early_and_the_resumed_run_is_bit_identical(tmp_path, reference):
+def test_time_limit_stops_early_and_the_resumed_run_is_bit_identical(tmp_path, reference):  # noqa: F811
     run_dir = tmp_path / "run"
     first = train(TINY, config(N_STEPS), SyntheticSource(), run_dir, progress=False,
                   time_limit=1e-9)
@@ -127,13 +128,6 @@ def test_time_limit_stops_early_and_the_resumed_run_is_bit_identical(tmp_path, r
     assert ckpt.read_checkpoint(ckpt.latest_checkpoint(run_dir)).step == 1
     train(TINY, config(N_STEPS), SyntheticSource(), run_dir, progress=False)
     assert_same_state(run_dir, reference)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("reference")
-    train(TINY, config(N_STEPS), SyntheticSource(), run_dir, progress=False)
-    return ckpt.read_checkpoint(ckpt.latest_checkpoint(run_dir))
 
 
 def test_time_limit_must_be_positive(tmp_path):
