@@ -7,7 +7,7 @@ GPU machine has no bm25s to rebuild them). The hash text encoder needs no weight
 
     .venv/bin/python scripts/make_gpu_pack.py        # -> .gpupack/ (git-ignored)
 
-Also a snapshot of the committed source (``git archive HEAD reimagen scripts`` into
+Also a snapshot of the committed source (``git archive HEAD reimagen scripts``, less the shipped weights, into
 .gpupack/src), so the run uses exactly a commit, not whatever the working tree holds:
     PACK=$PWD/.gpupack OUT=... bash .gpupack/src/scripts/train_gpu.sh
 """
@@ -46,7 +46,10 @@ def main() -> int:
         shutil.copyfileobj(raw, packed, 1 << 20)
     snapshot = ROOT / ".gpupack" / "src"
     shutil.rmtree(snapshot, ignore_errors=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "reimagen", "scripts"],
+    # Not the shipped weights (30 MB): training does not read them, and the upload is 64 MiB
+    # (a lease that continues them carries its INIT folder separately).
+    paths = ["reimagen", "scripts", ":(exclude)reimagen/assets/weights"]
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", *paths],
                              check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(snapshot, filter="data")

@@ -6,6 +6,8 @@
 # Prepare here:  .venv/bin/python scripts/make_gpu_pack.py     (the KB without images/, ~16 MiB)
 # Run there:     OUT=/some/dir MINUTES=7.6 bash scripts/train_gpu.sh
 # Second lease:  STAGES=base WORKERS=12 INIT=<folder of the first lease's exports> ...
+# Continue the shipped weights: INIT=$PWD/reimagen/assets/weights (tracked, so they travel;
+#                 the tree (36 MB) + .gpupack (19 MB) fit the 64 MiB upload)
 #                (the repo tree + .gpupack; needs python3 with torch, numpy, attrs, pluggy,
 #                 safetensors, tqdm, Pillow; no reimagen install, no network)
 set -euo pipefail
