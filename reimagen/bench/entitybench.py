@@ -299,7 +299,8 @@ class BenchRunner:
     """Generates and scores rows over one prompt set.
 
     pipelines: network name -> reimagen.pipeline.Pipeline; retrievers: setting -> a fitted
-    retriever over that view of the pipelines' knowledge base; evaluator: the judge."""
+    retriever over that view of the pipelines' knowledge base; evaluator: the judge. Prompt i
+    is sampled from the noise of (seed, i), so the images do not depend on ``batch_size``."""
 
     def __init__(
         self,
@@ -389,14 +390,16 @@ class BenchRunner:
         n = len(self.prompts)
         rows = self.neighbors(row.setting, row.k) if row.k else np.zeros((n, 0), np.int64)
         images, seconds, nfe = [], 0.0, 0
-        for b, start in enumerate(range(0, n, self.batch_size)):
+        for start in range(0, n, self.batch_size):
             chunk = slice(start, start + self.batch_size)
+            prompts = [p.prompt for p in self.prompts[chunk]]
             out = pipeline.generate(
-                [p.prompt for p in self.prompts[chunk]],
+                prompts,
                 k=row.k,
                 sampling=row.sampling,
-                seed=self.seed + b,
+                seed=self.seed,
                 neighbor_rows=rows[chunk],
+                indices=range(start, start + len(prompts)),  # noise of prompt i: (seed, i)
             )
             images.append(out.images)
             seconds, nfe = seconds + out.seconds, out.nfe
