@@ -79,3 +79,19 @@ def test_errors_depend_only_on_the_neighbours_given(kb, split):
     assert first["a"] == first["b"]  # the same rows, the same error
     assert first["none"] == second["none"]  # dropped neighbours: whatever rows are passed
     assert first["a"] != second["a"]  # a network with live neighbour paths reads them
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tiers", "frequent,common"], "--tiers: unknown ['common']; allowed: frequent, rare, unseen"),
+        (["--n", "0"], "--n and --k must be >= 1, got --n 0 --k 2"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line_before_loading(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        ns.main([*argv, "--weights", str(tmp_path / "missing.safetensors"),
+                 "--json", str(tmp_path / "rows.json")])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "rows.json").exists()

@@ -6,7 +6,9 @@ its neighbours predicts ε better with the right ones.
 
 Same noise, same t and same prompt in all three conditions; only the neighbours change.
 
-    python -m reimagen.bench.neighbor_signal [--n 256] [--tiers frequent,unseen]
+    python -m reimagen.bench.neighbor_signal [--n 256] [--tiers frequent,unseen] [--json F]
+
+prints a markdown table; ``--json F`` also writes the rows to F (atomically).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
+from reimagen.core.io import atomic_write_text
 from reimagen.core.training import Batch
 from reimagen.data import scenes as sc
 from reimagen.data.splits import TARGET_ARTIST
@@ -143,18 +147,22 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--tiers", default="frequent,unseen")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     tiers = tuple(args.tiers.split(","))
     bad = [t for t in tiers if t not in TIER_SEED]
-    if bad or args.n < 1 or args.k < 1:
-        parser.error(f"--tiers from {', '.join(TIER_SEED)}; --n and --k >= 1 (got {args})")
+    if bad:
+        parser.error(f"--tiers: unknown {bad}; allowed: {', '.join(TIER_SEED)}")
+    if args.n < 1 or args.k < 1:
+        parser.error(f"--n and --k must be >= 1, got --n {args.n} --k {args.k}")
     rows = measure(args.weights, tiers=tiers, n=args.n, k=args.k, seed=args.seed)
     print("| tier | setting | ε-MSE right | wrong | none | right vs wrong |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['tier']} | {r['setting']} | {r['right']:.4f} | {r['wrong']:.4f} | "
               f"{r['none']:.4f} | {100 * r['gain']:+.1f}% |")
-    json.dump(rows, sys.stderr)
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
     return 0
 
 
