@@ -35,6 +35,8 @@ train() {
   local stage=$1; shift
   local init=()
   [ -n "${INIT:-}" ] && init=(--init-from "$INIT/$stage.safetensors")
+  # DATA: training-recipe overrides (DataConfig fields), e.g. DATA=p_same_style=0.75,p_drop_name=0.75
+  [ -n "${DATA:-}" ] && init+=(--data "$DATA")
   "$PY" -m reimagen.cli.main train --stage "$stage" --device "$DEVICE" \
     --threads 2 --time-limit "$MINUTES" --steps 1000000 --checkpoint-every 1000 \
     --kb "$KB" --no-verify-kb --encoder hash --run-dir "$RUNS/$stage" "${init[@]}" \

@@ -175,15 +175,62 @@ def test_cuda_without_a_gpu_is_refused():
     assert resolve_device("auto") == "cpu"
 
 
-def test_a_run_keeps_the_text_encoder_it_started_with(tmp_path):
+def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
     from reimagen.cli.main import UserError
-    from reimagen.cli.train import RUN_FILE, run_encoder
+    from reimagen.cli.train import RUN_FILE, parse_data_overrides, run_facts
+    from reimagen.data.training_data import DataConfig
 
     run_dir = tmp_path / "run"
-    assert run_encoder(run_dir, None, record=False) == "hash"  # export-only writes nothing
+    # export-only writes nothing
+    assert run_facts(run_dir, None, None, record=False) == ("hash", DataConfig())
     assert not (run_dir / RUN_FILE).exists()
-    assert run_encoder(run_dir, "minilm") == "minilm"  # recorded at the first start
-    assert run_encoder(run_dir, None) == "minilm"  # a resume without the flag keeps it
+    recipe = parse_data_overrides("p_same_style=0.75, p_drop_name=1,retriever=bm25")
+    assert recipe == {"p_same_style": 0.75, "p_drop_name": 1.0, "retriever": "bm25"}
+    assert type(recipe["p_drop_name"]) is float
+    started = run_facts(run_dir, "minilm", recipe)  # recorded at the first start
+    assert started == ("minilm", DataConfig(p_same_style=0.75, p_drop_name=1.0))
+    assert run_facts(run_dir, None, None) == started  # a resume without the flags keeps both
+    assert run_facts(run_dir, None, {"p_drop_name": 1.0, "p_same_style": 0.75}) == started
     with pytest.raises(UserError, match="--encoder hash: the run in .* was trained with "
                                         "--encoder minilm"):
-        run_encoder(run_dir, "hash")
+        run_facts(run_dir, "hash", None)
+    with pytest.raises(UserError, match=r"--data: the run in .* was trained with another "
+                                        r"recipe \(p_drop_name=1.0, p_same_style=0.75\)"):
+        run_facts(run_dir, None, {})
+    # a run.json from before the recipe was recorded ran the defaults
+    (run_dir / RUN_FILE).write_text('{"encoder": "hash"}\n')
+    assert run_facts(run_dir, None, None) == ("hash", DataConfig())
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("p_same_style", "--data: expected KEY=VALUE items separated by commas, got 'p_same_style'"),
+        ("p_same=0.5", "--data: DataConfig: unknown key(s) p_same; allowed: pool_size"),
+        ("p_same_style=1.5", "--data: DataConfig.p_same_style must be in [0.0, 1.0], got 1.5"),
+    ],
+)
+def test_bad_data_overrides_are_named_in_one_line(text, message):
+    from reimagen.cli.main import UserError
+    from reimagen.cli.train import parse_data_overrides
+
+    with pytest.raises(UserError) as err:
+        parse_data_overrides(text)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_train_cli_refuses_bad_or_changed_recipes_before_any_work(tmp_path, capsys):
+    from reimagen.cli.main import main
+    from reimagen.cli.train import RUN_FILE
+
+    run_dir = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--steps", "1", "--run-dir", str(run_dir)]
+    assert main([*args, "--data", "p_same=0.5"]) == 2
+    assert "--data: DataConfig: unknown key(s) p_same" in capsys.readouterr().err
+    assert not run_dir.exists()
+    run_dir.mkdir()
+    recorded = '{"encoder": "hash", "data": {"p_same_style": 1.0}}\n'
+    (run_dir / RUN_FILE).write_text(recorded)
+    assert main([*args, "--data", "p_same_style=0.5"]) == 2
+    assert "was trained with another recipe (p_same_style=1.0)" in capsys.readouterr().err
+    assert (run_dir / RUN_FILE).read_text() == recorded and len(list(run_dir.iterdir())) == 1

@@ -48,6 +48,10 @@ def add_parser(subparsers):
                         "its images/ folder, e.g. to a GPU machine)")
     parser.add_argument("--encoder", default=None,
                         help="registered text encoder name (default: the run's, else hash)")
+    parser.add_argument("--data", default=None, metavar="KEY=VALUE,...",
+                        help="training-recipe overrides, fields of reimagen.data.training_data."
+                        "DataConfig, e.g. p_same_style=0.75,p_drop_name=0.75 (default: the "
+                        "run's, else the DataConfig defaults)")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--device", default="cpu", help="torch: cpu | cuda[:N] | auto")
     parser.add_argument("--workers", type=int, default=0,
@@ -85,7 +89,9 @@ def run(args) -> int:
     export = _export_path(args)
     if args.encoder:
         registry.get("encoder", args.encoder)
-    encoder = run_encoder(run_dir, args.encoder, record=False)  # checked; recorded below
+    overrides = parse_data_overrides(args.data)
+    # checked here; recorded below, once every other check has passed
+    encoder, data = run_facts(run_dir, args.encoder, overrides, record=False)
     if args.export_only:
         return _export(backend, run_dir, export or _export_path_default(args.stage), encoder)
     options = {**_loop_options(args, backend),
@@ -98,12 +104,12 @@ def run(args) -> int:
     if rank > 0:
         _barrier()
     kb = open_kb(args.kb, verify=args.verify_kb)
-    source = make_batch_source(args.stage, kb, encoder, config, model_config)
+    source = make_batch_source(args.stage, kb, encoder, config, model_config, data)
     if args.distributed and rank == 0:
         _barrier()
     print(f"training {args.stage} ({preset}, {backend.param_count(model_config) / 1e6:.2f}M "
           f"params, K={k}) into {run_dir}")
-    run_encoder(run_dir, encoder)  # every check passed: the run starts (or resumes) here
+    run_facts(run_dir, encoder, overrides)  # every check passed: the run starts (or resumes)
     result = backend.train(model_config, config, source, run_dir, resume=True, **options)
     print(result)
     if export and rank == 0:
@@ -185,7 +191,8 @@ def _loop_options(args, backend) -> dict:
     return options
 
 
-def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config):
+def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config,
+                      data=None):
     from reimagen.data.splits import load_split
     from reimagen.data.training_data import EmojiBatchSource, SRBatchSource
     from reimagen.encoders.table import EncodingTable
@@ -193,10 +200,11 @@ def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, mo
     encoder = registry.get("encoder", encoder_name)()
     split = load_split()
     if stage == "sr":
-        source = SRBatchSource(kb, split, encoder, config, image_size=model_config.image_size,
+        source = SRBatchSource(kb, split, encoder, config, data,
+                               image_size=model_config.image_size,
                                lowres_size=model_config.lowres_size, progress=True)
     else:
-        source = EmojiBatchSource(kb, split, encoder, config,
+        source = EmojiBatchSource(kb, split, encoder, config, data,
                                   image_size=model_config.image_size, progress=True)
     # Every prompt comes from the fixed pool: encode them all once (a training step then
     # spends no time in the text encoder).
@@ -225,30 +233,75 @@ def _export_path(args) -> Path | None:
     return _export_path_default(args.stage) if str(args.export) == "-" else args.export
 
 
-RUN_FILE = "run.json"  # facts of a run that its checkpoints do not hold: the text encoder
+RUN_FILE = "run.json"  # facts of a run that its checkpoints do not hold: encoder, recipe
 DEFAULT_ENCODER = "hash"  # see the module docstring
 
 
-def run_encoder(run_dir: Path, requested: str | None, record: bool = True) -> str:
-    """The text encoder of the run in ``run_dir``. run.json records it at the run's first start;
-    asking a recorded run for another one is refused (its prompts would be encoded
-    differently). ``requested`` None: the recorded one, else DEFAULT_ENCODER."""
+def parse_data_overrides(text: str | None) -> dict | None:
+    """``--data "p_same_style=0.75,p_drop_name=0.75"`` -> {field: value}, each value read as
+    JSON where it parses (numbers, true/false) and as a string otherwise; None without the flag.
+    The keys and values are checked against DataConfig here, before any heavy work."""
+    import json
+
+    import attrs
+
+    from reimagen.core.config import ConfigError
+    from reimagen.data.training_data import DataConfig
+
+    if text is None:
+        return None
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--data: expected KEY=VALUE items separated by commas, got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    fields = attrs.fields_dict(DataConfig)
+    for key, value in overrides.items():  # "1" for a probability is the float 1.0
+        if key in fields and isinstance(fields[key].default, float) and type(value) is int:
+            overrides[key] = float(value)
+    try:
+        DataConfig.from_dict(overrides)
+    except ConfigError as err:
+        raise UserError(f"--data: {err}") from None
+    return overrides
+
+
+def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: bool = True):
+    """(text encoder name, DataConfig) of the run in ``run_dir``. run.json records both at the
+    run's first start; a resume that asks for another encoder or recipe is refused (its batches
+    would differ from the ones the checkpoints were trained on). None: the recorded value, else
+    DEFAULT_ENCODER / the DataConfig defaults. A run.json without "data" (written before the
+    recipe was recorded) ran the defaults."""
     import json
 
     from reimagen.core.io import atomic_write_text
+    from reimagen.data.training_data import DataConfig
 
     path = Path(run_dir) / RUN_FILE
+    requested = None if data is None else DataConfig.from_dict(data)
     if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))["encoder"]
-        if requested not in (None, recorded):
-            raise UserError(f"--encoder {requested}: the run in {run_dir} was trained with "
-                            f"--encoder {recorded}")
-        return recorded
-    encoder = requested or DEFAULT_ENCODER
+        facts = json.loads(path.read_text(encoding="utf-8"))
+        recorded_encoder = facts["encoder"]
+        recorded_data = DataConfig.from_dict(facts.get("data", {}))
+        if encoder not in (None, recorded_encoder):
+            raise UserError(f"--encoder {encoder}: the run in {run_dir} was trained with "
+                            f"--encoder {recorded_encoder}")
+        if requested not in (None, recorded_data):
+            changed = sorted(k for k, v in requested.to_dict().items()
+                             if recorded_data.to_dict()[k] != v)
+            raise UserError(f"--data: the run in {run_dir} was trained with another recipe "
+                            f"({', '.join(f'{k}={recorded_data.to_dict()[k]}' for k in changed)})")
+        return recorded_encoder, recorded_data
+    encoder = encoder or DEFAULT_ENCODER
+    requested = requested or DataConfig()
     if record:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"encoder": encoder}) + "\n")
-    return encoder
+        atomic_write_text(path, json.dumps({"encoder": encoder, "data": requested.to_dict()}) + "\n")
+    return encoder, requested
 
 
 def _export(backend, run_dir: Path, path: Path, encoder: str) -> int:
