@@ -290,6 +290,8 @@ def test_ablate_quick_writes_tables_and_plots(tiny, tmp_path, capsys):
             "ddpm@2,dpmpp2m@2",
             "--k-ref",
             "1",
+            "--w-neighbors-sweep",
+            "1,7",
             *_common(tiny, out),
         ]
     )
@@ -298,6 +300,9 @@ def test_ablate_quick_writes_tables_and_plots(tiny, tmp_path, capsys):
     assert [r["label"] for r in blob["sections"]["k"]] == ["K=0", "K=1"]
     assert [r["sampling"]["eta"] for r in blob["sections"]["eta"]] == [0.0, 1.0]
     assert [r["nfe"] for r in blob["sections"]["guidance"]] == [2 * 4, 2 * 4]  # 2 passes/step
+    assert [(r["label"], r["sampling"]["guidance"], r["sampling"]["w_neighbors"])
+            for r in blob["sections"]["w_neighbors"]] == [
+        ("w_n=1", "interleaved", 1.0), ("w_n=7", "interleaved", 7.0)]
     assert [
         (r["sampling"]["sampler"], r["sampling"]["steps"]) for r in blob["sections"]["sampler"]
     ] == [("ddpm", 2), ("dpmpp2m", 2)]
@@ -307,6 +312,9 @@ def test_ablate_quick_writes_tables_and_plots(tiny, tmp_path, capsys):
     assert "## Interleave ratio η (paper Fig. 8)" in (out / "results.md").read_text()
     assert main(["ablate", "--samplers", "ddpm", *_common(tiny, tmp_path / "x")]) == 2
     assert "NAME@STEPS" in capsys.readouterr().err
+    assert main(["ablate", "--w-neighbors-sweep", "0.5,3", *_common(tiny, tmp_path / "x")]) == 2
+    assert "--w-neighbors-sweep values must be >= 1, got (0.5, 3.0)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bench_images_depend_on_the_seed_and_not_on_the_batch_size(tiny, judge, split):

@@ -1,4 +1,5 @@
-"""Ablations on EntityBench: K (paper Fig. 7), η (Fig. 8), guidance strategy (App. E), sampler.
+"""Ablations on EntityBench: K (paper Fig. 7), η (Fig. 8), guidance strategy and neighbour
+guidance weight (App. E), sampler.
 
 Each sweep is a list of :class:`~reimagen.bench.entitybench.Row` that differ from a reference
 row (the base network, K=``k_ref`` neighbours, the given sampling) in one thing only, run by a
@@ -11,6 +12,9 @@ atomically.
 * η ∈ {0, .25, .5, .75, 1} with interleaved guidance (Eq. 6): the share of steps that take the
   text-enhanced ε̂_p. Paper: lower η, more entity fidelity but less text alignment.
 * guidance ∈ {joint, weighted, interleaved} (App. E; 2, 3 and 2 network passes per step).
+* w_n ∈ {1, 3, 7, 15}: the neighbour guidance weight of the interleaved ε̂_n steps (Eq. 6;
+  the paper samples its 64×64 stage at w=30). A larger w_n extrapolates further along
+  ε(x|p,n) − ε(x|p), the part of the prediction the neighbours change.
 * samplers: ddpm@256 (paper Eq. 4, the paper's step count) vs dpmpp2m@25, with wall time.
 """
 
@@ -24,7 +28,7 @@ import attrs
 from reimagen.bench.entitybench import NO_RETRIEVAL, TIERS, Row, RowResult
 from reimagen.core.generation import SamplingConfig
 
-SECTIONS = ("k", "eta", "guidance", "sampler")
+SECTIONS = ("k", "eta", "guidance", "w_neighbors", "sampler")
 
 
 @attrs.frozen(kw_only=True)
@@ -34,12 +38,14 @@ class Sweep:
     ks: tuple[int, ...] = (0, 1, 2, 3, 4)
     etas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     guidances: tuple[str, ...] = ("joint", "weighted", "interleaved")
+    w_neighbors: tuple[float, ...] = (1.0, 3.0, 7.0, 15.0)
     samplers: tuple[tuple[str, int], ...] = (("ddpm", 256), ("dpmpp2m", 25))
     k_ref: int = 2  # K of every sweep but the K sweep
 
 
 FULL = Sweep()
-QUICK = Sweep(ks=(0, 1, 2), etas=(0.0, 0.5, 1.0), samplers=(("ddpm", 16), ("dpmpp2m", 4)))
+QUICK = Sweep(ks=(0, 1, 2), etas=(0.0, 0.5, 1.0), w_neighbors=(1.0, 7.0),
+              samplers=(("ddpm", 16), ("dpmpp2m", 4)))
 
 
 def parse_samplers(text: str) -> tuple[tuple[str, int], ...]:
@@ -73,6 +79,10 @@ def sweep_rows(sweep: Sweep, sampling: SamplingConfig, setting: str) -> dict[str
         "k": [row(f"K={k}", k, sampling if k else no_neighbours) for k in sweep.ks],
         "eta": [row(f"η={eta:g}", sweep.k_ref, interleaved.replace(eta=eta)) for eta in sweep.etas],
         "guidance": [row(g, sweep.k_ref, sampling.replace(guidance=g)) for g in sweep.guidances],
+        "w_neighbors": [
+            row(f"w_n={w:g}", sweep.k_ref, interleaved.replace(w_neighbors=w))
+            for w in sweep.w_neighbors
+        ],
         "sampler": [
             row(f"{name}@{steps}", sweep.k_ref, sampling.replace(sampler=name, steps=steps))
             for name, steps in sweep.samplers

@@ -28,6 +28,7 @@ TITLES = {
     "k": "Number of neighbours K (paper Fig. 7)",
     "eta": "Interleave ratio η (paper Fig. 8)",
     "guidance": "Guidance strategy (paper App. E)",
+    "w_neighbors": "Neighbour guidance weight w_n, interleaved (paper Eq. 6, App. E)",
     "sampler": "Sampler and step count",
 }
 QUICK_N, QUICK_STEPS = 2, 4
@@ -50,6 +51,10 @@ def add_parser(subparsers):
     parser.add_argument("--etas", default=None, help="η values (default 0,0.25,0.5,0.75,1)")
     parser.add_argument(
         "--guidances", default=None, help="strategies (default joint,weighted,interleaved)"
+    )
+    parser.add_argument(
+        "--w-neighbors-sweep", default=None, metavar="W,...",
+        help="neighbour guidance weights w_n >= 1 (default 1,3,7,15)",
     )
     parser.add_argument(
         "--samplers", default=None, help="NAME@STEPS list (default ddpm@256,dpmpp2m@25)"
@@ -81,6 +86,10 @@ def make_sweep(args):
         changes["etas"] = tuple(comma_list(args.etas, "--etas", cast=float))
     if args.guidances is not None:
         changes["guidances"] = tuple(comma_list(args.guidances, "--guidances"))
+    if args.w_neighbors_sweep is not None:
+        changes["w_neighbors"] = tuple(
+            comma_list(args.w_neighbors_sweep, "--w-neighbors-sweep", cast=float)
+        )
     if args.samplers is not None:
         try:
             changes["samplers"] = parse_samplers(args.samplers)
@@ -93,6 +102,8 @@ def make_sweep(args):
         raise UserError(f"--ks must be >= 0 and --k-ref >= 1, got {sweep.ks} and {sweep.k_ref}")
     if any(not 0.0 <= eta <= 1.0 for eta in sweep.etas):
         raise UserError(f"--etas must lie in [0, 1], got {sweep.etas}")
+    if any(not w >= 1.0 for w in sweep.w_neighbors):  # SamplingConfig.w_neighbors >= 1
+        raise UserError(f"--w-neighbors-sweep values must be >= 1, got {sweep.w_neighbors}")
     for name in sweep.guidances:
         registry.get("guidance", name)
     for name, _ in sweep.samplers:
