@@ -37,6 +37,8 @@ def add_parser(subparsers):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--k", type=int, default=2, help="neighbours per example (base, sr)")
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--warmup", type=int, default=500,
+                        help="linear learning-rate warm-up steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast (AMX on this CPU)")
@@ -81,7 +83,7 @@ def run(args) -> int:
     k = 0 if args.stage == "baseline" else args.k
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, neighbors=k, lr=args.lr, seed=args.seed,
-        bf16=args.bf16, checkpoint_every=args.checkpoint_every,
+        warmup_steps=args.warmup, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
     )
     if (args.stage == "sr") != model_config.is_super_resolution:
         raise UserError(f"--preset {preset} does not fit --stage {args.stage}")
