@@ -267,6 +267,10 @@ def test_bench_writes_the_table_on_a_tiny_run(tiny, tmp_path, capsys):
         assert row["k"] == 0 or row["neighbor_recall"] == 1.0
     markdown = (out / "results.md").read_text()
     assert "## same-style" in markdown and "## cross-style" in markdown
+    # "red apple" is the one unseen prompt: counts out of 1, the baseline row has no ratio
+    unseen = markdown.split("## Unseen entities: with vs without retrieval")[1]
+    assert "| Imagen (no retrieval): base network, K=0 | none | " in unseen
+    assert unseen.count("/1 = ") == 2 * 5 and "| - |" in unseen
     assert "| faithful frequent | faithful rare | faithful unseen |" in markdown
     assert len(list(out.glob("grid_*.png"))) == 6  # one per row
     assert eb.read_prompts(out / "prompts.jsonl", frozenset(NAMES))[0].entity == NAMES[0]
@@ -342,3 +346,22 @@ def test_bench_images_depend_on_the_seed_and_not_on_the_batch_size(tiny, judge, 
     assert one.shape == (3, 32, 32, 3)
     assert np.abs(one - three).max() <= 1 and (one == three).mean() > 0.99
     assert np.abs(one - images(3, seed=1)).mean() > 5  # the seed does change the noise
+
+
+def test_wilson_interval_matches_known_values_and_brackets_the_rate():
+    assert eb.wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), abs=1e-9)  # z²/(n+z²)
+    assert eb.wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert eb.wilson_interval(96, 96)[1] == 1.0 and eb.wilson_interval(96, 96)[0] > 0.96
+    for n in (1, 7, 96, 333):
+        for hits in range(0, n + 1, max(1, n // 9)):
+            lo, hi = eb.wilson_interval(hits, n)
+            assert 0.0 <= lo <= hits / n <= hi <= 1.0
+    assert all(np.isnan(eb.wilson_interval(0, 0)))
+
+
+def test_one_tier_alone_gives_that_tiers_prompts_of_the_full_set(known, split):
+    full = eb.default_prompts(3, seed=5, known=known, split=split)
+    unseen = eb.default_prompts(3, seed=5, known=known, split=split, tiers=("unseen",))
+    assert unseen == [p for p in full if p.tier == "unseen"] and len(unseen) == 3
+    with pytest.raises(ValueError, match="tiers must be a non-empty subset of frequent, rare"):
+        eb.default_prompts(3, known=known, split=split, tiers=("common",))

@@ -78,19 +78,30 @@ def _labels(entity: str, split) -> tuple[str, str]:
 
 
 def default_prompts(
-    n_per_tier: int, seed: int = 0, *, known: Collection[str] | None = None, split=None
+    n_per_tier: int,
+    seed: int = 0,
+    *,
+    known: Collection[str] | None = None,
+    split=None,
+    tiers: Sequence[str] = TIERS,
 ) -> list[BenchPrompt]:
-    """The default benchmark: for each tier, ``n_per_tier`` entities (without replacement while
-    the tier has enough), each in a random scene on a colour its drawing is legible on, written
-    with a random template that names the entity. A pure function of (n, seed, split)."""
+    """The default benchmark: for each of ``tiers``, ``n_per_tier`` entities (without
+    replacement while the tier has enough), each in a random scene on a colour its drawing is
+    legible on, written with a random template that names the entity. A pure function of
+    (n, seed, split) per tier: a tier's prompts are the same whichever other tiers are asked."""
     from reimagen.bench.evaluator import target_drawings
     from reimagen.data.splits import load_split
 
     if isinstance(n_per_tier, bool) or not isinstance(n_per_tier, int) or n_per_tier < 1:
         raise ValueError(f"n_per_tier must be a positive integer, got {n_per_tier!r}")
+    unknown = [tier for tier in tiers if tier not in TIERS]
+    if unknown or not tiers:
+        raise ValueError(f"tiers must be a non-empty subset of {', '.join(TIERS)}, got {tiers}")
     split = load_split() if split is None else split
     picked = []  # (tier, its Generator, chosen names): names first, so one render call
     for t, tier in enumerate(TIERS):
+        if tier not in tiers:
+            continue
         pool = [n for n in split.names(tier) if known is None or n in known]
         if not pool:
             raise ValueError(f"no {tier} entity of the split is known to the evaluator")
@@ -474,6 +485,46 @@ def tier_columns() -> list[tuple[str, str, str]]:
         ("text aligned", "all", "aligned"),
         ("neighbour recall", "all", "recall"),
     ]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% for z=1.96): unlike the normal
+    approximation it stays inside [0, 1] and is informative at 0 or 1 successes."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def tier_counts(result: RowResult, prompts: Sequence[BenchPrompt], tier: str,
+                metric: str = "faithful") -> tuple[int, int]:
+    """(successes, prompts) of ``metric`` over the prompts of ``tier``."""
+    mask = np.array([p.tier == tier for p in prompts])
+    return int(np.asarray(result.scores[metric])[mask].sum()), int(mask.sum())
+
+
+def interval_table(results: Sequence[RowResult], prompts: Sequence[BenchPrompt],
+                   baseline: RowResult, tier: str = "unseen") -> str:
+    """Counts, rates with 95% Wilson intervals, and the rate's ratio to the baseline row, for
+    faithfulness and entity top-1 on one tier (the issue's goal: unseen, with vs without
+    retrieval). A ratio over a baseline of 0 successes is written as "∞ (0 baseline)"."""
+    head = (f"| row | setting | faithful {tier} | 95% interval | × baseline "
+            f"| entity top-1 {tier} | 95% interval |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
+    base_hits, _ = tier_counts(baseline, prompts, tier)
+    for result in results:
+        cells = []
+        for metric in ("faithful", "entity_top1"):
+            hits, n = tier_counts(result, prompts, tier, metric)
+            lo, hi = wilson_interval(hits, n)
+            cells += [f"{hits}/{n} = {hits / n:.3f}", f"[{lo:.3f}, {hi:.3f}]"]
+            if metric == "faithful":
+                ratio = "∞ (0 baseline)" if base_hits == 0 else f"{hits / base_hits:.1f}"
+                cells.append("-" if result is baseline else ratio)
+        lines.append(f"| {result.row.label} | {result.row.setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def category_columns(results: Sequence[RowResult]) -> list[tuple[str, str, str]]:

@@ -58,6 +58,9 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
         help="JSONL prompt set (prompt, entity, background, position, size)",
     )
     parser.add_argument("--seed", type=int, default=0, help="prompt draw and sampling seed")
+    parser.add_argument("--tiers", default="frequent,rare,unseen",
+                        help="default prompt set: which tiers (e.g. unseen alone, --n 333 = "
+                        "every unseen entity once)")
     parser.add_argument("--out", type=Path, default=Path(out), help="output folder")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
     parser.add_argument(
@@ -109,12 +112,15 @@ def load_prompts(args):
         raise UserError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from reimagen.bench.entitybench import TIERS
+
+    tiers = comma_list(args.tiers, "--tiers", allowed=TIERS)
     try:
         meta = read_meta(args.evaluator)
         known = frozenset(meta["entities"])
         if args.prompts is not None:
             return read_prompts(args.prompts, known), meta
-        return default_prompts(args.n, args.seed, known=known), meta
+        return default_prompts(args.n, args.seed, known=known, tiers=tiers), meta
     except (PromptFileError, EvaluatorError) as err:
         raise UserError(str(err)) from None
 
@@ -237,7 +243,14 @@ def evaluator_note(meta) -> str:
 
 
 def run(args) -> int:
-    from reimagen.bench.entitybench import BenchRunner, Row, category_columns, table, tier_columns
+    from reimagen.bench.entitybench import (
+        BenchRunner,
+        Row,
+        category_columns,
+        interval_table,
+        table,
+        tier_columns,
+    )
     from reimagen.weights import DEFAULT_SAMPLING
 
     ks = comma_list(args.k, "--k", cast=int)
@@ -289,6 +302,16 @@ def run(args) -> int:
             "Faithfulness per category:",
             "",
             table(chosen, category_columns(chosen)),
+            "",
+        ]
+    if any(p.tier == "unseen" for p in prompts):
+        lines += [
+            "## Unseen entities: with vs without retrieval",
+            "",
+            ("Counts over the unseen prompts, 95% Wilson intervals, and the faithful rate as a "
+             "multiple of the no-retrieval row's (the goal: ≥3× in the same-style setting)."),
+            "",
+            interval_table(generated, prompts, generated[0]),
             "",
         ]
     lines += ["## Generation time", "", table(generated, TIMING_COLUMNS), ""]
