@@ -270,7 +270,7 @@ def test_bench_writes_the_table_on_a_tiny_run(tiny, tmp_path, capsys):
     # "red apple" is the one unseen prompt: counts out of 1, the baseline row has no ratio
     unseen = markdown.split("## Unseen entities: with vs without retrieval")[1]
     assert "| Imagen (no retrieval): base network, K=0 | none | " in unseen
-    assert unseen.count("/1 = ") == 2 * 5 and "| - |" in unseen
+    assert unseen.count("/1 = ") == 2 * 5 and "| - | - |" in unseen
     assert "| faithful frequent | faithful rare | faithful unseen |" in markdown
     assert len(list(out.glob("grid_*.png"))) == 6  # one per row
     assert eb.read_prompts(out / "prompts.jsonl", frozenset(NAMES))[0].entity == NAMES[0]
@@ -365,3 +365,13 @@ def test_one_tier_alone_gives_that_tiers_prompts_of_the_full_set(known, split):
     assert unseen == [p for p in full if p.tier == "unseen"] and len(unseen) == 3
     with pytest.raises(ValueError, match="tiers must be a non-empty subset of frequent, rare"):
         eb.default_prompts(3, known=known, split=split, tiers=("common",))
+
+
+def test_fisher_one_sided_matches_the_hypergeometric_tail():
+    # 3 of 4 vs 0 of 4: the 4 tables with >= 3 pooled successes in row 1, C(4,3)·C(4,0)/C(8,3)
+    assert eb.fisher_greater(3, 4, 0, 4) == pytest.approx(4 / 56)
+    assert eb.fisher_greater(0, 10, 0, 10) == 1.0  # nothing to tell apart
+    assert eb.fisher_greater(13, 333, 2, 333) < 0.01 < eb.fisher_greater(4, 96, 1, 96)
+    # equal rates are never "significant"; a higher row is less likely under the null
+    assert eb.fisher_greater(5, 50, 5, 50) > 0.5
+    assert eb.fisher_greater(9, 50, 5, 50) < eb.fisher_greater(7, 50, 5, 50)

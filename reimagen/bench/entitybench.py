@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -498,6 +499,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def fisher_greater(hits: int, n: int, base_hits: int, base_n: int) -> float:
+    """One-sided Fisher exact test: the probability, were both rows one rate, that the first
+    row gets ``hits`` or more of the pooled successes (small: the first row is higher)."""
+    total, pooled = n + base_n, hits + base_hits
+    denominator = math.comb(total, pooled)
+    tail = sum(math.comb(n, x) * math.comb(base_n, pooled - x)
+               for x in range(hits, min(n, pooled) + 1))
+    return tail / denominator
+
+
 def tier_counts(result: RowResult, prompts: Sequence[BenchPrompt], tier: str,
                 metric: str = "faithful") -> tuple[int, int]:
     """(successes, prompts) of ``metric`` over the prompts of ``tier``."""
@@ -509,20 +520,23 @@ def interval_table(results: Sequence[RowResult], prompts: Sequence[BenchPrompt],
                    baseline: RowResult, tier: str = "unseen") -> str:
     """Counts, rates with 95% Wilson intervals, and the rate's ratio to the baseline row, for
     faithfulness and entity top-1 on one tier (the issue's goal: unseen, with vs without
-    retrieval). A ratio over a baseline of 0 successes is written as "∞ (0 baseline)"."""
-    head = (f"| row | setting | faithful {tier} | 95% interval | × baseline "
+    retrieval), and the one-sided Fisher exact p that a row's faithful rate is no higher than
+    the baseline's. A ratio over a baseline of 0 successes is written as "∞ (0 baseline)"."""
+    head = (f"| row | setting | faithful {tier} | 95% interval | × baseline | p (> baseline) "
             f"| entity top-1 {tier} | 95% interval |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
-    base_hits, _ = tier_counts(baseline, prompts, tier)
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    base_hits, base_n = tier_counts(baseline, prompts, tier)
     for result in results:
         cells = []
         for metric in ("faithful", "entity_top1"):
             hits, n = tier_counts(result, prompts, tier, metric)
             lo, hi = wilson_interval(hits, n)
             cells += [f"{hits}/{n} = {hits / n:.3f}", f"[{lo:.3f}, {hi:.3f}]"]
-            if metric == "faithful":
+            if metric == "faithful" and result is baseline:
+                cells += ["-", "-"]
+            elif metric == "faithful":
                 ratio = "∞ (0 baseline)" if base_hits == 0 else f"{hits / base_hits:.1f}"
-                cells.append("-" if result is baseline else ratio)
+                cells += [ratio, f"{fisher_greater(hits, n, base_hits, base_n):.2g}"]
         lines.append(f"| {result.row.label} | {result.row.setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
