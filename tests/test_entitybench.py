@@ -375,3 +375,24 @@ def test_fisher_one_sided_matches_the_hypergeometric_tail():
     # equal rates are never "significant"; a higher row is less likely under the null
     assert eb.fisher_greater(5, 50, 5, 50) > 0.5
     assert eb.fisher_greater(9, 50, 5, 50) < eb.fisher_greater(7, 50, 5, 50)
+
+
+def test_interval_table_counts_ratios_and_the_zero_cases(split):
+    from types import SimpleNamespace
+
+    prompts = [_prompt(split, name, COLOUR[name], "center", "large") for name in NAMES]
+    unseen = [p.tier == "unseen" for p in prompts]  # red apple, violin
+
+    def result(label, faithful):
+        scores = {"faithful": np.array(faithful), "entity_top1": np.array(faithful)}
+        return SimpleNamespace(row=SimpleNamespace(label=label, setting="s"), scores=scores)
+
+    zero = result("base", [False] * 6)
+    both = result("both", unseen)  # the two unseen prompts, and nothing else
+    none = result("none", [not u for u in unseen])  # only seen prompts are faithful
+    lines = eb.interval_table([zero, both, none], prompts, zero).splitlines()
+    assert lines[2].startswith("| base | s | 0/2 = 0.000 | [0.000, 0.658] | - | - |")
+    assert "| both | s | 2/2 = 1.000 | [0.342, 1.000] | ∞ (0 baseline) | 0.17 |" in lines[3]
+    assert "| none | s | 0/2 = 0.000 | [0.000, 0.658] | - (0 and 0) | 1 |" in lines[4]
+    ratio = eb.interval_table([both, none], prompts, both).splitlines()[3]
+    assert "| 0.0 | 1 |" in ratio  # 0 of 2 against 2 of 2: no evidence of "higher"

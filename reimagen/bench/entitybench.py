@@ -521,7 +521,8 @@ def interval_table(results: Sequence[RowResult], prompts: Sequence[BenchPrompt],
     """Counts, rates with 95% Wilson intervals, and the rate's ratio to the baseline row, for
     faithfulness and entity top-1 on one tier (the issue's goal: unseen, with vs without
     retrieval), and the one-sided Fisher exact p that a row's faithful rate is no higher than
-    the baseline's. A ratio over a baseline of 0 successes is written as "∞ (0 baseline)"."""
+    the baseline's. A ratio over a baseline of 0 successes is written as "∞ (0 baseline)" (and as
+    "- (0 and 0)" when the row has none either)."""
     head = (f"| row | setting | faithful {tier} | 95% interval | × baseline | p (> baseline) "
             f"| entity top-1 {tier} | 95% interval |")
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -535,7 +536,8 @@ def interval_table(results: Sequence[RowResult], prompts: Sequence[BenchPrompt],
             if metric == "faithful" and result is baseline:
                 cells += ["-", "-"]
             elif metric == "faithful":
-                ratio = "∞ (0 baseline)" if base_hits == 0 else f"{hits / base_hits:.1f}"
+                ratio = f"{hits / base_hits:.1f}" if base_hits else "∞ (0 baseline)"
+                ratio = "- (0 and 0)" if hits == base_hits == 0 else ratio
                 cells += [ratio, f"{fisher_greater(hits, n, base_hits, base_n):.2g}"]
         lines.append(f"| {result.row.label} | {result.row.setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
