@@ -228,6 +228,9 @@ def test_bench_rejects_a_bad_prompt_file_before_generating(tiny, tmp_path, capsy
     assert "--k values must be >= 1" in capsys.readouterr().err
     assert main(["bench", "--settings", "training", *_common(tiny, out)]) == 2
     assert "--settings: unknown value(s) ['training']" in capsys.readouterr().err
+    assert main(["bench", "--tiers", "unseen,common", *_common(tiny, out)]) == 2
+    assert ("--tiers: unknown value(s) ['common']; allowed: frequent, rare, unseen"
+            in capsys.readouterr().err)
     assert not out.exists()
 
 
