@@ -96,8 +96,10 @@ def atomic_save_safetensors(
     atomic_write_bytes(path, blob)
 
 
-def load_safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """A safetensors file's metadata, reading the header only; refused like load_safetensors."""
+@contextlib.contextmanager
+def _safetensors_handle(path: str | Path) -> Iterator:
+    """safe_open on ``path``; a missing file is FileNotFoundError, anything that is not
+    safetensors is UnsafeFileError (refused, never unpickled)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -105,22 +107,20 @@ def load_safetensors_metadata(path: str | Path) -> dict[str, str]:
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            return dict(handle.metadata() or {})
+            yield handle
     except Exception as err:  # noqa: BLE001 (safetensors raises its own types for a bad header)
         raise UnsafeFileError(f"{path} is not a valid safetensors file ({err}); refusing to load it")
+
+
+def load_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """A safetensors file's metadata, reading the header only."""
+    with _safetensors_handle(path) as handle:
+        return dict(handle.metadata() or {})
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Load arrays and metadata. Anything that is not safetensors is refused, never unpickled."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except Exception as err:  # noqa: BLE001 (safetensors raises its own types for a bad header)
-        raise UnsafeFileError(f"{path} is not a valid safetensors file ({err}); refusing to load it")
+    with _safetensors_handle(path) as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
     return tensors, metadata
