@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -73,26 +72,24 @@ def micro_batches(n: int, batch_size: int | None, world: int = 1) -> list[range]
 
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of the initialised torch.distributed group, else (0, 1)."""
-    import torch.distributed as dist
+    from reimagen.backends.torch import distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return dist.rank(), dist.world_size()
 
 
 def init_from_env(timeout_s: float = 600.0) -> tuple[int, int]:
-    """Join the gloo group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT);
-    collectives give up after ``timeout_s``. Returns (rank, world)."""
-    import torch.distributed as dist
+    """Join the gloo group torchrun describes (the CPU ranks of
+    reimagen.backends.torch.distributed.init); collectives give up after ``timeout_s``.
+    Returns (rank, world)."""
+    from reimagen.backends.torch import distributed as dist
 
     missing = [name for name in TORCHRUN_ENV if name not in os.environ]
     if missing:
         raise RuntimeError(
             f"distributed generation needs torchrun's environment; {', '.join(missing)} not set"
         )
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    return rank_and_world()
+    info = dist.init("cpu", timeout_s=timeout_s)
+    return info.rank, info.world_size
 
 
 def generate_distributed(
@@ -160,10 +157,10 @@ def _gather(indices: np.ndarray, stages, rank: int, world: int):
     None elsewhere. One process: the local arrays as they are."""
     if world == 1:
         return indices, stages
-    import torch.distributed as dist
+    from reimagen.backends.torch import distributed as dist
 
-    count = _all_gather_ints([len(indices)])[:, 0]  # [world] samples per rank
-    n_stages = int(_all_gather_ints([len(stages or [])]).max())
+    count = dist.all_gather_ints([len(indices)])[:, 0]  # [world] samples per rank
+    n_stages = int(dist.all_gather_ints([len(stages or [])]).max())
     all_indices = _gather_rows(indices, count, rank, world, 1, np.int64)
     all_stages = []
     for s in range(n_stages):
@@ -174,17 +171,6 @@ def _gather(indices: np.ndarray, stages, rank: int, world: int):
     return (all_indices, all_stages) if rank == 0 else None
 
 
-def _all_gather_ints(values: Sequence[int]) -> np.ndarray:
-    """[world, len(values)] int64: every rank's ``values``."""
-    import torch
-    import torch.distributed as dist
-
-    mine = torch.tensor(list(values), dtype=torch.int64)
-    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, mine)
-    return torch.stack(out).numpy()
-
-
 def _gather_rows(array, count: np.ndarray, rank: int, world: int, ndim: int, dtype):
     """Rows of ``array`` [count[rank], ...] (``ndim`` axes, ``dtype``) from every rank,
     concatenated in rank order on rank 0 (padded to the largest count on the wire). A rank
@@ -192,8 +178,10 @@ def _gather_rows(array, count: np.ndarray, rank: int, world: int, ndim: int, dty
     import torch
     import torch.distributed as dist
 
+    from reimagen.backends.torch.distributed import all_gather_ints
+
     shape = (0,) * ndim if array is None else array.shape
-    trailing = tuple(int(v) for v in _all_gather_ints(shape[1:] or [0]).max(axis=0))[: ndim - 1]
+    trailing = tuple(int(v) for v in all_gather_ints(shape[1:] or [0]).max(axis=0))[: ndim - 1]
     if 0 in trailing:  # e.g. K = 0 neighbours: nothing to send
         return np.zeros((int(count.sum()), *trailing), dtype) if rank == 0 else None
     padded = np.zeros((int(count.max()), *trailing), dtype)

@@ -138,7 +138,7 @@ def _join(distributed: bool) -> tuple[int, int]:
 
     try:
         return init_from_env()
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:  # ValueError: e.g. LOCAL_RANK missing
         raise UserError(f"--distributed: {err}; launch with torchrun") from err
 
 

@@ -28,6 +28,7 @@ import datetime
 import os
 
 import attrs
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -179,14 +180,21 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return (total / world_size()).to(value.device)
 
 
-def gather_ints(value: int) -> list[int]:
-    """``value`` of every rank, in rank order (``[value]`` without a process group)."""
+def all_gather_ints(values) -> np.ndarray:
+    """Every rank's ``values`` (a sequence of ints, the same length on every rank) ->
+    int64 [world_size, len(values)] in rank order (one row without a process group)."""
+    mine = torch.tensor([int(v) for v in values], dtype=torch.int64)
     if world_size() == 1:
-        return [int(value)]
-    mine = torch.tensor([int(value)], dtype=torch.int64, device=comm_device())
+        return mine.numpy()[None]
+    mine = mine.to(comm_device())
     out = [torch.empty_like(mine) for _ in range(world_size())]
     dist.all_gather(out, mine)
-    return [int(t.item()) for t in out]
+    return torch.stack(out).cpu().numpy()
+
+
+def gather_ints(value: int) -> list[int]:
+    """``value`` of every rank, in rank order (``[value]`` without a process group)."""
+    return all_gather_ints([value])[:, 0].tolist()
 
 
 def shutdown() -> None:
@@ -198,6 +206,7 @@ def shutdown() -> None:
 __all__ = [
     "ENV_VARS",
     "ProcessInfo",
+    "all_gather_ints",
     "backend_for",
     "barrier",
     "comm_device",
