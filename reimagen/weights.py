@@ -28,10 +28,13 @@ SR_NEIGHBORS = 1  # K the SR stage was trained with (its neighbours at 64×64 co
 # thresholding divides x̂0 by its 99.5th-percentile |value| whenever that exceeds 1, which greys
 # saturated backgrounds; 25 solver steps do not undo it.
 # Neighbour guidance weight w_n = 15 (Eq. 6), chosen on the unseen-entity prompts of seed 1 and
-# checked on those of seed 0, every unseen entity once (docs/results/tune-wn-unseen-seed1*.md,
-# `reimagen bench --tiers unseen --n 333 --k 1,2 --w-neighbors 3|15`): entity top-1 over
-# w_n = 3 / 7 / 15 / 30 / 60 was 4 / 7 / 12 / 8 / 3 of 333 on seed 1, text alignment 0.62 up to
-# w_n = 15, then falling (0.50, 0.35); on seed 0, K=2 same-style, 6 -> 12 of 333.
+# checked on those of seed 0, every unseen entity once. Chosen with `reimagen ablate --tiers
+# unseen --n 333 --seed 1 --ks 1 --etas 0.5 --guidances interleaved --samplers dpmpp2m@25
+# --k-ref 1 --w-neighbors-sweep 3,7,15` (and `--w-neighbors 30 --w-neighbors-sweep 30,60`;
+# docs/results/tune-wn-unseen-seed1*.md): entity top-1 4 / 7 / 12 / 8 / 3 of 333 at
+# w_n = 3 / 7 / 15 / 30 / 60, text alignment 0.62 up to w_n = 15, then 0.50 and 0.35. Checked with
+# `reimagen bench --tiers unseen --n 333 --k 1,2 --w-neighbors 3|15` (seed 0): K=2 same-style
+# top-1 6 -> 12 of 333.
 DEFAULT_SAMPLING = {
     "base": SamplingConfig(sampler="dpmpp2m", steps=25, guidance="interleaved", eta=0.5,
                            w_text=3.0, w_neighbors=15.0, thresholding="static"),
