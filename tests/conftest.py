@@ -1,6 +1,12 @@
-"""Test tiers and pinned numerics.
+"""Test tiers, pinned numerics and pinned randomness.
 
-Fast tier by default; ``REIMAGEN_SLOW=1`` also runs tests marked ``slow``. JAX runs on the CPU in
+Fast tier by default; ``REIMAGEN_SLOW=1`` also runs tests marked ``slow``. The default tier is
+deterministic: every random input comes from a fixed seed (tests/parity.py's ``parity_seed``)
+and hypothesis runs derandomized (the ``ci`` profile: the same examples on every run, no
+example database). ``REIMAGEN_FUZZ=1`` is the fuzz tier: fresh parity seeds per run and the
+``fuzz`` hypothesis profile (new random examples each run); a failure it finds prints its seed or
+its ``@reproduce_failure`` blob, and is pinned as a regression case (an ``@example`` or a
+fixed-seed test) before it is fixed. JAX runs on the CPU in
 float32 with the highest matmul precision, and torch with TF32 off, so backend parity is exact
 to float32 rounding (STYLE.md, "Pin numerics in conftest.py").
 """
@@ -12,8 +18,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
+from hypothesis import settings
 
 SLOW = bool(os.environ.get("REIMAGEN_SLOW"))
+FUZZ = bool(os.environ.get("REIMAGEN_FUZZ"))
+
+# Registered at import, before the test modules' @settings decorators read the active profile.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, database=None, print_blob=True)
+settings.load_profile("fuzz" if FUZZ else "ci")
 
 
 def pytest_configure(config):

@@ -37,9 +37,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-6):
-    """max |actual − expected| ≤ tol · max |expected| (float32 rounding differs between batch
-    sizes, since oneDNN picks its kernels by shape)."""
+# The same network on differently shaped batches: oneDNN/MKL pick their kernels (and so the
+# order of each sum) by shape, so the two results differ by float32 rounding alone. A reduction
+# of length n in another order differs by ≲ √n·u (u = 2⁻²⁴); the tiny U-Net's longest are 3×3
+# convolutions over 64 channels (√576·u = 1.4e-6) chained over ~20 layers: √20 · 1.4e-6 =
+# 6.4e-6 of the output's scale, rounded up (same budget as tests/parity.py's OUTPUT_TOL).
+# Measured: ≤ 4.1e-6 on an AMD EPYC (AVX-512), 0 on some shapes.
+SAME_NETWORK_TOL = 1e-5
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = SAME_NETWORK_TOL):
+    """max |actual − expected| ≤ tol · max |expected|."""
     err = (actual - expected).abs().max().item()
     scale = expected.abs().max().item()
     assert err <= tol * scale, f"max abs error {err:.3g} > {tol:g} x max |expected| {scale:.3g}"
@@ -245,7 +253,7 @@ def test_denoiser_matches_direct_calls(tiny):
                 use_neighbors=torch.tensor([bool(use_nb[i])] * b),
                 cache=cache,
             )
-        assert_rel_close(eps[i], direct, tol=1e-5)  # batch 8 vs 2: kernel choice, rounding
+        assert_rel_close(eps[i], direct)  # batch 8 vs 2: kernel choice, rounding
     assert (eps[0] - eps[1]).abs().max() > 1e-3  # neighbours matter
     assert (eps[0] - eps[2]).abs().max() > 1e-3  # text matters
     denoiser(x, 0.2, ("full", "none"))

@@ -33,20 +33,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from reimagen.core.time_features import TWO_PI, turn_rates
 from reimagen.core.unet_config import UNetConfig
-
-# The same constants as the torch twin: sinusoidal features of TIME_SCALE·t, t ∈ [0, 1].
-TIME_SCALE = 1000.0
-MAX_PERIOD = 10_000.0
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
-    """t [N] in [0, 1] -> [N, dim] = [sin(TIME_SCALE·t·ω_i), cos(TIME_SCALE·t·ω_i)],
-    ω_i = MAX_PERIOD^(−i/half). Same float32 operations, in the same order, as torch."""
-    half = dim // 2
-    freqs = jnp.exp(-math.log(MAX_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)  # [half]
-    args = (TIME_SCALE * t.astype(jnp.float32))[:, None] * freqs[None, :]  # [N, half]
-    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)  # [N, dim]
+    """t [N] in [0, 1] -> [N, dim] = [sin(TIME_SCALE·t·ω_i), cos(TIME_SCALE·t·ω_i)], evaluated
+    as sin/cos of 2π·frac(t·r_i): the same float32 operations on the same constants as torch
+    (``reimagen.core.time_features``)."""
+    rates = jnp.asarray(turn_rates(dim // 2))  # [half]
+    turns = t.astype(jnp.float32)[:, None] * rates[None, :]  # [N, half]
+    angles = TWO_PI * (turns - jnp.floor(turns))  # [N, half], in [0, 2π)
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)  # [N, dim]
 
 
 def to_tokens(x: jax.Array) -> jax.Array:

@@ -12,29 +12,22 @@ per-pixel LayerNorm and the attention token view ``[N, H·W, C]`` are free permu
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reimagen.core.time_features import TWO_PI, turn_rates
 from reimagen.core.unet_config import UNetConfig
-
-# Sinusoidal time features use t·TIME_SCALE so that t ∈ [0, 1] spans many periods (DDPM used
-# integer steps 0..1000; we keep that range for continuous t).
-TIME_SCALE = 1000.0
-MAX_PERIOD = 10_000.0
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
-    """t [N] in [0, 1] -> [N, dim] = [sin(TIME_SCALE·t·ω_i), cos(TIME_SCALE·t·ω_i)],
-    ω_i = MAX_PERIOD^(−i/half), i = 0..half−1 (Transformer / DDPM positional features)."""
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(MAX_PERIOD) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )  # [half]
-    args = (TIME_SCALE * t.float())[:, None] * freqs[None, :]  # [N, half]
-    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # [N, dim]
+    """t [N] in [0, 1] -> [N, dim] = [sin(TIME_SCALE·t·ω_i), cos(TIME_SCALE·t·ω_i)], evaluated
+    as sin/cos of 2π·frac(t·r_i) on shared float32 constants (``reimagen.core.time_features``:
+    why, and the error bound)."""
+    rates = torch.from_numpy(turn_rates(dim // 2)).to(t.device)  # [half]
+    turns = t.float()[:, None] * rates[None, :]  # [N, half]
+    angles = TWO_PI * (turns - torch.floor(turns))  # [N, half], in [0, 2π)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # [N, dim]
 
 
 def to_tokens(x: Tensor) -> Tensor:
