@@ -44,6 +44,17 @@ def add_parser(subparsers):
         default=",".join(SETTINGS),
         help=f"comma-separated retrieval settings: {', '.join(SETTINGS)}",
     )
+    parser.add_argument(
+        "--recall-only",
+        action="store_true",
+        help="measure neighbour recall per retriever x setting x K, no network "
+        "(docs/results/retrieval-recall.md)",
+    )
+    parser.add_argument(
+        "--retrievers",
+        default=None,
+        help="--recall-only: comma-separated retriever names (default: --retriever)",
+    )
     add_sampling_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -253,6 +264,12 @@ def run(args) -> int:
     )
     from reimagen.weights import DEFAULT_SAMPLING
 
+    if args.recall_only:
+        from reimagen.cli import recall
+
+        return recall.run(args)
+    if args.retrievers is not None:
+        raise UserError("--retrievers only applies with --recall-only; bench uses --retriever")
     ks = comma_list(args.k, "--k", cast=int)
     if any(k < 1 for k in ks):
         raise UserError(f"--k values must be >= 1 (the no-retrieval row is always run), got {ks}")

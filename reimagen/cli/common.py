@@ -11,6 +11,7 @@ from reimagen.core.generation import SamplingConfig
 from reimagen.core.paths import default_kb_dir
 
 SETTINGS = ("same-style", "cross-style")
+ENCODER_RETRIEVERS = ("dense", "hybrid")  # retrievers that take a text encoder (default minilm)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +68,7 @@ def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
     if name == "none":
         return None
     rows = view_rows(kb, setting)
-    options = {"encoder": encoder or "minilm"} if name == "dense" else {}
+    options = {"encoder": encoder or "minilm"} if name in ENCODER_RETRIEVERS else {}
     folder = index_folder(kb.folder, index_name(name, encoder=options.get("encoder"),
                                                 view=(setting,)))
     retriever, _, _ = open_or_build(kb, folder, name, rows=rows, **options)
