@@ -19,6 +19,16 @@ from reimagen.core.generation import SamplingConfig
 STAGES = ("base", "baseline", "sr")
 SR_NEIGHBORS = 1  # K the SR stage was trained with (its neighbours at 64×64 cost 4× the base's)
 
+# Retriever for generation, bench and ablate: ``hybrid`` (tfidf + dense/minilm, rank fusion).
+# Neighbour recall@2 (the entity among the 2 neighbours, same-style view): 0.994 vs bm25's 0.793
+# on the 333 templated unseen prompts, 0.978 vs 0.878 on the 90 paraphrased ones
+# (reimagen/bench/prompts/paraphrased.jsonl); `reimagen bench --recall-only --retrievers
+# bm25,tfidf,dense,hybrid --tiers unseen --n 333 --k 1,2,3` and the same with `--prompts
+# reimagen/bench/prompts/paraphrased.jsonl` (docs/results/retrieval-recall.md). The shipped
+# networks were trained with bm25 neighbours (DataConfig.retriever), which stays the default
+# for training: the paper's KNN-ImageText recipe.
+DEFAULT_RETRIEVER = "hybrid"
+
 # Paper §4: the base samples with interleaved guidance, the SR stages with plain guidance.
 # Our CPU defaults (25 DPM-Solver++ steps) are the fast path; `--sampler ddpm --steps 256` is
 # the paper's.

@@ -28,8 +28,10 @@ from reimagen.encoders.hash import HashEncoder
 from reimagen.retrievers import (
     BM25Retriever,
     DenseRetriever,
+    HybridRetriever,
     IndexMismatchError,
     NoneRetriever,
+    TfidfRetriever,
     load_index,
     open_or_build,
 )
@@ -75,11 +77,15 @@ def make(name):
         "dense-ivf": lambda: DenseRetriever(
             encoder="hash", encoder_options={"dim": 32}, ivf=True, nlist=4, nprobe=1
         ),
+        "tfidf": lambda: TfidfRetriever(),
+        "hybrid": lambda: HybridRetriever(encoder="hash", dense_options={"encoder_options": {"dim": 32}}),
     }[name]()
 
 
-ALL = ("bm25", "dense", "dense-ivf")
-EXACT = ("bm25", "dense")
+ALL = ("bm25", "dense", "dense-ivf", "tfidf", "hybrid")
+EXACT = ("bm25", "dense", "tfidf", "hybrid")  # exact: a fixed ranking, search(k) is its prefix
+OWN_FILES = {"bm25": "bm25s", "dense": "faiss.index", "tfidf": "tfidf", "hybrid": "members"}
+LIBRARY = {"bm25": "bm25s", "dense": "faiss-cpu", "tfidf": "bm25s", "hybrid": "faiss-cpu"}
 
 caption = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=6).map(" ".join)
 
@@ -408,7 +414,7 @@ def build_kb(folder, texts, sources=None):
 TEXTS = ["grinning face", "red apple", "green apple", "rocket launch", "smiling sun", "blue whale"]
 
 
-@pytest.fixture(params=["bm25", "dense"])
+@pytest.fixture(params=["bm25", "dense", "tfidf", "hybrid"])
 def saved(request, tmp_path):
     """A real KB with an index saved beside it: (name, kb, index folder)."""
     kb = build_kb(tmp_path / "kb", TEXTS, ["test", "other"] * 3)
@@ -427,7 +433,7 @@ def test_saved_index_loads_against_its_own_kb(saved):
     result = load(name, folder, reopened).search(["red apple"], 2)
     assert result.ids[0, 0] == 1
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [META_FILE, ROWS_FILE, "bm25s" if name == "bm25" else "faiss.index"]
+        [META_FILE, ROWS_FILE, OWN_FILES[name]]
     )
 
 
@@ -463,7 +469,7 @@ def test_view_tampering_and_library_versions_are_checked(saved):
     with pytest.raises(IndexMismatchError, match=r"view of 6 rows .* != view of 3 rows"):
         load(name, folder, kb, rows=kb.rows(sources=["other"]))
     meta = json.loads((folder / META_FILE).read_text())
-    library = "bm25s" if name == "bm25" else "faiss-cpu"
+    library = LIBRARY[name]
     meta["libraries"][library] = "0.0.1"
     (folder / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(IndexMismatchError, match=f"{library} 0.0.1 \\(index\\)"):
@@ -494,9 +500,10 @@ def test_dense_index_of_another_dim_raises(tmp_path):
 
 def test_bm25_index_holds_no_pickle(saved):
     name, kb, folder = saved
-    if name != "bm25":
+    npy_dir = {"bm25": "bm25s", "tfidf": "tfidf", "hybrid": "members/0-tfidf/tfidf"}
+    if name not in npy_dir:
         pytest.skip("faiss indexes are faiss's binary format")
-    arrays = sorted((folder / "bm25s").glob("*.npy"))
+    arrays = sorted((folder / npy_dir[name]).glob("*.npy"))
     assert arrays
     for path in arrays:
         np.load(path, allow_pickle=False)  # plain arrays, loadable without pickle
@@ -561,7 +568,8 @@ def run_cli(capsys, *argv):
 def test_cli_builds_then_loads_and_answers(tmp_path, capsys):
     kb = build_kb(tmp_path / "kb", TEXTS, ["test", "other"] * 3)
     code, out, err = run_cli(
-        capsys, "red apple", "whale", "--kb", str(kb.folder), "--k", "2", "--json"
+        capsys, "red apple", "whale", "--kb", str(kb.folder), "--k", "2", "--json",
+        "--retriever", "bm25",
     )
     assert code == 0 and err.startswith("built bm25 index of 6 captions")
     report = json.loads(out)
@@ -577,10 +585,14 @@ def test_cli_builds_then_loads_and_answers(tmp_path, capsys):
         "entity": "",
     }
     assert report["results"][1]["neighbors"][0]["text"] == "blue whale"
-    code, out, err = run_cli(capsys, "red apple", "--kb", str(kb.folder), "--k", "2")
+    code, out, err = run_cli(
+        capsys, "red apple", "--kb", str(kb.folder), "--k", "2", "--retriever", "bm25"
+    )
     assert code == 0 and err == "" and "red apple" in out.splitlines()[2]  # loaded: silent
     build_kb(kb.folder, TEXTS + ["red octopus"])
-    code, out, err = run_cli(capsys, "octopus", "--kb", str(kb.folder), "--k", "1", "--json")
+    code, out, err = run_cli(
+        capsys, "octopus", "--kb", str(kb.folder), "--k", "1", "--json", "--retriever", "bm25"
+    )
     assert code == 0 and "rebuilt bm25 index of 7 captions" in err and "fingerprint" in err
     assert json.loads(out)["results"][0]["neighbors"][0]["text"] == "red octopus"
 
@@ -623,7 +635,8 @@ def test_cli_none_retrieves_nothing_and_writes_nothing(tmp_path, capsys):
     [
         (["--retriever", "nope"], "unknown retriever 'nope'; known retriever names: bm25, bm25-sharded, dense"),
         (["--k", "-1"], "--k must be >= 0"),
-        (["--encoder", "hash"], "only apply to --retriever dense"),
+        (["--retriever", "bm25", "--encoder", "hash"], "--encoder only applies to --retriever dense or hybrid"),
+        (["--retriever", "hybrid", "--ivf"], "--ivf only applies to --retriever dense"),
         (["--retriever", "none"], "use --k 0"),
         (["--view", "nobody"], "unknown source"),
         (["--k", "7"], "k=7 is larger than the 6 indexed documents"),

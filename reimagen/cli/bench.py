@@ -21,6 +21,7 @@ from pathlib import Path
 from reimagen.cli.common import SETTINGS, add_sampling_arguments, sampling_from_args
 from reimagen.cli.main import UserError
 from reimagen.core import registry
+from reimagen.weights import DEFAULT_RETRIEVER
 
 FORMAT = "reimagen-entitybench"
 TIMING_COLUMNS = [
@@ -80,7 +81,8 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
         default=None,
         help="knowledge-base folder (default: the built-in emoji KB)",
     )
-    parser.add_argument("--retriever", default="bm25", help="registered retriever name")
+    parser.add_argument("--retriever", default=DEFAULT_RETRIEVER,
+                        help="registered retriever name (bm25: the one the weights were trained with)")
     parser.add_argument("--encoder", default=None,
                         help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)")
     parser.add_argument("--backend", default="torch", help="torch | jax")

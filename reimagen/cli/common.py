@@ -9,6 +9,7 @@ from reimagen.cli.main import UserError
 from reimagen.core import registry
 from reimagen.core.generation import SamplingConfig
 from reimagen.core.paths import default_kb_dir
+from reimagen.weights import DEFAULT_RETRIEVER
 
 SETTINGS = ("same-style", "cross-style")
 ENCODER_RETRIEVERS = ("dense", "hybrid")  # retrievers that take a text encoder (default minilm)
@@ -43,7 +44,8 @@ def sampling_from_args(args, base: SamplingConfig) -> SamplingConfig:
 def add_kb_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kb", type=Path, default=None,
                         help="knowledge-base folder (default: the built-in emoji KB)")
-    parser.add_argument("--retriever", default="bm25", help="registered retriever name")
+    parser.add_argument("--retriever", default=DEFAULT_RETRIEVER,
+                        help="registered retriever name (bm25: the one the weights were trained with)")
     parser.add_argument("--encoder", default=None,
                         help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)")
     parser.add_argument("--setting", default="same-style", choices=SETTINGS,

@@ -91,13 +91,19 @@ def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
     from reimagen.cli.common import open_retriever
     from reimagen.core.io import atomic_path
     from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
-    from reimagen.weights import DEFAULT_SAMPLING, SR_NEIGHBORS, available_stages, load_stage
+    from reimagen.weights import (
+        DEFAULT_RETRIEVER,
+        DEFAULT_SAMPLING,
+        SR_NEIGHBORS,
+        available_stages,
+        load_stage,
+    )
 
     stages = available_stages()
     if "base" not in stages:
         raise UserError("no shipped base weights (reimagen/assets/weights/base.safetensors); "
                         "train them with `reimagen train --stage base --export`")
-    retriever = open_retriever(kb, "bm25", args.setting)
+    retriever = open_retriever(kb, DEFAULT_RETRIEVER, args.setting)
     base = load_stage("base", kb=kb, retriever=retriever)
     sampling = DEFAULT_SAMPLING["base"]
     if args.steps:

@@ -1,8 +1,9 @@
 """``reimagen retrieve``: a prompt's nearest knowledge-base entries, with scores (DESIGN §6).
 
-    reimagen retrieve "a red apple"                         # bm25 over the whole emoji KB
+    reimagen retrieve "a red apple"                         # hybrid over the whole emoji KB
     reimagen retrieve "a red apple" --k 8 --view openmoji,noto --json
     reimagen retrieve "a red apple" --retriever dense --encoder minilm [--ivf]
+    reimagen retrieve "a red apple" --retriever bm25        # the paper's training retriever
 
 The index is built and saved beside the knowledge base on first use
 (``<kb>/indexes/<retriever>[-<encoder>][-ivf][-view-<sources>]``) and loaded afterwards; an
@@ -17,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from reimagen.cli.common import ENCODER_RETRIEVERS
 from reimagen.core import paths, registry
+from reimagen.weights import DEFAULT_RETRIEVER
 
 
 def add_parser(subparsers):
@@ -27,10 +30,12 @@ def add_parser(subparsers):
     parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="text to search for")
     parser.add_argument("--k", type=int, default=4, help="neighbours per prompt (default 4)")
     parser.add_argument(
-        "--retriever", default="bm25", help="registered retriever: bm25 (default), dense, none"
+        "--retriever",
+        default=DEFAULT_RETRIEVER,
+        help=f"registered retriever: hybrid, tfidf, bm25, dense, none (default {DEFAULT_RETRIEVER})",
     )
     parser.add_argument(
-        "--encoder", help="registered text encoder for --retriever dense (default minilm)"
+        "--encoder", help="registered text encoder for --retriever dense or hybrid (default minilm)"
     )
     parser.add_argument("--ivf", action="store_true", help="dense: approximate IVF index")
     parser.add_argument("--kb", type=Path, help="knowledge-base folder (default: the emoji KB)")
@@ -53,14 +58,20 @@ def check_args(args) -> tuple[dict, list[str] | None]:
     if args.k < 0:
         raise _user_error(f"--k must be >= 0, got {args.k}")
     registry.get("retriever", args.retriever)  # unknown name -> error listing the known ones
-    if args.retriever != "dense" and (args.encoder or args.ivf):
-        raise _user_error("--encoder and --ivf only apply to --retriever dense")
+    if args.retriever not in ENCODER_RETRIEVERS and args.encoder:
+        raise _user_error(
+            f"--encoder only applies to --retriever {' or '.join(ENCODER_RETRIEVERS)}"
+        )
+    if args.retriever != "dense" and args.ivf:
+        raise _user_error("--ivf only applies to --retriever dense")
     if args.retriever == "none" and args.k != 0:
         raise _user_error("--retriever none returns no neighbours; use --k 0")
     options: dict = {}
-    if args.retriever == "dense":
-        options = {"encoder": args.encoder or "minilm", "ivf": bool(args.ivf)}
+    if args.retriever in ENCODER_RETRIEVERS:
+        options = {"encoder": args.encoder or "minilm"}
         registry.get("encoder", options["encoder"])
+    if args.retriever == "dense":
+        options["ivf"] = bool(args.ivf)
     sources = None
     if args.view is not None:
         sources = [s.strip() for s in args.view.split(",") if s.strip()]

@@ -38,6 +38,7 @@ from reimagen.retrievers.index import IndexMeta, IndexMismatchError
 
 INDEX_FILE = "faiss.index"
 BLAS_THRESHOLD = 20  # queries per batch from which faiss's exact search uses BLAS
+PROGRESS_BATCHES = 4  # embed() shows a progress bar for more batches than this
 
 
 class DenseRetriever(ViewRetriever):
@@ -99,11 +100,14 @@ class DenseRetriever(ViewRetriever):
         return int(self.encoder.dim)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Pooled, L2-normalised embeddings [B, D] float32, in batches."""
-        parts = [
-            self.encoder.encode(texts[i : i + self.batch_size]).pooled
-            for i in range(0, len(texts), self.batch_size)
-        ]
+        """Pooled, L2-normalised embeddings [B, D] float32, in batches; a progress bar on a
+        terminal when there are more than PROGRESS_BATCHES batches (building an index)."""
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(texts), self.batch_size)
+        quiet = len(starts) <= PROGRESS_BATCHES or None  # None: shown only on a terminal
+        bar = tqdm(starts, desc=f"embedding captions ({self.encoder_name})", disable=quiet)
+        parts = [self.encoder.encode(texts[i : i + self.batch_size]).pooled for i in bar]
         pooled = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
         return np.ascontiguousarray(l2_normalize(pooled))  # [B, D]
 
