@@ -19,11 +19,12 @@ from reimagen.core.generation import SamplingConfig
 STAGES = ("base", "baseline", "sr")
 SR_NEIGHBORS = 1  # K the SR stage was trained with (its neighbours at 64×64 cost 4× the base's)
 
-# Retriever for generation, bench and ablate: ``hybrid`` (tfidf + dense/minilm, rank fusion).
-# Neighbour recall@2 (the entity among the 2 neighbours, same-style view): 0.994 vs bm25's 0.793
-# on the 333 templated unseen prompts, 0.978 vs 0.878 on the 90 paraphrased ones
-# (reimagen/bench/prompts/paraphrased.jsonl); `reimagen bench --recall-only --retrievers
-# bm25,tfidf,dense,hybrid --tiers unseen --n 333 --k 1,2,3` and the same with `--prompts
+# Retriever for generate, demo, bench, ablate and retrieve: ``hybrid`` (rank fusion of tfidf and
+# dense/minilm). Neighbour recall@2 (the entity among the 2 neighbours, same-style view): 0.991
+# vs bm25's 0.793 on the 333 templated unseen prompts, 0.956 vs 0.878 on the 90 paraphrased ones
+# (reimagen/bench/prompts/paraphrased.jsonl), and the Twemoji drawing among the 2 for 0.970 vs
+# 0.793 of the templated ones; `reimagen bench --recall-only --retrievers bm25,tfidf,dense,hybrid
+# --tiers unseen --n 333 --k 1,2,3` and the same with `--prompts
 # reimagen/bench/prompts/paraphrased.jsonl` (docs/results/retrieval-recall.md). The shipped
 # networks were trained with bm25 neighbours (DataConfig.retriever), which stays the default
 # for training: the paper's KNN-ImageText recipe.
