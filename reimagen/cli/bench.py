@@ -228,6 +228,7 @@ def header(args, meta, pipelines, prompts, seconds: float) -> dict:
         "format_version": 1,
         "command": "reimagen " + " ".join(sys.argv[1:]),
         "seed": args.seed,
+        "retriever": args.retriever,  # the "neighbour recall" column is this retriever's
         "prompts": str(args.prompts) if args.prompts else f"default: {args.n} per tier",
         "n_prompts": len(prompts),
         "networks": {name: str(weights_path(name)) for name in pipelines},
@@ -301,7 +302,10 @@ def run(args) -> int:
     results = [runner.ceiling(size), *generated]  # row 0: the targets themselves
     seconds = time.perf_counter() - started
 
-    lines = [f"# EntityBench ({len(prompts)} prompts, seed {args.seed})", ""]
+    lines = [
+        f"# EntityBench ({len(prompts)} prompts, seed {args.seed}, retriever {args.retriever})",
+        "",
+    ]
     lines += [
         (
             "Faithful = the evaluator names the entity (top-1) and the background colour and "
