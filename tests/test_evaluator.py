@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reimagen.bench import evaluator as ev
+from reimagen.core import digests
 from reimagen.data import scenes as sc
 
 # Large, distinctive drawings from several categories and all three tiers.
@@ -194,7 +195,7 @@ def test_load_refuses_a_changed_or_pickled_weights_file(tiny, tmp_path):
     blob = bytearray((changed / ev.WEIGHTS_FILE).read_bytes())
     blob[-1] ^= 0xFF
     (changed / ev.WEIGHTS_FILE).write_bytes(bytes(blob))
-    with pytest.raises(ev.EvaluatorError, match="sha256 does not match"):
+    with pytest.raises(ev.EvaluatorError, match=r"evaluator\.safetensors: sha256 .*does not match"):
         ev.Evaluator.load(changed)
 
     pickled = tmp_path / "pickled"
@@ -205,6 +206,9 @@ def test_load_refuses_a_changed_or_pickled_weights_file(tiny, tmp_path):
         __import__("hashlib").sha256((pickled / ev.WEIGHTS_FILE).read_bytes()).hexdigest()
     )
     (pickled / ev.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ev.EvaluatorError, match=r"evaluator\.json: sha256 .* SHA256SUMS"):
+        ev.Evaluator.load(pickled)
+    digests.write_sums(pickled, [ev.META_FILE, ev.WEIGHTS_FILE])  # checksums re-recorded too
     with pytest.raises(ValueError, match="not a valid safetensors file"):
         ev.Evaluator.load(pickled)
 

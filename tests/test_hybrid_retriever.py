@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from reimagen.bench.recall import entity_hits, measure
+from reimagen.core import digests
 from reimagen.core.knowledge_base import build_knowledge_base
 from reimagen.core.paths import default_kb_dir
 from reimagen.retrievers import (
@@ -207,6 +208,10 @@ def test_a_tampered_member_index_raises_at_load(tmp_path):
     meta = json.loads(member.read_text())
     meta["options"]["stopwords"] = "none"
     member.write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatchError, match=r"0-tfidf/index\.json: sha256 .* SHA256SUMS"):
+        HybridRetriever.load(tmp_path / "index", kb)
+    for folder in (member.parent, tmp_path / "index"):  # checksums re-recorded, inner first
+        digests.write_sums(folder)
     with pytest.raises(IndexMismatchError, match="member 0-tfidf holds"):
         HybridRetriever.load(tmp_path / "index", kb)
 

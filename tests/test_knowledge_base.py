@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from reimagen.core import paths, registry
+from reimagen.core import digests, paths, registry
 from reimagen.core.knowledge_base import (
+    CHECKED,
     MANIFEST,
     PACKED,
     Entity,
@@ -197,17 +198,23 @@ def test_tamper_extra_image(folder_kb):
 def test_tamper_edit_manifest(folder_kb):
     manifest = folder_kb.folder / MANIFEST
     manifest.write_text(manifest.read_text().replace("a noisy square", "a quiet square"))
-    # Even the cheap open checks the fingerprint: a stale index must never match.
+    # Even the cheap open checks SHA256SUMS, and behind it the fingerprint (a stale index must
+    # never match): re-recording the checksums does not make the edit pass.
     for verify in (True, False):
-        with pytest.raises(KnowledgeBaseError, match=r"manifest\.jsonl: sha256 .* fingerprint"):
+        with pytest.raises(KnowledgeBaseError, match=r"manifest\.jsonl: sha256 .* SHA256SUMS"):
             KnowledgeBase.open(folder_kb.folder, verify=verify)
+    digests.write_sums(folder_kb.folder, CHECKED)
+    with pytest.raises(KnowledgeBaseError, match=r"manifest\.jsonl: sha256 .* fingerprint"):
+        KnowledgeBase.open(folder_kb.folder, verify=False)
 
 
 def test_tamper_packed_array(folder_kb):
     _flip_byte(folder_kb.folder / PACKED)
-    with pytest.raises(KnowledgeBaseError, match=r"images\.npy: sha256 does not match"):
-        KnowledgeBase.open(folder_kb.folder)
+    for verify in (True, False):  # the packed array is hashed on every open
+        with pytest.raises(KnowledgeBaseError, match=r"images\.npy: sha256 .* SHA256SUMS"):
+            KnowledgeBase.open(folder_kb.folder, verify=verify)
     np.save(folder_kb.folder / PACKED, np.zeros((4, S, S, 3), np.uint8))
+    digests.write_sums(folder_kb.folder, CHECKED)  # checksums re-recorded: the shape still fails
     with pytest.raises(KnowledgeBaseError, match=r"images\.npy: shape \(4, 8, 8, 3\)"):
         KnowledgeBase.open(folder_kb.folder, verify=False)
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reimagen.core import registry
+from reimagen.core import digests, registry
 from reimagen.core.knowledge_base import KnowledgeBase, build_knowledge_base
 from reimagen.encoders.hash import HashEncoder
 from reimagen.retrievers import (
@@ -433,7 +433,7 @@ def test_saved_index_loads_against_its_own_kb(saved):
     result = load(name, folder, reopened).search(["red apple"], 2)
     assert result.ids[0, 0] == 1
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [META_FILE, ROWS_FILE, OWN_FILES[name]]
+        [META_FILE, ROWS_FILE, OWN_FILES[name], "SHA256SUMS"]
     )
 
 
@@ -472,6 +472,9 @@ def test_view_tampering_and_library_versions_are_checked(saved):
     library = LIBRARY[name]
     meta["libraries"][library] = "0.0.1"
     (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatchError, match=r"index\.json: sha256 .* SHA256SUMS"):
+        load(name, folder, kb)
+    digests.write_sums(folder)  # as if written so: the semantic check still catches it
     with pytest.raises(IndexMismatchError, match=f"{library} 0.0.1 \\(index\\)"):
         load(name, folder, kb)
     (folder / META_FILE).unlink()
@@ -482,6 +485,7 @@ def test_view_tampering_and_library_versions_are_checked(saved):
 def test_tampered_rows_file_raises(saved):
     name, kb, folder = saved
     np.save(folder / ROWS_FILE, np.array([0, 1, 2, 3, 5, 4]), allow_pickle=False)
+    digests.write_sums(folder)  # checksums re-recorded: the rows hash in index.json still differs
     with pytest.raises(IndexMismatchError, match="rows.npy does not match"):
         load(name, folder, kb)
 
@@ -494,6 +498,7 @@ def test_dense_index_of_another_dim_raises(tmp_path):
     meta["options"]["encoder_options"]["dim"] = 16  # claims another encoder
     meta["encoder"]["options"]["dim"] = 16
     (folder / META_FILE).write_text(json.dumps(meta))
+    digests.write_sums(folder)  # checksums re-recorded: the recorded dim still disagrees
     with pytest.raises(IndexMismatchError, match="embedding dim 32 .* != 16"):
         DenseRetriever.load(folder, kb)
 
@@ -508,6 +513,9 @@ def test_bm25_index_holds_no_pickle(saved):
     for path in arrays:
         np.load(path, allow_pickle=False)  # plain arrays, loadable without pickle
     np.save(arrays[0], np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(IndexMismatchError, match=r"\.npy: sha256 .* SHA256SUMS"):
+        load(name, folder, kb)
+    digests.write_sums(folder)  # checksums re-recorded: the loader still refuses the pickle
     with pytest.raises(ValueError, match="allow_pickle"):
         load(name, folder, kb)
 
@@ -660,5 +668,6 @@ def test_dense_index_of_another_kind_raises(tmp_path):
     meta = json.loads((folder / META_FILE).read_text())
     meta["options"]["ivf"] = True  # claims an IVF index; the file holds a flat one
     (folder / META_FILE).write_text(json.dumps(meta))
+    digests.write_sums(folder)  # checksums re-recorded: the kind check still catches it
     with pytest.raises(IndexMismatchError, match="holds a IndexFlatIP, index.json says ivf=True"):
         DenseRetriever.load(folder, kb)

@@ -1,10 +1,14 @@
 """Shipped weights: float16 export round trip, size budget, and that what ships loads."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from reimagen.backends.torch import BACKEND
+from reimagen.core import digests
+from reimagen.core.io import load_safetensors
 from reimagen.core.unet_config import PRESETS
 from reimagen.weights import STAGES, available_stages, weights_path
 
@@ -30,3 +34,30 @@ def test_shipped_weights_fit_the_budget_and_load():
         model = BACKEND.load_model(weights_path(stage))
         assert model.config.is_super_resolution == (stage == "sr"), stage
     assert set(available_stages()) <= set(STAGES)
+
+
+# sha256 over (name, dtype, shape, bytes) of every tensor, sorted by name, of the shipped files
+# as they were before they were re-stamped with their file checksum (git 3efb509): re-stamping
+# rewrote the header only, and these prove no tensor value moved.
+SHIPPED_TENSORS_SHA256 = {
+    "base": "ebe727a34886bdf9e6d216ea79d94484dc9beafe26af080872ce49b79df65368",
+    "baseline": "e18625d60b4b563da3c8b37e5ec2c2b965f00b68aec311dad88a93ef25c06446",
+    "sr": "7c374b2b7bdc7748a34aed5ff0e41b999d6b4bd0887766e45489ed1d1140ffe7",
+}
+
+
+def tensors_sha256(tensors: dict) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = np.ascontiguousarray(tensors[key])
+        digest.update(f"{key}|{value.dtype.str}|{list(value.shape)}\n".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_shipped_weights_carry_their_checksum_and_the_same_tensors(stage):
+    path = weights_path(stage)
+    assert digests.verify_safetensors(path), f"{path} has no {digests.SAFETENSORS_KEY}"
+    tensors, _ = load_safetensors(path)  # check=True: the digest must match
+    assert tensors_sha256(tensors) == SHIPPED_TENSORS_SHA256[stage]

@@ -28,6 +28,7 @@ from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.trainer import NonFiniteLossError, Trainer, train
 from reimagen.core import checkpoint as core_checkpoint
+from reimagen.core import digests
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.io import UnsafeFileError
@@ -381,6 +382,11 @@ def test_pickled_checkpoint_folder_is_refused(tmp_path):
         (folder / name).write_bytes(pickle.dumps(_Exploit(marker)))
     with pytest.raises(UnsafeFileError):
         BACKEND.load_model(tmp_path / "run")
-    with pytest.raises(UnsafeFileError):
-        Trainer(TINY, config(2), SyntheticSource(), tmp_path / "run")  # resume
+    # resume: refused by the step folder's SHA256SUMS, and, with the checksums re-recorded
+    # over the pickles, by the safetensors reader; no other step to fall back to
+    with pytest.raises(ckpt.CheckpointError, match="reads back intact.*sha256 .* SHA256SUMS"):
+        Trainer(TINY, config(2), SyntheticSource(), tmp_path / "run")
+    digests.write_sums(folder)
+    with pytest.raises(ckpt.CheckpointError, match="not a valid safetensors file"):
+        Trainer(TINY, config(2), SyntheticSource(), tmp_path / "run")
     assert not marker.exists()

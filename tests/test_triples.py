@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reimagen.core import digests
 from reimagen.core.interfaces import RetrievalResult
 from reimagen.core.io import UnsafeFileError
 from reimagen.core.triples import (
@@ -159,6 +160,9 @@ def test_files_that_are_not_ours_are_refused(tmp_path):
         buffer, ids=np.array([{"x": 1}], dtype=object), scores=triples.scores, **{META_KEY: meta}
     )
     pickled.write_bytes(buffer.getvalue())
+    with pytest.raises(TriplesMismatchError, match=r"pickled\.npz\.sha256: missing"):
+        load_triples(pickled, kb)
+    digests.write_sidecar(pickled)  # even with a checksum beside it, the pickle is refused
     with pytest.raises(TriplesMismatchError, match="allow_pickle"):
         load_triples(pickled, kb)
     fake = tmp_path / "fake.safetensors"
@@ -167,6 +171,7 @@ def test_files_that_are_not_ours_are_refused(tmp_path):
         load_triples(fake, kb)
     no_meta = tmp_path / "no_meta.npz"
     np.savez(no_meta, ids=triples.ids, scores=triples.scores)
+    digests.write_sidecar(no_meta)
     with pytest.raises(TriplesMismatchError, match="missing"):
         load_triples(no_meta, kb)
     wrong_format = tmp_path / "other.npz"
@@ -177,6 +182,7 @@ def test_files_that_are_not_ours_are_refused(tmp_path):
         scores=triples.scores,
         **{META_KEY: np.frombuffer(json.dumps(blob).encode(), np.uint8)},
     )
+    digests.write_sidecar(wrong_format)
     with pytest.raises(TriplesMismatchError, match="not a reimagen-triples"):
         load_triples(wrong_format, kb)
     with pytest.raises(ValueError, match=r"must end in \.npz or \.safetensors"):

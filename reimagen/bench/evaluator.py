@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from reimagen.core import digests
 from reimagen.core import io as rio
 from reimagen.core.config import ConfigMixin, config, in_range, one_of
 from reimagen.data import scenes as sc
@@ -324,7 +325,7 @@ class Evaluator:
         weights = folder / WEIGHTS_FILE
         if rio.sha256_file(weights) != meta["weights_sha256"]:
             raise EvaluatorError(f"{weights}: sha256 does not match {META_FILE} (file replaced?)")
-        tensors, _ = rio.load_safetensors(weights)
+        tensors, _ = rio.load_safetensors(weights, check=False)  # hash checked just above
         config = EvaluatorConfig.from_dict(meta["config"])
         network = build_network(config, len(meta["entities"]))
         state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
@@ -352,6 +353,7 @@ class Evaluator:
             "entities": list(self.entities),
         }
         rio.atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))
+        digests.write_sums(folder, [WEIGHTS_FILE, META_FILE])  # evaluator.json's own checksum
         self.meta = meta
         return folder
 
@@ -365,8 +367,11 @@ def read_meta(folder: str | Path | None = None) -> dict[str, Any]:
         raise EvaluatorError(
             f"no evaluator at {folder} (train one: python -m reimagen.bench.evaluator --train)"
         )
-    try:
+    try:  # SHA256SUMS covers evaluator.json itself (its weights' hash is inside it)
+        digests.verify_sums(folder, required=[META_FILE, WEIGHTS_FILE])
         meta = json.loads(path.read_text(encoding="utf-8"))
+    except digests.IntegrityError as err:
+        raise EvaluatorError(str(err)) from None
     except json.JSONDecodeError as err:
         raise EvaluatorError(f"{path}: not valid JSON ({err})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:

@@ -65,7 +65,8 @@ def _knowledge_base():
     from reimagen.core.knowledge_base import KnowledgeBase
 
     folder = default_kb_dir()
-    if not (folder / "kb.json").is_file():
+    # no SHA256SUMS: built before reimagen recorded checksums, which open() refuses
+    if not (folder / "kb.json").is_file() or not (folder / "SHA256SUMS").is_file():
         from reimagen.cli.main import main as cli
 
         print(f"building the emoji knowledge base in {folder} (once) ...")

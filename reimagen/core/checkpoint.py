@@ -22,12 +22,22 @@ previous checkpoint is deleted only after the new one is committed.
 
 Nothing is ever unpickled: every file goes through :func:`reimagen.core.io.load_safetensors`,
 which refuses anything that is not safetensors (e.g. a pickle renamed ``.safetensors``).
+
+Integrity (issue #14): each step folder holds ``SHA256SUMS`` over its files, written last before
+the rename, and :func:`read_checkpoint` checks it (a flipped bit in a tensor is otherwise
+invisible: safetensors only notices truncation). A committed step folder without it was written
+by a reimagen from before checksums (a run that began then and resumes now): it is read with a
+warning, unverified. :func:`load_resumable` falls back past a damaged or unreadable checkpoint
+to the newest one that reads back intact, with a warning naming what it skipped; a missing or
+garbage ``latest`` no longer sends a run back to step 0 over its saved steps.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -36,6 +46,8 @@ from typing import Any
 import attrs
 import numpy as np
 
+from reimagen.core import digests
+from reimagen.core.digests import IntegrityError, MissingChecksumError
 from reimagen.core.io import atomic_save_safetensors, atomic_write_text, load_safetensors
 
 FORMAT = "reimagen-unet/1"
@@ -48,6 +60,8 @@ MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE = (
 )
 CHECKPOINTS, LATEST = "checkpoints", "latest"
 ADAM_SLOTS = ("exp_avg", "exp_avg_sq", "step")
+STEP_DIR = re.compile(r"^step-(\d{8,})$")
+LOG = logging.getLogger(__name__)
 
 # Test hook for fault injection: REIMAGEN_CHECKPOINT_FAULT="<point>@<step>" makes the process
 # SIGKILL itself at that point of the commit protocol (points: written, renamed, committed).
@@ -95,17 +109,65 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def checkpoints_root(run_dir: str | Path) -> Path:
+    """The checkpoints folder of a run folder (or the folder itself when it is one)."""
+    run_dir = Path(run_dir)
+    return run_dir / CHECKPOINTS if (run_dir / CHECKPOINTS).is_dir() else run_dir
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The committed checkpoint ``latest`` points to (run folder or its checkpoints folder)."""
-    run_dir = Path(run_dir)
-    root = run_dir / CHECKPOINTS if (run_dir / CHECKPOINTS).is_dir() else run_dir
+    root = checkpoints_root(run_dir)
     pointer = root / LATEST
     if not pointer.is_file():
         raise FileNotFoundError(f"no committed checkpoint: {pointer} does not exist")
-    folder = root / pointer.read_text().strip()
+    name = pointer.read_bytes().decode("ascii", errors="replace").strip()
+    if not STEP_DIR.match(name):
+        raise CheckpointError(f"{pointer}: damaged (holds {name[:40]!r}, not a step folder name)")
+    folder = root / name
     if not (folder / STATE_FILE).is_file():
         raise CheckpointError(f"{pointer} points at {folder.name}, which is incomplete")
     return folder
+
+
+def step_folders(run_dir: str | Path) -> list[Path]:
+    """The run's committed step folders, newest first (by step number, not by ``latest``)."""
+    root = checkpoints_root(run_dir)
+    found = [p for p in root.glob("step-*") if STEP_DIR.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name)[1]), reverse=True)
+
+
+def load_resumable(run_dir: str | Path) -> tuple[Checkpoint | None, list[str]]:
+    """The checkpoint a run resumes from, and what was skipped on the way (one line each).
+
+    First the one ``latest`` names; if that pointer is missing or damaged, or the checkpoint
+    does not read back intact, the newest step folder that does, with a warning naming each
+    one passed over. (None, []) for a run with no step folder. A run whose step folders all
+    fail is a CheckpointError: starting again at step 0 would silently throw them away."""
+    candidates, skipped = step_folders(run_dir), []
+    try:
+        pointed = latest_checkpoint(run_dir)
+        candidates = [pointed] + [c for c in candidates if c.name != pointed.name]
+    except FileNotFoundError:
+        if candidates:
+            skipped.append(f"{checkpoints_root(run_dir) / LATEST}: missing")
+    except CheckpointError as err:
+        skipped.append(str(err))
+    for folder in candidates:
+        try:
+            saved = read_checkpoint(folder)
+        except (IntegrityError, CheckpointError, OSError, ValueError) as err:
+            skipped.append(str(err).splitlines()[0])
+            continue
+        for reason in skipped:
+            LOG.warning("resuming from %s, not the latest checkpoint: %s", folder, reason)
+        return saved, skipped
+    if candidates:
+        raise CheckpointError(
+            f"no checkpoint in {checkpoints_root(run_dir)} reads back intact "
+            f"({len(candidates)} tried; latest: {skipped[-len(candidates)]})"
+        )
+    return None, skipped
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
@@ -142,15 +204,50 @@ class Checkpoint:
 
 
 def read_checkpoint(folder: str | Path) -> Checkpoint:
+    """Read a step folder, checked against its SHA256SUMS (IntegrityError naming the file)."""
     folder = Path(folder)
     for name in (MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE):
         if not (folder / name).is_file():
             raise CheckpointError(f"checkpoint {folder} is missing {name}")
-    model, _ = load_safetensors(folder / MODEL_FILE)
-    ema, _ = load_safetensors(folder / EMA_FILE)
-    optimizer, _ = load_safetensors(folder / OPTIM_FILE)
-    state = json.loads((folder / STATE_FILE).read_text())
+    verify_step_folder(folder)
+    model, _ = load_safetensors(folder / MODEL_FILE, check=False)  # checked by SHA256SUMS
+    ema, _ = load_safetensors(folder / EMA_FILE, check=False)
+    optimizer, _ = load_safetensors(folder / OPTIM_FILE, check=False)
+    try:
+        state = json.loads((folder / STATE_FILE).read_bytes())
+        int(state["step"])
+    except (ValueError, KeyError, TypeError) as err:  # only a legacy, unverified folder
+        raise CheckpointError(f"{folder / STATE_FILE}: not a checkpoint state ({err})") from None
     return Checkpoint(folder, model, ema, optimizer, state)
+
+
+def verify_step_folder(folder: Path) -> bool:
+    """Check a step folder's files against its SHA256SUMS. True: verified; False: a legacy
+    folder without one (written before checksums; warned, read unverified)."""
+    try:
+        digests.verify_sums(folder, required=(MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE),
+                            complete=True)
+    except MissingChecksumError:
+        LOG.warning("%s has no %s (written before reimagen checked checkpoints); reading it "
+                    "unverified", folder, digests.SUMS)
+        return False
+    return True
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A weights file (exported, shipped, or a checkpoint's model/EMA file): tensors and
+    metadata, checked against the sha256 in its header, or, when the header has none, against
+    its checkpoint folder's SHA256SUMS (a legacy checkpoint: warned). Any other file without a
+    digest is refused (MissingChecksumError says how to stamp one you trust)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if digests.verify_safetensors(path):
+        return load_safetensors(path, check=False)
+    if (path.parent / STATE_FILE).is_file() or (path.parent / digests.SUMS).is_file():
+        verify_step_folder(path.parent)
+        return load_safetensors(path, check=False)
+    return load_safetensors(path)  # raises MissingChecksumError naming the file
 
 
 def write_checkpoint(
@@ -174,7 +271,7 @@ def write_checkpoint(
             )
     root = Path(run_dir) / CHECKPOINTS
     final = root / step_dir_name(step)
-    if (root / LATEST).is_file() and (root / LATEST).read_text().strip() == final.name:
+    if _is_latest(root, final) and _intact(final):
         raise CheckpointError(f"step {step} is already the committed checkpoint in {root}")
     partial = root / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -184,9 +281,12 @@ def write_checkpoint(
     atomic_save_safetensors(partial / EMA_FILE, ema, metadata=metadata)
     atomic_save_safetensors(partial / OPTIM_FILE, optimizer)
     atomic_write_text(partial / STATE_FILE, json.dumps({**state, "step": step}, indent=2) + "\n")
+    digests.write_sums(partial)  # last: a folder without it never passes for a complete one
     fsync_dir(partial)
     _fault_point("written", step)
-    if final.exists():  # committed earlier but never pointed to (a crash before `latest`)
+    # committed earlier but never pointed to (a crash before `latest`), or damaged (the run
+    # resumed from an earlier step past it, with a warning naming it)
+    if final.exists():
         shutil.rmtree(final)
     os.rename(partial, final)
     fsync_dir(root)
@@ -197,10 +297,23 @@ def write_checkpoint(
     return final
 
 
+def _is_latest(root: Path, folder: Path) -> bool:
+    pointer = root / LATEST
+    return pointer.is_file() and pointer.read_bytes().strip() == folder.name.encode()
+
+
+def _intact(folder: Path) -> bool:
+    try:
+        verify_step_folder(folder)
+    except (IntegrityError, OSError):
+        return False
+    return True
+
+
 def prune(root: Path, keep: int, latest: str) -> None:
     """Delete committed step folders beyond the newest ``keep`` and other processes' stale
     partial folders (``root`` is the run's checkpoints folder)."""
-    steps = sorted(p.name for p in root.glob("step-*") if p.is_dir())
+    steps = [p.name for p in reversed(step_folders(root))]  # oldest first
     for name in steps[:-keep]:
         if name != latest:
             shutil.rmtree(root / name, ignore_errors=True)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from reimagen.core import digests
+from reimagen.core.digests import IntegrityError, UnsafeFileError  # noqa: F401 (re-exported)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -82,18 +85,16 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-class UnsafeFileError(ValueError):
-    """A weights file that is not a valid safetensors file (e.g. a pickle under that name)."""
-
-
 def atomic_save_safetensors(
     path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
 ) -> None:
-    """Write numpy arrays as safetensors, atomically."""
+    """Write numpy arrays as safetensors, atomically, with the sha256 of the file in its header
+    (``reimagen.sha256``, see :mod:`reimagen.core.digests`)."""
     from safetensors.numpy import save
 
+    metadata = {**(metadata or {}), digests.SAFETENSORS_KEY: digests.PLACEHOLDER.decode()}
     blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, blob)
+    atomic_write_bytes(path, digests.stamp_safetensors(blob))
 
 
 @contextlib.contextmanager
@@ -113,14 +114,41 @@ def _safetensors_handle(path: str | Path) -> Iterator:
 
 
 def load_safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """A safetensors file's metadata, reading the header only."""
+    """A safetensors file's metadata, reading the header only and *not* checking the file's
+    digest (that needs every byte): for deciding how to load a file that
+    :func:`load_safetensors` then reads and checks."""
     with _safetensors_handle(path) as handle:
-        return dict(handle.metadata() or {})
+        return _metadata(handle)
 
 
-def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Load arrays and metadata. Anything that is not safetensors is refused, never unpickled."""
+def load_safetensors(
+    path: str | Path, check: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Load arrays and metadata. Anything that is not safetensors is refused, never unpickled.
+    ``check``: the file must carry its sha256 (written by :func:`atomic_save_safetensors`) and
+    match it, else IntegrityError; False only where the caller verified the bytes already (a
+    checkpoint's SHA256SUMS, the evaluator's recorded hash)."""
+    if check:
+        check_safetensors(path)
     with _safetensors_handle(path) as handle:
-        metadata = dict(handle.metadata() or {})
+        metadata = _metadata(handle)
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
     return tensors, metadata
+
+
+def check_safetensors(path: str | Path) -> None:
+    """IntegrityError unless ``path`` matches the sha256 in its header (one read of the file)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if not digests.verify_safetensors(path):
+        raise digests.MissingChecksumError(
+            f"{path}: no {digests.SAFETENSORS_KEY} checksum in its header (written before "
+            "reimagen recorded one, by another tool, or damaged); if you trust the file: "
+            f"python -m reimagen.core.digests stamp {path}"
+        )
+
+
+def _metadata(handle) -> dict[str, str]:
+    metadata = dict(handle.metadata() or {})
+    metadata.pop(digests.SAFETENSORS_KEY, None)  # the file's own checksum, not a fact about it
+    return metadata

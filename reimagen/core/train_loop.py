@@ -184,12 +184,13 @@ class TrainLoop:
         self.callback = callback
         self.keep = keep
         self.schedule = CosineSchedule()
-        if ckpt.has_checkpoint(self.run_dir) and not resume:
+        if (ckpt.has_checkpoint(self.run_dir) or ckpt.step_folders(self.run_dir)) and not resume:
             raise ValueError(
                 f"run_dir {self.run_dir} already holds checkpoints; pass resume=True to continue "
                 "it or choose an empty folder"
             )
         self.step = 0
+        self.resume_skipped: list[str] = []  # checkpoints passed over on resume, and why
         self.checkpoint: Path | None = None
         self.last_loss = float("nan")
 
@@ -243,16 +244,18 @@ class TrainLoop:
         return self.checkpoint
 
     def resume_latest(self) -> None:
-        """Continue from the run folder's committed checkpoint, if it has one."""
-        if ckpt.has_checkpoint(self.run_dir):
-            self._restore(ckpt.latest_checkpoint(self.run_dir))
+        """Continue from the run folder's newest checkpoint that reads back intact, if it has
+        one (``latest``, else an earlier step: :func:`ckpt.load_resumable`, which warns; what
+        it skipped also goes into log.jsonl when the run starts)."""
+        saved, self.resume_skipped = ckpt.load_resumable(self.run_dir)
+        if saved is not None:
+            self._restore(saved)
 
-    def _restore(self, folder: Path) -> None:
-        saved = ckpt.read_checkpoint(folder)
+    def _restore(self, saved: ckpt.Checkpoint) -> None:
         check_resumable(saved, self.model_config, self.config)
         self._load_state(saved)
         self.step = saved.step
-        self.checkpoint = folder
+        self.checkpoint = saved.folder
         self.last_loss = float(saved.state.get("loss", float("nan")))
 
     def stop_message(self, what: str, value: float) -> str:
@@ -277,6 +280,9 @@ class TrainLoop:
         start_step = self.step
         log = JsonlLog(self.run_dir / LOG_FILE)
         log.write({"event": "start", "step": start_step, "resumed": self.checkpoint is not None})
+        if self.resume_skipped:
+            log.write({"event": "resume-fallback", "step": start_step,
+                       "skipped": self.resume_skipped})
         bar = tqdm(
             total=config.steps,
             initial=start_step,

@@ -16,6 +16,12 @@ given, the queries) and raises :class:`TriplesMismatchError` naming what differs
 run cannot pair examples with neighbours from another base. Files are ``.npz`` (read with
 ``allow_pickle=False``) or ``.safetensors`` (metadata in its header), written atomically.
 
+Integrity (issue #14): a ``.safetensors`` file carries the sha256 of its bytes in its header; an
+``.npz`` gets ``<file>.sha256`` beside it (``sha256sum`` format), written after it. Both are
+checked before anything is parsed, so a flipped bit anywhere (the zip's own fields included) is
+a :class:`TriplesIntegrityError` naming the file; a file without its checksum is one too (the
+training data rebuilds triples it cannot trust).
+
 numpy only: the retriever is passed in, so core imports no retrieval library.
 """
 
@@ -31,7 +37,13 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.core.io import atomic_save_safetensors, atomic_write_bytes, load_safetensors
+from reimagen.core import digests
+from reimagen.core.io import (
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    check_safetensors,
+    load_safetensors,
+)
 
 FORMAT = "reimagen-triples"
 FORMAT_VERSION = 1
@@ -42,6 +54,10 @@ META_KEY = "meta_json"  # the JSON metadata: an npz member (uint8 bytes) or a sa
 class TriplesMismatchError(ValueError):
     """A triples file that does not belong to the knowledge base or queries given, or is
     damaged."""
+
+
+class TriplesIntegrityError(TriplesMismatchError, digests.IntegrityError):
+    """A triples file whose bytes differ from its recorded sha256, or that has none."""
 
 
 @attrs.frozen(kw_only=True)
@@ -217,6 +233,7 @@ def save_triples(path: str | Path, triples: Triples) -> Path:
         meta_bytes = np.frombuffer(meta_json.encode(), dtype=np.uint8)
         np.savez(buffer, **arrays, **{META_KEY: meta_bytes}, allow_pickle=False)
         atomic_write_bytes(path, buffer.getvalue())
+        digests.write_sidecar(path)  # after the data: no sidecar, no trust
     else:
         raise ValueError(f"triples file must end in {' or '.join(SUFFIXES)}, got {path.name!r}")
     return path
@@ -252,8 +269,9 @@ def load_triples(path: str | Path, kb: Any, *, queries: Sequence[str] | None = N
 def _read(path: Path) -> tuple[dict[str, np.ndarray], TriplesMeta]:
     if not path.is_file():
         raise FileNotFoundError(f"triples file not found: {path}")
+    _verify(path)
     if path.suffix == ".safetensors":
-        arrays, header = load_safetensors(path)  # refuses anything that is not safetensors
+        arrays, header = load_safetensors(path, check=False)  # checked by _verify
         meta_json = header.get(META_KEY)
     elif path.suffix == ".npz":
         try:
@@ -264,7 +282,20 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], TriplesMeta]:
         meta_json = bytes(arrays.pop(META_KEY, np.zeros(0, np.uint8))).decode() or None
     else:
         raise ValueError(f"triples file must end in {' or '.join(SUFFIXES)}, got {path.name!r}")
-    missing = {"ids", "scores"} - set(arrays)
+    missing = {"ids", "scores"} - set(arrays)  # (only a file this reimagen did not write)
     if meta_json is None or missing:
         raise TriplesMismatchError(f"triples {path}: missing {sorted(missing) or [META_KEY]}")
     return arrays, TriplesMeta.from_json(meta_json)
+
+
+def _verify(path: Path) -> None:
+    """The file's bytes against its recorded sha256 (in the header, or the .sha256 sidecar)."""
+    try:
+        if path.suffix == ".safetensors":
+            check_safetensors(path)
+        elif path.suffix == ".npz":
+            digests.verify_sidecar(path)
+    except digests.UnsafeFileError:
+        raise  # not safetensors at all: refused as such
+    except digests.IntegrityError as err:
+        raise TriplesIntegrityError(f"triples {str(err).splitlines()[0]}; rebuild them") from None

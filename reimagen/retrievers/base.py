@@ -249,6 +249,7 @@ class ViewRetriever(Retriever):
         """Load a saved index; raises IndexMismatchError at once if it does not belong to
         ``kb`` (or, when ``rows`` is given, to that view)."""
         folder = Path(folder)
+        saved.verify_folder(folder)  # every byte against SHA256SUMS, before anything is parsed
         meta = saved.IndexMeta.read(folder)
         expected = None if rows is None else select_rows(kb, rows)
         stored_rows = saved.check_meta(meta, folder, kb, retriever=cls.name, expected_rows=expected)

@@ -143,9 +143,9 @@ def load_weights_file(source: str | Path) -> ReImagenUNet:
     """A safetensors weights file (from either backend, float32 or float16) -> a float32 JAX
     U-Net; refuses non-safetensors files (never unpickles) and files without the UNetConfig
     metadata."""
-    from reimagen.core.io import load_safetensors
+    from reimagen.core.checkpoint import read_weights
 
-    tensors, metadata = load_safetensors(source)
+    tensors, metadata = read_weights(source)  # checked against its sha256
     if CONFIG_KEY not in metadata:
         raise KeyMismatchError(f"{source} has no {CONFIG_KEY!r} metadata; not a reimagen U-Net")
     config = UNetConfig.from_dict(json.loads(metadata[CONFIG_KEY]))

@@ -37,11 +37,12 @@ from reimagen.core.checkpoint import (  # noqa: F401  (re-exported: the shared l
     has_checkpoint,
     latest_checkpoint,
     read_checkpoint,
+    read_weights,
     resolve_weights,
     step_dir_name,
     weights_metadata,
 )
-from reimagen.core.io import atomic_save_safetensors, load_safetensors
+from reimagen.core.io import atomic_save_safetensors, load_safetensors  # noqa: F401 (re-exported)
 from reimagen.core.unet_config import UNetConfig
 
 # ---- model weights -----------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def load_model(path_or_dir: str | Path, ema: bool = True) -> ReImagenUNet:
     """A U-Net for inference from a file or checkpoint folder (EMA weights by default), in
     eval mode. The config comes from the file's metadata; no pickle is involved."""
     source = resolve_weights(path_or_dir, ema)
-    tensors, metadata = load_safetensors(source)  # refuses anything but safetensors
+    tensors, metadata = read_weights(source)  # safetensors only, checked against its sha256
     if CONFIG_KEY not in metadata:
         raise CheckpointError(f"{source} has no {CONFIG_KEY!r} metadata; not a reimagen U-Net")
     config = UNetConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
