@@ -29,6 +29,10 @@ from reimagen.core.interfaces import (
 )
 
 DEFAULT_SAMPLING = SamplingConfig()  # frozen, so one shared default is safe
+# Longest prompt generate() takes. The text encoders read at most max_length tokens (32 by
+# default, MiniLM's ceiling is 512) and drop the rest, so a longer text is a mistake (a file
+# pasted as a prompt), not a description; refusing it also bounds retrieval's work.
+MAX_PROMPT_CHARS = 1000
 
 
 @attrs.frozen
@@ -104,9 +108,14 @@ class Pipeline:
         """``encoder``: a registered name; default: the one the weights were trained with
         (their metadata, reimagen.core.checkpoint.trained_encoder)."""
         from reimagen.core.checkpoint import trained_encoder
+        from reimagen.weights import check_finite
 
         backend_impl = registry.get("backend", backend)()
         model = backend_impl.load_model(weights)  # refuses a non-safetensors file first
+        try:  # NaN/Inf weights would sample all-black images without any error
+            check_finite(weights, backend_impl.state_dict(model))
+        except NotImplementedError:  # a plugin backend that cannot export its weights
+            pass
         encoder = encoder or trained_encoder(weights)
         config = backend_impl.model_config(model)
         return cls(
@@ -143,11 +152,10 @@ class Pipeline:
         ``indices`` [B] (default ``range(B)``): each prompt's global index. All noise of sample
         b (initial, per-step, SR augmentation) is drawn from (seed, indices[b]) alone, so a
         prompt list split into batches with their global indices gives the same images."""
-        prompts = tuple(prompts)
-        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError("prompts must be non-empty strings")
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        prompts = check_prompts(prompts)
+        k = _check_k(k, self.retriever is not None or neighbor_rows is not None)
+        if not isinstance(sampling, SamplingConfig):
+            raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
         indices = _check_indices(indices, len(prompts))
         sampler = registry.get("sampler", sampling.sampler)  # unknown names fail before compute
         guidance = make_guidance(sampling)
@@ -157,8 +165,9 @@ class Pipeline:
             found = self.retrieve(prompts, k)
             rows, scores = found.ids, found.scores
         else:
-            rows = np.asarray(neighbor_rows, dtype=np.int64).reshape(len(prompts), -1)
+            rows = _check_neighbor_rows(neighbor_rows, len(prompts), k)
             scores = np.full(rows.shape, np.nan, dtype=np.float32)
+        self._check_kb(rows.shape[1])
         size = self.image_size
         text = self.encoder.encode(list(prompts))
         if rows.shape[1]:
@@ -188,24 +197,72 @@ class Pipeline:
         )
 
 
+    def _check_kb(self, k: int) -> None:
+        """Neighbour images come from the KB (resized to this network's size: a KB stored
+        smaller is upsampled here, which the command line refuses, reimagen.cli.common.
+        check_kb_fits; tests cascade toy KBs into larger SR stages on purpose)."""
+        if k and self.kb is None:
+            raise ValueError(f"k={k} neighbours need a knowledge base; this pipeline has none")
+
     def _lowres_conditioning(self, lowres, aug_level: float, seed: int, indices) -> dict:
         """Upsample the previous stage's images and corrupt them at the fixed ``aug_level``
         (augmentation noise of row b: stream 1 of (seed, indices[b]), apart from its sampler
         noise)."""
         if lowres is None:
             raise ValueError("lowres images are required by a super-resolution stage")
-        lowres = np.asarray(lowres, np.float32)
-        if lowres.shape[1:3] != (self.lowres_size, self.lowres_size):
-            raise ValueError(
-                f"lowres must be {self.lowres_size}x{self.lowres_size}, got "
-                f"{lowres.shape[1]}x{lowres.shape[2]}"
-            )
+        lowres = np.asarray(lowres)
+        want = (len(indices), self.lowres_size, self.lowres_size, 3)
+        if lowres.shape != want:
+            raise ValueError(f"lowres must have shape {list(want)} ([B, h, w, 3]), got "
+                             f"{list(lowres.shape)}")
+        if not np.issubdtype(lowres.dtype, np.floating):
+            raise ValueError(f"lowres must be floats in [-1, 1], got dtype {lowres.dtype}")
+        if not np.isfinite(lowres).all():
+            raise ValueError("lowres must be finite floats in [-1, 1], got NaN or Inf")
+        lowres = lowres.astype(np.float32)
         upsampled = resize_bilinear(lowres, self.image_size)
         noise = np.stack([
             rng.standard_normal(upsampled.shape[1:], dtype=np.float32)
             for rng in sample_generators(seed, indices, stream=1)
         ])  # [B, H, W, 3]
         return {"lowres": noise_augment(upsampled, aug_level, noise), "aug_level": aug_level}
+
+
+def check_prompts(prompts) -> tuple[str, ...]:
+    """A non-empty sequence of non-blank strings of at most MAX_PROMPT_CHARS characters (a bare
+    string is refused: it would be read as one prompt per character)."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError("prompts must be a sequence of strings, not a single string; wrap it")
+    prompts = tuple(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt {i} is {prompt!r}; prompts must be non-empty strings")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt {i} has {len(prompt):,} characters; allowed: at most "
+                             f"{MAX_PROMPT_CHARS:,}")
+    return prompts
+
+
+def _check_k(k, can_have_neighbors: bool) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+    if k and not can_have_neighbors:
+        raise ValueError(f"k={k} needs a retriever or neighbor_rows; this pipeline has no "
+                         "retriever (pass k=0 for no retrieval)")
+    return int(k)
+
+
+def _check_neighbor_rows(neighbor_rows, batch: int, k: int) -> np.ndarray:
+    """KB rows [B, k] of integer dtype (range checked by the knowledge base)."""
+    rows = np.asarray(neighbor_rows)
+    if rows.ndim != 2 or rows.shape[0] != batch or rows.shape[1] != k:
+        raise ValueError(f"neighbor_rows must have shape [{batch}, {k}] ([B, K]), got "
+                         f"{list(rows.shape)}")
+    if rows.size and not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"neighbor_rows must be integer KB rows, got dtype {rows.dtype}")
+    return rows.astype(np.int64)
 
 
 def _check_indices(indices, batch: int) -> tuple[int, ...]:

@@ -10,14 +10,23 @@ Three self-describing safetensors files (weights + UNetConfig in the metadata) u
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from reimagen.core import registry
 from reimagen.core.generation import SamplingConfig
 
 STAGES = ("base", "baseline", "sr")
 SR_NEIGHBORS = 1  # K the SR stage was trained with (its neighbours at 64×64 cost 4× the base's)
+# The most neighbours the command line samples with. The shipped base was trained with K=2;
+# the paper's K sweep (Fig. 7) and `reimagen ablate` go to K=4. Past 4× the training K the
+# neighbour attention reads references in a regime it never saw, and its cost grows with K·F²
+# per sample, so a larger K is refused as a typo rather than run.
+MAX_NEIGHBORS = 8
+STAGE_KEY = "reimagen.stage"  # safetensors metadata of an exported stage: base | baseline | sr
 
 # Retriever for generate, demo, bench, ablate and retrieve: ``hybrid`` (rank fusion of tfidf and
 # dense/minilm). Neighbour recall@2 (the entity among the 2 neighbours, same-style view): 0.991
@@ -71,15 +80,94 @@ def available_stages() -> list[str]:
 
 def load_stage(stage: str, *, kb=None, retriever=None, encoder: str | None = None,
                backend: str = "torch"):
-    """A Pipeline for one shipped stage (its text encoder: the one it was trained with)."""
+    """A Pipeline for one shipped stage (its text encoder: the one it was trained with).
+    The file must fit the stage (stage_config) and hold finite weights; the base stage's
+    neighbour attention must have been trained (check_neighbor_attention)."""
     from reimagen.pipeline import Pipeline
 
+    path = weights_path(stage)
+    registry.get("backend", backend)  # unknown backend -> error before loading
+    stage_config(stage)
+    pipeline = Pipeline.from_checkpoint(path, kb=kb, retriever=retriever, encoder=encoder,
+                                        backend=backend)
+    if stage == "base":
+        check_neighbor_attention(path, pipeline.backend, pipeline.model)
+    return pipeline
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot serve where it is asked to: not a reimagen U-Net, another
+    stage's or preset's network, non-finite values. One line, naming the file."""
+
+
+def read_config(path: str | Path):
+    """(UNetConfig, metadata) from a weights file's header; no tensor is read. A file that is
+    not safetensors is refused by reimagen.core.io (UnsafeFileError, naming it)."""
+    from reimagen.core.checkpoint import CONFIG_KEY
+    from reimagen.core.config import ConfigError
+    from reimagen.core.io import load_safetensors_metadata
+    from reimagen.core.unet_config import UNetConfig
+
+    metadata = load_safetensors_metadata(path)
+    if CONFIG_KEY not in metadata:
+        raise WeightsError(f"{path}: no {CONFIG_KEY!r} metadata; not a reimagen U-Net weights file")
+    try:
+        return UNetConfig.from_dict(json.loads(metadata[CONFIG_KEY])), metadata
+    except (ValueError, ConfigError) as err:  # JSONDecodeError is a ValueError
+        raise WeightsError(f"{path}: its {CONFIG_KEY!r} metadata is not a UNetConfig ({err})") from None
+
+
+def describe(config) -> str:
+    """'a 32×32 base network' / 'a 32→64 super-resolution network' (for error messages)."""
+    if config.is_super_resolution:
+        return f"a {config.lowres_size}→{config.image_size} super-resolution network"
+    return f"a {config.image_size}×{config.image_size} base network"
+
+
+def stage_config(stage: str):
+    """The UNetConfig of a shipped stage's file, read from its header (cheap: no tensors), after
+    checking the file fits the stage: a super-resolution network for "sr", a base network
+    otherwise, and the stage it was exported as (STAGE_KEY), when it says."""
     path = weights_path(stage)
     if not path.is_file():
         raise FileNotFoundError(
             f"no shipped weights for stage {stage!r} at {path}; train them with "
             f"`reimagen train --stage {stage}` or set REIMAGEN_WEIGHTS"
         )
-    registry.get("backend", backend)  # unknown backend -> error before loading
-    return Pipeline.from_checkpoint(path, kb=kb, retriever=retriever, encoder=encoder,
-                                    backend=backend)
+    config, metadata = read_config(path)
+    exported_as = metadata.get(STAGE_KEY)
+    if exported_as is not None and exported_as != stage:
+        raise WeightsError(f"{path}: exported as stage {exported_as!r}, loaded as stage {stage!r}")
+    if config.is_super_resolution != (stage == "sr"):
+        wanted = "a super-resolution network" if stage == "sr" else "a base network"
+        raise WeightsError(f"{path}: {describe(config)}, loaded as stage {stage!r}, which needs "
+                           f"{wanted}")
+    return config
+
+
+def check_finite(path: str | Path, state: dict[str, np.ndarray]) -> None:
+    """Refuse weights with NaN or Inf: they sample an all-black image without any error."""
+    bad = [key for key, value in state.items() if not np.isfinite(value).all()]
+    if bad:
+        raise WeightsError(f"{path}: non-finite values (NaN or Inf) in {len(bad)} tensor(s), "
+                           f"e.g. {bad[0]}; refusing to load it")
+
+
+def check_neighbor_attention(path: str | Path, backend, model) -> None:
+    """The base stage reads its neighbours through neighbour attention, whose output layers
+    start at zero, like the network's output layer (reset_parameters in
+    reimagen/backends/torch/unet.py); they only move when training feeds K > 0 neighbours. A
+    trained output layer (nonzero) beside an all-zero neighbour attention: a network trained
+    without retrieval (e.g. the baseline's file under the base's name), which would ignore
+    every neighbour silently. (A freshly initialised network, both zero, passes: tests use
+    them.)"""
+    try:
+        state = backend.state_dict(model)
+    except NotImplementedError:  # a plugin backend without canonical weights: cannot tell
+        return
+    outputs = [v for k, v in state.items() if k.startswith("neighbor_attn.") and ".to_out." in k]
+    trained = any(np.any(state[k]) for k in ("conv_out.weight", "conv_out.bias") if k in state)
+    if trained and outputs and not any(np.any(v) for v in outputs):
+        raise WeightsError(f"{path}: its neighbour attention was never trained (all zero: a "
+                           "no-retrieval network such as the baseline); stage 'base' needs a "
+                           "network trained with neighbours")

@@ -38,6 +38,10 @@ PROMPT_FIELDS = ("prompt", "entity", "background", "position", "size")
 METRICS = ("faithful", "entity_top1", "entity_top5", "aligned", "background", "position", "size")
 NO_RETRIEVAL = "none"  # the setting of a row that retrieves nothing (K=0)
 CEILING = "target scenes (ceiling)"  # the row that scores the targets themselves
+# Most prompts per tier of the default set, a typo guard: the largest tier has 785 entities
+# (past a tier's size, entities repeat in new scenes) and 10,000 per tier is already 30,000
+# images per bench row. Unbounded, `--n 100000000` filled 3.6 GB in 30 s before any check.
+MAX_PER_TIER = 10_000
 
 
 class PromptFileError(ValueError):
@@ -93,8 +97,11 @@ def default_prompts(
     from reimagen.bench.evaluator import target_drawings
     from reimagen.data.splits import load_split
 
-    if isinstance(n_per_tier, bool) or not isinstance(n_per_tier, int) or n_per_tier < 1:
-        raise ValueError(f"n_per_tier must be a positive integer, got {n_per_tier!r}")
+    if (isinstance(n_per_tier, bool) or not isinstance(n_per_tier, int)
+            or not 1 <= n_per_tier <= MAX_PER_TIER):
+        raise ValueError(
+            f"n_per_tier must be a positive integer <= {MAX_PER_TIER:,}, got {n_per_tier!r}"
+        )
     unknown = [tier for tier in tiers if tier not in TIERS]
     if unknown or not tiers:
         raise ValueError(f"tiers must be a non-empty subset of {', '.join(TIERS)}, got {tiers}")
@@ -137,8 +144,15 @@ def read_prompts(path: str | Path, known: Collection[str], split=None) -> list[B
     if not path.is_file():
         raise PromptFileError(f"--prompts: no such file: {path}")
     split = load_split() if split is None else split
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise PromptFileError(f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x}); save the "
+                              "file as UTF-8") from None
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             prompts.append(_parse_line(line, f"{path}:{number}", known, split))
     if not prompts:
@@ -163,6 +177,11 @@ def _parse_line(line: str, where: str, known: Collection[str], split) -> BenchPr
         )
     if not isinstance(blob["prompt"], str) or not blob["prompt"].strip():
         raise PromptFileError(f"{where}: prompt must be a non-empty string")
+    from reimagen.pipeline import MAX_PROMPT_CHARS
+
+    if len(blob["prompt"]) > MAX_PROMPT_CHARS:
+        raise PromptFileError(f"{where}: prompt has {len(blob['prompt']):,} characters; allowed: "
+                              f"at most {MAX_PROMPT_CHARS:,}")
     entity = blob["entity"]
     if not isinstance(entity, str) or entity not in known:
         close = difflib.get_close_matches(str(entity), list(known), n=3)

@@ -100,6 +100,11 @@ def make_sweep(args):
     sweep = attrs.evolve(base, **changes)
     if any(k < 0 for k in sweep.ks) or sweep.k_ref < 1:
         raise UserError(f"--ks must be >= 0 and --k-ref >= 1, got {sweep.ks} and {sweep.k_ref}")
+    from reimagen.cli.common import check_k
+
+    for k in sweep.ks:
+        check_k(k, "--ks values")
+    check_k(sweep.k_ref, "--k-ref", low=1)
     if any(not 0.0 <= eta <= 1.0 for eta in sweep.etas):
         raise UserError(f"--etas must lie in [0, 1], got {sweep.etas}")
     if any(not w >= 1.0 for w in sweep.w_neighbors):  # SamplingConfig.w_neighbors >= 1
@@ -128,13 +133,13 @@ def run(args) -> int:
         args.steps = args.steps or QUICK_STEPS
     sweep = make_sweep(args)
     sampling = sampling_from_args(args, DEFAULT_SAMPLING["base"])
-    check_components(args)
-    prompts, meta = load_prompts(args)
     sections = sweep_rows(sweep, sampling, args.setting)
+    k_max = max(row.k for rows in sections.values() for row in rows)
+    check_components(args, need_retrieval=k_max > 0)
+    prompts, meta = load_prompts(args)
 
     started = time.perf_counter()
-    need_retrieval = any(row.k for rows in sections.values() for row in rows)
-    pipelines, retrievers, evaluator = load_parts(args, [args.setting], need_retrieval)
+    pipelines, retrievers, evaluator = load_parts(args, [args.setting], k_max > 0, k_max)
     pipelines.pop("baseline", None)  # every sweep is over the base network
     runner = BenchRunner(
         prompts,

@@ -118,11 +118,18 @@ def comma_list(text: str, option: str, allowed=None, cast=str) -> list:
 
 def load_prompts(args):
     """(prompts, evaluator meta) - the prompt file is checked line by line before any load."""
-    from reimagen.bench.entitybench import PromptFileError, default_prompts, read_prompts
+    from reimagen.bench.entitybench import (
+        MAX_PER_TIER,
+        PromptFileError,
+        default_prompts,
+        read_prompts,
+    )
     from reimagen.bench.evaluator import EvaluatorError, read_meta
+    from reimagen.cli.common import check_seed
 
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
+    if not 1 <= args.n <= MAX_PER_TIER:
+        raise UserError(f"--n must be in [1, {MAX_PER_TIER}] (prompts per tier), got {args.n}")
+    check_seed(args.seed)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     from reimagen.bench.entitybench import TIERS
@@ -138,37 +145,43 @@ def load_prompts(args):
         raise UserError(str(err)) from None
 
 
-def check_components(args) -> None:
-    from reimagen.weights import available_stages, weights_path
+def check_components(args, need_retrieval: bool = True) -> None:
+    from reimagen.cli.common import check_out_folder, check_threads
+    from reimagen.weights import available_stages, stage_config, weights_path
 
+    check_out_folder(args.out)  # before the run, not when its results are written
     registry.get("backend", args.backend)
     if args.encoder:
         registry.get("encoder", args.encoder)
     registry.get("retriever", args.retriever)
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    if need_retrieval and args.retriever == "none":
+        raise UserError("--retriever none retrieves nothing; K > 0 rows need a retriever")
+    check_threads(args.threads)
     if "base" not in available_stages():
         raise UserError(
             f"no base network at {weights_path('base')}; train it with "
             "`reimagen train --stage base --export` or set REIMAGEN_WEIGHTS"
         )
+    for stage in available_stages():  # headers only: each file fits its stage
+        stage_config(stage)
 
 
-def load_parts(args, settings, need_retrieval: bool):
+def load_parts(args, settings, need_retrieval: bool, k_max: int = 0):
     """(pipelines {"base", "baseline"?}, retrievers {setting: retriever}, evaluator)."""
     from reimagen.bench.evaluator import Evaluator
-    from reimagen.cli.common import open_kb, open_retriever
-    from reimagen.weights import available_stages, load_stage
+    from reimagen.cli.common import check_kb_fits, open_kb, open_retriever
+    from reimagen.weights import available_stages, load_stage, stage_config
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     kb = open_kb(args.kb)
+    for setting in settings:  # before any index is built or network loaded
+        check_kb_fits(kb, "--kb", image_size=stage_config("base").image_size if k_max else 0,
+                      k=k_max if need_retrieval else 0, setting=setting)
     retrievers = {}
     if need_retrieval:
-        if args.retriever == "none":
-            raise UserError("--retriever none retrieves nothing; K > 0 rows need a retriever")
         retrievers = {s: open_retriever(kb, args.retriever, s, args.encoder) for s in settings}
     pipelines = {"base": load_stage("base", kb=kb, encoder=args.encoder, backend=args.backend)}
     if "baseline" in available_stages():
@@ -265,24 +278,29 @@ def run(args) -> int:
         table,
         tier_columns,
     )
+    from reimagen.cli.common import check_k, check_out_folder
     from reimagen.weights import DEFAULT_SAMPLING
 
     if args.recall_only:
         from reimagen.cli import recall
 
+        check_out_folder(args.out)
         return recall.run(args)
     if args.retrievers is not None:
         raise UserError("--retrievers only applies with --recall-only; bench uses --retriever")
     ks = comma_list(args.k, "--k", cast=int)
     if any(k < 1 for k in ks):
         raise UserError(f"--k values must be >= 1 (the no-retrieval row is always run), got {ks}")
+    for k in ks:
+        check_k(k, "--k values", low=1)
     settings = comma_list(args.settings, "--settings", allowed=SETTINGS)
     sampling = sampling_from_args(args, DEFAULT_SAMPLING["base"])
     check_components(args)
     prompts, meta = load_prompts(args)
 
     started = time.perf_counter()
-    pipelines, retrievers, evaluator = load_parts(args, settings, need_retrieval=True)
+    pipelines, retrievers, evaluator = load_parts(args, settings, need_retrieval=True,
+                                                  k_max=max(ks))
     runner = BenchRunner(
         prompts,
         pipelines=pipelines,

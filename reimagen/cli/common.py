@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from reimagen.cli.main import UserError
@@ -77,11 +78,97 @@ def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
     return retriever
 
 
-def check_out_path(path: Path) -> Path:
+def check_out_path(path: Path, siblings: tuple[str, ...] = ()) -> Path:
+    """A .png output whose folder can be created; ``siblings``: the suffixes of the other
+    files written beside it (x.sheet.png ...), which must not be folders either."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UserError(f"--out must be a .png path, got {path}")
+    for target in (path, *(path.with_suffix(s) for s in siblings)):
+        check_out_file(target, "--out")
     return path  # its folder is created only when the first file is written (atomically)
+
+
+def check_out_file(path: Path, option: str) -> Path:
+    """An output file: not an existing folder, its folder creatable (checked before any work,
+    so a long run does not fail at its last step)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option}: {path} is a folder; allowed: a file path")
+    _check_creatable(path.parent, option)
+    return path
+
+
+def check_out_folder(path: Path, option: str = "--out") -> Path:
+    """An output folder: an existing folder or one that can be created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option}: {path} is a file; allowed: a folder (existing or new)")
+    _check_creatable(path, option)
+    return path
+
+
+def _check_creatable(folder: Path, option: str) -> None:
+    """The nearest existing ancestor of ``folder`` is a folder this process may write in."""
+    for ancestor in (folder, *folder.parents):
+        if ancestor.is_dir():
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise UserError(f"{option}: cannot write in {ancestor} (permission denied)")
+            return
+        if ancestor.exists():  # a file where a folder has to be
+            raise UserError(f"{option}: {ancestor} is a file, not a folder; allowed: a path "
+                            "whose parents are folders (existing or new)")
+
+
+MAX_SEED = 2**63 - 1  # TrainConfig.seed's range; numpy seeds any integer >= 0
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{option} must be in [0, 2**63 - 1], got {seed}")
+    return seed
+
+
+def check_k(k: int, option: str = "--k", low: int = 0) -> int:
+    """Neighbours per prompt for the shipped networks: [low, MAX_NEIGHBORS]."""
+    from reimagen.weights import MAX_NEIGHBORS
+
+    if not low <= k <= MAX_NEIGHBORS:
+        raise UserError(f"{option} must be in [{low}, {MAX_NEIGHBORS}] (the base was trained "
+                        f"with K=2), got {k}")
+    return k
+
+
+def check_prompt_args(prompts: list[str]) -> list[str]:
+    """PROMPT arguments: non-blank, at most MAX_PROMPT_CHARS characters each."""
+    from reimagen.pipeline import MAX_PROMPT_CHARS
+
+    for i, prompt in enumerate(prompts, 1):
+        if not prompt.strip():
+            raise UserError(f"PROMPT {i} is empty; allowed: a non-blank text")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise UserError(f"PROMPT {i} has {len(prompt):,} characters; allowed: at most "
+                            f"{MAX_PROMPT_CHARS:,}")
+    return prompts
+
+
+def check_kb_fits(kb, option: str, *, image_size: int, k: int, setting: str) -> None:
+    """The knowledge base can feed a network of ``image_size`` with ``k`` neighbours from the
+    ``setting`` view (after the KB is opened, before any network is loaded)."""
+    from reimagen.data.splits import view_rows
+
+    if kb.resolution < image_size:
+        raise UserError(f"{option}: {kb.folder} stores {kb.resolution}px images; the network "
+                        f"needs neighbours at {image_size}px (build it with --resolution "
+                        f"{image_size} or more)")
+    if k:
+        rows = len(view_rows(kb, setting))
+        if k > rows:
+            raise UserError(f"--k {k} is more than the {rows} records the {setting} view of "
+                            f"{kb.folder} has; allowed: at most {rows}")
+
+
+MAX_THREADS = 256  # a typo guard: torch would start that many OpenMP threads
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -89,11 +176,15 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (0: all cores; 1 is faster on a busy machine)")
 
 
+def check_threads(threads: int) -> int:
+    if not 0 <= threads <= MAX_THREADS:
+        raise UserError(f"--threads must be in [0, {MAX_THREADS}] (0: all cores), got {threads}")
+    return threads
+
+
 def apply_threads(threads: int) -> None:
     """Validate ``--threads`` and apply it to torch (before any network is built)."""
-    if threads < 0:
-        raise UserError(f"--threads must be >= 0, got {threads}")
-    if threads:
+    if check_threads(threads):
         import torch
 
         torch.set_num_threads(threads)

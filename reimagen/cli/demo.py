@@ -40,17 +40,25 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from reimagen.cli.common import check_out_path
+    from reimagen.cli.common import check_k, check_out_path, check_seed
     from reimagen.data.splits import load_split
+    from reimagen.weights import DEFAULT_SAMPLING, available_stages, stage_config
 
     out = check_out_path(args.out)
     apply_threads(args.threads)
+    check_k(args.k)
+    check_seed(args.seed)
+    if args.steps is not None:  # SamplingConfig says what is allowed, before the KB is built
+        DEFAULT_SAMPLING["base"].replace(steps=args.steps)
     split = load_split()
-    names = [n.strip() for n in args.entities.split(",")] if args.entities else list(DEMO_ENTITIES)
+    names = ([n.strip() for n in args.entities.split(",")] if args.entities is not None
+             else list(DEMO_ENTITIES))
     unknown = [n for n in names if n not in split]
     if unknown:
         raise UserError(f"--entities: unknown entity name(s) {unknown} (CLDR names, e.g. "
                         f"{', '.join(DEMO_ENTITIES[:2])})")
+    for stage in available_stages():  # headers only: each file fits its stage
+        stage_config(stage)
     started = time.perf_counter()
     kb = _knowledge_base()
     prompts, tiers = _prompts(names, split)
@@ -107,7 +115,7 @@ def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
     retriever = open_retriever(kb, DEFAULT_RETRIEVER, args.setting)
     base = load_stage("base", kb=kb, retriever=retriever)
     sampling = DEFAULT_SAMPLING["base"]
-    if args.steps:
+    if args.steps is not None:
         sampling = sampling.replace(steps=args.steps)
     with_sr = "sr" in stages
     sr = load_stage("sr", kb=kb, retriever=retriever) if with_sr else None

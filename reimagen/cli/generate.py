@@ -12,6 +12,7 @@ byte-identical to a one-process run (reimagen.distributed_generation).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -23,7 +24,11 @@ from reimagen.cli.common import (
     add_sampling_arguments,
     add_threads_argument,
     apply_threads,
+    check_k,
+    check_kb_fits,
     check_out_path,
+    check_prompt_args,
+    check_seed,
     open_kb,
     open_retriever,
     sampling_from_args,
@@ -57,18 +62,33 @@ def add_parser(subparsers):
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from reimagen.weights import DEFAULT_SAMPLING, STAGES
+OUTPUT_SUFFIXES = (".sheet.png", ".base.png", ".baseline.png", ".sr.png")
+CASCADES = ("base", "baseline", "base,sr", "baseline,sr")  # the shipped stages that fit together
 
-    # ---- validate everything before loading a network ----
-    out = check_out_path(args.out)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+
+def parse_stages(text: str) -> list[str]:
+    from reimagen.weights import STAGES
+
+    stages = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
         raise UserError(f"--stages: unknown stage(s) {bad}; allowed: {', '.join(STAGES)}")
+    if ",".join(stages) not in CASCADES:  # e.g. sr first, base twice, base then baseline
+        raise UserError(f"--stages: {','.join(stages)} is not a cascade; allowed: "
+                        f"{' | '.join(CASCADES)}")
+    return stages
+
+
+def run(args) -> int:
+    from reimagen.weights import DEFAULT_SAMPLING, stage_config
+
+    # ---- validate everything before loading a network ----
+    out = check_out_path(args.out, siblings=OUTPUT_SUFFIXES)
+    check_prompt_args(args.prompts)
+    stages = parse_stages(args.stages)
     apply_threads(args.threads)
-    if args.k < 0:
-        raise UserError(f"--k must be >= 0, got {args.k}")
+    check_k(args.k)
+    check_seed(args.seed)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     registry.get("backend", args.backend)
@@ -78,9 +98,15 @@ def run(args) -> int:
     sampling = {s: DEFAULT_SAMPLING[s] for s in stages}
     sampling[first] = sampling_from_args(args, DEFAULT_SAMPLING[first])
     k = 0 if first == "baseline" else args.k
+    registry.get("retriever", args.retriever)
+    if k and args.retriever == "none":
+        raise UserError(f"--retriever none retrieves no neighbours; use --k 0, or a retriever "
+                        f"for --k {k}")
+    configs = {name: stage_config(name) for name in stages}  # headers only: fit each stage
+    _check_cascade(stages, configs)
     rank, world = _join(args.distributed)
     try:
-        return _generate(args, out, stages, sampling, k, rank, world)
+        return _generate(args, out, stages, sampling, k, rank, world, configs)
     finally:
         if args.distributed:
             import torch.distributed as dist
@@ -89,7 +115,7 @@ def run(args) -> int:
 
 
 def _generate(args, out: Path, stages: list[str], sampling: dict, k: int, rank: int,
-              world: int) -> int:
+              world: int, configs: dict) -> int:
     """Load the cascade, generate this process's micro-batches, and (rank 0) write."""
     from reimagen.cascade import Cascade, Stage
     from reimagen.distributed_generation import generate_distributed
@@ -97,6 +123,9 @@ def _generate(args, out: Path, stages: list[str], sampling: dict, k: int, rank: 
     from reimagen.weights import SR_NEIGHBORS, load_stage
 
     kb = open_kb(args.kb)
+    # the first stage's size: the SR stage reuses its rows (one, upsampled from a smaller KB)
+    check_kb_fits(kb, "--kb", image_size=configs[stages[0]].image_size if k else 0, k=k,
+                  setting=args.setting)
     retriever = open_retriever(kb, args.retriever, args.setting, args.encoder) if k else None
     cascade = Cascade([
         Stage(name, load_stage(name, kb=kb, retriever=retriever, encoder=args.encoder,
@@ -128,6 +157,17 @@ def _generate(args, out: Path, stages: list[str], sampling: dict, k: int, rank: 
     print(f"{len(args.prompts)} prompt(s), {nfe} network evaluations per sample, {seconds:.1f} s"
           + (f", {world} processes" if world > 1 else ""))
     return 0
+
+
+def _check_cascade(stages: list[str], configs: dict) -> None:
+    """Each stage's input is the previous stage's output (from the weights' headers)."""
+    from reimagen.weights import weights_path
+
+    for before, after in itertools.pairwise(stages):
+        want, have = configs[after].lowres_size, configs[before].image_size
+        if want != have:
+            raise UserError(f"--stages: {weights_path(after)} upsamples {want}px images but "
+                            f"stage {before} makes {have}px ones")
 
 
 def _join(distributed: bool) -> tuple[int, int]:

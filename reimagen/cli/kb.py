@@ -101,11 +101,14 @@ def run_build(args) -> int:
         raise _user_error(
             f"--resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {args.resolution}"
         )
-    if args.processes < 1:
-        raise _user_error(f"--processes must be >= 1, got {args.processes}")
+    from reimagen.cli.common import check_out_folder
+    from reimagen.data.emoji_source import MAX_PROCESSES
+
+    if not 1 <= args.processes <= MAX_PROCESSES:
+        raise _user_error(f"--processes must be in [1, {MAX_PROCESSES}], got {args.processes}")
     factory = registry.get("source", args.source)  # unknown name -> error listing the known
     options = source_options(args)
-    out = default_out(args)
+    out = check_out_folder(default_out(args))
     started = time.perf_counter()
     try:
         source = factory(**options)

@@ -1,18 +1,18 @@
 """``reimagen`` entry point: argparse sub-commands, one module each under reimagen/cli/.
 
-Errors that are the user's (bad argument, unknown component, missing folder) print one line
-``reimagen: error: ...`` and exit 2; nothing is written before arguments are checked.
+Errors that are the user's (bad argument, unknown component, missing folder, a file that is not
+what it should be) print one line ``reimagen: error: ...`` and exit 2; nothing is written before
+arguments are checked. Which exceptions count as the user's is a fixed list (USER_ERRORS): any
+other exception is a bug and keeps its traceback. ``REIMAGEN_TRACEBACK=1`` shows the traceback of
+a user error too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-
-from reimagen.core.config import ConfigError
-from reimagen.core.knowledge_base import KnowledgeBaseError
-from reimagen.core.registry import RegistryError
 
 # Sub-command modules, in the order `reimagen --help` lists them.
 COMMANDS = ("demo", "components", "presets", "kb", "retrieve", "train", "generate", "bench", "ablate")
@@ -22,8 +22,59 @@ class UserError(Exception):
     """A problem with the user's input; reported as one line, exit status 2."""
 
 
+# (module, class) of the library's exceptions that describe bad input or a bad file, not a bug.
+# Looked up only in modules already imported: an exception of a module never imported cannot
+# have been raised, and `reimagen components` need not import torch to report an error.
+USER_ERRORS = (
+    ("reimagen.cli.main", "UserError"),
+    ("reimagen.core.registry", "RegistryError"),  # unknown component name
+    ("reimagen.core.config", "ConfigError"),  # a config value out of range
+    ("reimagen.core.knowledge_base", "KnowledgeBaseError"),
+    ("reimagen.core.digests", "IntegrityError"),  # a file that fails its checksum
+    ("reimagen.core.io", "UnsafeFileError"),  # not a safetensors file
+    ("reimagen.core.checkpoint", "CheckpointError"),
+    ("reimagen.weights", "WeightsError"),  # wrong stage / preset, non-finite weights
+    ("reimagen.cascade", "CascadeError"),
+    ("reimagen.data.splits", "SplitError"),
+    ("reimagen.retrievers.index", "IndexMismatchError"),
+    ("reimagen.bench.entitybench", "PromptFileError"),
+    ("reimagen.bench.evaluator", "EvaluatorError"),
+    ("builtins", "FileNotFoundError"),
+    ("builtins", "NotADirectoryError"),  # e.g. a path through a file
+    ("builtins", "IsADirectoryError"),  # a folder where a file is expected
+    ("builtins", "PermissionError"),
+)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    found = []
+    for module_name, class_name in USER_ERRORS:
+        module = sys.modules.get(module_name)
+        error = getattr(module, class_name, None) if module is not None else None
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    return tuple(found)
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of the message, with the file an OSError names."""
+    message = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    filename = getattr(err, "filename", None)
+    if isinstance(err, OSError) and filename and str(filename) not in message:
+        message = f"{err.strerror or message}: {filename}"
+    return message
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line like every other user error (the usage block is
+    what ``--help`` prints)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="reimagen",
         description="Re-Imagen: retrieval-augmented text-to-image diffusion, as composable parts.",
     )
@@ -41,18 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or an argument argparse refused (2, one line)
+        return done.code if isinstance(done.code, int) else 0
     try:
         return int(args.func(args) or 0)
-    except (UserError, RegistryError, ConfigError, KnowledgeBaseError, FileNotFoundError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in message:
-            message = f"{message}: {err.filename}"
-        print(f"reimagen: error: {message}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stderr.close()
         return 0
+    except Exception as err:
+        if not isinstance(err, user_error_types()) or os.environ.get("REIMAGEN_TRACEBACK"):
+            raise  # a bug: keep the traceback
+        print(f"reimagen: error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

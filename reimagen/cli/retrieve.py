@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from reimagen.cli.common import ENCODER_RETRIEVERS
+from reimagen.cli.common import ENCODER_RETRIEVERS, check_prompt_args
 from reimagen.core import paths, registry
 from reimagen.weights import DEFAULT_RETRIEVER
 
@@ -57,6 +57,7 @@ def check_args(args) -> tuple[dict, list[str] | None]:
     """Retriever options and the view's sources, or a UserError — before any file is read."""
     if args.k < 0:
         raise _user_error(f"--k must be >= 0, got {args.k}")
+    check_prompt_args(args.prompts)  # an empty query would return arbitrary rows at score 0
     registry.get("retriever", args.retriever)  # unknown name -> error listing the known ones
     if args.retriever not in ENCODER_RETRIEVERS and args.encoder:
         raise _user_error(
@@ -98,6 +99,10 @@ def run(args) -> int:
         rows = None if sources is None else kb.rows(sources=sources)
     except KnowledgeBaseError as err:
         raise _user_error(str(err)) from err
+    indexed = len(kb) if rows is None else len(rows)
+    if args.k > indexed:  # checked before an index is built
+        raise _user_error(f"--k: k={args.k} is larger than the {indexed} indexed documents; "
+                          f"allowed: at most {indexed}")
     name = index_name(
         args.retriever,
         encoder=options.get("encoder"),

@@ -75,8 +75,9 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from reimagen.cli.common import open_kb
+    from reimagen.cli.common import check_out_folder, check_threads, open_kb
 
+    check_threads(args.threads)
     backend = registry.get("backend", args.backend)()
     preset = args.preset or STAGE_PRESET[args.stage]
     model_config = registry.get("denoiser", preset)()
@@ -87,7 +88,7 @@ def run(args) -> int:
     )
     if (args.stage == "sr") != model_config.is_super_resolution:
         raise UserError(f"--preset {preset} does not fit --stage {args.stage}")
-    run_dir = args.run_dir or home() / "runs" / args.stage
+    run_dir = check_out_folder(args.run_dir or home() / "runs" / args.stage, "--run-dir")
     export = _export_path(args)
     if args.encoder:
         registry.get("encoder", args.encoder)
@@ -95,10 +96,11 @@ def run(args) -> int:
     # checked here; recorded below, once every other check has passed
     encoder, data = run_facts(run_dir, args.encoder, overrides, record=False)
     if args.export_only:
-        return _export(backend, run_dir, export or _export_path_default(args.stage), encoder)
-    options = {**_loop_options(args, backend),
+        return _export(backend, run_dir, export or _export_path_default(args.stage), encoder,
+                       args.stage)
+    options = {**_loop_options(args, backend, model_config, preset),
                **_distributed_options(args, backend, config.batch_size)}
-    if args.threads:
+    if args.threads:  # checked above
         import torch
 
         torch.set_num_threads(args.threads)
@@ -106,6 +108,7 @@ def run(args) -> int:
     if rank > 0:
         _barrier()
     kb = open_kb(args.kb, verify=args.verify_kb)
+    check_training_kb(kb, model_config, k)
     source = make_batch_source(args.stage, kb, encoder, config, model_config, data)
     if args.distributed and rank == 0:
         _barrier()
@@ -115,7 +118,7 @@ def run(args) -> int:
     result = backend.train(model_config, config, source, run_dir, resume=True, **options)
     print(result)
     if export and rank == 0:
-        _export(backend, run_dir, export, encoder)
+        _export(backend, run_dir, export, encoder, args.stage)
     if args.distributed:
         from reimagen.backends.torch import distributed
 
@@ -166,7 +169,7 @@ def _distributed_options(args, backend, batch_size: int) -> dict:
     return {"distributed": True}
 
 
-def _loop_options(args, backend) -> dict:
+def _loop_options(args, backend, model_config, preset: str) -> dict:
     """TrainLoop / backend options from the flags (checked before any heavy work)."""
     if not 0 <= args.workers <= 256:
         raise UserError(f"--workers must be in [0, 256], got {args.workers}")
@@ -176,9 +179,8 @@ def _loop_options(args, backend) -> dict:
     if args.init_from is not None:
         if backend.name != "torch":
             raise UserError("--init-from: only the torch backend takes initial weights")
-        if not args.init_from.is_file():
-            raise UserError(f"--init-from: no weights file at {args.init_from}")
-        options["init_weights"] = args.init_from
+        options["init_weights"] = check_init_weights(args.init_from, backend, model_config,
+                                                     preset)
     if args.time_limit is not None:
         options["time_limit"] = args.time_limit * 60.0
     if args.device != "cpu":
@@ -191,6 +193,46 @@ def _loop_options(args, backend) -> dict:
         except ValueError as err:
             raise UserError(f"--device: {err}") from None
     return options
+
+
+def check_init_weights(path: Path, backend, model_config, preset: str) -> Path:
+    """--init-from: a finite weights file of exactly this preset's network, checked before the
+    run folder is written (the trainer would find out only after building everything)."""
+    from reimagen.core.io import UnsafeFileError
+    from reimagen.weights import WeightsError, check_finite, describe, read_config
+
+    if not path.is_file():
+        raise UserError(f"--init-from: no weights file at {path}")
+    try:
+        config, _ = read_config(path)
+        if config != model_config:
+            fields = model_config.to_dict()
+            changed = sorted(k for k, v in config.to_dict().items() if fields[k] != v)
+            same = [n for n in registry.names("denoiser") if registry.get("denoiser", n)() == config]
+            holds = f"preset {same[0]!r}'s network" if same else describe(config)
+            raise UserError(f"--init-from: {path} holds {holds} ({', '.join(changed[:3])} "
+                            f"differ); allowed: weights of --preset {preset}")
+        check_finite(path, backend.state_dict(backend.load_model(path)))
+    except (UnsafeFileError, WeightsError) as err:
+        raise UserError(f"--init-from: {err}") from None
+    return path
+
+
+def check_training_kb(kb, model_config, k: int) -> None:
+    """The knowledge base can train this network: Twemoji drawings of seen entities (the
+    targets), images at least the network's size, more training-view rows than K."""
+    from reimagen.data.splits import load_split, seen_entities_in, view_rows
+
+    if not seen_entities_in(kb, load_split()):
+        raise UserError(f"--kb: {kb.folder} has no Twemoji drawing of a seen entity; training "
+                        "needs the emoji knowledge base (reimagen kb build)")
+    if kb.resolution < model_config.image_size:
+        raise UserError(f"--kb: {kb.folder} stores {kb.resolution}px images; the "
+                        f"{model_config.image_size}px network needs >= {model_config.image_size}px")
+    rows = len(view_rows(kb, "training"))
+    if k > rows - 1:  # an example never gets its own image as a neighbour
+        raise UserError(f"--k {k}: the training view of {kb.folder} has {rows} rows; allowed: "
+                        f"at most {max(rows - 1, 0)}")
 
 
 def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config,
@@ -230,9 +272,14 @@ def _export_path_default(stage: str) -> Path:
 
 
 def _export_path(args) -> Path | None:
+    from reimagen.cli.common import check_out_file
+
     if args.export is None:
         return None
-    return _export_path_default(args.stage) if str(args.export) == "-" else args.export
+    path = _export_path_default(args.stage) if str(args.export) == "-" else args.export
+    if path.suffix != ".safetensors":
+        raise UserError(f"--export: {path} must end in .safetensors")
+    return check_out_file(path, "--export")
 
 
 RUN_FILE = "run.json"  # facts of a run that its checkpoints do not hold: encoder, recipe
@@ -286,9 +333,13 @@ def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: boo
     path = Path(run_dir) / RUN_FILE
     requested = None if data is None else DataConfig.from_dict(data)
     if path.is_file():
-        facts = json.loads(path.read_text(encoding="utf-8"))
-        recorded_encoder = facts["encoder"]
-        recorded_data = DataConfig.from_dict(facts.get("data", {}))
+        try:
+            facts = json.loads(path.read_bytes())  # bytes: json detects UTF-8 itself
+            recorded_encoder = facts["encoder"]
+            recorded_data = DataConfig.from_dict(facts.get("data", {}))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # not what we wrote
+            raise UserError(f"--run-dir: {path} is damaged ({type(err).__name__}: {err}); "
+                            "move the run folder aside or restore the file") from None
         if encoder not in (None, recorded_encoder):
             raise UserError(f"--encoder {encoder}: the run in {run_dir} was trained with "
                             f"--encoder {recorded_encoder}")
@@ -306,10 +357,13 @@ def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: boo
     return encoder, requested
 
 
-def _export(backend, run_dir: Path, path: Path, encoder: str) -> int:
+def _export(backend, run_dir: Path, path: Path, encoder: str, stage: str) -> int:
     from reimagen.core.checkpoint import ENCODER_KEY
+    from reimagen.weights import STAGE_KEY
 
     model = backend.load_model(run_dir, ema=True)  # float16: shipped weights, half the bytes
-    backend.save_model(model, path, dtype="float16", metadata={ENCODER_KEY: encoder})
+    # the stage it is for: load_stage refuses it under another stage's name
+    backend.save_model(model, path, dtype="float16",
+                       metadata={ENCODER_KEY: encoder, STAGE_KEY: stage})
     print(f"exported EMA weights of {run_dir} to {path} (float16, encoder {encoder})")
     return 0

@@ -32,6 +32,12 @@ class ModelBackend:
     def model_config(self, model: Any) -> UNetConfig:
         return model.config
 
+    def state_dict(self, model: Any) -> dict[str, np.ndarray]:
+        """The weights as host arrays under the canonical (torch ``state_dict``) keys, for
+        checks that read values (reimagen.weights: finiteness, trained neighbour attention).
+        A backend that cannot say raises NotImplementedError and those checks are skipped."""
+        raise NotImplementedError(f"backend {self.name!r} does not export its weights")
+
     def make_denoiser(
         self,
         model: Any,

@@ -490,6 +490,12 @@ def _render_entity(
     return [(artist.name, artist.encoded(entity)) for artist in (artists or _WORKER_ARTISTS)]
 
 
+# Rendering workers at most: each is a forked process holding the artists' renderers, and
+# past the core count they only add memory; a larger number is a typo, not a request for
+# 100,000 processes.
+MAX_PROCESSES = 64
+
+
 def render_all(
     entities: Sequence[Entity],
     artists: Sequence,
@@ -548,8 +554,11 @@ class EmojiSource:
     ):
         if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 512:
             raise KnowledgeBaseError(f"size must be an integer in [8, 512], got {size!r}")
-        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
-            raise KnowledgeBaseError(f"processes must be a positive integer, got {processes!r}")
+        if (isinstance(processes, bool) or not isinstance(processes, int)
+                or not 1 <= processes <= MAX_PROCESSES):
+            raise KnowledgeBaseError(
+                f"processes must be a positive integer <= {MAX_PROCESSES}, got {processes!r}"
+            )
         chosen = select_entities(load_entities(emoji_test), limit, names)
         if artists is None:
             self._artists, self.skipped = installed_artists(size)  # optional ones may be missing

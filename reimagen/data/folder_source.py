@@ -46,7 +46,7 @@ def read_captions(folder: Path) -> list[FolderEntry]:
         )
     entries: list[FolderEntry] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(captions.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(captions).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{captions}: line {number}"
@@ -78,6 +78,19 @@ def read_captions(folder: Path) -> list[FolderEntry]:
     if not entries:
         raise KnowledgeBaseError(f"{captions}: no entries")
     return entries
+
+
+def read_utf8(path: Path) -> str:
+    """A text file that must be UTF-8; otherwise a KnowledgeBaseError naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise KnowledgeBaseError(
+            f"{path}: line {line} is not UTF-8 (byte {data[err.start]:#04x}); save the file as "
+            "UTF-8"
+        ) from None
 
 
 class FolderSource:

@@ -49,6 +49,9 @@ class JaxBackend(ModelBackend):
     def param_count(self, config: UNetConfig) -> int:
         return _param_count(config)
 
+    def state_dict(self, model: ReImagenUNet):
+        return _convert.state_dict(model)
+
 
 BACKEND = JaxBackend()
 

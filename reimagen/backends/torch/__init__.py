@@ -45,6 +45,9 @@ class TorchBackend(ModelBackend):
     def param_count(self, config: UNetConfig) -> int:
         return _param_count(config)
 
+    def state_dict(self, model: ReImagenUNet):
+        return _checkpoint.weights_to_numpy(model)
+
 
 BACKEND = TorchBackend()
 
