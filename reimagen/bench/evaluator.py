@@ -58,6 +58,10 @@ class EvaluatorError(ValueError):
     """A missing, damaged or mismatched evaluator file, or bad input to the evaluator."""
 
 
+class EvaluatorIntegrityError(EvaluatorError, digests.IntegrityError):
+    """An evaluator file whose bytes differ from its recorded sha256 (SHA256SUMS)."""
+
+
 def _positive_tuple(inst, attribute, value):
     if (
         not isinstance(value, tuple)
@@ -324,7 +328,7 @@ class Evaluator:
         meta = read_meta(folder)
         weights = folder / WEIGHTS_FILE
         if rio.sha256_file(weights) != meta["weights_sha256"]:
-            raise EvaluatorError(f"{weights}: sha256 does not match {META_FILE} (file replaced?)")
+            raise EvaluatorIntegrityError(f"{weights}: sha256 does not match {META_FILE} (file replaced?)")
         tensors, _ = rio.load_safetensors(weights, check=False)  # hash checked just above
         config = EvaluatorConfig.from_dict(meta["config"])
         network = build_network(config, len(meta["entities"]))
@@ -371,7 +375,7 @@ def read_meta(folder: str | Path | None = None) -> dict[str, Any]:
         digests.verify_sums(folder, required=[META_FILE, WEIGHTS_FILE])
         meta = json.loads(path.read_text(encoding="utf-8"))
     except digests.IntegrityError as err:
-        raise EvaluatorError(str(err)) from None
+        raise EvaluatorIntegrityError(str(err)) from None
     except json.JSONDecodeError as err:
         raise EvaluatorError(f"{path}: not valid JSON ({err})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:

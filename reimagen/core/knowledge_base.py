@@ -850,16 +850,18 @@ def _verify_image_files(folder: Path, records: Sequence[Record]) -> None:
         path = folder / record.image
         listed.add(path)
         if not path.is_file():
-            raise KnowledgeBaseError(f"{path}: missing (listed in {MANIFEST} as {record.key!r})")
+            raise KnowledgeBaseIntegrityError(
+                f"{path}: missing (listed in {MANIFEST} as {record.key!r})"
+            )
         actual = rio.sha256_file(path)
         if actual != record.sha256:
-            raise KnowledgeBaseError(
+            raise KnowledgeBaseIntegrityError(
                 f"{path}: sha256 {actual[:12]}… does not match the manifest's "
                 f"{record.sha256[:12]}… (file changed after the build)"
             )
     for path in sorted((folder / IMAGES).rglob("*")):
         if path not in listed and not path.is_dir():
-            raise KnowledgeBaseError(f"{path}: extra file in {IMAGES}/ not listed in {MANIFEST}")
+            raise KnowledgeBaseIntegrityError(f"{path}: extra file in {IMAGES}/ not listed in {MANIFEST}")
 
 
 # -------------------------------------------------------------------- argument checks
