@@ -157,6 +157,14 @@ def encoding_table(folder: Path) -> Artifact:
     return Artifact(folder_files(folder), lambda: EncodingTable.load(encoder, texts, folder))
 
 
+def run_facts_file(run: Path) -> Artifact:
+    from reimagen.cli.train import RUN_FILE, run_facts
+
+    run_facts(run, "hash", {"p_same_style": 0.75})
+    path = run / RUN_FILE
+    return Artifact([path, digests.sidecar(path)], lambda: run_facts(run, None, None))
+
+
 def evaluator(folder: Path) -> Artifact:
     shutil.copytree(ev.EVALUATOR_DIR, folder)
     return Artifact(folder_files(folder), lambda: ev.Evaluator.load(folder))
@@ -187,6 +195,7 @@ def toys(tmp_path_factory) -> dict[str, Callable[[], Artifact]]:
         "triples (.npz + .sha256)": lambda: triples_file(kb, root / "t.npz"),
         "prompt encoding table": lambda: encoding_table(root / "table"),
         "evaluator (shipped, a copy)": lambda: evaluator(root / "evaluator"),
+        "training run facts (run.json + .sha256)": lambda: run_facts_file(root / "facts"),
     }
     for name in ("bm25", "tfidf", "dense", "hybrid", "bm25-sharded", "dense-sharded"):
         label = f"{name} index" + (" (faiss)" if "dense" in name else "")
@@ -200,7 +209,7 @@ TOY_KINDS = [
     "KB images (PNG, open(verify=True))", "bm25 index", "tfidf index", "dense index (faiss)",
     "hybrid index", "bm25-sharded index", "dense-sharded index (faiss)",
     "triples (.safetensors)", "triples (.npz + .sha256)", "prompt encoding table",
-    "evaluator (shipped, a copy)",
+    "evaluator (shipped, a copy)", "training run facts (run.json + .sha256)",
 ]
 
 

@@ -197,8 +197,9 @@ def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
     with pytest.raises(UserError, match=r"--data: the run in .* was trained with another "
                                         r"recipe \(p_drop_name=1.0, p_same_style=0.75\)"):
         run_facts(run_dir, None, {})
-    # a run.json from before the recipe was recorded ran the defaults
+    # a run.json from before the recipe was recorded (and before run.json.sha256) ran the defaults
     (run_dir / RUN_FILE).write_text('{"encoder": "hash"}\n')
+    (run_dir / f"{RUN_FILE}.sha256").unlink()
     assert run_facts(run_dir, None, None) == ("hash", DataConfig())
 
 

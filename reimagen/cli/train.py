@@ -327,12 +327,15 @@ def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: boo
     recipe was recorded) ran the defaults."""
     import json
 
+    from reimagen.core import digests
     from reimagen.core.io import atomic_write_text
     from reimagen.data.training_data import DataConfig
 
     path = Path(run_dir) / RUN_FILE
     requested = None if data is None else DataConfig.from_dict(data)
     if path.is_file():
+        if digests.sidecar(path).is_file():  # run.json.sha256 (runs begun before it have none)
+            digests.verify_sidecar(path)  # a flipped recipe value would train on silently
         try:
             facts = json.loads(path.read_bytes())  # bytes: json detects UTF-8 itself
             recorded_encoder = facts["encoder"]
@@ -354,6 +357,7 @@ def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: boo
     if record:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"encoder": encoder, "data": requested.to_dict()}) + "\n")
+        digests.write_sidecar(path)
     return encoder, requested
 
 
