@@ -561,6 +561,98 @@ def test_sampling_trajectory(sampler, guidance, sampling_setup):
     record(f"sample {sampler}/{guidance}", errors)
 
 
+# ---- bf16 and JAX's default matmul precision ------------------------------------------------
+# bf16 keeps 8 significand bits: unit roundoff u = 2⁻⁹ = 2.0e-3. Torch autocast rounds the inputs
+# of every matmul/conv to bf16 (norms, softmax and residual sums stay float32); the JAX backend
+# casts weights and activations to bf16 (JaxDenoiser(dtype="bfloat16"), what a TPU runs). Each
+# side rounds ~3 tensors per layer (input, weight, output) over the tiny U-Net's ~20 layers,
+# independently: √60 · u = 1.5e-2 against float32, and the two sides differ by √2 × that =
+# 2.1e-2 of ε's scale (measured over seeds 0–3: 2.1e-2–2.8e-2 per call). The bound is 2.5× the
+# estimate (maxdiffusion's bf16 parity uses atol 2e-2 on unit-scale outputs). A trajectory
+# (10 dpmpp2m steps, interleaved guidance, w ≤ 5) adds the guidance mix and the steps' mixing of
+# x̂0 (measured 3.3e-2–5.6e-2 over 25 steps): 2× the per-call bound. Either bound still fails on
+# a missing layer, a wrong weight or a dropped condition (O(1) errors).
+BF16_EPS_TOL = 2.5 * (2**0.5 * 60**0.5 * 2.0**-9)
+BF16_TRAJECTORY_TOL = 2 * BF16_EPS_TOL
+BF16_ENGAGED = 1e-3  # bf16 really ran: each side differs from float32 by more than this
+
+
+@pytest.fixture(scope="module")
+def bf16_setup(sampling_setup):
+    """The sampling pair's networks rebound in bf16 (torch autocast, JAX bf16 compute)."""
+    _, _, torch_den, jax_den = sampling_setup
+    seed = parity_seed("test_jax_parity.py::bf16_setup")
+    rng = np.random.default_rng(seed)
+    b, k = 2, 2
+    text = TextEncoding(**_renamed(text_arrays(rng, (b,), TINY.text_dim)))
+    nb_text = TextEncoding(**_renamed(text_arrays(rng, (b, k), TINY.text_dim)))
+    nb_images = rng.uniform(-1, 1, (b, k, 16, 16, 3)).astype(np.float32)
+    dens = {
+        (side, dtype): cls(model, text, nb_images, nb_text, dtype=dtype)
+        for side, cls, model in (
+            ("torch", TorchDenoiser, torch_den.model),
+            ("jax", JaxDenoiser, jax_den.model),
+        )
+        for dtype in ("float32", "bfloat16")
+    }
+    return seed, rng, dens
+
+
+def _run(den, fn):
+    return np.asarray(den.to_numpy(fn(den)), np.float32)
+
+
+def test_bf16_denoiser_call(bf16_setup):
+    """One guided call (3 variants) in bf16 on both sides, against each other and float32."""
+    seed, rng, dens = bf16_setup
+    x = normal(rng, 2, 16, 16, 3)
+    out = {
+        key: _run(d, lambda d: d(d.asarray(x), 0.37, ("full", "text", "neighbors")))
+        for key, d in dens.items()
+    }
+    reference = out[("torch", "float32")]
+    pair = rel_error(out[("jax", "bfloat16")], out[("torch", "bfloat16")])
+    engaged = [rel_error(out[(side, "bfloat16")], reference) for side in ("torch", "jax")]
+    record("bf16 denoiser call", {"torch vs jax": pair, "vs float32": max(engaged)})
+    assert pair <= BF16_EPS_TOL, (pair, seed)
+    assert min(engaged) > BF16_ENGAGED, (engaged, seed)
+
+
+def test_bf16_sampling_trajectory(bf16_setup):
+    """A whole guided run (dpmpp2m, interleaved, 10 steps) in bf16 on both sides."""
+    seed, rng, dens = bf16_setup
+    steps = 10
+    noise = SamplerNoise.draw(rng, (2, 16, 16, 3), steps)
+    strategy = STRATEGIES["interleaved"](w=4.0, w_text=3.0, w_neighbors=5.0, eta=0.5)
+
+    def sample(den):
+        return SAMPLERS["dpmpp2m"](
+            den, strategy, noise, steps=steps, thresholding=Thresholding()
+        ).x0
+
+    torch_x0 = _run(dens[("torch", "bfloat16")], sample)
+    jax_x0 = _run(dens[("jax", "bfloat16")], sample)
+    error = rel_error(jax_x0, torch_x0)
+    record("bf16 trajectory dpmpp2m/interleaved", {"output": error})
+    assert error <= BF16_TRAJECTORY_TOL, (error, seed)
+
+
+def test_jax_default_matmul_precision(sampling_setup):
+    """JAX at its default matmul precision (the suite pins "highest"): on the CPU and GPU
+    without TF32 that is float32, held to OUTPUT_TOL; a TPU's default (one bf16 pass) would be
+    held to BF16_EPS_TOL."""
+    seed, rng, torch_den, jax_den = sampling_setup
+    x = normal(rng, 2, 16, 16, 3)
+    variants = ("full", "text", "neighbors")
+    expected = torch_den.to_numpy(torch_den(torch_den.asarray(x), 0.37, variants))
+    with jax.default_matmul_precision("default"):
+        actual = np.asarray(jax_den(x, 0.37, variants))
+    tol = OUTPUT_TOL if jax.default_backend() == "cpu" else BF16_EPS_TOL
+    error = rel_error(actual, expected)
+    record("JAX default precision", {"output": error})
+    assert error <= tol, (error, seed)
+
+
 # ---- one optimiser step ------------------------------------------------------------------------
 
 
