@@ -180,14 +180,15 @@ def load_parts(args, settings, need_retrieval: bool, k_max: int = 0):
     for setting in settings:  # before any index is built or network loaded
         check_kb_fits(kb, "--kb", image_size=stage_config("base").image_size if k_max else 0,
                       k=k_max if need_retrieval else 0, setting=setting)
-    retrievers = {}
-    if need_retrieval:
-        retrievers = {s: open_retriever(kb, args.retriever, s, args.encoder) for s in settings}
+    # the networks first: a bad weights file fails before an index is built beside the KB
     pipelines = {"base": load_stage("base", kb=kb, encoder=args.encoder, backend=args.backend)}
     if "baseline" in available_stages():
         pipelines["baseline"] = load_stage(
             "baseline", kb=kb, encoder=args.encoder, backend=args.backend
         )
+    retrievers = {}
+    if need_retrieval:
+        retrievers = {s: open_retriever(kb, args.retriever, s, args.encoder) for s in settings}
     return pipelines, retrievers, Evaluator.load(args.evaluator)
 
 

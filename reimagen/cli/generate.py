@@ -126,12 +126,15 @@ def _generate(args, out: Path, stages: list[str], sampling: dict, k: int, rank: 
     # the first stage's size: the SR stage reuses its rows (one, upsampled from a smaller KB)
     check_kb_fits(kb, "--kb", image_size=configs[stages[0]].image_size if k else 0, k=k,
                   setting=args.setting)
+    # the networks first: a bad weights file fails before an index is built beside the KB
+    pipelines = [load_stage(name, kb=kb, encoder=args.encoder, backend=args.backend)
+                 for name in stages]
     retriever = open_retriever(kb, args.retriever, args.setting, args.encoder) if k else None
+    for pipeline in pipelines:
+        pipeline.retriever = retriever
     cascade = Cascade([
-        Stage(name, load_stage(name, kb=kb, retriever=retriever, encoder=args.encoder,
-                               backend=args.backend), sampling[name],
-              k=k if index == 0 else min(k, SR_NEIGHBORS))
-        for index, name in enumerate(stages)
+        Stage(name, pipeline, sampling[name], k=k if index == 0 else min(k, SR_NEIGHBORS))
+        for index, (name, pipeline) in enumerate(zip(stages, pipelines, strict=True))
     ])
     started = time.perf_counter()
     results = generate_distributed(cascade, args.prompts, args.seed, batch_size=args.batch_size)

@@ -100,6 +100,7 @@ def in_range(lo: float | None = None, hi: float | None = None, *, lo_open=False,
     def check(inst, attribute, value):
         bad = (
             math.isnan(value)  # NaN passes every comparison below
+            or math.isinf(value)  # an open end means any finite value: inf weights give NaN
             or (lo is not None and (value <= lo if lo_open else value < lo))
             or (hi is not None and (value >= hi if hi_open else value > hi))
         )
@@ -107,8 +108,9 @@ def in_range(lo: float | None = None, hi: float | None = None, *, lo_open=False,
             left = "(" if lo_open else "["
             right = ")" if hi_open else "]"
             span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            finite = " a finite number" if math.isinf(value) else ""
             raise ConfigError(
-                f"{type(inst).__name__}.{attribute.name} must be in {span}, got {value!r}"
+                f"{type(inst).__name__}.{attribute.name} must be{finite} in {span}, got {value!r}"
             )
 
     return check
