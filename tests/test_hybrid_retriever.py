@@ -11,7 +11,6 @@ templated unseen prompts, >= 0.95 on the 90 paraphrased ones.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
+from toys import MemoryKB
 
 from reimagen.bench.recall import entity_hits, measure
 from reimagen.core import digests
@@ -36,29 +36,11 @@ PARAPHRASED = Path(__file__).parents[1] / "reimagen" / "bench" / "prompts" / "pa
 WORDS = [c + v + e for c in "bdkmpz" for v in "aeiou" for e in "lrx"][:24]  # never stop words
 
 
-@attrs.frozen
-class Rec:
-    row: int
-    key: str
-    text: str
-    source: str
-    entity: str
-
-
-class EntityKB:
-    """In-memory stand-in: captions "<entity>, <artist> emoji", as the emoji source writes."""
-
-    def __init__(self, entities, artists=("twemoji", "openmoji"), texts=None):
-        pairs = [(e, a) for e in entities for a in artists]
-        texts = texts or [f"{e}, {a} emoji" for e, a in pairs]
-        self.records = tuple(
-            Rec(i, f"{a}/{e}", t, a, e) for i, ((e, a), t) in enumerate(zip(pairs, texts))
-        )
-        blob = json.dumps([r.text for r in self.records]).encode()
-        self.fingerprint = hashlib.sha256(blob).hexdigest()
-
-    def __len__(self):
-        return len(self.records)
+def EntityKB(entities, artists=("twemoji", "openmoji"), texts=None) -> MemoryKB:
+    """Captions "<entity>, <artist> emoji", as the emoji source writes, one per entity × artist."""
+    pairs = [(e, a) for e in entities for a in artists]
+    texts = texts or [f"{e}, {a} emoji" for e, a in pairs]
+    return MemoryKB(texts, sources=[a for _, a in pairs], entities=[e for e, _ in pairs])
 
 
 def random_kb(n=40, seed=0):
@@ -68,7 +50,9 @@ def random_kb(n=40, seed=0):
 
 
 def hybrid(**options):
-    return HybridRetriever(encoder="hash", dense_options={"encoder_options": {"dim": 16}}, **options)
+    return HybridRetriever(
+        encoder="hash", dense_options={"encoder_options": {"dim": 16}}, **options
+    )
 
 
 @attrs.frozen
@@ -82,8 +66,13 @@ class Prompt:
 
 def test_tfidf_scores_match_the_formula():
     texts = ["Red apple", "green apple pie", "apple apple tree", "the rocket", "red red rocket"]
-    docs = [["red", "apple"], ["green", "apple", "pie"], ["apple", "apple", "tree"], ["rocket"],
-            ["red", "red", "rocket"]]  # bm25s's tokens: lower-case, the stop word "the" dropped
+    docs = [
+        ["red", "apple"],
+        ["green", "apple", "pie"],
+        ["apple", "apple", "tree"],
+        ["rocket"],
+        ["red", "red", "rocket"],
+    ]  # bm25s's tokens: lower-case, the stop word "the" dropped
     vocab = sorted({w for d in docs for w in d})
     df = np.array([sum(w in d for d in docs) for w in vocab])
     idf = np.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
@@ -108,8 +97,11 @@ def test_scene_words_do_not_outvote_the_entity():
     query = ["a small dodo on a blue background"]
     top = {
         name: kb.records[int(r.fit(kb).search(query, 1).ids[0, 0])].entity
-        for name, r in (("bm25", BM25Retriever()), ("tfidf", TfidfRetriever()),
-                        ("hybrid", hybrid()))
+        for name, r in (
+            ("bm25", BM25Retriever()),
+            ("tfidf", TfidfRetriever()),
+            ("hybrid", hybrid()),
+        )
     }
     assert top == {"bm25": "small blue diamond", "tfidf": "dodo", "hybrid": "dodo"}
 
@@ -224,33 +216,54 @@ def test_entity_hits_are_cumulative_and_can_ask_for_one_artist():
     prompts = [Prompt("a dodo", "dodo"), Prompt("a beaver", "beaver")]
     rows = np.array([[2, 1, 0], [3, 2, 0]])
     np.testing.assert_array_equal(entity_hits(kb, prompts, rows), [[0, 1, 1], [1, 1, 1]])
-    np.testing.assert_array_equal(
-        entity_hits(kb, prompts, rows, "twemoji"), [[0, 0, 1], [0, 1, 1]]
-    )
+    np.testing.assert_array_equal(entity_hits(kb, prompts, rows, "twemoji"), [[0, 0, 1], [0, 1, 1]])
     with pytest.raises(ValueError, match=r"rows must be \[2, K\]"):
         entity_hits(kb, prompts, rows[:1])
 
 
 def test_measure_counts_recall_per_k():
     kb = EntityKB(["small blue diamond", "dodo", "large blue diamond"])
-    prompts = [Prompt("a small dodo on a blue background", "dodo"),
-               Prompt("a large blue diamond, centred", "large blue diamond")]
-    result = measure(kb, BM25Retriever().fit(kb), prompts, [3, 1], name="bm25", setting="all",
-                     target="twemoji")
+    prompts = [
+        Prompt("a small dodo on a blue background", "dodo"),
+        Prompt("a large blue diamond, centred", "large blue diamond"),
+    ]
+    result = measure(
+        kb, BM25Retriever().fit(kb), prompts, [3, 1], name="bm25", setting="all", target="twemoji"
+    )
     assert result.ks == (1, 3) and result.neighbor_rows.shape == (2, 3)
     for k in (1, 3):
-        hits = [any(kb.records[r].entity == p.entity for r in rows[:k])
-                for p, rows in zip(prompts, result.neighbor_rows.tolist())]
+        hits = [
+            any(kb.records[r].entity == p.entity for r in rows[:k])
+            for p, rows in zip(prompts, result.neighbor_rows.tolist())
+        ]
         assert result.count(k) == sum(hits) and result.recall(k) == sum(hits) / 2
     assert result.to_dict()["hits"] == {"1": result.count(1), "3": result.count(3)}
 
 
 # ---------------------------------------------------------------- `reimagen bench --recall-only`
 
-ENTITIES = ["dodo", "small blue diamond", "large blue diamond", "small orange diamond",
-            "large orange diamond", "blue heart", "beaver", "red apple", "green apple", "rocket",
-            "grinning face", "flag Japan", "hedgehog", "teapot", "carrot", "tulip", "wood", "wing",
-            "zombie", "olive"]
+ENTITIES = [
+    "dodo",
+    "small blue diamond",
+    "large blue diamond",
+    "small orange diamond",
+    "large orange diamond",
+    "blue heart",
+    "beaver",
+    "red apple",
+    "green apple",
+    "rocket",
+    "grinning face",
+    "flag Japan",
+    "hedgehog",
+    "teapot",
+    "carrot",
+    "tulip",
+    "wood",
+    "wing",
+    "zombie",
+    "olive",
+]
 
 
 @pytest.fixture
@@ -258,8 +271,11 @@ def tiny_kb(tmp_path):
     from reimagen.core.knowledge_base import Entity
 
     pixels = np.zeros((8, 8, 4), np.uint8)
-    items = [(f"{a}/{e}", f"{e}, {a} emoji", a, e, pixels) for e in ENTITIES
-             for a in ("twemoji", "openmoji")]
+    items = [
+        (f"{a}/{e}", f"{e}, {a} emoji", a, e, pixels)
+        for e in ENTITIES
+        for a in ("twemoji", "openmoji")
+    ]
     entities = [Entity(name=e, emoji=f"e{i}", codepoints=f"{i:x}") for i, e in enumerate(ENTITIES)]
     return build_knowledge_base(
         items, tmp_path / "kb", resolution=8, entities=entities, progress=False
@@ -267,8 +283,10 @@ def tiny_kb(tmp_path):
 
 
 def prompt_file(path):
-    lines = [{"prompt": "a small dodo on a blue background", "entity": "dodo"},
-             {"prompt": "beaver, large, centred, on red", "entity": "beaver"}]
+    lines = [
+        {"prompt": "a small dodo on a blue background", "entity": "dodo"},
+        {"prompt": "beaver, large, centred, on red", "entity": "beaver"},
+    ]
     scene = {"background": "blue", "position": "center", "size": "small"}
     path.write_text("".join(json.dumps({**line, **scene}) + "\n" for line in lines))
     return path
@@ -278,9 +296,20 @@ def test_bench_recall_only_reports_every_retriever_and_setting(tiny_kb, tmp_path
     from reimagen.cli.main import main
 
     out = tmp_path / "out"
-    argv = ["bench", "--recall-only", "--retrievers", "bm25,tfidf", "--k", "1,2", "--kb",
-            str(tiny_kb.folder), "--prompts", str(prompt_file(tmp_path / "p.jsonl")),
-            "--out", str(out)]
+    argv = [
+        "bench",
+        "--recall-only",
+        "--retrievers",
+        "bm25,tfidf",
+        "--k",
+        "1,2",
+        "--kb",
+        str(tiny_kb.folder),
+        "--prompts",
+        str(prompt_file(tmp_path / "p.jsonl")),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     blob = json.loads((out / "recall.json").read_text())
@@ -292,8 +321,13 @@ def test_bench_recall_only_reports_every_retriever_and_setting(tiny_kb, tmp_path
         ("tfidf", "cross-style"): {"1": 1.0, "2": 1.0},
     }
     misses = blob["results"][0]["misses"]
-    assert misses == [{"prompt": "a small dodo on a blue background", "entity": "dodo",
-                       "retrieved": ["small blue diamond", "small blue diamond"]}]
+    assert misses == [
+        {
+            "prompt": "a small dodo on a blue background",
+            "entity": "dodo",
+            "retrieved": ["small blue diamond", "small blue diamond"],
+        }
+    ]
     assert "| tfidf | same-style | 1.000 (2/2) | 1.000 (2/2) | 1.000 | 1.000 |" in printed
     assert (out / "recall.md").read_text() in printed
 
@@ -346,8 +380,10 @@ def test_recall_on_paraphrased_prompts(emoji):
     kb, known, retrievers = emoji
     prompts = read_prompts(PARAPHRASED, known)
     assert len(prompts) == 90 and any(p.entity == "dodo" for p in prompts)
-    got = {n: measure(kb, r, prompts, [1, 2, 3], name=n, setting="same-style")
-           for n, r in retrievers.items()}
+    got = {
+        n: measure(kb, r, prompts, [1, 2, 3], name=n, setting="same-style")
+        for n, r in retrievers.items()
+    }
     assert min(got["hybrid"].recall(k) for k in (1, 2, 3)) >= 0.95
     assert got["hybrid"].recall(2) > got["bm25"].recall(2)
 
@@ -358,6 +394,7 @@ def test_recall_on_templated_unseen_prompts(emoji):
 
     kb, known, retrievers = emoji
     prompts = default_prompts(333, 0, known=known, tiers=["unseen"])
-    result = measure(kb, retrievers["hybrid"], prompts, [1, 2, 3], name="hybrid",
-                     setting="same-style")
+    result = measure(
+        kb, retrievers["hybrid"], prompts, [1, 2, 3], name="hybrid", setting="same-style"
+    )
     assert min(result.recall(k) for k in (1, 2, 3)) >= 0.97

@@ -9,18 +9,17 @@ another base's index) raises at load time; a crash while saving leaves the old i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
 import tempfile
 from pathlib import Path
 
-import attrs
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from toys import MemoryKB
 
 from reimagen.core import digests, registry
 from reimagen.core.knowledge_base import KnowledgeBase, build_knowledge_base
@@ -41,35 +40,6 @@ from reimagen.retrievers.index import META_FILE, ROWS_FILE, index_folder, index_
 VOCAB = [c + v + e for c in "bdkmpz" for v in "aeiou" for e in "lrx"][:40]
 
 
-@attrs.frozen
-class Rec:
-    row: int
-    key: str
-    text: str
-    source: str
-    entity: str
-
-
-class MemoryKB:
-    """An in-memory stand-in with the KnowledgeBase attributes retrievers use."""
-
-    def __init__(self, texts, sources=None):
-        sources = sources or ["a"] * len(texts)
-        self.records = tuple(
-            Rec(i, f"k/{i}", t, s, "") for i, (t, s) in enumerate(zip(texts, sources))
-        )
-        blob = json.dumps([[r.text, r.source] for r in self.records]).encode()
-        self.fingerprint = hashlib.sha256(blob).hexdigest()
-
-    def __len__(self):
-        return len(self.records)
-
-    def rows(self, sources=None, entities=None):
-        return np.array(
-            [r.row for r in self.records if sources is None or r.source in sources], dtype=np.int64
-        )
-
-
 def make(name):
     return {
         "bm25": lambda: BM25Retriever(),
@@ -78,7 +48,9 @@ def make(name):
             encoder="hash", encoder_options={"dim": 32}, ivf=True, nlist=4, nprobe=1
         ),
         "tfidf": lambda: TfidfRetriever(),
-        "hybrid": lambda: HybridRetriever(encoder="hash", dense_options={"encoder_options": {"dim": 32}}),
+        "hybrid": lambda: HybridRetriever(
+            encoder="hash", dense_options={"encoder_options": {"dim": 32}}
+        ),
     }[name]()
 
 
@@ -576,8 +548,16 @@ def run_cli(capsys, *argv):
 def test_cli_builds_then_loads_and_answers(tmp_path, capsys):
     kb = build_kb(tmp_path / "kb", TEXTS, ["test", "other"] * 3)
     code, out, err = run_cli(
-        capsys, "red apple", "whale", "--kb", str(kb.folder), "--k", "2", "--json",
-        "--retriever", "bm25",
+        capsys,
+        "red apple",
+        "whale",
+        "--kb",
+        str(kb.folder),
+        "--k",
+        "2",
+        "--json",
+        "--retriever",
+        "bm25",
     )
     assert code == 0 and err.startswith("built bm25 index of 6 captions")
     report = json.loads(out)
@@ -641,9 +621,15 @@ def test_cli_none_retrieves_nothing_and_writes_nothing(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--retriever", "nope"], "unknown retriever 'nope'; known retriever names: bm25, bm25-sharded, dense"),
+        (
+            ["--retriever", "nope"],
+            "unknown retriever 'nope'; known retriever names: bm25, bm25-sharded, dense",
+        ),
         (["--k", "-1"], "--k must be >= 0"),
-        (["--retriever", "bm25", "--encoder", "hash"], "--encoder only applies to --retriever dense or hybrid"),
+        (
+            ["--retriever", "bm25", "--encoder", "hash"],
+            "--encoder only applies to --retriever dense or hybrid",
+        ),
         (["--retriever", "hybrid", "--ivf"], "--ivf only applies to --retriever dense"),
         (["--retriever", "none"], "use --k 0"),
         (["--view", "nobody"], "unknown source"),

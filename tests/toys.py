@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
+import attrs
 import numpy as np
 
 from reimagen.core import registry
@@ -11,6 +14,37 @@ from reimagen.core.knowledge_base import build_knowledge_base
 from reimagen.pipeline import Pipeline
 
 WORDS = ("apple", "robot", "rocket", "cactus", "violin", "anchor")
+
+
+@attrs.frozen
+class Rec:
+    row: int
+    key: str
+    text: str
+    source: str
+    entity: str
+
+
+class MemoryKB:
+    """An in-memory stand-in with the KnowledgeBase attributes retrievers use: records
+    (caption, source artist, entity), a content fingerprint, ``rows(sources=)``."""
+
+    def __init__(self, texts, sources=None, entities=None):
+        sources = sources or ["a"] * len(texts)
+        entities = entities or [""] * len(texts)
+        self.records = tuple(
+            Rec(i, f"k/{i}", t, s, e) for i, (t, s, e) in enumerate(zip(texts, sources, entities))
+        )
+        blob = json.dumps([[r.text, r.source] for r in self.records]).encode()
+        self.fingerprint = hashlib.sha256(blob).hexdigest()
+
+    def __len__(self):
+        return len(self.records)
+
+    def rows(self, sources=None, entities=None):
+        return np.array(
+            [r.row for r in self.records if sources is None or r.source in sources], dtype=np.int64
+        )
 
 
 def toy_kb(folder: Path):
@@ -29,7 +63,11 @@ def toy_pipeline(kb, config, seed=0, retriever=None) -> Pipeline:
     """A torch Pipeline around a freshly initialised network of ``config``, hash encoder."""
     backend = registry.get("backend", "torch")()
     return Pipeline(
-        model=backend.build_model(config, seed=seed), backend=backend,
-        encoder=registry.get("encoder", "hash")(), kb=kb, retriever=retriever,
-        image_size=config.image_size, lowres_size=config.lowres_size,
+        model=backend.build_model(config, seed=seed),
+        backend=backend,
+        encoder=registry.get("encoder", "hash")(),
+        kb=kb,
+        retriever=retriever,
+        image_size=config.image_size,
+        lowres_size=config.lowres_size,
     )
