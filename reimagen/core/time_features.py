@@ -24,6 +24,8 @@ rad, so the features (and networks trained with the direct form) are unchanged t
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 TIME_SCALE = 1000.0
@@ -31,9 +33,13 @@ MAX_PERIOD = 10_000.0
 TWO_PI = np.float32(2.0 * np.pi)  # rounded once; both backends multiply by this float32
 
 
+@cache
 def turn_rates(half: int) -> np.ndarray:
     """[half] float32 r_i = TIME_SCALE·MAX_PERIOD^(−i/half) / 2π, computed in float64 and
-    rounded once, so every backend multiplies t by the same numbers."""
+    rounded once, so every backend multiplies t by the same numbers. Computed once per width
+    (every network forward asks for it) and read-only, since the cached array is shared."""
     i = np.arange(half, dtype=np.float64)
     omega = MAX_PERIOD ** (-i / half)
-    return (TIME_SCALE * omega / (2.0 * np.pi)).astype(np.float32)
+    rates = (TIME_SCALE * omega / (2.0 * np.pi)).astype(np.float32)
+    rates.flags.writeable = False
+    return rates

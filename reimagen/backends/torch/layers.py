@@ -12,6 +12,8 @@ per-pixel LayerNorm and the attention token view ``[N, H·W, C]`` are free permu
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,11 +22,20 @@ from reimagen.core.time_features import TWO_PI, turn_rates
 from reimagen.core.unet_config import UNetConfig
 
 
+@functools.cache
+def _turn_rates(half: int, device: torch.device) -> Tensor:
+    """The shared constants on ``device``, copied there once (not a host copy per forward).
+    Made outside inference mode: a cached inference tensor could not be saved for backward by
+    a later training step."""
+    with torch.inference_mode(False):
+        return torch.tensor(turn_rates(half), device=device)
+
+
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
     """t [N] in [0, 1] -> [N, dim] = [sin(TIME_SCALE·t·ω_i), cos(TIME_SCALE·t·ω_i)], evaluated
     as sin/cos of 2π·frac(t·r_i) on shared float32 constants (``reimagen.core.time_features``:
     why, and the error bound)."""
-    rates = torch.from_numpy(turn_rates(dim // 2)).to(t.device)  # [half]
+    rates = _turn_rates(dim // 2, t.device)  # [half]
     turns = t.float()[:, None] * rates[None, :]  # [N, half]
     angles = TWO_PI * (turns - torch.floor(turns))  # [N, half], in [0, 2π)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # [N, dim]
