@@ -269,7 +269,7 @@ def test_building_block(name, seed):
 
 # Both backends compute the phase 2π·frac(t·r_i) bit for bit (reimagen.core.time_features), so
 # only sin/cos of an argument in [0, 2π) may differ: each library is faithful to ≤ 2 ulp there,
-# |Δ| ≤ 4 ulp(1) = 4 · 2⁻²³ = 4.8e-7 of the features' scale (1). Measured: 6e-8 over 200k t.
+# |Δ| ≤ 4 ulp(1) = 4 · 2⁻²³ = 4.8e-7 of the features' scale (1). Measured here: 6.0e-8.
 SINUSOID_TOL = 4 * 2.0**-23
 
 
@@ -567,10 +567,10 @@ def test_sampling_trajectory(sampler, guidance, sampling_setup):
 # casts weights and activations to bf16 (JaxDenoiser(dtype="bfloat16"), what a TPU runs). Each
 # side rounds ~3 tensors per layer (input, weight, output) over the tiny U-Net's ~20 layers,
 # independently: √60 · u = 1.5e-2 against float32, and the two sides differ by √2 × that =
-# 2.1e-2 of ε's scale (measured over seeds 0–3: 2.1e-2–2.8e-2 per call). The bound is 2.5× the
+# 2.1e-2 of ε's scale (a one-off scan of seeds 0–3, not kept: 2.1e-2–2.8e-2 per call; 3.1e-2 at this test's seed). The bound is 2.5× the
 # estimate (maxdiffusion's bf16 parity uses atol 2e-2 on unit-scale outputs). A trajectory
 # (10 dpmpp2m steps, interleaved guidance, w ≤ 5) adds the guidance mix and the steps' mixing of
-# x̂0 (measured 3.3e-2–5.6e-2 over 25 steps): 2× the per-call bound. Either bound still fails on
+# x̂0 (the same scan: 3.3e-2–5.6e-2 over 25 steps; 4.7e-2 here over 10): 2× the per-call bound. Either bound still fails on
 # a missing layer, a wrong weight or a dropped condition (O(1) errors).
 BF16_EPS_TOL = 2.5 * (2**0.5 * 60**0.5 * 2.0**-9)
 BF16_TRAJECTORY_TOL = 2 * BF16_EPS_TOL
