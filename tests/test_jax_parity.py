@@ -48,7 +48,9 @@ from reimagen.backends.torch.denoiser import TorchDenoiser
 from reimagen.backends.torch.trainer import Trainer as TorchTrainer
 from reimagen.core.interfaces import SamplerNoise, TextEncoding
 from reimagen.core.samplers import SAMPLERS
+from reimagen.core.schedule import CosineSchedule
 from reimagen.core.thresholding import Thresholding
+from reimagen.core.train_loop import training_levels
 from reimagen.core.training import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS
 from reimagen.guidance.strategies import STRATEGIES
@@ -680,7 +682,17 @@ class _OneBatch:
         return self._batch
 
 
-def test_optimizer_step(seed, tmp_path):
+# The paper's recipe, and the identity recipe of issue #15 (Min-SNR-γ row weights and a t shift):
+# with t = 0.1 / 0.5 / 0.9 and s = 2, γ = 2 the rows weigh 0.21 / 1 / 1, so a backend that
+# dropped or misplaced the weights would differ by far more than the tolerances.
+RECIPES = {
+    "paper": {},
+    "min-snr": {"loss_weighting": "min-snr", "snr_gamma": 2.0, "t_shift": 2.0},
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_optimizer_step(seed, tmp_path, recipe):
     """AdamW (weight decay, clipping active) + EMA from the same weights and batch.
 
     Adam's first step moves every weight by about lr whatever the size of its gradient, and for
@@ -701,7 +713,12 @@ def test_optimizer_step(seed, tmp_path):
         weight_decay=0.1,
         grad_clip=0.5,
         ema_decay=0.999,
+        **RECIPES[recipe],
     )
+    if recipe != "paper":
+        batch = attrs.evolve(batch, t=np.array([0.1, 0.5, 0.9], np.float32))
+        weights = training_levels(batch, config, CosineSchedule())[1]
+        assert weights.min() < 0.5 and weights.max() == 1.0  # the weighting is exercised
     torch_trainer = TorchTrainer(TINY, config, _OneBatch(batch), tmp_path / "torch", progress=False)
     jax_model = shared_weights(torch_trainer.model, convert.skeleton(TINY), rng)
     torch_trainer.ema.load_state_dict(torch_trainer.model.state_dict())

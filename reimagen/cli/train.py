@@ -43,6 +43,14 @@ def add_parser(subparsers):
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast (AMX on this CPU)")
     parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--loss-weighting", default="uniform", choices=("uniform", "min-snr"),
+                        help="per-row weight of the ε-MSE: uniform (paper Eq. 2) or "
+                        "min(SNR, γ)/SNR (Min-SNR-γ)")
+    parser.add_argument("--snr-gamma", type=float, default=5.0, help="γ of --loss-weighting "
+                        "min-snr")
+    parser.add_argument("--t-shift", type=float, default=1.0,
+                        help="noise-level shift s: log-SNR of the drawn t moved by −2·ln s "
+                        "(s > 1: more high-noise levels, where identity is decided)")
     parser.add_argument("--run-dir", type=Path, help="default: <home>/runs/<stage>")
     parser.add_argument("--kb", type=Path, help="knowledge base (default: the emoji KB)")
     parser.add_argument("--no-verify-kb", dest="verify_kb", action="store_false",
@@ -85,6 +93,7 @@ def run(args) -> int:
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, neighbors=k, lr=args.lr, seed=args.seed,
         warmup_steps=args.warmup, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
+        loss_weighting=args.loss_weighting, snr_gamma=args.snr_gamma, t_shift=args.t_shift,
     )
     if (args.stage == "sr") != model_config.is_super_resolution:
         raise UserError(f"--preset {preset} does not fit --stage {args.stage}")

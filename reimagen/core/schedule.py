@@ -33,6 +33,12 @@ class CosineSchedule(ConfigMixin):
         a, b = self._t_bounds
         return -2.0 * np.log(np.tan(a * np.asarray(t, dtype=np.float64) + b))
 
+    def t_of_logsnr(self, logsnr):
+        """The inverse of :meth:`logsnr`: t with λ(t) = ``logsnr`` (clipped to [λ_min, λ_max])."""
+        a, b = self._t_bounds
+        lam = np.clip(np.asarray(logsnr, dtype=np.float64), self.logsnr_min, self.logsnr_max)
+        return np.clip((np.arctan(np.exp(-0.5 * lam)) - b) / a, 0.0, 1.0)
+
     def alpha_bar(self, t):
         """ᾱ(t) = sigmoid(λ(t))."""
         return _sigmoid(self.logsnr(t))

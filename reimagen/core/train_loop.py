@@ -7,6 +7,8 @@ Shared here, so the two backends cannot drift apart:
 * the per-step schedules, pure functions of (config, step): :func:`learning_rate` (linear
   warmup), :func:`ema_decay` (EMA warmup) and :func:`step_seed` (the dropout RNG seed), and the
   AdamW constants both optimizers use;
+* the noise levels and loss weights of a step (:func:`training_levels`: TrainConfig.t_shift
+  and loss_weighting), on the host, so both backends weight the same rows the same way;
 * the host-side input maths: x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε (:func:`noisy_inputs`, Eq. 1), so
   both backends train on the same numbers, and the batch checks (:func:`check_batch`);
 * the run loop (:meth:`TrainLoop.run`): progress bar, JSON-lines log with running means,
@@ -87,6 +89,26 @@ def noisy_inputs(batch: Batch, schedule: CosineSchedule) -> np.ndarray:
     return x_t.astype(np.float32)
 
 
+def training_levels(
+    batch: Batch, config: TrainConfig, schedule: CosineSchedule
+) -> tuple[Batch, np.ndarray | None]:
+    """The batch with its noise levels t moved by ``config.t_shift``, and the per-row loss
+    weights of ``config.loss_weighting`` ([B] float32; None for "uniform", where the loss is
+    the plain mean of Eq. 2).
+
+    t_shift s: λ(t') = λ(t) − 2·ln s, so SNR(t') = SNR(t)/s² (s = 1: t unchanged).
+    min-snr: w = min(SNR(t'), γ)/SNR(t'), i.e. 1 where SNR ≤ γ and γ/SNR above it."""
+    t = batch.t
+    if config.t_shift != 1.0:
+        shifted = schedule.t_of_logsnr(schedule.logsnr(t) - 2.0 * math.log(config.t_shift))
+        t = shifted.astype(np.float32)
+        batch = attrs.evolve(batch, t=t)
+    if config.loss_weighting == "uniform":
+        return batch, None
+    snr = np.exp(schedule.logsnr(t))  # float64 [B]
+    return batch, (np.minimum(snr, config.snr_gamma) / snr).astype(np.float32)
+
+
 def check_batch(batch: Batch, model_config: UNetConfig, train_config: TrainConfig) -> None:
     """The batch stream fits the model and the config (one-line errors, before any update)."""
     s, c = model_config.image_size, model_config.in_channels
@@ -115,7 +137,11 @@ def check_resumable(saved: ckpt.Checkpoint, model_config: UNetConfig, config: Tr
     if saved.state["model_config"] != model_config.to_dict():
         raise ConfigError(f"{folder}: the run was trained with a different UNetConfig")
     old, new = saved.state["train_config"], config.to_dict()
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    # a field the run predates had its default then (e.g. loss_weighting before it existed)
+    default = {f.name: f.default for f in attrs.fields(TrainConfig)}
+    changed = sorted(
+        k for k in new if k not in RESUMABLE_CHANGES and old.get(k, default[k]) != new[k]
+    )
     if changed:
         raise ConfigError(
             f"{folder}: TrainConfig differs from the run's in {', '.join(changed)}; only "

@@ -13,7 +13,7 @@ from typing import Protocol
 import attrs
 import numpy as np
 
-from reimagen.core.config import ConfigMixin, config, in_range
+from reimagen.core.config import ConfigMixin, config, in_range, one_of
 from reimagen.core.interfaces import TextEncoding
 
 
@@ -33,6 +33,16 @@ class TrainConfig(ConfigMixin):
     seed: int = attrs.field(default=0, validator=in_range(0, 2**63 - 1))
     checkpoint_every: int = attrs.field(default=200, validator=in_range(1, 10**9))
     log_every: int = attrs.field(default=10, validator=in_range(1, 10**9))
+    # Where the ε-MSE spends its weight over noise levels (issue #15, the recipe A/B). The
+    # defaults are the paper's (Eq. 2): every row weighted 1, t ~ U[0, 1].
+    # loss_weighting "min-snr": row weight min(SNR(t), γ) / SNR(t) (Min-SNR-γ, Hang et al. 2023,
+    # ε-prediction form), which caps the weight of the low-noise levels (SNR > γ) whose ε-loss
+    # is large but which only refine detail; identity is decided at the high-noise levels.
+    loss_weighting: str = attrs.field(default="uniform", validator=one_of("uniform", "min-snr"))
+    snr_gamma: float = attrs.field(default=5.0, validator=in_range(0.0, None, lo_open=True))
+    # t_shift s: the batch's t is moved to t' with λ(t') = λ(t) − 2·ln s (a log-SNR shift, as
+    # "simple diffusion" / SD3 shift the schedule); s > 1 draws more high-noise levels.
+    t_shift: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, lo_open=True))
 
 
 @attrs.frozen

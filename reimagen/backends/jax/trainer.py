@@ -52,6 +52,7 @@ from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this modu
     learning_rate,
     noisy_inputs,
     step_seed,
+    training_levels,
 )
 from reimagen.core.training import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
@@ -120,8 +121,10 @@ def batch_inputs(batch: Batch, schedule: CosineSchedule) -> dict[str, Any]:
     return jax.tree_util.tree_map(jnp.asarray, host_inputs(batch, schedule))
 
 
-def loss_fn(model: ReImagenUNet, inputs: dict, noise, key, compute_dtype) -> jax.Array:
-    """‖ε̂ − ε‖² averaged over every element (paper Eq. 2, ε-prediction), in float32.
+def loss_fn(model: ReImagenUNet, inputs: dict, noise, key, compute_dtype, weights=None):
+    """‖ε̂ − ε‖² averaged over every element (paper Eq. 2, ε-prediction), in float32; with
+    per-row ``weights`` [B] (TrainConfig.loss_weighting), the mean over rows of weight × the
+    row's mean (torch: ``weighted_mse``).
 
     bf16 (``compute_dtype``) casts the weights and the image/text inputs, as torch's autocast
     runs matmuls and convolutions in bf16; the levels t and aug_level stay float32 (the
@@ -131,7 +134,10 @@ def loss_fn(model: ReImagenUNet, inputs: dict, noise, key, compute_dtype) -> jax
         model = cast_floats(model, compute_dtype)
         inputs = {**cast_floats(inputs, compute_dtype), **levels}
     eps = model(**inputs, key=key)
-    return jnp.mean(jnp.square(eps.astype(jnp.float32) - noise))
+    squared = jnp.square(eps.astype(jnp.float32) - noise)
+    if weights is None:
+        return jnp.mean(squared)
+    return jnp.mean(weights * jnp.mean(squared, axis=tuple(range(1, squared.ndim))))
 
 
 @eqx.filter_jit
@@ -141,6 +147,7 @@ def train_step(
     opt_state,
     inputs,
     noise,
+    weights,
     lr,
     ema_weight,
     key,
@@ -153,7 +160,9 @@ def train_step(
     """One AdamW update: (model, ema, opt_state, loss, ‖g‖ before clipping). Pure: the caller
     keeps the old state when the loss or norm is not finite. ``state_sharding`` (data parallel:
     the mesh's replicated sharding) pins the new model, EMA and optimizer state to it."""
-    loss, grads = eqx.filter_value_and_grad(loss_fn)(model, inputs, noise, key, compute_dtype)
+    loss, grads = eqx.filter_value_and_grad(loss_fn)(
+        model, inputs, noise, key, compute_dtype, weights
+    )
     grads, grad_norm = clip_by_global_norm(grads, grad_clip)
     opt_state.hyperparams["learning_rate"] = lr  # the host's value, as torch's group["lr"]
     updates, opt_state = optimizer.update(grads, opt_state, model)
@@ -314,7 +323,8 @@ class Trainer(TrainLoop):
         """One AdamW update on ``batch`` (the batch of step ``self.step``). Returns (loss,
         gradient norm before clipping). NaN/Inf -> NonFiniteLossError, nothing applied.
         Data parallel: ``batch`` is the global batch; this process uploads its own rows."""
-        rows = host_inputs(batch, self.schedule), np.asarray(batch.noise, np.float32)
+        batch, weights = training_levels(batch, self.config, self.schedule)
+        rows = host_inputs(batch, self.schedule), np.asarray(batch.noise, np.float32), weights
         scalars = (
             np.float32(learning_rate(self.config, self.step)),
             np.float32(1.0 - ema_decay(self.config, self.step)),
@@ -324,12 +334,12 @@ class Trainer(TrainLoop):
             key = jax.random.PRNGKey(step_seed(self.config.seed, self.step))  # uint32 [2]
             scalars = (*scalars[:2], np.asarray(key))
         if self.mesh is None:
-            (inputs, noise), (lr, ema_weight, key) = jax.tree_util.tree_map(
+            (inputs, noise, weights), (lr, ema_weight, key) = jax.tree_util.tree_map(
                 jnp.asarray, (rows, scalars)
             )
             state_sharding = None
         else:
-            inputs, noise = shd.shard_rows(rows, self.mesh, self.config.batch_size)
+            inputs, noise, weights = shd.shard_rows(rows, self.mesh, self.config.batch_size)
             lr, ema_weight, key = shd.replicate(scalars, self.mesh)
             state_sharding = shd.replicated(self.mesh)
         model, ema, opt_state, loss, grad_norm = train_step(
@@ -338,6 +348,7 @@ class Trainer(TrainLoop):
             self.opt_state,
             inputs,
             noise,
+            weights,
             lr,
             ema_weight,
             key,

@@ -63,6 +63,7 @@ from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this modu
     learning_rate,
     noisy_inputs,
     step_seed,
+    training_levels,
 )
 from reimagen.core.training import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
@@ -112,6 +113,15 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: torch {torch.__version__} sees no CUDA device")
     return device
+
+
+def weighted_mse(eps: torch.Tensor, noise: torch.Tensor, weights: np.ndarray | None):
+    """‖ε̂ − ε‖² averaged over every element (paper Eq. 2); with per-row ``weights`` [B]
+    (TrainConfig.loss_weighting), the mean over rows of weight × the row's mean."""
+    if weights is None:
+        return torch.mean((eps - noise) ** 2)
+    per_row = torch.mean((eps - noise) ** 2, dim=tuple(range(1, eps.ndim)))  # [B]
+    return torch.mean(torch.from_numpy(weights).to(per_row.device) * per_row)
 
 
 # ---- data parallel -----------------------------------------------------------------------------
@@ -305,6 +315,7 @@ class Trainer(TrainLoop):
         loss returned is the global mean."""
         if self.distributed:
             batch = shard_batch(batch, self.rank, self.world_size)
+        batch, weights = training_levels(batch, self.config, self.schedule)
         kwargs = model_kwargs(batch, self.schedule, self.device)
         noise = to_device(torch.from_numpy(batch.noise), self.device)
         lr = learning_rate(self.config, self.step)
@@ -314,7 +325,7 @@ class Trainer(TrainLoop):
         torch.manual_seed(rank_step_seed(self.config.seed, self.step, self.rank))
         with autocast(self.dtype, self.device):
             eps = self.network(**kwargs)
-        loss = torch.mean((eps.float() - noise) ** 2)  # paper Eq. 2, ε-prediction
+        loss = weighted_mse(eps.float(), noise, weights)  # paper Eq. 2, ε-prediction
         # the global mean; a NaN on any rank stops every rank here, before the backward pass
         loss_value = dist.mean(loss.detach()).item() if self.distributed else loss.item()
         if not math.isfinite(loss_value):
