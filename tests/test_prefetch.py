@@ -162,6 +162,39 @@ def test_weights_say_which_encoder_they_were_trained_with(tmp_path):
     assert ckpt.load_model(path).config == TINY  # tensors and config survive the stamp
 
 
+def test_exports_record_their_recipe_and_lineage(tmp_path):
+    """An export says how it was made (issue #15): encoder, TrainConfig, DataConfig, steps and
+    the examples seen, added to those its --init-from weights record."""
+    from reimagen.cli.train import _export
+    from reimagen.core import registry
+    from reimagen.data.training_data import DataConfig
+
+    donor = ckpt.save_model(build_unet(TINY, seed=7), tmp_path / "donor.safetensors", metadata={
+        core_checkpoint.RECIPE_KEY: json.dumps({"examples_total": 1000})})
+    assert core_checkpoint.training_recipe(donor) == {"examples_total": 1000}
+    train_config = config(2).replace(loss_weighting="min-snr")
+    Trainer(TINY, train_config, SyntheticSource(), tmp_path / "run", progress=False,
+            init_weights=donor).run()
+    out = tmp_path / "out.safetensors"
+    _export(registry.get("backend", "torch")(), tmp_path / "run", out, "hash", "base",
+            DataConfig(p_same_style=0.75))
+    recipe = core_checkpoint.training_recipe(out)
+    examples = 2 * train_config.batch_size
+    assert recipe["encoder"] == core_checkpoint.trained_encoder(out) == "hash"
+    assert recipe["train_config"] == train_config.to_dict()
+    assert recipe["data"] == DataConfig(p_same_style=0.75).to_dict()
+    assert (recipe["step"], recipe["examples"]) == (2, examples)
+    assert recipe["init_from"] == {"path": str(donor), "examples_total": 1000}
+    assert recipe["examples_total"] == 1000 + examples
+    # initial weights that do not record their examples: the lineage's total is unknown
+    plain = ckpt.save_model(build_unet(TINY, seed=7), tmp_path / "plain.safetensors")
+    assert core_checkpoint.training_recipe(plain) is None
+    Trainer(TINY, config(2), SyntheticSource(), tmp_path / "run2", progress=False,
+            init_weights=plain).run()
+    _export(registry.get("backend", "torch")(), tmp_path / "run2", out, "hash", "base")
+    assert core_checkpoint.training_recipe(out)["examples_total"] is None
+
+
 @pytest.mark.parametrize("device", ["tpu", "gpu", ""])
 def test_unknown_devices_are_refused(device):
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda"):

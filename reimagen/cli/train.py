@@ -106,7 +106,7 @@ def run(args) -> int:
     encoder, data = run_facts(run_dir, args.encoder, overrides, record=False)
     if args.export_only:
         return _export(backend, run_dir, export or _export_path_default(args.stage), encoder,
-                       args.stage)
+                       args.stage, data)
     options = {**_loop_options(args, backend, model_config, preset),
                **_distributed_options(args, backend, config.batch_size)}
     if args.threads:  # checked above
@@ -127,7 +127,7 @@ def run(args) -> int:
     result = backend.train(model_config, config, source, run_dir, resume=True, **options)
     print(result)
     if export and rank == 0:
-        _export(backend, run_dir, export, encoder, args.stage)
+        _export(backend, run_dir, export, encoder, args.stage, data)
     if args.distributed:
         from reimagen.backends.torch import distributed
 
@@ -370,13 +370,21 @@ def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: boo
     return encoder, requested
 
 
-def _export(backend, run_dir: Path, path: Path, encoder: str, stage: str) -> int:
-    from reimagen.core.checkpoint import ENCODER_KEY
+def _export(backend, run_dir: Path, path: Path, encoder: str, stage: str,
+            data=None) -> int:
+    import json
+
+    from reimagen.core.checkpoint import (
+        ENCODER_KEY, RECIPE_KEY, latest_checkpoint, read_checkpoint, recipe_record,
+    )
     from reimagen.weights import STAGE_KEY
 
     model = backend.load_model(run_dir, ema=True)  # float16: shipped weights, half the bytes
+    state = read_checkpoint(latest_checkpoint(run_dir)).state
+    recipe = recipe_record(state, None if data is None else data.to_dict(), encoder)
     # the stage it is for: load_stage refuses it under another stage's name
     backend.save_model(model, path, dtype="float16",
-                       metadata={ENCODER_KEY: encoder, STAGE_KEY: stage})
+                       metadata={ENCODER_KEY: encoder, STAGE_KEY: stage,
+                                 RECIPE_KEY: json.dumps(recipe, sort_keys=True)})
     print(f"exported EMA weights of {run_dir} to {path} (float16, encoder {encoder})")
     return 0

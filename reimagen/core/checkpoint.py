@@ -98,6 +98,44 @@ ENCODER_KEY = "reimagen.encoder"  # safetensors metadata: the text encoder it wa
 DEFAULT_ENCODER = "minilm"  # weights that do not say
 
 
+RECIPE_KEY = "reimagen.recipe"  # safetensors metadata of an export: how it was trained (JSON)
+
+
+def training_recipe(path: str | Path) -> dict | None:
+    """The recipe an exported weights file records (see :func:`recipe_record`); None for a
+    file exported before recipes were recorded."""
+    from reimagen.core.io import load_safetensors_metadata
+
+    text = load_safetensors_metadata(resolve_weights(path)).get(RECIPE_KEY)
+    return None if text is None else json.loads(text)
+
+
+def recipe_record(state: dict, data: dict, encoder: str) -> dict:
+    """What an export records of its training (issue #15: the shipped weights say how they
+    were made): the latest checkpoint's TrainConfig and step, the run's DataConfig and
+    encoder, and the examples seen — this run's (step × batch) plus, for a run started with
+    --init-from, the examples its initial weights record ("examples_total": the lineage)."""
+    config = state["train_config"]
+    examples = int(state["step"]) * int(config["batch_size"])
+    init = state.get("init_weights")
+    before = None
+    if init is not None and Path(init).is_file():
+        previous = training_recipe(init)
+        before = None if previous is None else previous.get("examples_total")
+    return {
+        "encoder": encoder,
+        "train_config": config,
+        "data": data,
+        "step": int(state["step"]),
+        "examples": examples,
+        "init_from": None if init is None else {"path": str(init), "examples_total": before},
+        # unknown (None) when the initial weights do not record theirs
+        "examples_total": examples if init is None else (
+            None if before is None else before + examples
+        ),
+    }
+
+
 def trained_encoder(path: str | Path) -> str:
     """The registered name of the text encoder a weights file (or run folder) was trained with."""
     from reimagen.core.io import load_safetensors_metadata
