@@ -36,6 +36,20 @@ class Cascade(CascadeInterface):
         self.stages = tuple(stages)
         check_stages(self.stages)
 
+    @classmethod
+    def from_pretrained(cls, folder=None, **options) -> Cascade:
+        """Exported stage files ``<folder>/<stage>.safetensors`` (default: the shipped ones) as
+        a cascade, each stage with its tuned sampling; options as reimagen.pretrained.
+        from_pretrained (stages, kb, retriever, setting, k, encoder, backend, sampling)."""
+        from reimagen.pretrained import from_pretrained
+
+        return from_pretrained(folder, **options)
+
+    @property
+    def kb(self):
+        """The knowledge base the first stage retrieves from (None without retrieval)."""
+        return self.stages[0].pipeline.kb
+
     def generate(
         self, prompts: Sequence[str], *, seed: int = 0, neighbor_rows: np.ndarray | None = None,
         callback=None, indices: Sequence[int] | None = None,

@@ -81,12 +81,16 @@ class Pipeline:
     """A trained network plus the parts around it: knowledge base, retriever, encoder, backend.
 
     ``retriever`` may be any registered retriever already fitted on (a view of) ``kb``; pass
-    ``k=0`` or ``retriever=None`` for the no-retrieval baseline.
+    ``k=0`` or ``retriever=None`` for the no-retrieval baseline. ``sampling``: what
+    :meth:`generate` samples with when not told otherwise (from_pretrained attaches the tuned
+    settings of the stage).
     """
 
     def __init__(
-        self, *, model, backend, encoder, kb=None, retriever=None, image_size: int, lowres_size=0
+        self, *, model, backend, encoder, kb=None, retriever=None, image_size: int, lowres_size=0,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
     ):
+        self.sampling = sampling
         self.model = model
         self.backend = backend
         self.encoder = encoder
@@ -128,6 +132,32 @@ class Pipeline:
             lowres_size=config.lowres_size,
         )
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        kb=None,
+        retriever: Any = None,
+        setting: str = "same-style",
+        encoder: str | None = None,
+        backend: str = "torch",
+    ) -> Pipeline:
+        """Any trained stage: an exported ``.safetensors`` file, a run folder (its latest
+        checkpoint's EMA weights) or a step folder, with the tuned sampling of its stage
+        attached (reimagen.pretrained.tuned_sampling). ``kb``: a KnowledgeBase or its folder;
+        ``retriever``: a fitted retriever, a registered name (its index over the ``setting``
+        view, saved beside the KB and built on first use) or None (no retrieval)."""
+        from reimagen.pretrained import open_kb, open_retriever, tuned_sampling
+
+        kb = open_kb(kb) if kb is not None else None
+        pipeline = cls.from_checkpoint(path, kb=kb, encoder=encoder, backend=backend)
+        pipeline.sampling = tuned_sampling(path)
+        if isinstance(retriever, str):  # after the network: a bad file fails before a build
+            retriever = open_retriever(kb, retriever, setting, encoder)
+        pipeline.retriever = retriever
+        return pipeline
+
     def retrieve(self, prompts: Sequence[str], k: int) -> RetrievalResult:
         if k == 0 or self.retriever is None:
             empty = np.zeros((len(prompts), 0))
@@ -139,7 +169,7 @@ class Pipeline:
         prompts: Sequence[str],
         *,
         k: int = 2,
-        sampling: SamplingConfig = DEFAULT_SAMPLING,
+        sampling: SamplingConfig | None = None,
         seed: int = 0,
         neighbor_rows: np.ndarray | None = None,
         lowres: np.ndarray | None = None,
@@ -147,13 +177,15 @@ class Pipeline:
         indices: Sequence[int] | None = None,
     ) -> Generation:
         """Sample one image per prompt. ``neighbor_rows`` [B, K] overrides retrieval;
-        ``lowres`` [B, h, w, 3] in [-1, 1] conditions a super-resolution stage.
+        ``lowres`` [B, h, w, 3] in [-1, 1] conditions a super-resolution stage. ``sampling``:
+        default ``self.sampling``.
 
         ``indices`` [B] (default ``range(B)``): each prompt's global index. All noise of sample
         b (initial, per-step, SR augmentation) is drawn from (seed, indices[b]) alone, so a
         prompt list split into batches with their global indices gives the same images."""
         prompts = check_prompts(prompts)
         k = _check_k(k, self.retriever is not None or neighbor_rows is not None)
+        sampling = self.sampling if sampling is None else sampling
         if not isinstance(sampling, SamplingConfig):
             raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
         indices = _check_indices(indices, len(prompts))

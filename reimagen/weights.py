@@ -68,30 +68,33 @@ def weights_dir() -> Path:
     return Path(os.environ.get("REIMAGEN_WEIGHTS") or Path(__file__).parent / "assets" / "weights")
 
 
-def weights_path(stage: str) -> Path:
+def weights_path(stage: str, folder: str | Path | None = None) -> Path:
+    """``<folder>/<stage>.safetensors``; ``folder`` defaults to :func:`weights_dir`."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
-    return weights_dir() / f"{stage}.safetensors"
+    return Path(folder or weights_dir()) / f"{stage}.safetensors"
 
 
-def available_stages() -> list[str]:
-    return [stage for stage in STAGES if weights_path(stage).is_file()]
+def available_stages(folder: str | Path | None = None) -> list[str]:
+    return [stage for stage in STAGES if weights_path(stage, folder).is_file()]
 
 
 def load_stage(stage: str, *, kb=None, retriever=None, encoder: str | None = None,
-               backend: str = "torch"):
-    """A Pipeline for one shipped stage (its text encoder: the one it was trained with).
+               backend: str = "torch", folder: str | Path | None = None):
+    """A Pipeline for one shipped stage (its text encoder: the one it was trained with), with
+    the stage's tuned sampling attached (``pipeline.sampling = DEFAULT_SAMPLING[stage]``).
     The file must fit the stage (stage_config) and hold finite weights; the base stage's
     neighbour attention must have been trained (check_neighbor_attention)."""
     from reimagen.pipeline import Pipeline
 
-    path = weights_path(stage)
+    path = weights_path(stage, folder)
     registry.get("backend", backend)  # unknown backend -> error before loading
-    stage_config(stage)
+    stage_config(stage, folder)
     pipeline = Pipeline.from_checkpoint(path, kb=kb, retriever=retriever, encoder=encoder,
                                         backend=backend)
     if stage == "base":
         check_neighbor_attention(path, pipeline.backend, pipeline.model)
+    pipeline.sampling = DEFAULT_SAMPLING[stage]
     return pipeline
 
 
@@ -124,11 +127,11 @@ def describe(config) -> str:
     return f"a {config.image_size}×{config.image_size} base network"
 
 
-def stage_config(stage: str):
+def stage_config(stage: str, folder: str | Path | None = None):
     """The UNetConfig of a shipped stage's file, read from its header (cheap: no tensors), after
     checking the file fits the stage: a super-resolution network for "sr", a base network
     otherwise, and the stage it was exported as (STAGE_KEY), when it says."""
-    path = weights_path(stage)
+    path = weights_path(stage, folder)
     if not path.is_file():
         raise FileNotFoundError(
             f"no shipped weights for stage {stage!r} at {path}; train them with "

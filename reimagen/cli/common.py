@@ -10,10 +10,8 @@ from reimagen.cli.main import UserError
 from reimagen.core import registry
 from reimagen.core.generation import SamplingConfig
 from reimagen.core.paths import default_kb_dir
+from reimagen.pretrained import ENCODER_RETRIEVERS, SETTINGS  # noqa: F401  (re-exported)
 from reimagen.weights import DEFAULT_RETRIEVER
-
-SETTINGS = ("same-style", "cross-style")
-ENCODER_RETRIEVERS = ("dense", "hybrid")  # retrievers that take a text encoder (default minilm)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,18 +62,9 @@ def open_kb(path: Path | None, verify: bool = True):
 
 def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
     """A saved index for (retriever, view) beside the KB, built on first use."""
-    from reimagen.data.splits import view_rows
-    from reimagen.retrievers.index import index_folder, index_name, open_or_build
+    from reimagen import pretrained
 
-    registry.get("retriever", name)
-    if name == "none":
-        return None
-    rows = view_rows(kb, setting)
-    options = {"encoder": encoder or "minilm"} if name in ENCODER_RETRIEVERS else {}
-    folder = index_folder(kb.folder, index_name(name, encoder=options.get("encoder"),
-                                                view=(setting,)))
-    retriever, _, _ = open_or_build(kb, folder, name, rows=rows, **options)
-    return retriever
+    return pretrained.open_retriever(kb, name, setting, encoder)
 
 
 def check_out_path(path: Path, siblings: tuple[str, ...] = ()) -> Path:

@@ -96,44 +96,32 @@ def _prompts(names, split):
 
 
 def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
-    from reimagen.cascade import Cascade, Stage
-    from reimagen.cli.common import open_retriever
     from reimagen.core.io import atomic_path
+    from reimagen.pretrained import from_pretrained
     from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
-    from reimagen.weights import (
-        DEFAULT_RETRIEVER,
-        DEFAULT_SAMPLING,
-        SR_NEIGHBORS,
-        available_stages,
-        load_stage,
-    )
+    from reimagen.weights import DEFAULT_SAMPLING, available_stages
 
     stages = available_stages()
     if "base" not in stages:
         raise UserError("no shipped base weights (reimagen/assets/weights/base.safetensors); "
                         "train them with `reimagen train --stage base --export`")
-    retriever = open_retriever(kb, DEFAULT_RETRIEVER, args.setting)
-    base = load_stage("base", kb=kb, retriever=retriever)
+    with_sr = "sr" in stages
     sampling = DEFAULT_SAMPLING["base"]
     if args.steps is not None:
         sampling = sampling.replace(steps=args.steps)
-    with_sr = "sr" in stages
-    sr = load_stage("sr", kb=kb, retriever=retriever) if with_sr else None
 
-    def cascade(first, k, first_sampling):
-        parts = [Stage("base", first, first_sampling, k=k)]
-        if sr is not None:
-            parts.append(Stage("sr", sr, DEFAULT_SAMPLING["sr"], k=min(k, SR_NEIGHBORS)))
-        return Cascade(parts)
+    def cascade(first, k, first_sampling):  # the front door, as reimagen.load("default")
+        return from_pretrained(stages=(first, "sr") if with_sr else (first,), kb=kb, k=k,
+                               setting=args.setting, sampling=first_sampling)
 
-    with_retrieval = cascade(base, args.k, sampling).generate(prompts, seed=args.seed)
+    with_retrieval = cascade("base", args.k, sampling).generate(prompts, seed=args.seed)
     if "baseline" in stages:
         label = "no retrieval (baseline)"
-        first, first_sampling = load_stage("baseline", kb=kb), DEFAULT_SAMPLING["baseline"]
+        without = cascade("baseline", 0, None)
     else:
         label = "no retrieval (K=0)"
-        first, first_sampling = base, sampling.replace(guidance="joint")
-    without = cascade(first, 0, first_sampling).generate(prompts, seed=args.seed)
+        without = cascade("base", 0, sampling.replace(guidance="joint"))
+    without = without.generate(prompts, seed=args.seed)
 
     rows = []
     for b, (prompt, name, tier) in enumerate(zip(prompts, names, tiers)):

@@ -12,7 +12,6 @@ byte-identical to a one-process run (reimagen.distributed_generation).
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from reimagen.cli.common import (
     check_prompt_args,
     check_seed,
     open_kb,
-    open_retriever,
     sampling_from_args,
 )
 from reimagen.cli.main import UserError
@@ -63,24 +61,21 @@ def add_parser(subparsers):
 
 
 OUTPUT_SUFFIXES = (".sheet.png", ".base.png", ".baseline.png", ".sr.png")
-CASCADES = ("base", "baseline", "base,sr", "baseline,sr")  # the shipped stages that fit together
 
 
-def parse_stages(text: str) -> list[str]:
-    from reimagen.weights import STAGES
+def parse_stages(text: str) -> tuple[str, ...]:
+    from reimagen.pretrained import check_stages
 
-    stages = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages:
-        raise UserError(f"--stages: unknown stage(s) {bad}; allowed: {', '.join(STAGES)}")
-    if ",".join(stages) not in CASCADES:  # e.g. sr first, base twice, base then baseline
-        raise UserError(f"--stages: {','.join(stages)} is not a cascade; allowed: "
-                        f"{' | '.join(CASCADES)}")
-    return stages
+    try:
+        return check_stages([s.strip() for s in text.split(",") if s.strip()])
+    except ValueError as err:  # "stages: ..." (the front door's message) -> "--stages: ..."
+        raise UserError(f"--{err}") from None
 
 
 def run(args) -> int:
-    from reimagen.weights import DEFAULT_SAMPLING, stage_config
+    from reimagen.cascade import CascadeError
+    from reimagen.pretrained import check_fit
+    from reimagen.weights import DEFAULT_SAMPLING
 
     # ---- validate everything before loading a network ----
     out = check_out_path(args.out, siblings=OUTPUT_SUFFIXES)
@@ -94,16 +89,16 @@ def run(args) -> int:
     registry.get("backend", args.backend)
     if args.encoder:
         registry.get("encoder", args.encoder)
-    first = stages[0]
-    sampling = {s: DEFAULT_SAMPLING[s] for s in stages}
-    sampling[first] = sampling_from_args(args, DEFAULT_SAMPLING[first])
-    k = 0 if first == "baseline" else args.k
+    sampling = sampling_from_args(args, DEFAULT_SAMPLING[stages[0]])
+    k = 0 if stages[0] == "baseline" else args.k
     registry.get("retriever", args.retriever)
     if k and args.retriever == "none":
         raise UserError(f"--retriever none retrieves no neighbours; use --k 0, or a retriever "
                         f"for --k {k}")
-    configs = {name: stage_config(name) for name in stages}  # headers only: fit each stage
-    _check_cascade(stages, configs)
+    try:
+        configs = check_fit(stages)  # headers only: each file fits its stage, the cascade fits
+    except CascadeError as err:
+        raise UserError(f"--{err}") from None
     rank, world = _join(args.distributed)
     try:
         return _generate(args, out, stages, sampling, k, rank, world, configs)
@@ -114,28 +109,21 @@ def run(args) -> int:
             dist.destroy_process_group()
 
 
-def _generate(args, out: Path, stages: list[str], sampling: dict, k: int, rank: int,
+def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: int,
               world: int, configs: dict) -> int:
-    """Load the cascade, generate this process's micro-batches, and (rank 0) write."""
-    from reimagen.cascade import Cascade, Stage
+    """Load the cascade (the front door, reimagen.load's), generate this process's
+    micro-batches, and (rank 0) write."""
     from reimagen.distributed_generation import generate_distributed
+    from reimagen.pretrained import from_pretrained
     from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
-    from reimagen.weights import SR_NEIGHBORS, load_stage
 
     kb = open_kb(args.kb)
     # the first stage's size: the SR stage reuses its rows (one, upsampled from a smaller KB)
     check_kb_fits(kb, "--kb", image_size=configs[stages[0]].image_size if k else 0, k=k,
                   setting=args.setting)
-    # the networks first: a bad weights file fails before an index is built beside the KB
-    pipelines = [load_stage(name, kb=kb, encoder=args.encoder, backend=args.backend)
-                 for name in stages]
-    retriever = open_retriever(kb, args.retriever, args.setting, args.encoder) if k else None
-    for pipeline in pipelines:
-        pipeline.retriever = retriever
-    cascade = Cascade([
-        Stage(name, pipeline, sampling[name], k=k if index == 0 else min(k, SR_NEIGHBORS))
-        for index, (name, pipeline) in enumerate(zip(stages, pipelines, strict=True))
-    ])
+    cascade = from_pretrained(stages=stages, kb=kb, retriever=args.retriever,
+                              setting=args.setting, k=k, encoder=args.encoder,
+                              backend=args.backend, sampling=sampling)
     started = time.perf_counter()
     results = generate_distributed(cascade, args.prompts, args.seed, batch_size=args.batch_size)
     seconds = time.perf_counter() - started
@@ -160,17 +148,6 @@ def _generate(args, out: Path, stages: list[str], sampling: dict, k: int, rank: 
     print(f"{len(args.prompts)} prompt(s), {nfe} network evaluations per sample, {seconds:.1f} s"
           + (f", {world} processes" if world > 1 else ""))
     return 0
-
-
-def _check_cascade(stages: list[str], configs: dict) -> None:
-    """Each stage's input is the previous stage's output (from the weights' headers)."""
-    from reimagen.weights import weights_path
-
-    for before, after in itertools.pairwise(stages):
-        want, have = configs[after].lowres_size, configs[before].image_size
-        if want != have:
-            raise UserError(f"--stages: {weights_path(after)} upsamples {want}px images but "
-                            f"stage {before} makes {have}px ones")
 
 
 def _join(distributed: bool) -> tuple[int, int]:

@@ -1,0 +1,179 @@
+"""The front door: the shipped cascade, or any trained stage, in one call (issue #17).
+
+    import reimagen
+    cascade = reimagen.load("default")   # shipped 32px base + 64px SR, tuned sampling, emoji KB
+    base, sr = cascade.generate(["a large beaver in the centre on a yellow background"], seed=0)
+
+:func:`load` names a shipped cascade; :func:`from_pretrained` (``Cascade.from_pretrained``) takes
+any folder of exported stage files (``<stage>.safetensors``, as ``reimagen train --export`` writes
+them); ``Pipeline.from_pretrained`` one stage from a weights file, run folder or step folder.
+``reimagen generate`` and ``reimagen demo`` assemble their cascades here too, so the Python
+example and the command line draw the same images for the same seed (tests/test_readme.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reimagen.core import registry
+from reimagen.core.generation import SamplingConfig
+
+# Shipped cascades by name: their stages (weights/<stage>.safetensors), lowest resolution first.
+PRETRAINED = {"default": ("base", "sr"), "base": ("base",), "baseline": ("baseline", "sr")}
+CASCADES = ("base", "baseline", "base,sr", "baseline,sr")  # the shipped stages that fit together
+SETTINGS = ("same-style", "cross-style")  # which artists the retriever indexes (DESIGN §8)
+ENCODER_RETRIEVERS = ("dense", "hybrid")  # retrievers that take a text encoder (default minilm)
+DEFAULT = "default"  # retriever="default": reimagen.weights.DEFAULT_RETRIEVER, read at call time
+
+
+def load(name: str = "default", *, kb: Any = None, retriever: Any = DEFAULT,
+         setting: str = "same-style", k: int = 2, encoder: str | None = None,
+         backend: str = "torch"):
+    """The shipped cascade ``name`` (one of PRETRAINED: "default" is base + SR) with each
+    stage's tuned sampling (reimagen.weights.DEFAULT_SAMPLING); the other arguments as
+    :func:`from_pretrained`."""
+    if not isinstance(name, str) or name not in PRETRAINED:
+        raise ValueError(f"name must be one of {', '.join(PRETRAINED)}; got {name!r}")
+    return from_pretrained(None, stages=PRETRAINED[name], kb=kb, retriever=retriever,
+                           setting=setting, k=k, encoder=encoder, backend=backend)
+
+
+def from_pretrained(folder: str | Path | None = None, *, stages: Sequence[str] = ("base", "sr"),
+                    kb: Any = None, retriever: Any = DEFAULT, setting: str = "same-style",
+                    k: int = 2, encoder: str | None = None, backend: str = "torch",
+                    sampling: SamplingConfig | None = None):
+    """A Cascade of the exported ``stages`` in ``folder`` (default: the shipped weights).
+
+    ``kb``: a KnowledgeBase or its folder (default: the emoji KB, when ``k`` > 0).
+    ``retriever``: a registered name (its index over the ``setting`` view, saved beside the KB
+    and built on first use), a fitted retriever, or None; "default" is the shipped default.
+    ``k``: neighbours the first stage retrieves (a "baseline" first stage retrieves none); the
+    SR stage reuses min(k, SR_NEIGHBORS) of them. ``sampling``: the first stage's settings
+    (default: its tuned ones); later stages keep their tuned ones. Everything is checked
+    (names, ranges, the files' headers) before a network is loaded; the networks are loaded
+    before an index is built."""
+    from reimagen.cascade import Cascade, Stage
+    from reimagen.weights import DEFAULT_RETRIEVER, SR_NEIGHBORS, load_stage
+
+    stages = check_stages(stages)
+    k = 0 if stages[0] == "baseline" else check_k(k)
+    retriever = DEFAULT_RETRIEVER if isinstance(retriever, str) and retriever == DEFAULT else retriever
+    check_options(retriever, setting, k, encoder, backend, sampling)
+    check_fit(stages, folder)
+    kb = open_kb(kb) if kb is not None or k else None
+    pipelines = [load_stage(name, kb=kb, encoder=encoder, backend=backend, folder=folder)
+                 for name in stages]
+    if isinstance(retriever, str):
+        retriever = open_retriever(kb, retriever, setting, encoder) if k else None
+    for pipeline in pipelines:
+        pipeline.retriever = retriever
+    if sampling is not None:
+        pipelines[0].sampling = sampling
+    return Cascade([
+        Stage(name, pipeline, pipeline.sampling, k=k if index == 0 else min(k, SR_NEIGHBORS))
+        for index, (name, pipeline) in enumerate(zip(stages, pipelines, strict=True))
+    ])
+
+
+def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
+    """Shipped stage names that form a cascade (one of CASCADES)."""
+    from reimagen.weights import STAGES
+
+    stages = (stages,) if isinstance(stages, str) else tuple(stages)
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise ValueError(f"stages: unknown stage(s) {bad}; allowed: {', '.join(STAGES)}")
+    if ",".join(stages) not in CASCADES:  # e.g. sr first, base twice, base then baseline
+        raise ValueError(f"stages: {','.join(stages)} is not a cascade; allowed: "
+                         f"{' | '.join(CASCADES)}")
+    return stages
+
+
+def check_k(k: Any) -> int:
+    """Neighbours per prompt for the shipped networks: an integer in [0, MAX_NEIGHBORS]."""
+    from reimagen.weights import MAX_NEIGHBORS
+
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_NEIGHBORS:
+        raise ValueError(f"k must be an integer in [0, {MAX_NEIGHBORS}] (the base was trained "
+                         f"with K=2), got {k!r}")
+    return k
+
+
+def check_options(retriever: Any, setting: str, k: int, encoder: str | None, backend: str,
+                  sampling: SamplingConfig | None) -> None:
+    """Registered names and values, before anything is read from disk."""
+    registry.get("backend", backend)
+    if encoder is not None:
+        registry.get("encoder", encoder)
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}; got {setting!r}")
+    if isinstance(retriever, str):
+        registry.get("retriever", retriever)
+    if k and retriever in (None, "none"):
+        raise ValueError(f"retriever {retriever!r} retrieves no neighbours; use k=0, or a "
+                         f"retriever for k={k}")
+    if sampling is not None and not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+
+
+def check_fit(stages: Sequence[str], folder: str | Path | None = None) -> dict:
+    """{stage: UNetConfig} from the files' headers (no tensors read), after checking each file
+    fits its stage and each stage's input is the previous stage's output."""
+    from reimagen.cascade import CascadeError
+    from reimagen.weights import stage_config, weights_path
+
+    configs = {name: stage_config(name, folder) for name in stages}
+    for before, after in itertools.pairwise(stages):
+        want, have = configs[after].lowres_size, configs[before].image_size
+        if want != have:
+            raise CascadeError(f"stages: {weights_path(after, folder)} upsamples {want}px "
+                               f"images but stage {before} makes {have}px ones")
+    return configs
+
+
+def open_kb(kb: Any = None, verify: bool = True):
+    """A KnowledgeBase as is, or the one in folder ``kb`` (default: the emoji KB)."""
+    from reimagen.core.knowledge_base import KnowledgeBase
+    from reimagen.core.paths import default_kb_dir
+
+    if isinstance(kb, KnowledgeBase):
+        return kb
+    folder = Path(kb) if kb is not None else default_kb_dir()
+    if not (folder / "kb.json").is_file():
+        raise FileNotFoundError(f"kb: no knowledge base at {folder}; build it with "
+                                "`reimagen kb build`")
+    return KnowledgeBase.open(folder, verify=verify)
+
+
+def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
+    """The registered retriever ``name`` over the ``setting`` view of ``kb``: its saved index
+    beside the KB, built on first use (None for "none")."""
+    from reimagen.data.splits import view_rows
+    from reimagen.retrievers.index import index_folder, index_name, open_or_build
+
+    registry.get("retriever", name)
+    if name == "none":
+        return None
+    if kb is None:
+        raise ValueError(f"retriever {name!r} needs a knowledge base; pass kb")
+    rows = view_rows(kb, setting)
+    options = {"encoder": encoder or "minilm"} if name in ENCODER_RETRIEVERS else {}
+    folder = index_folder(kb.folder, index_name(name, encoder=options.get("encoder"),
+                                                view=(setting,)))
+    found, _, _ = open_or_build(kb, folder, name, rows=rows, **options)
+    return found
+
+
+def tuned_sampling(path: str | Path) -> SamplingConfig:
+    """The tuned SamplingConfig (reimagen.weights.DEFAULT_SAMPLING) of the stage a weights file
+    (or run / step folder) holds: the stage an exported file names in its header, else by
+    network kind, the SR stage's for a super-resolution network and the base's otherwise."""
+    from reimagen.core.checkpoint import resolve_weights
+    from reimagen.weights import DEFAULT_SAMPLING, STAGE_KEY, read_config
+
+    config, metadata = read_config(resolve_weights(path))
+    stage = metadata.get(STAGE_KEY) or ("sr" if config.is_super_resolution else "base")
+    return DEFAULT_SAMPLING.get(stage, DEFAULT_SAMPLING["base"])
