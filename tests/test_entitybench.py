@@ -399,3 +399,32 @@ def test_interval_table_counts_ratios_and_the_zero_cases(split):
     assert "| none | s | 0/2 = 0.000 | [0.000, 0.658] | - (0 and 0) | 1 |" in lines[4]
     ratio = eb.interval_table([both, none], prompts, both).splitlines()[3]
     assert "| 0.0 | 1 |" in ratio  # 0 of 2 against 2 of 2: no evidence of "higher"
+
+
+def test_bench_weights_names_the_folder_of_stages_it_measures(tiny, tmp_path, capsys):
+    """--weights FOLDER (e.g. a training run's export) replaces $REIMAGEN_WEIGHTS; a path that
+    is not a folder, or a folder without base.safetensors, is one line before any work."""
+    import shutil
+
+    folder = tmp_path / "candidate"
+    folder.mkdir()
+    shutil.copy(tiny / "weights" / "base.safetensors", folder / "base.safetensors")
+    line = {"prompt": f"a large {NAMES[0]} in the centre on {COLOUR[NAMES[0]]}",
+            "entity": NAMES[0], "background": COLOUR[NAMES[0]], "position": "center",
+            "size": "large"}
+    path = _write(tmp_path / "p.jsonl", [line])
+    out = tmp_path / "out"
+    args = ["--prompts", str(path), "--k", "1", "--settings", "same-style", "--steps", "1",
+            "--weights", str(folder)]
+    assert main(["bench", *args, *_common(tiny, out)]) == 0, capsys.readouterr().err
+    blob = json.loads((out / "results.json").read_text())
+    assert blob["networks"] == {"base": str(folder / "base.safetensors")}
+    capsys.readouterr()
+    for bad, message in ((folder / "base.safetensors", "is not a folder"),
+                         (tmp_path, "no base network at")):
+        args[-1] = str(bad)
+        assert main(["bench", *args, *_common(tiny, tmp_path / "out2")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0
+        assert message in err
+    assert not (tmp_path / "out2").exists()

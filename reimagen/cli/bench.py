@@ -86,6 +86,10 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
     parser.add_argument("--encoder", default=None,
                         help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)")
     parser.add_argument("--backend", default="torch", help="torch | jax")
+    parser.add_argument("--weights", type=Path, default=None, metavar="FOLDER",
+                        help="a folder of exported stages: base.safetensors (a training run's "
+                        "--export) and, optionally, baseline.safetensors (default: the shipped "
+                        "weights, or $REIMAGEN_WEIGHTS)")
     parser.add_argument(
         "--evaluator", type=Path, default=None, help="evaluator folder (default: the shipped one)"
     )
@@ -157,13 +161,16 @@ def check_components(args, need_retrieval: bool = True) -> None:
     if need_retrieval and args.retriever == "none":
         raise UserError("--retriever none retrieves nothing; K > 0 rows need a retriever")
     check_threads(args.threads)
-    if "base" not in available_stages():
+    if args.weights is not None and not args.weights.is_dir():
+        raise UserError(f"--weights: {args.weights} is not a folder (it must hold "
+                        "base.safetensors, optionally baseline.safetensors)")
+    if "base" not in available_stages(args.weights):
         raise UserError(
-            f"no base network at {weights_path('base')}; train it with "
-            "`reimagen train --stage base --export` or set REIMAGEN_WEIGHTS"
+            f"no base network at {weights_path('base', args.weights)}; train it with "
+            "`reimagen train --stage base --export` or set --weights"
         )
-    for stage in available_stages():  # headers only: each file fits its stage
-        stage_config(stage)
+    for stage in available_stages(args.weights):  # headers only: each file fits its stage
+        stage_config(stage, args.weights)
 
 
 def load_parts(args, settings, need_retrieval: bool, k_max: int = 0):
@@ -178,14 +185,13 @@ def load_parts(args, settings, need_retrieval: bool, k_max: int = 0):
         torch.set_num_threads(args.threads)
     kb = open_kb(args.kb)
     for setting in settings:  # before any index is built or network loaded
-        check_kb_fits(kb, "--kb", image_size=stage_config("base").image_size if k_max else 0,
+        check_kb_fits(kb, "--kb",
+                      image_size=stage_config("base", args.weights).image_size if k_max else 0,
                       k=k_max if need_retrieval else 0, setting=setting)
     # the networks first: a bad weights file fails before an index is built beside the KB
-    pipelines = {"base": load_stage("base", kb=kb, encoder=args.encoder, backend=args.backend)}
-    if "baseline" in available_stages():
-        pipelines["baseline"] = load_stage(
-            "baseline", kb=kb, encoder=args.encoder, backend=args.backend
-        )
+    pipelines = {stage: load_stage(stage, kb=kb, encoder=args.encoder, backend=args.backend,
+                                   folder=args.weights)
+                 for stage in ("base", "baseline") if stage in available_stages(args.weights)}
     retrievers = {}
     if need_retrieval:
         retrievers = {s: open_retriever(kb, args.retriever, s, args.encoder) for s in settings}
@@ -245,7 +251,7 @@ def header(args, meta, pipelines, prompts, seconds: float) -> dict:
         "retriever": args.retriever,  # the "neighbour recall" column is this retriever's
         "prompts": str(args.prompts) if args.prompts else f"default: {args.n} per tier",
         "n_prompts": len(prompts),
-        "networks": {name: str(weights_path(name)) for name in pipelines},
+        "networks": {name: str(weights_path(name, args.weights)) for name in pipelines},
         "evaluator": {
             "weights_sha256": meta["weights_sha256"],
             "ceiling": meta.get("accuracy", {}).get("clean", {}),
