@@ -376,7 +376,7 @@ def read_meta(folder: str | Path | None = None) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except digests.IntegrityError as err:
         raise EvaluatorIntegrityError(str(err)) from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # e.g. a pickle in its place
         raise EvaluatorError(f"{path}: not valid JSON ({err})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise EvaluatorError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} file")

@@ -47,7 +47,9 @@ class IntegrityError(ValueError):
 
 
 class UnsafeFileError(IntegrityError):
-    """A weights file that is not a valid safetensors file (e.g. a pickle under that name)."""
+    """A file that is not in the format its reader expects: a weights file that is not valid
+    safetensors, a ``.npy`` holding Python objects, a ``.json`` that is not JSON (e.g. a pickle
+    under any of those names). Refused, never unpickled."""
 
 
 class MissingChecksumError(IntegrityError):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +57,51 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    """A plain ``.npy`` array. One holding Python objects (a pickle: numpy would have to
+    unpickle it) or with no ``.npy`` header is UnsafeFileError naming the file."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as err:
+        raise UnsafeFileError(
+            f"{path}: not a plain .npy array ({first_line(err)}); refusing to load it"
+        ) from None
+
+
+def check_npy(path: str | Path) -> None:
+    """Refuse a ``.npy`` file whose header declares Python objects, reading the header only:
+    for libraries that call ``np.load`` themselves (bm25s), so the refusal names the file."""
+    from numpy.lib import format as npy
+
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    with open(path, "rb") as handle:
+        try:
+            version = npy.read_magic(handle)
+            _, _, dtype = readers[version](handle)
+        except (ValueError, KeyError) as err:
+            raise UnsafeFileError(
+                f"{path}: not a plain .npy array ({first_line(err)}); refusing to load it"
+            ) from None
+    if dtype.hasobject:
+        raise UnsafeFileError(  # numpy's own words, as load_npy reports it
+            f"{path}: not a plain .npy array (Object arrays cannot be loaded when "
+            "allow_pickle=False); refusing to load it"
+        )
+
+
+def load_json(path: str | Path) -> Any:
+    """A UTF-8 JSON file; anything else (e.g. a pickle under a ``.json`` name) is
+    UnsafeFileError naming the file. Used where the file's checksum already passed, so this
+    is a file some other writer put there, not bit rot."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnsafeFileError(
+            f"{path}: not a JSON file ({first_line(err)}); refusing to load it"
+        ) from None
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

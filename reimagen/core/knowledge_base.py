@@ -774,7 +774,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     path = folder / META
     try:
         meta = json.loads(_read_bytes(folder, META))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # e.g. a pickle in its place
         raise KnowledgeBaseError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise KnowledgeBaseError(f"{path}: not a reimagen knowledge base (format != {FORMAT!r})")
@@ -791,7 +791,11 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 def _parse_manifest(path: Path, blob: bytes) -> tuple[Record, ...]:
     records = []
-    for number, line in enumerate(blob.decode("utf-8").splitlines(), start=1):
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise KnowledgeBaseError(f"{path}: not UTF-8 text ({err})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         try:
             record = Record.from_dict(json.loads(line))
         except (json.JSONDecodeError, KeyError, TypeError) as err:

@@ -278,7 +278,7 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], TriplesMeta]:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
         except ValueError as err:  # a pickled member: refused, never unpickled
-            raise TriplesMismatchError(f"triples {path}: refusing to load ({err})") from err
+            raise TriplesIntegrityError(f"triples {path}: refusing to load ({err})") from None
         meta_json = bytes(arrays.pop(META_KEY, np.zeros(0, np.uint8))).decode() or None
     else:
         raise ValueError(f"triples file must end in {' or '.join(SUFFIXES)}, got {path.name!r}")

@@ -287,7 +287,11 @@ def load_split(path: str | Path | None = None) -> EntitySplit:
     path = Path(SPLIT_FILE if path is None else path)
     if not path.is_file():
         raise SplitError(f"split file not found: {path} (python -m reimagen.data.splits --write)")
-    return EntitySplit.from_json(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # e.g. a pickle in its place
+        raise SplitError(f"{path}: not UTF-8 text ({err})") from None
+    return EntitySplit.from_json(text, str(path))
 
 
 def _check_partition(split: EntitySplit, where: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from reimagen.core.interfaces import TextEncoding
+from reimagen.core.io import UnsafeFileError, first_line, load_json
 from reimagen.encoders.base import CachingEncoder, check_positive, mean_pool
 
 MODEL_MAX_POSITIONS = 512
@@ -109,6 +110,7 @@ class MiniLMEncoder(CachingEncoder):
 def _load_tokenizer(folder: Path, max_length: int):
     import tokenizers
 
+    load_json(folder / "tokenizer.json")  # the Rust reader's error would not name the file
     tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
@@ -119,9 +121,15 @@ def _load_model(folder: Path, device: str):
     from safetensors.torch import load_file
     from transformers import BertConfig, BertModel
 
-    config = BertConfig.from_json_file(str(folder / "config.json"))
+    config = BertConfig.from_dict(load_json(folder / "config.json"))
     model = BertModel(config, add_pooling_layer=False)
-    state = load_file(str(folder / "model.safetensors"))
+    path = folder / "model.safetensors"
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own types for a bad header)
+        raise UnsafeFileError(
+            f"{path} is not a valid safetensors file ({first_line(err)}); refusing to load it"
+        ) from None
     for key in UNUSED_WEIGHTS:
         state.pop(key, None)
     model.load_state_dict(state, strict=True)  # every weight present, none left over

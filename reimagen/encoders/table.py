@@ -27,7 +27,7 @@ import numpy as np
 
 from reimagen.core import digests
 from reimagen.core.interfaces import Encoder, TextEncoding
-from reimagen.core.io import atomic_save_npy, atomic_write_text, load_npy
+from reimagen.core.io import atomic_save_npy, atomic_write_text, load_json, load_npy
 from reimagen.encoders.base import check_texts
 
 META = "table.json"
@@ -98,7 +98,7 @@ class EncodingTable(Encoder):
         folder, unique = Path(folder), list(dict.fromkeys(check_texts(texts)))
         names = [META, *(f"{name}.npy" for name in ARRAYS)]
         digests.verify_sums(folder, required=names)
-        if json.loads((folder / META).read_bytes()) != _expected(encoder, unique):
+        if load_json(folder / META) != _expected(encoder, unique):
             return None  # another encoder or pool: not this table
         return cls(encoder, unique, *(load_npy(folder / f"{n}.npy", mmap=True) for n in ARRAYS))
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from reimagen.core.io import check_npy, load_json
 from reimagen.retrievers.base import BLOCK, ViewRetriever, top_n_rows
 from reimagen.retrievers.index import IndexMeta, IndexMismatchError
 
@@ -125,6 +126,12 @@ class BM25Retriever(ViewRetriever):
     def _load_files(self, folder: Path, meta: IndexMeta) -> int:
         import bm25s
 
+        # bm25s reads these itself; check them first so a refusal names the file
+        for path in sorted((folder / BM25S_DIR).iterdir()):
+            if path.suffix == ".npy":
+                check_npy(path)
+            elif path.suffix == ".json":
+                load_json(path)
         bm25 = bm25s.BM25.load(folder / BM25S_DIR, allow_pickle=False, show_progress=False)
         found = {"k1": bm25.k1, "b": bm25.b, "method": bm25.method}
         wanted = {"k1": self.k1, "b": self.b, "method": self.method}

@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from reimagen.core.interfaces import Encoder
+from reimagen.core.io import UnsafeFileError
 from reimagen.encoders.base import CachingEncoder, l2_normalize
 from reimagen.retrievers.base import ViewRetriever, order_hits
 from reimagen.retrievers.index import IndexMeta, IndexMismatchError
@@ -192,8 +194,8 @@ class DenseRetriever(ViewRetriever):
     def _load_files(self, folder: Path, meta: IndexMeta) -> int:
         faiss = import_faiss()
         saved_dim = (meta.encoder or {}).get("dim")
-        blob = np.fromfile(folder / INDEX_FILE, dtype=np.uint8)
-        index = faiss.deserialize_index(blob)
+        index = read_faiss(folder / INDEX_FILE, lambda: faiss.deserialize_index(
+            np.fromfile(folder / INDEX_FILE, dtype=np.uint8)))
         if saved_dim != self.dim or index.d != self.dim:
             raise IndexMismatchError(
                 f"index {folder} is stale: embedding dim {index.d} (index, recorded "
@@ -260,3 +262,15 @@ def _temporary_env(key: str, value: str | None):
         yield
     finally:
         os.environ.pop(key, None)
+
+
+def read_faiss(path: Path, read: Callable[[], Any]) -> Any:
+    """``read()`` (a faiss reader of ``path``); faiss's multi-line RuntimeError for bytes that
+    are no faiss index (e.g. a pickle) becomes one UnsafeFileError naming the file."""
+    try:
+        return read()
+    except RuntimeError as err:
+        reason = str(err).splitlines()[0].rsplit(": ", 1)[-1]
+        raise UnsafeFileError(
+            f"{path}: not a faiss index ({reason}); refusing to load it"
+        ) from None

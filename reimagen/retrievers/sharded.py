@@ -48,10 +48,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.core.io import atomic_path, atomic_save_npy, atomic_write_text, load_npy
+from reimagen.core.io import atomic_path, atomic_save_npy, atomic_write_text, load_json, load_npy
 from reimagen.retrievers.base import BLOCK, top_n_rows
 from reimagen.retrievers.bm25 import METHODS, QUERY_BATCH, BM25Retriever
-from reimagen.retrievers.dense import DenseRetriever, import_faiss
+from reimagen.retrievers.dense import DenseRetriever, import_faiss, read_faiss
 from reimagen.retrievers.index import IndexMeta, IndexMismatchError
 
 BM25_MODES = ("global", "naive")
@@ -126,7 +126,7 @@ def _read_layout(folder: Path, kind: str) -> dict[str, Any]:
     path = folder / LAYOUT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no sharded index in {folder} (missing {LAYOUT_FILE})")
-    blob = json.loads(path.read_text(encoding="utf-8"))
+    blob = load_json(path)
     if (
         blob.get("format") != FORMAT
         or blob.get("version") != FORMAT_VERSION
@@ -253,7 +253,7 @@ class BM25Shard:
 
     @classmethod
     def load(cls, folder: Path, mmap: bool) -> BM25Shard:
-        blob = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        blob = load_json(folder / "vocab.json")
         arrays = (load_npy(folder / f"{name}.npy", mmap=mmap) for name in DATA_NAMES)
         return cls(*arrays, vocab=blob["vocab"], num_docs=blob["num_docs"])
 
@@ -350,7 +350,7 @@ class ShardedBM25:
             BM25Shard.load(folder / f"shard-{s:03d}", mmap) for s in range(len(layout["sizes"]))
         ]
         if (folder / "stats.json").is_file():
-            index.stats = BM25Stats(**json.loads((folder / "stats.json").read_text("utf-8")))
+            index.stats = BM25Stats(**load_json(folder / "stats.json"))
         return index
 
 
@@ -484,7 +484,8 @@ class ShardedDenseIndex:
         if mmap:
             flag = faiss.IO_FLAG_MMAP if kind == "ivf" else faiss.IO_FLAG_MMAP_IFC
         for s, size in enumerate(layout["sizes"]):
-            shard = faiss.read_index(str(folder / f"shard-{s:03d}.faiss"), flag)
+            path = folder / f"shard-{s:03d}.faiss"
+            shard = read_faiss(path, lambda: faiss.read_index(str(path), flag))  # noqa: B023
             if shard.ntotal != size or shard.d != index.d:
                 raise IndexMismatchError(
                     f"{folder}: shard {s} holds {shard.ntotal} vectors of dim {shard.d}, "

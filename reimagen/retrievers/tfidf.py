@@ -150,9 +150,9 @@ class TfidfRetriever(ViewRetriever):
             atomic_save_npy(folder / TFIDF_DIR / f"{name}.npy", self.arrays[name])
 
     def _load_files(self, folder: Path, meta: IndexMeta) -> int:
-        from reimagen.core.io import load_npy
+        from reimagen.core.io import load_json, load_npy
 
-        params = json.loads((folder / TFIDF_DIR / PARAMS).read_text("utf-8"))
+        params = load_json(folder / TFIDF_DIR / PARAMS)
         words = params.pop("vocab")
         n_docs = params.pop("n_docs")
         if params != self.options:
