@@ -1,7 +1,8 @@
 # The two commands of the README:  `make demo`  and  `make test`.
 # Each sets up on first use: a venv in .venv, torch==2.13.0 first (the CPU wheel on local
 # disk; an unpinned torch pulls a multi-GB CUDA build), then the package with its extras,
-# the example plugin, and the optional emoji artists (Debian Noto, npm Fluent).
+# the example plugin, and the optional emoji artists (Debian Noto, npm Fluent). The exact
+# versions are the recipe's (constraints.txt); pyproject.toml only gives ranges.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,12 +18,12 @@ test: $(STAMP)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml examples/reimagen_example_plugin/pyproject.toml scripts/install_artists.sh
+$(STAMP): pyproject.toml constraints.txt examples/reimagen_example_plugin/pyproject.toml scripts/install_artists.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[jax,dev]"
-	$(PY) -m pip install -q -e examples/reimagen_example_plugin
+	$(PY) -m pip install -q -c constraints.txt torch  # torch==2.13.0, before what needs it
+	$(PY) -m pip install -q -c constraints.txt -e ".[jax,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e examples/reimagen_example_plugin
 	bash scripts/install_artists.sh
 	touch $@
 
