@@ -74,6 +74,13 @@ def add_parser(subparsers):
     parser.add_argument("--distributed", action="store_true",
                         help="torch DDP over the processes torchrun started (gloo on cpu, "
                         "nccl on cuda); --batch-size is the global batch")
+    parser.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                        help="resume from this committed step instead of the latest (a run "
+                        "that diverged; pass a lower --lr): later steps are moved to "
+                        "checkpoints/rewound-STEP-N/, not deleted")
+    parser.add_argument("--keep", type=int, default=2,
+                        help="committed checkpoints kept (the newest); more leaves more steps "
+                        "to --resume-from")
     parser.add_argument("--export", type=Path, nargs="?", const=Path("-"),
                         help="after training, write the EMA weights to this .safetensors "
                         "(no value: the shipped file for the stage)")
@@ -105,6 +112,9 @@ def run(args) -> int:
     # checked here; recorded below, once every other check has passed
     encoder, data = run_facts(run_dir, args.encoder, overrides, record=False)
     if args.export_only:
+        if args.resume_from is not None:
+            raise UserError("--resume-from rewinds a run to train on; it does not combine with "
+                            "--export-only (which exports the latest step)")
         return _export(backend, run_dir, export or _export_path_default(args.stage), encoder,
                        args.stage, data)
     options = {**_loop_options(args, backend, model_config, preset),
@@ -184,7 +194,11 @@ def _loop_options(args, backend, model_config, preset: str) -> dict:
         raise UserError(f"--workers must be in [0, 256], got {args.workers}")
     if args.time_limit is not None and not args.time_limit > 0:
         raise UserError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
-    options = {"workers": args.workers}
+    options = {"workers": args.workers, "keep": args.keep}
+    if not 1 <= args.keep <= 1_000_000:
+        raise UserError(f"--keep must be in [1, 1000000] checkpoints, got {args.keep}")
+    if args.resume_from is not None:
+        options["resume_from"] = check_resume_from(args)
     if args.init_from is not None:
         if backend.name != "torch":
             raise UserError("--init-from: only the torch backend takes initial weights")
@@ -202,6 +216,23 @@ def _loop_options(args, backend, model_config, preset: str) -> dict:
         except ValueError as err:
             raise UserError(f"--device: {err}") from None
     return options
+
+
+def check_resume_from(args) -> int:
+    """--resume-from STEP: a committed step of the run (read and checked when training starts,
+    before anything is moved), on one process."""
+    from reimagen.core.checkpoint import step_folders
+
+    if args.distributed:
+        raise UserError("--resume-from cannot be combined with --distributed: rewind in one "
+                        "process first (reimagen train --resume-from STEP --steps STEP)")
+    run_dir = args.run_dir or home() / "runs" / args.stage
+    folders = step_folders(run_dir) if run_dir.is_dir() else []
+    held = sorted(int(p.name.split("-")[1]) for p in folders)
+    if args.resume_from not in held:
+        raise UserError(f"--resume-from {args.resume_from}: not a committed step of {run_dir} "
+                        f"(its steps: {', '.join(map(str, held)) or 'none'})")
+    return args.resume_from
 
 
 def check_init_weights(path: Path, backend, model_config, preset: str) -> Path:

@@ -10,6 +10,7 @@ A run folder looks like::
                                       optimizer.safetensors  AdamW state, flattened per parameter
                                       state.json             step, configs, determinism facts
     run_dir/checkpoints/latest                               "step-00000200"
+    run_dir/checkpoints/rewound-100-1/step-00000200          moved aside by rewind(run, 100)
     run_dir/log.jsonl
 
 The safetensors keys are the torch ``state_dict`` keys ("canonical layout"); AdamW's moments are
@@ -206,6 +207,49 @@ def load_resumable(run_dir: str | Path) -> tuple[Checkpoint | None, list[str]]:
             f"({len(candidates)} tried; latest: {skipped[-len(candidates)]})"
         )
     return None, skipped
+
+
+def rewind(run_dir: str | Path, step: int) -> tuple[Path, list[str], Path | None]:
+    """Make committed step ``step`` the run's ``latest``, to resume a diverged run from before
+    it diverged. The step must read back intact (checked before anything moves). Later step
+    folders are moved, not deleted, into ``checkpoints/rewound-<step>-<n>/``, where resume,
+    fallback and pruning do not look (delete it once the new course is good). Moved first,
+    ``latest`` rewritten last: a crash in between leaves ``latest`` naming a moved step, and
+    a resume falls back to the newest step left, ``step`` once all are moved; running it again
+    finishes the job. Returns (the step folder, the names moved, where to or None)."""
+    root = Path(run_dir) / CHECKPOINTS
+    folder = root / step_dir_name(step)
+    steps = step_folders(run_dir) if root.is_dir() else []
+    if folder not in steps:
+        held = ", ".join(str(_step_of(p)) for p in reversed(steps)) or "none"
+        raise CheckpointError(
+            f"cannot resume from step {step}: no committed {folder.name} in {root} (steps "
+            f"there: {held}; a run keeps its newest `keep`)"
+        )
+    read_checkpoint(folder)  # IntegrityError naming the file: nothing moved
+    later = [p for p in steps if _step_of(p) > step]
+    aside = _aside_folder(root, step) if later else None
+    if aside is not None:
+        aside.mkdir()
+        for path in later:
+            os.rename(path, aside / path.name)
+        fsync_dir(root)
+    atomic_write_text(root / LATEST, folder.name + "\n")
+    LOG.warning("rewound %s to %s; %s moved to %s", root, folder.name,
+                ", ".join(p.name for p in later) or "nothing", aside)
+    return folder, sorted(p.name for p in later), aside
+
+
+def _step_of(folder: Path) -> int:
+    return int(STEP_DIR.match(folder.name)[1])
+
+
+def _aside_folder(root: Path, step: int) -> Path:
+    """``rewound-<step>-<n>``, the first n not taken (a run may be rewound more than once)."""
+    n = 1
+    while (root / f"rewound-{step}-{n}").exists():
+        n += 1
+    return root / f"rewound-{step}-{n}"
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:

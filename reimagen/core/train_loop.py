@@ -40,8 +40,13 @@ from reimagen.core.unet_config import UNetConfig
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 LOG_FILE = "log.jsonl"
-# TrainConfig fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every")
+# TrainConfig fields that may change between a run and its resumption: the run's length and
+# cadence, and the optimizer's step size (lr, warmup_steps, grad_clip), the recovery for a run
+# that diverged (rewind to an earlier step, resume with a lower lr: README "Reliability"). Each
+# update still depends only on the state and the step, so a resumed run stays reproducible.
+RESUMABLE_CHANGES = (
+    "steps", "checkpoint_every", "log_every", "lr", "warmup_steps", "grad_clip"
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -130,23 +135,26 @@ def check_batch(batch: Batch, model_config: UNetConfig, train_config: TrainConfi
         raise ValueError("a super-resolution model needs batch.lowres and batch.aug_level")
 
 
-def check_resumable(saved: ckpt.Checkpoint, model_config: UNetConfig, config: TrainConfig):
+def check_resumable(
+    saved: ckpt.Checkpoint, model_config: UNetConfig, config: TrainConfig
+) -> dict[str, list]:
     """A run may resume only with the same UNetConfig and TrainConfig (but the fields in
-    ``RESUMABLE_CHANGES``); otherwise a one-line ConfigError naming what differs."""
+    ``RESUMABLE_CHANGES``); otherwise a one-line ConfigError naming what differs. Returns the
+    resumable fields that did change, ``{name: [old, new]}`` (logged by the run)."""
     folder = saved.folder
     if saved.state["model_config"] != model_config.to_dict():
         raise ConfigError(f"{folder}: the run was trained with a different UNetConfig")
     old, new = saved.state["train_config"], config.to_dict()
     # a field the run predates had its default then (e.g. loss_weighting before it existed)
     default = {f.name: f.default for f in attrs.fields(TrainConfig)}
-    changed = sorted(
-        k for k in new if k not in RESUMABLE_CHANGES and old.get(k, default[k]) != new[k]
-    )
-    if changed:
+    changed = sorted(k for k in new if old.get(k, default[k]) != new[k])
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if refused:
         raise ConfigError(
-            f"{folder}: TrainConfig differs from the run's in {', '.join(changed)}; only "
+            f"{folder}: TrainConfig differs from the run's in {', '.join(refused)}; only "
             f"{', '.join(RESUMABLE_CHANGES)} may change on resume"
         )
+    return {k: [old.get(k, default[k]), new[k]] for k in changed}
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -194,10 +202,13 @@ class TrainLoop:
         keep: int = 2,
         workers: int = 0,
         time_limit: float | None = None,
+        resume_from: int | None = None,
     ):
         """``workers``: processes making batches ahead (reimagen.core.prefetch; 0 = inline).
         ``time_limit``: seconds after which the loop checkpoints and returns early (a lease on
-        a borrowed GPU, a CI budget); the run resumes from there."""
+        a borrowed GPU, a CI budget); the run resumes from there. ``resume_from``: a committed
+        step to resume from instead of the latest (:func:`ckpt.rewind`: the later steps are
+        moved aside, not deleted); one process only, not with a distributed run."""
         if time_limit is not None and not time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds or None, got {time_limit}")
         self.workers = workers
@@ -216,6 +227,9 @@ class TrainLoop:
                 "it or choose an empty folder"
             )
         self.step = 0
+        self.resume_from = resume_from
+        self.rewound: dict[str, Any] | None = None  # what resume_from moved aside
+        self.resume_changes: dict[str, list] = {}  # resumable TrainConfig fields that changed
         self.resume_skipped: list[str] = []  # checkpoints passed over on resume, and why
         self.checkpoint: Path | None = None
         self.last_loss = float("nan")
@@ -272,13 +286,18 @@ class TrainLoop:
     def resume_latest(self) -> None:
         """Continue from the run folder's newest checkpoint that reads back intact, if it has
         one (``latest``, else an earlier step: :func:`ckpt.load_resumable`, which warns; what
-        it skipped also goes into log.jsonl when the run starts)."""
+        it skipped also goes into log.jsonl when the run starts). With ``resume_from``, that
+        step is made the latest first."""
+        if self.resume_from is not None:
+            folder, moved, aside = ckpt.rewind(self.run_dir, self.resume_from)
+            self.rewound = {"to": folder.name, "moved": moved,
+                            "aside": None if aside is None else aside.name}
         saved, self.resume_skipped = ckpt.load_resumable(self.run_dir)
         if saved is not None:
             self._restore(saved)
 
     def _restore(self, saved: ckpt.Checkpoint) -> None:
-        check_resumable(saved, self.model_config, self.config)
+        self.resume_changes = check_resumable(saved, self.model_config, self.config)
         self._load_state(saved)
         self.step = saved.step
         self.checkpoint = saved.folder
@@ -309,6 +328,11 @@ class TrainLoop:
         if self.resume_skipped:
             log.write({"event": "resume-fallback", "step": start_step,
                        "skipped": self.resume_skipped})
+        if self.rewound is not None:
+            log.write({"event": "rewind", "step": start_step, **self.rewound})
+        if self.resume_changes:  # e.g. a lower lr after a divergence: {"lr": [old, new]}
+            log.write({"event": "config-change", "step": start_step,
+                       "changes": self.resume_changes})
         bar = tqdm(
             total=config.steps,
             initial=start_step,
