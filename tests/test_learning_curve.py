@@ -1,0 +1,61 @@
+"""scripts/learning_curve.py: the projection on points with a known answer, and the files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "learning_curve.py"
+spec = importlib.util.spec_from_file_location("learning_curve", SCRIPT)
+learning_curve = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(learning_curve)
+
+
+def logistic(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def point(examples: int, faithful: float) -> dict:
+    return {"examples": examples, "faithful": (faithful, 0.0, 1.0)}
+
+
+def test_projection_recovers_an_exact_power_law():
+    """logit(rate) = −10 + 0.5·ln(examples): 0.20 at exp((logit 0.2 + 10) / 0.5)."""
+    points = [point(n, logistic(-10 + 0.5 * math.log(n))) for n in (1e5, 1e6, 1e7)]
+    fit = learning_curve.project(points, 0.20)
+    want = math.exp((math.log(0.2 / 0.8) + 10) / 0.5)
+    assert fit["points_used"] == 3 and fit["slope"] == pytest.approx(0.5)
+    assert fit["examples_for_goal"] == pytest.approx(want, rel=1e-9)
+
+
+def test_no_projection_from_one_point_zero_rates_or_a_falling_curve():
+    assert learning_curve.project([point(1e6, 0.1), point(2e6, 0.0)], 0.2)["slope"] is None
+    falling = learning_curve.project([point(1e6, 0.1), point(2e6, 0.05)], 0.2)
+    assert falling["slope"] < 0 and falling["examples_for_goal"] is None
+
+
+def test_writes_table_plot_and_numbers(tmp_path):
+    rows = []
+    for n, hits in ((333, 8), (333, 20)):
+        metrics = {"n": n, "faithful": hits / n, "entity_top1": 2 * hits / n,
+                   "entity_top5": 3 * hits / n}
+        rows.append({"rows": [{"label": "Re-Imagen K=2", "setting": "same-style",
+                               "metrics": {"tier/unseen": metrics}}]})
+    specs = []
+    for i, (blob, examples) in enumerate(zip(rows, (900_000, 1_800_000))):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps(blob))
+        specs.append({"label": f"w{i}", "examples": examples, "results": str(path)})
+    (tmp_path / "points.json").write_text(json.dumps(specs))
+    out = tmp_path / "curve"
+    assert learning_curve.main([str(tmp_path / "points.json"), "--out", str(out)]) == 0
+    text = out.with_suffix(".md").read_text()
+    assert "| w0 | 900,000 | 333 | 0.024 [" in text and "| w1 | 1,800,000 | 333 | 0.060 [" in text
+    assert "faithful 0.20 at about" in text
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    blob = json.loads(out.with_suffix(".json").read_text())
+    assert blob["projection"]["points_used"] == 2 and blob["points"][0]["n"] == 333
