@@ -137,6 +137,16 @@ def recipe_record(state: dict, data: dict, encoder: str) -> dict:
     }
 
 
+def stamp_recipe(path: str | Path, recipe: dict) -> None:
+    """Record ``recipe`` in a weights file exported before recipes were recorded (tensors and
+    other metadata unchanged; the file's checksum rewritten; atomic)."""
+    from reimagen.core.io import atomic_save_safetensors, load_safetensors
+
+    tensors, metadata = load_safetensors(path)  # checked against its sha256 first
+    atomic_save_safetensors(path, tensors, {**metadata, RECIPE_KEY: json.dumps(recipe,
+                                                                               sort_keys=True)})
+
+
 def trained_encoder(path: str | Path) -> str:
     """The registered name of the text encoder a weights file (or run folder) was trained with."""
     from reimagen.core.io import load_safetensors_metadata
