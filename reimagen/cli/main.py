@@ -56,6 +56,14 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def disk_full(err: BaseException) -> bool:
+    """No space left (ENOSPC, or a quota: EDQUOT): the user's to fix, not a bug. The writers
+    leave the previous files intact (tests/test_disk_full.py)."""
+    import errno
+
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def one_line(err: BaseException) -> str:
     """The first line of the message, with the file an OSError names."""
     message = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
@@ -102,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as err:
-        if not isinstance(err, user_error_types()) or os.environ.get("REIMAGEN_TRACEBACK"):
+        expected = isinstance(err, user_error_types()) or disk_full(err)
+        if not expected or os.environ.get("REIMAGEN_TRACEBACK"):
             raise  # a bug: keep the traceback
         print(f"reimagen: error: {one_line(err)}", file=sys.stderr)
         return 2

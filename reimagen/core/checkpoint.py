@@ -368,13 +368,18 @@ def write_checkpoint(
     partial = root / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    metadata = weights_metadata(config_json)
-    atomic_save_safetensors(partial / MODEL_FILE, model, metadata=metadata)
-    atomic_save_safetensors(partial / EMA_FILE, ema, metadata=metadata)
-    atomic_save_safetensors(partial / OPTIM_FILE, optimizer)
-    atomic_write_text(partial / STATE_FILE, json.dumps({**state, "step": step}, indent=2) + "\n")
-    digests.write_sums(partial)  # last: a folder without it never passes for a complete one
-    fsync_dir(partial)
+    try:
+        metadata = weights_metadata(config_json)
+        atomic_save_safetensors(partial / MODEL_FILE, model, metadata=metadata)
+        atomic_save_safetensors(partial / EMA_FILE, ema, metadata=metadata)
+        atomic_save_safetensors(partial / OPTIM_FILE, optimizer)
+        text = json.dumps({**state, "step": step}, indent=2) + "\n"
+        atomic_write_text(partial / STATE_FILE, text)
+        digests.write_sums(partial)  # last: a folder without it never passes for a complete one
+        fsync_dir(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # e.g. a full disk: give its space back
+        raise
     _fault_point("written", step)
     # committed earlier but never pointed to (a crash before `latest`), or damaged (the run
     # resumed from an earlier step past it, with a warning naming it)
@@ -383,7 +388,11 @@ def write_checkpoint(
     os.rename(partial, final)
     fsync_dir(root)
     _fault_point("renamed", step)
-    atomic_write_text(root / LATEST, final.name + "\n")
+    try:
+        atomic_write_text(root / LATEST, final.name + "\n")
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)  # never committed: `latest` is the old step
+        raise
     _fault_point("committed", step)
     prune(root, keep=max(1, keep), latest=final.name)
     return final

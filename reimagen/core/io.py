@@ -8,6 +8,7 @@ arrays are safetensors or ``.npy`` with ``allow_pickle=False``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -21,10 +22,20 @@ import numpy as np
 from reimagen.core import digests
 from reimagen.core.digests import IntegrityError, UnsafeFileError  # noqa: F401 (re-exported)
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def name_the_file(err: OSError, path: str | Path) -> None:
+    """A full disk (ENOSPC, EDQUOT) met by ``write`` names no file: give it ``path``, so the
+    one line the CLI prints says where it was writing."""
+    if err.errno in DISK_FULL and not err.filename:
+        err.filename = str(path)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``."""
+    """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``.
+    On any error (a full disk too) the temp file goes and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,6 +48,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except OSError as err:
+        name_the_file(err, path)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

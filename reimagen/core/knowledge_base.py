@@ -396,8 +396,10 @@ def build_knowledge_base(
         rio.atomic_write_text(staging / META, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
         digests.write_sums(staging, CHECKED)  # last: a KB without it is never opened
         _swap_into_place(staging, folder)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            rio.name_the_file(err, folder)  # e.g. a full disk while writing a PNG
         raise
     finally:
         os.close(lock)

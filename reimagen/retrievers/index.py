@@ -42,7 +42,7 @@ import attrs
 import numpy as np
 
 from reimagen.core import digests
-from reimagen.core.io import atomic_save_npy, atomic_write_text, load_npy
+from reimagen.core.io import atomic_save_npy, atomic_write_text, load_npy, name_the_file
 
 META_FILE = "index.json"
 ROWS_FILE = "rows.npy"
@@ -146,6 +146,9 @@ def write_index_folder(
         digests.write_sums(tmp)  # every file, the members' folders included
         _fsync_tree(tmp)
         _swap_in(tmp, folder)
+    except OSError as err:
+        name_the_file(err, folder)  # a full disk inside a library's writer (bm25s) names none
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
