@@ -405,16 +405,23 @@ def items(n):
             os.kill(os.getpid(), signal.SIGKILL)  # mid-staging: thousands of files in real life
         yield (f"t/{{i}}", f"caption {{i}}", "t", "", rng.integers(0, 255, (8, 8, 4), np.uint8))
 
-real_replace, real_carry = os.replace, kbm._carry_over
+real_replace, real_carry, real_exchange = os.replace, kbm._carry_over, kbm.rio.exchange
 def replace(src, dst):
-    if point == "swap" and Path(src).name.startswith(f".{{folder.name}}.building-"):
+    if point == "renames" and Path(src).name.startswith(f".{{folder.name}}.building-"):
         os.kill(os.getpid(), signal.SIGKILL)  # the old KB is aside, the new one not in place
     return real_replace(src, dst)
 def carry(old, new):
-    if point == "carry":
+    if point in ("carry", "renames-carry"):
         os.kill(os.getpid(), signal.SIGKILL)  # swapped; the old KB still aside, index in it
     return real_carry(old, new)
-os.replace, kbm._carry_over = replace, carry
+def exchange(a, b):
+    if point.startswith("renames"):
+        return False  # the two-rename fallback (no renameat2)
+    done = real_exchange(a, b)
+    if point == "swap":
+        os.kill(os.getpid(), signal.SIGKILL)  # exchanged: the old KB at the staging name
+    return done
+os.replace, kbm._carry_over, kbm.rio.exchange = replace, carry, exchange
 kbm.build_knowledge_base(items(60), folder, resolution=8, progress=False)
 """
 
@@ -423,7 +430,7 @@ def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(".kb."))
 
 
-@pytest.mark.parametrize("point", ["items", "swap", "carry"])
+@pytest.mark.parametrize("point", ["items", "swap", "carry", "renames", "renames-carry"])
 def test_rerun_cleans_what_kill_9_left(tmp_path, point):
     folder = tmp_path / "kb"
     toy_kb(folder)

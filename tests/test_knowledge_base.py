@@ -142,8 +142,12 @@ def test_rebuild_replaces_and_keeps_foreign_files(tmp_path):
 
 
 def test_failed_swap_restores_the_old_kb(tmp_path, monkeypatch):
-    """Fault injection: the final rename of the new KB fails -> the old KB is back, intact."""
+    """Fault injection: the final rename of the new KB fails -> the old KB is back, intact.
+    (The two-rename fallback, where the OS has no atomic exchange.)"""
+    from reimagen.core import io as rio
+
     old = build_knowledge_base(_items(3), tmp_path / "kb", resolution=S, progress=False)
+    monkeypatch.setattr(rio, "exchange", lambda a, b: False)
     real_replace = os.replace
 
     def failing_replace(src, dst):
@@ -157,6 +161,21 @@ def test_failed_swap_restores_the_old_kb(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", real_replace)
     assert KnowledgeBase.open(old.folder).fingerprint == old.fingerprint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]  # no staging, no aside folder
+
+
+def test_a_failed_exchange_leaves_the_old_kb(tmp_path, monkeypatch):
+    from reimagen.core import io as rio
+
+    old = build_knowledge_base(_items(3), tmp_path / "kb", resolution=S, progress=False)
+
+    def failing(a, b):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(rio, "exchange", failing)
+    with pytest.raises(OSError, match="disk on fire"):
+        build_knowledge_base(_items(2), tmp_path / "kb", resolution=S, progress=False)
+    assert KnowledgeBase.open(old.folder).fingerprint == old.fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_kb(tmp_path):

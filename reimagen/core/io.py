@@ -212,3 +212,77 @@ def _metadata(handle) -> dict[str, str]:
     metadata = dict(handle.metadata() or {})
     metadata.pop(digests.SAFETENSORS_KEY, None)  # the file's own checksum, not a fact about it
     return metadata
+
+
+# ---- folders: an atomic swap, and the leftovers of a killed writer -----------------------------
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def exchange(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so a reader
+    finds one complete folder or the other at each name at every moment, even if the process is
+    killed: two renames leave a moment with nothing at ``b``. False where the C library or the
+    file system cannot (the caller then renames twice)."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 (or not Linux)
+        return False
+    done = renameat2(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)),
+                     _RENAME_EXCHANGE)
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def lock_dir(path: str | Path) -> int:
+    """An exclusive flock on a directory, held while the returned descriptor stays open. The
+    kernel drops it when the process dies, however it dies: a folder that another process can
+    lock belongs to no running writer (a PID alone can be reused)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def abandoned(entry: Path, prefix: str) -> bool:
+    """No running writer holds ``entry`` (named ``<prefix><pid>-...``). A folder is made a
+    moment before it is locked, so one whose process is alive counts as abandoned only once it
+    is an hour old (PID reuse)."""
+    import fcntl
+    import time
+
+    try:
+        fd = os.open(entry, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases the probe's own lock
+    pid = entry.name[len(prefix) :].split("-", 1)[0]
+    young = time.time() - entry.stat().st_mtime < 3600
+    return not (pid.isdigit() and process_alive(int(pid)) and young)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_temp_name(name: str) -> bool:
+    """A temp file of :func:`atomic_path` (``.<name>.<random>.tmp``), which a kill -9 leaves."""
+    return name.startswith(".") and name.endswith(".tmp")

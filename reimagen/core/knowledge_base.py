@@ -43,7 +43,6 @@ numpy + Pillow only (reimagen.core imports no framework).
 from __future__ import annotations
 
 import datetime
-import fcntl
 import io
 import json
 import os
@@ -630,13 +629,25 @@ def _check_replaceable(folder: Path) -> None:
 
 
 def _swap_into_place(staging: Path, folder: Path) -> None:
-    """Rename the finished staging folder to ``folder``. An old KB there is first renamed aside
-    (restored if the swap fails); files in it that are not the KB's own (a retriever index)
-    are then moved into the new KB, and the old folder is deleted only if they all moved."""
+    """Put the finished staging folder at ``folder``. An old KB there is exchanged with it in
+    one step where the OS can (else renamed aside first, restored if the swap fails); files in
+    it that are not the KB's own (a retriever index) are then moved into the new KB, and the
+    old folder is deleted only if they all moved."""
     if not folder.exists():
         os.replace(staging, folder)
         rio._fsync_dir(folder.parent)
         return
+    old_lock = _lock_dir(folder)  # follows the old KB to the staging name: no build takes it
+    try:
+        if rio.exchange(staging, folder):  # one step: `folder` is always a whole KB
+            # the old KB now lies at the staging name; killed before it is gone, the next
+            # build carries its extras over from there (_remove_abandoned_builds)
+            rio._fsync_dir(folder.parent)
+            _carry_over(staging, folder)
+            shutil.rmtree(staging)
+            return
+    finally:
+        os.close(old_lock)
     aside = Path(
         tempfile.mkdtemp(prefix=_aside_prefix(folder) + f"{os.getpid()}-", dir=folder.parent)
     )
@@ -661,6 +672,8 @@ def _carry_over(old: Path, folder: Path) -> None:
     """Move what an old KB holds that is not the KB's own (indexes, encodings, triples) into
     the new one, unless the new one already has an entry of that name."""
     for entry in sorted(old.iterdir()):
+        if rio.is_temp_name(entry.name):  # a killed atomic write's temp file: never carried
+            continue
         if entry.name not in OWN_ENTRIES and not (folder / entry.name).exists():
             os.replace(entry, folder / entry.name)
 
@@ -675,9 +688,10 @@ def _aside_prefix(folder: Path) -> str:
 
 def _remove_abandoned_builds(folder: Path) -> None:
     """Finish what builds killed beside ``folder`` left (kill -9 runs no cleanup; thousands of
-    files each): a staging folder is deleted; an old KB renamed aside is put back if no KB took
-    its place (killed between the two renames), else whatever it still holds that is not the
-    KB's own moves into the new KB, and the aside folder is deleted."""
+    files each): a staging folder is deleted, after what it holds that is not a KB's own moves
+    into the KB when it holds the old KB (killed after the exchange); an old KB renamed aside
+    (where no exchange is possible) is put back if no KB took its place (killed between the two
+    renames), else the same carry-over, and the aside folder is deleted."""
     for prefix in (_staging_prefix(folder), _aside_prefix(folder)):
         for entry in sorted(folder.parent.glob(prefix + "*")):
             if not _abandoned(entry, prefix):
@@ -688,44 +702,12 @@ def _remove_abandoned_builds(folder: Path) -> None:
                     os.replace(old, folder)
                 elif folder.is_dir():
                     _carry_over(old, folder)
+            elif (entry / META).is_file() and folder.is_dir():
+                _carry_over(entry, folder)  # the old KB, exchanged to the staging name
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _lock_dir(path: Path) -> int:
-    """An exclusive flock on a directory, held while the returned descriptor stays open. The
-    kernel drops it when the process dies, however it dies: a folder that another process can
-    lock belongs to no running build (a PID alone can be reused)."""
-    fd = os.open(path, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-def _abandoned(entry: Path, prefix: str) -> bool:
-    """No running build holds ``entry``. A folder is made a moment before it is locked, so one
-    whose process is alive counts as abandoned only once it is an hour old (PID reuse)."""
-    try:
-        fd = os.open(entry, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # releases the probe's own lock
-    pid = entry.name[len(prefix) :].split("-", 1)[0]
-    young = time.time() - entry.stat().st_mtime < 3600
-    return not (pid.isdigit() and _process_alive(int(pid)) and young)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_lock_dir, _abandoned = rio.lock_dir, rio.abandoned  # shared with the index writer
 
 
 def _entity_table(entities: Iterable[Entity] | None) -> dict[str, Entity]:

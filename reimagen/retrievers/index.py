@@ -42,7 +42,16 @@ import attrs
 import numpy as np
 
 from reimagen.core import digests
-from reimagen.core.io import atomic_save_npy, atomic_write_text, load_npy, name_the_file
+from reimagen.core.io import (
+    _fsync_dir,
+    abandoned,
+    atomic_save_npy,
+    atomic_write_text,
+    exchange,
+    load_npy,
+    lock_dir,
+    name_the_file,
+)
 
 META_FILE = "index.json"
 ROWS_FILE = "rows.npy"
@@ -138,7 +147,10 @@ def write_index_folder(
     then rows.npy and index.json (last), then the folder is renamed into place."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    _remove_abandoned(folder)
+    prefix = _tmp_prefix(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=".tmp", dir=folder.parent))
+    lock = lock_dir(tmp)  # held while writing: a folder another process can lock is abandoned
     try:
         write_files(tmp)
         atomic_save_npy(tmp / ROWS_FILE, np.asarray(rows, dtype=np.int64))
@@ -150,9 +162,24 @@ def write_index_folder(
         name_the_file(err, folder)  # a full disk inside a library's writer (bm25s) names none
         raise
     finally:
+        os.close(lock)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _tmp_prefix(folder: Path) -> str:
+    return f".{folder.name}.writing-"
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Delete what writers of ``folder`` killed with -9 left beside it (no cleanup runs then):
+    their half-written ``.<name>.writing-<pid>-*`` folders, which also hold the old index
+    after the exchange, and ``.<name>.old-*`` of the two-rename fallback."""
+    for prefix in (_tmp_prefix(folder), f".{folder.name}.old-"):
+        for entry in folder.parent.glob(prefix + "*"):
+            if entry.is_dir() and abandoned(entry, prefix):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def verify_folder(folder: str | Path) -> None:
@@ -309,6 +336,11 @@ def _short(digest: str) -> str:
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:
+    """``tmp`` to ``folder``: exchanged in one step where the OS can (``folder`` is then always
+    a whole index; the old one, now at ``tmp``, is deleted by the caller), else two renames."""
+    if folder.exists() and exchange(tmp, folder):
+        _fsync_dir(folder.parent)
+        return
     old = None
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
