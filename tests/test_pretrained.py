@@ -3,36 +3,25 @@ a folder of tiny exported stages, against the same cascade assembled by hand; ba
 
 import numpy as np
 import pytest
-from toys import toy_kb
+from toys import TINY_BASE, TINY_SR, export_stage, toy_kb
 
 import reimagen
 from reimagen.cascade import Cascade, CascadeError, Stage
 from reimagen.core import registry
-from reimagen.core.checkpoint import ENCODER_KEY
 from reimagen.core.generation import SamplingConfig
 from reimagen.core.unet_config import PRESETS
 from reimagen.pipeline import Pipeline
-from reimagen.weights import DEFAULT_SAMPLING, STAGE_KEY
+from reimagen.weights import DEFAULT_SAMPLING
 
-TINY_BASE = PRESETS["tiny"].replace(image_size=8, channel_mults=(1,), self_attn_resolutions=(8,),
-                                    cross_attn_resolutions=(8,), neighbor_attn_resolutions=(8,))
-TINY_SR = PRESETS["tiny"].replace(cond_image_channels=3, lowres_size=8)  # 8 -> 16 px
 FAST = SamplingConfig(sampler="ddim", steps=3, guidance="interleaved", eta=0.5)
-
-
-def export(path, config, stage=None, seed=0):
-    """A freshly initialised torch network saved as an exported stage file (hash encoder)."""
-    backend = registry.get("backend", "torch")()
-    metadata = {ENCODER_KEY: "hash", **({STAGE_KEY: stage} if stage else {})}
-    return backend.save_model(backend.build_model(config, seed=seed), path, metadata=metadata)
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     """(weights folder with base + sr, KB folder)."""
     root = tmp_path_factory.mktemp("pretrained")
-    export(root / "weights" / "base.safetensors", TINY_BASE, "base", seed=1)
-    export(root / "weights" / "sr.safetensors", TINY_SR, "sr", seed=2)
+    export_stage(root / "weights" / "base.safetensors", TINY_BASE, "base", seed=1)
+    export_stage(root / "weights" / "sr.safetensors", TINY_SR, "sr", seed=2)
     toy_kb(root / "kb")
     return root / "weights", root / "kb"
 
@@ -69,9 +58,9 @@ def test_pipeline_from_pretrained_tuned_sampling_by_stage_then_by_network_kind(p
     assert base.kb.records[int(out.neighbor_rows[0, 0])].text == "a drawing of a violin"
     assert Pipeline.from_pretrained(folder / "sr.safetensors").sampling == DEFAULT_SAMPLING["sr"]
     # a file that does not name its stage (e.g. a run's checkpoint): by network kind
-    unnamed = export(tmp_path / "w.safetensors", TINY_SR)
+    unnamed = export_stage(tmp_path / "w.safetensors", TINY_SR)
     assert Pipeline.from_pretrained(unnamed).sampling == DEFAULT_SAMPLING["sr"]
-    baseline = export(tmp_path / "b.safetensors", TINY_BASE, "baseline")
+    baseline = export_stage(tmp_path / "b.safetensors", TINY_BASE, "baseline")
     assert Pipeline.from_pretrained(baseline).sampling == DEFAULT_SAMPLING["baseline"]
 
 
@@ -106,8 +95,8 @@ def test_missing_or_misfitting_files_name_the_file(parts, tmp_path):
     folder, kb_dir = parts
     with pytest.raises(FileNotFoundError, match=r"^no shipped weights for stage 'base' at .*base"):
         Cascade.from_pretrained(tmp_path, stages=("base", "sr"), kb=kb_dir)
-    export(tmp_path / "base.safetensors", PRESETS["tiny"], "base")  # 16 px
-    export(tmp_path / "sr.safetensors", TINY_SR, "sr")
+    export_stage(tmp_path / "base.safetensors", PRESETS["tiny"], "base")  # 16 px
+    export_stage(tmp_path / "sr.safetensors", TINY_SR, "sr")
     with pytest.raises(CascadeError, match=r"^stages: .*sr.safetensors upsamples 8px images but "
                                            r"stage base makes 16px ones$"):
         Cascade.from_pretrained(tmp_path, kb=kb_dir)

@@ -1,4 +1,5 @@
-"""Toy parts several test files share: a six-item folder knowledge base and tiny pipelines."""
+"""Toy parts several test files share: a six-item folder knowledge base, tiny pipelines, and
+tiny exported stages (an 8 px base and its 8 -> 16 px SR)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ import attrs
 import numpy as np
 
 from reimagen.core import registry
+from reimagen.core.checkpoint import ENCODER_KEY
 from reimagen.core.knowledge_base import build_knowledge_base
+from reimagen.core.unet_config import PRESETS
 from reimagen.pipeline import Pipeline
+from reimagen.weights import STAGE_KEY
 
 WORDS = ("apple", "robot", "rocket", "cactus", "violin", "anchor")
+TINY_BASE = PRESETS["tiny"].replace(image_size=8, channel_mults=(1,), self_attn_resolutions=(8,),
+                                    cross_attn_resolutions=(8,), neighbor_attn_resolutions=(8,))
+TINY_SR = PRESETS["tiny"].replace(cond_image_channels=3, lowres_size=8)  # 8 -> 16 px
 
 
 @attrs.frozen
@@ -71,3 +78,11 @@ def toy_pipeline(kb, config, seed=0, retriever=None) -> Pipeline:
         image_size=config.image_size,
         lowres_size=config.lowres_size,
     )
+
+
+def export_stage(path: Path, config, stage: str | None = None, seed: int = 0) -> Path:
+    """A freshly initialised torch network saved as an exported stage file (hash encoder;
+    ``stage``: the stage its header names, none when None)."""
+    backend = registry.get("backend", "torch")()
+    metadata = {ENCODER_KEY: "hash", **({STAGE_KEY: stage} if stage else {})}
+    return backend.save_model(backend.build_model(config, seed=seed), path, metadata=metadata)

@@ -125,6 +125,7 @@ def _fields(sweep) -> dict:
 def run(args) -> int:
     from reimagen.bench.ablate import SECTIONS, plot_eta, plot_k, sweep_rows
     from reimagen.bench.entitybench import BenchRunner, table, tier_columns
+    from reimagen.cli.progress import bar, row_logger
     from reimagen.core.io import atomic_write_text
     from reimagen.weights import DEFAULT_SAMPLING
 
@@ -141,16 +142,19 @@ def run(args) -> int:
     started = time.perf_counter()
     pipelines, retrievers, evaluator = load_parts(args, [args.setting], k_max > 0, k_max)
     pipelines.pop("baseline", None)  # every sweep is over the base network
-    runner = BenchRunner(
-        prompts,
-        pipelines=pipelines,
-        retrievers=retrievers,
-        evaluator=evaluator,
-        seed=args.seed,
-        batch_size=args.batch_size,
-    )
-    runner.check([row for rows in sections.values() for row in rows])
-    results = {name: runner.run(rows) for name, rows in sections.items()}
+    distinct = {row.key() for rows in sections.values() for row in rows}  # shared rows run once
+    with bar(len(distinct), "ablation rows", unit="row") as progress:
+        runner = BenchRunner(
+            prompts,
+            pipelines=pipelines,
+            retrievers=retrievers,
+            evaluator=evaluator,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            log=row_logger(progress),
+        )
+        runner.check([row for rows in sections.values() for row in rows])
+        results = {name: runner.run(rows) for name, rows in sections.items()}
     seconds = time.perf_counter() - started
 
     args.out.mkdir(parents=True, exist_ok=True)

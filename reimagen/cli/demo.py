@@ -96,6 +96,7 @@ def _prompts(names, split):
 
 
 def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
+    from reimagen.cli.progress import bar, sampling_steps, step_callback
     from reimagen.core.io import atomic_path
     from reimagen.pretrained import from_pretrained
     from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
@@ -114,14 +115,18 @@ def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
         return from_pretrained(stages=(first, "sr") if with_sr else (first,), kb=kb, k=k,
                                setting=args.setting, sampling=first_sampling)
 
-    with_retrieval = cascade("base", args.k, sampling).generate(prompts, seed=args.seed)
+    retrieving = cascade("base", args.k, sampling)
     if "baseline" in stages:
         label = "no retrieval (baseline)"
-        without = cascade("baseline", 0, None)
+        plain = cascade("baseline", 0, None)
     else:
         label = "no retrieval (K=0)"
-        without = cascade("base", 0, sampling.replace(guidance="joint"))
-    without = without.generate(prompts, seed=args.seed)
+        plain = cascade("base", 0, sampling.replace(guidance="joint"))
+    total = sampling_steps(retrieving) + sampling_steps(plain)
+    with bar(total, "sampling") as progress:
+        with_retrieval = retrieving.generate(prompts, seed=args.seed,
+                                             callback=step_callback(progress))
+        without = plain.generate(prompts, seed=args.seed, callback=step_callback(progress))
 
     rows = []
     for b, (prompt, name, tier) in enumerate(zip(prompts, names, tiers)):

@@ -113,7 +113,8 @@ def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: 
               world: int, configs: dict) -> int:
     """Load the cascade (the front door, reimagen.load's), generate this process's
     micro-batches, and (rank 0) write."""
-    from reimagen.distributed_generation import generate_distributed
+    from reimagen.cli.progress import bar, sampling_steps, step_callback
+    from reimagen.distributed_generation import generate_distributed, micro_batches, shard_indices
     from reimagen.pretrained import from_pretrained
     from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
 
@@ -124,8 +125,13 @@ def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: 
     cascade = from_pretrained(stages=stages, kb=kb, retriever=args.retriever,
                               setting=args.setting, k=k, encoder=args.encoder,
                               backend=args.backend, sampling=sampling)
+    batches = len(shard_indices(len(micro_batches(len(args.prompts), args.batch_size, world)),
+                                rank, world))  # this process's micro-batches
     started = time.perf_counter()
-    results = generate_distributed(cascade, args.prompts, args.seed, batch_size=args.batch_size)
+    with bar(sampling_steps(cascade, batches), "sampling", show=rank == 0) as progress:
+        results = generate_distributed(cascade, args.prompts, args.seed,
+                                       batch_size=args.batch_size,
+                                       callback=step_callback(progress))
     seconds = time.perf_counter() - started
     if rank != 0:  # rank 0 gathered every image and writes the outputs
         return 0
