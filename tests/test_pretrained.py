@@ -108,3 +108,18 @@ def test_load_refuses_an_unknown_name():
     with pytest.raises(ValueError, match=r"^name must be one of default, base, baseline; "
                                          r"got 'nope'$"):
         reimagen.load("nope")
+
+
+def test_pipeline_from_pretrained_reads_a_run_folders_latest_ema(tmp_path):
+    """A training run's folder: its latest checkpoint's EMA weights, the SR stage's tuned
+    sampling for an SR network (the checkpoint does not name its stage)."""
+    from reimagen.core.checkpoint import write_checkpoint
+
+    backend = registry.get("backend", "torch")()
+    model, ema = (backend.state_dict(backend.build_model(TINY_SR, seed=s)) for s in (1, 2))
+    write_checkpoint(tmp_path / "run", 3, model=model, ema=ema, optimizer={},
+                     config_json=TINY_SR.to_json(), state={"step": 3})
+    pipe = Pipeline.from_pretrained(tmp_path / "run", encoder="hash")
+    assert pipe.sampling == DEFAULT_SAMPLING["sr"] and pipe.lowres_size == 8
+    loaded = pipe.backend.state_dict(pipe.model)
+    assert all(np.array_equal(loaded[name], ema[name]) for name in ema)
