@@ -406,7 +406,11 @@ def _export(backend, run_dir: Path, path: Path, encoder: str, stage: str,
     import json
 
     from reimagen.core.checkpoint import (
-        ENCODER_KEY, RECIPE_KEY, latest_checkpoint, read_checkpoint, recipe_record,
+        ENCODER_KEY,
+        RECIPE_KEY,
+        latest_checkpoint,
+        read_checkpoint,
+        recipe_record,
     )
     from reimagen.weights import STAGE_KEY
 
