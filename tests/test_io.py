@@ -56,3 +56,23 @@ def test_safetensors_round_trip_with_metadata(tmp_path):
     assert meta == {"k": "v"}
     for key, value in arrays.items():
         np.testing.assert_array_equal(loaded[key], value)
+
+
+def test_the_next_write_deletes_the_temp_files_a_kill_left(tmp_path):
+    """kill -9 runs no cleanup: its temp file stays until the next write of that file, which
+    deletes it; a temp file a live writer holds (flock) is left alone."""
+    import fcntl
+
+    left = tmp_path / ".f.txt.999999999-abc.tmp"  # no such process
+    left.write_text("half")
+    live = tmp_path / f".f.txt.{os.getpid()}-live.tmp"
+    live.write_text("being written")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "whole")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "f.txt"]
+    atomic_write_text(tmp_path / "f.txt", "again")  # unlocked now, but its process is alive
+    assert live.exists()  # (young and alive: PID reuse guard)

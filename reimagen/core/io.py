@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -35,11 +36,17 @@ def name_the_file(err: OSError, path: str | Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``.
-    On any error (a full disk too) the temp file goes and ``path`` is untouched."""
+    On any error (a full disk too) the temp file goes and ``path`` is untouched. The temp file
+    (``.<name>.<pid>-<random>.tmp``) is flock-held until then, so the next write of ``path``
+    deletes the ones a kill -9 left (no cleanup runs then) and no live writer's."""
+    import fcntl
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    _remove_abandoned_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp",
+                               dir=path.parent)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close below, or by the kernel at a kill
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -54,6 +61,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+        os.close(fd)
+
+
+def _remove_abandoned_temps(path: Path) -> None:
+    prefix = f".{path.name}."
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if entry.is_file() and abandoned(entry, prefix):
+            with contextlib.suppress(FileNotFoundError):  # another writer got there first
+                entry.unlink()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
