@@ -272,17 +272,7 @@ def disk_full_cases(disk: Path, writer: Writer) -> tuple[list[str], int]:
     return failures, full
 
 
-# reimagen/cli/bench.py's write_outputs writes its files one by one (each atomically): out of
-# space after prompts.jsonl, the folder holds the new prompts beside the old grids and results.
-# Each file is whole, but the set is not the previous one. The fix (write the set into a staging
-# folder, then swap it in, as the KB and index writers do) belongs to bench.py, outside this
-# change: strict, so the fix turns this red until the mark goes.
-BENCH_MIXES = pytest.mark.xfail(strict=True, reason="bench output is written file by file")
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=BENCH_MIXES) if n == "bench output" else n for n in WRITERS]
-)
+@pytest.mark.parametrize("name", list(WRITERS))
 def test_disk_full_keeps_the_previous_artifact(disk, name):
     failures, full = disk_full_cases(disk, WRITERS[name]())
     print(f"\n{name}: ran out of space in {full}/{len(FREE_FRACTIONS)} cases, "

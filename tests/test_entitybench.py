@@ -428,3 +428,39 @@ def test_bench_weights_names_the_folder_of_stages_it_measures(tiny, tmp_path, ca
         assert err.count("\n") == 0
         assert message in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_bench_outputs_move_in_as_one_set(tmp_path):
+    """write_outputs: a rerun with fewer rows removes the earlier run's extra grids, keeps
+    files that are not bench outputs, and removes a staging folder a killed run left."""
+    import os
+
+    import attrs
+
+    from reimagen.cli.bench import STAGING_PREFIX, write_outputs
+
+    @attrs.frozen
+    class Result:
+        images: np.ndarray
+
+    @attrs.frozen
+    class Prompt:  # what write_outputs reads of a BenchPrompt
+        def to_dict(self):
+            return {"prompt": "a cat"}
+
+    prompt = Prompt()
+    out = tmp_path / "out"
+
+    def write(rows: int, tag: str) -> None:
+        images = np.zeros((1, 8, 8, 3), np.uint8)
+        write_outputs(out, {"tag": tag}, f"# {tag}\n", [prompt], [Result(images)] * rows)
+
+    write(3, "first")
+    (out / "notes.txt").write_text("mine")
+    dead = out / f"{STAGING_PREFIX}999999999-x"  # a pid no process has
+    dead.mkdir()
+    os.utime(dead, (0, 0))
+    write(2, "second")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "grid_00.png", "grid_01.png", "notes.txt", "prompts.jsonl", "results.json", "results.md"]
+    assert json.loads((out / "results.json").read_text()) == {"tag": "second"}

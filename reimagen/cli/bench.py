@@ -226,18 +226,48 @@ def no_retrieval_row(pipelines, sampling, label="Imagen (no retrieval)"):
     )
 
 
+STAGING_PREFIX = ".writing-"  # out/.writing-<pid>-*: one run's outputs before they move in
+
+
 def write_outputs(out: Path, blob: dict, markdown: str, prompts, results) -> None:
     """results.json, results.md, prompts.jsonl and grid_<i>.png (row i's images in prompt
-    order, 16 a line), each written atomically."""
+    order, 16 a line), as one set: all are written into a staging folder inside ``out`` first,
+    then renamed into place, and grids an earlier run left beyond this run's rows are removed.
+    A full disk or a crash while writing leaves the previous set as it was (the staging folder
+    is removed, or by the next run if the process was killed); other files in ``out`` are
+    never touched."""
+    import os
+    import shutil
+    import tempfile
+
     from reimagen.bench.entitybench import save_grid, write_prompts
-    from reimagen.core.io import atomic_write_text
+    from reimagen.core.io import abandoned, atomic_write_text, lock_dir, name_the_file
 
     out.mkdir(parents=True, exist_ok=True)
-    write_prompts(out / "prompts.jsonl", prompts)
-    for index, result in enumerate(results):
-        save_grid(out / f"grid_{index:02d}.png", result.images)
-    atomic_write_text(out / "results.json", json.dumps(blob, indent=1, ensure_ascii=False) + "\n")
-    atomic_write_text(out / "results.md", markdown)
+    for entry in out.glob(STAGING_PREFIX + "*"):  # what a killed run left
+        if entry.is_dir() and abandoned(entry, STAGING_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    lock = lock_dir(staging)
+    try:
+        write_prompts(staging / "prompts.jsonl", prompts)
+        for index, result in enumerate(results):
+            save_grid(staging / f"grid_{index:02d}.png", result.images)
+        text = json.dumps(blob, indent=1, ensure_ascii=False) + "\n"
+        atomic_write_text(staging / "results.json", text)
+        atomic_write_text(staging / "results.md", markdown)
+        written = {path.name for path in staging.iterdir()}
+        for name in sorted(written):
+            os.replace(staging / name, out / name)
+        for stale in out.glob("grid_*.png"):
+            if stale.name not in written:
+                stale.unlink()
+    except OSError as err:
+        name_the_file(err, out)
+        raise
+    finally:
+        os.close(lock)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def header(args, meta, pipelines, prompts, seconds: float) -> dict:
