@@ -10,6 +10,7 @@ Every piece is looked up by registered name, so a variant is a different set of 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,6 +115,9 @@ class Pipeline:
         from reimagen.core.checkpoint import trained_encoder
         from reimagen.weights import check_finite
 
+        if not isinstance(weights, (str, os.PathLike)):
+            raise TypeError(f"weights must be a path (str or os.PathLike) to a .safetensors file "
+                            f"or a run folder, got {type(weights).__name__}")
         backend_impl = registry.get("backend", backend)()
         model = backend_impl.load_model(weights)  # refuses a non-safetensors file first
         try:  # NaN/Inf weights would sample all-black images without any error
@@ -159,6 +163,7 @@ class Pipeline:
         return pipeline
 
     def retrieve(self, prompts: Sequence[str], k: int) -> RetrievalResult:
+        prompts = check_prompts(prompts)  # an empty query would return arbitrary rows at score 0
         if k == 0 or self.retriever is None:
             empty = np.zeros((len(prompts), 0))
             return RetrievalResult(ids=empty.astype(np.int64), scores=empty.astype(np.float32))
@@ -189,6 +194,9 @@ class Pipeline:
         if not isinstance(sampling, SamplingConfig):
             raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
         indices = _check_indices(indices, len(prompts))
+        if lowres is not None and not self.lowres_size:
+            raise ValueError("lowres only applies to a super-resolution stage; this pipeline is a "
+                             f"{self.image_size}px base stage (pass lowres=None)")
         sampler = registry.get("sampler", sampling.sampler)  # unknown names fail before compute
         guidance = make_guidance(sampling)
         thresholding = make_thresholding(sampling)
@@ -304,6 +312,10 @@ def _check_indices(indices, batch: int) -> tuple[int, ...]:
     indices = tuple(indices)
     if len(indices) != batch:
         raise ValueError(f"indices must give one index per prompt ({batch}), got {len(indices)}")
+    bad = [i for i in indices
+           if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0]
+    if bad:
+        raise ValueError(f"indices must be integers >= 0, got {bad[0]!r}")
     if len({int(i) for i in indices}) != batch:
         raise ValueError(f"indices must be distinct, got {list(indices)}")
     return indices

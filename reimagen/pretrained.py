@@ -14,6 +14,7 @@ example and the command line draw the same images for the same seed (tests/test_
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,9 @@ def open_kb(kb: Any = None, verify: bool = True):
 
     if isinstance(kb, KnowledgeBase):
         return kb
+    if kb is not None and not isinstance(kb, (str, os.PathLike)):
+        raise TypeError(f"kb must be a KnowledgeBase or its folder (str or os.PathLike), got "
+                        f"{type(kb).__name__}")
     folder = Path(kb) if kb is not None else default_kb_dir()
     if not (folder / "kb.json").is_file():
         raise FileNotFoundError(f"kb: no knowledge base at {folder}; build it with "

@@ -625,7 +625,7 @@ def test_cli_none_retrieves_nothing_and_writes_nothing(tmp_path, capsys):
             ["--retriever", "nope"],
             "unknown retriever 'nope'; known retriever names: bm25, bm25-sharded, dense",
         ),
-        (["--k", "-1"], "--k must be >= 0"),
+        (["--k", "-1"], "--k must be >= 1"),
         (
             ["--retriever", "bm25", "--encoder", "hash"],
             "--encoder only applies to --retriever dense or hybrid",

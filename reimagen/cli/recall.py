@@ -32,7 +32,8 @@ def check_args(args) -> tuple[list[int], list[str], list[str]]:
     if any(k < 1 for k in ks):
         raise UserError(f"--k values must be >= 1, got {ks}")
     settings = comma_list(args.settings, "--settings", allowed=SETTINGS)
-    names = comma_list(args.retrievers or args.retriever, "--retrievers")
+    names = comma_list(args.retriever if args.retrievers is None else args.retrievers,
+                       "--retrievers")
     known = [n for n in registry.names("retriever") if n != "none"]
     bad = [n for n in names if n not in known]
     if bad:

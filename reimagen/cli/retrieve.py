@@ -55,8 +55,9 @@ def _user_error(message: str):
 
 def check_args(args) -> tuple[dict, list[str] | None]:
     """Retriever options and the view's sources, or a UserError — before any file is read."""
-    if args.k < 0:
-        raise _user_error(f"--k must be >= 0, got {args.k}")
+    if args.k < 0 or (args.k == 0 and args.retriever != "none"):
+        raise _user_error(f"--k must be >= 1 (at most the records indexed; 0 only with "
+                          f"--retriever none), got {args.k}")
     check_prompt_args(args.prompts)  # an empty query would return arbitrary rows at score 0
     registry.get("retriever", args.retriever)  # unknown name -> error listing the known ones
     if args.retriever not in ENCODER_RETRIEVERS and args.encoder:
@@ -96,9 +97,12 @@ def run(args) -> int:
         raise _user_error(f"no knowledge base at {folder}; build one with `reimagen kb build`")
     try:
         kb = KnowledgeBase.open(folder, verify=False)  # manifest fingerprint is still checked
-        rows = None if sources is None else kb.rows(sources=sources)
     except KnowledgeBaseError as err:
         raise _user_error(str(err)) from err
+    try:
+        rows = None if sources is None else kb.rows(sources=sources)
+    except KnowledgeBaseError as err:
+        raise _user_error(f"--view: {err}") from err
     indexed = len(kb) if rows is None else len(rows)
     if args.k > indexed:  # checked before an index is built
         raise _user_error(f"--k: k={args.k} is larger than the {indexed} indexed documents; "

@@ -352,9 +352,18 @@ def parse_data_overrides(text: str | None) -> dict | None:
     for key, value in overrides.items():  # "1" for a probability is the float 1.0
         if key in fields and isinstance(fields[key].default, float) and type(value) is int:
             overrides[key] = float(value)
+    if not overrides:
+        raise UserError(f"--data: no KEY=VALUE item in {text!r}; allowed: fields of DataConfig, "
+                        "e.g. p_same_style=0.75")
     try:
         DataConfig.from_dict(overrides)
     except ConfigError as err:
+        for key, value in overrides.items():  # a message that does not name the item: name it
+            try:
+                DataConfig.from_dict({key: value})
+            except ConfigError as one:
+                if key not in str(one):
+                    raise UserError(f"--data: {key}={value!r}: {one}") from None
         raise UserError(f"--data: {err}") from None
     return overrides
 

@@ -184,6 +184,9 @@ class KnowledgeBase:
         shape. ``verify`` adds every image file under images/ against its manifest sha256 and
         that images/ holds nothing else. A mismatch raises KnowledgeBaseError (an
         IntegrityError when bytes changed) naming the file."""
+        if not isinstance(folder, (str, os.PathLike)):
+            raise TypeError(f"folder must be a knowledge-base folder (str or os.PathLike), got "
+                            f"{type(folder).__name__}")
         folder = Path(folder)
         if not folder.is_dir():
             raise KnowledgeBaseError(f"knowledge base folder not found: {folder}")

@@ -72,7 +72,7 @@ class Registry:
 
     def get(self, kind: str, name: str) -> Callable:
         table = self._kind(kind)
-        if name not in table:
+        if not isinstance(name, str) or name not in table:
             known = ", ".join(sorted(table)) or "(none)"
             raise RegistryError(f"unknown {kind} {name!r}; known {kind} names: {known}")
         return table[name]
@@ -82,7 +82,7 @@ class Registry:
         return self._origin[(kind, name)]
 
     def _kind(self, kind: str) -> dict[str, Callable]:
-        if kind not in self._table:
+        if not isinstance(kind, str) or kind not in self._table:
             raise RegistryError(f"unknown component kind {kind!r}; known kinds: {', '.join(HOOKS)}")
         return self._table[kind]
 
