@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -12,8 +13,10 @@ from reimagen.bench.entitybench import CEILING
 
 def test_sign_test_matches_the_binomial_tail():
     assert compare.sign_test(0, 0) == 1.0
-    assert compare.sign_test(5, 0) == pytest.approx(2 / 32)  # 2·P(X ≤ 0), X ~ Bin(5, ½)
-    assert compare.sign_test(20, 7) == pytest.approx(0.0192, abs=1e-4)
+    # Integer binomial sums divided by 2^n: exact in float64 (2/32), or one rounding of the
+    # quotient (2·Σ_{i<=7} C(27, i) / 2^27, a 27-bit integer over a power of two: exact too).
+    assert compare.sign_test(5, 0) == 2 / 32  # 2·P(X ≤ 0), X ~ Bin(5, ½)
+    assert compare.sign_test(20, 7) == 2 * sum(math.comb(27, i) for i in range(8)) / 2**27  # 0.0192
     assert compare.sign_test(3, 3) == 1.0  # capped at 1
 
 

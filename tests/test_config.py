@@ -49,20 +49,27 @@ def test_frozen():
 @given(st.floats(0.0, 1.0))
 def test_schedule_alpha_sigma_unit_norm(t):
     a, s = CosineSchedule().alpha_sigma(t)
-    assert abs(a * a + s * s - 1.0) < 1e-12
+    # float64: α² and σ² are sigmoid(±λ) to a few ulps each, their sum to one more: <= 8 * 2^-53
+    # (measured 4.4e-16 over 100,001 t).
+    assert abs(a * a + s * s - 1.0) <= 8 * 2**-53
 
 
 def test_schedule_endpoints_and_monotone():
     sch = CosineSchedule()
     grid = sch.time_grid(100)
     lam = sch.logsnr(grid)
-    assert lam[0] == pytest.approx(-20.0) and lam[-1] == pytest.approx(20.0)
+    # The ends are ±20 reached through t -> log-SNR in float64; at t=0 the log of a tiny tangent
+    # amplifies rounding, so this bound is set from the measured error (2.2e-12 at t=0, 0 at t=1).
+    assert lam[0] == pytest.approx(-20.0, rel=0, abs=1e-11)
+    assert lam[-1] == pytest.approx(20.0, rel=0, abs=1e-11)
     assert (lam[1:] > lam[:-1]).all()
     # Away from the clipped ends it is the cosine schedule ᾱ(t) = cos²(πt/2).
     import numpy as np
 
     t = np.array([0.2, 0.5, 0.8])
-    assert np.allclose(sch.alpha_bar(t), np.cos(np.pi * t / 2) ** 2, atol=1e-4)
+    # Not derived: the schedule is the clipped, endpoint-mapped form of cos², so it differs from
+    # the bare formula by a modelling term, not rounding; measured 1.6e-5 at t = 0.2, 0.5, 0.8.
+    assert np.allclose(sch.alpha_bar(t), np.cos(np.pi * t / 2) ** 2, rtol=0, atol=1e-4)
 
 
 def test_nan_is_rejected_by_range_validators():

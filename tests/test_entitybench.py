@@ -94,8 +94,10 @@ def test_summarise_counts_and_means_by_tier_and_category(split):
     scores = {m: np.array([True, False, True]) for m in eb.METRICS}
     scores["aligned"] = np.array([True, True, False])
     summary = eb.summarise(prompts, scores)
-    assert summary["all"]["n"] == 3 and summary["all"]["faithful"] == pytest.approx(2 / 3, abs=1e-4)
-    assert summary["all"]["aligned"] == pytest.approx(2 / 3, abs=1e-4)
+    # summarise reports rates rounded to 4 decimals: half a unit of the 4th decimal is the bound.
+    assert summary["all"]["n"] == 3
+    assert summary["all"]["faithful"] == pytest.approx(2 / 3, rel=0, abs=5e-5)
+    assert summary["all"]["aligned"] == pytest.approx(2 / 3, rel=0, abs=5e-5)
     assert summary["tier/frequent"] == {"n": 2, **{m: 0.5 for m in eb.METRICS}, "aligned": 1.0}
     assert summary["tier/unseen"]["n"] == 1 and summary["tier/unseen"]["faithful"] == 1.0
     assert "tier/rare" not in summary
@@ -352,8 +354,10 @@ def test_bench_images_depend_on_the_seed_and_not_on_the_batch_size(tiny, judge, 
 
 
 def test_wilson_interval_matches_known_values_and_brackets_the_rate():
-    assert eb.wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), abs=1e-9)  # z²/(n+z²)
-    assert eb.wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    # z²/(n+z²) for 0 of 10 (float64, a handful of operations: 1e-15 relative); the 5-of-10 values
+    # are published to 5 decimals, so half a unit of the 5th decimal is the bound.
+    assert eb.wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), rel=1e-15, abs=0)
+    assert eb.wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), rel=0, abs=5e-6)
     assert eb.wilson_interval(96, 96)[1] == 1.0 and eb.wilson_interval(96, 96)[0] > 0.96
     for n in (1, 7, 96, 333):
         for hits in range(0, n + 1, max(1, n // 9)):
@@ -372,7 +376,8 @@ def test_one_tier_alone_gives_that_tiers_prompts_of_the_full_set(known, split):
 
 def test_fisher_one_sided_matches_the_hypergeometric_tail():
     # 3 of 4 vs 0 of 4: the 4 tables with >= 3 pooled successes in row 1, C(4,3)·C(4,0)/C(8,3)
-    assert eb.fisher_greater(3, 4, 0, 4) == pytest.approx(4 / 56)
+    # A ratio of small integer binomial products: exact up to the final division's rounding.
+    assert eb.fisher_greater(3, 4, 0, 4) == pytest.approx(4 / 56, rel=2**-52, abs=0)
     assert eb.fisher_greater(0, 10, 0, 10) == 1.0  # nothing to tell apart
     assert eb.fisher_greater(13, 333, 2, 333) < 0.01 < eb.fisher_greater(4, 96, 1, 96)
     # equal rates are never "significant"; a higher row is less likely under the null
