@@ -34,8 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from reimagen.core import digests
-from reimagen.core.io import atomic_save_npy, atomic_save_safetensors, atomic_write_text, load_json
-from reimagen.core.io import load_npy, load_safetensors
+from reimagen.core.io import (
+    atomic_save_npy,
+    atomic_save_safetensors,
+    atomic_write_text,
+    load_json,
+    load_npy,
+    load_safetensors,
+)
 
 FILES = ("texts.json", "ids.npy", "mask.npy", "weights.safetensors", "config.json")
 ENV = "REIMAGEN_MINILM_PACK"
@@ -196,7 +202,7 @@ def _lite_modules():
     return Bert
 
 
-def LiteBert(state: dict, config: dict):  # noqa: N802 (a class built on first use: torch lazily)
+def LiteBert(state: dict, config: dict):
     import torch
 
     return _lite_modules()({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, config)
