@@ -1,5 +1,5 @@
 """The learning curve of the shipped base network (issue #15): examples seen -> unseen-entity
-faithful rate, entity top-1 and top-5 (95% Wilson intervals), one point per measured
+faithful rate, entity top-1, top-5 and text alignment (95% Wilson intervals), one point per measured
 checkpoint, and a projection of the examples the goal needs.
 
     python scripts/learning_curve.py docs/results/learning-curve-points.json \
@@ -35,7 +35,7 @@ import numpy as np
 from reimagen.bench.entitybench import wilson_interval
 from reimagen.core.io import atomic_write_bytes, atomic_write_text
 
-METRICS = ("faithful", "entity_top1", "entity_top5")
+METRICS = ("faithful", "entity_top1", "entity_top5", "aligned")  # aligned: the text alignment
 
 
 def read_point(point: dict, k: int, setting: str, tier: str) -> dict:
@@ -80,8 +80,8 @@ def markdown(points: list[dict], fit: dict, k: int, setting: str, tier: str) -> 
         ("Examples seen by the weights (their whole lineage) against the EntityBench rates, "
          "95% Wilson intervals."),
         "",
-        "| weights | examples | prompts | faithful | entity top-1 | entity top-5 |",
-        "|---|---:|---:|---|---|---|",
+        "| weights | examples | prompts | faithful | entity top-1 | entity top-5 | text aligned |",
+        "|---|---:|---:|---|---|---|---|",
     ]
     for p in points:
         cells = [f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in (p[m] for m in METRICS)]
@@ -115,7 +115,7 @@ def plot(points: list[dict], path: Path, k: int, setting: str, tier: str) -> Non
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     x = np.array([p["examples"] for p in points], float)
-    for name, marker in zip(METRICS, "os^"):
+    for name, marker in zip(METRICS, "os^D"):
         rate = np.array([p[name][0] for p in points])
         err = np.array([[p[name][0] - p[name][1], p[name][2] - p[name][0]] for p in points]).T
         ax.errorbar(x, rate, yerr=err, marker=marker, capsize=3, label=name.replace("_", " "))

@@ -42,7 +42,7 @@ def test_writes_table_plot_and_numbers(tmp_path):
     rows = []
     for n, hits in ((333, 8), (333, 20)):
         metrics = {"n": n, "faithful": hits / n, "entity_top1": 2 * hits / n,
-                   "entity_top5": 3 * hits / n}
+                   "entity_top5": 3 * hits / n, "aligned": 0.5}
         rows.append({"rows": [{"label": "Re-Imagen K=2", "setting": "same-style",
                                "metrics": {"tier/unseen": metrics}}]})
     specs = []

@@ -186,6 +186,13 @@ def test_exports_record_their_recipe_and_lineage(tmp_path):
     assert (recipe["step"], recipe["examples"]) == (2, examples)
     assert recipe["init_from"] == {"path": str(donor), "examples_total": 1000}
     assert recipe["examples_total"] == 1000 + examples
+    # a resume (which takes no init_weights) keeps the lineage of the run's first start
+    Trainer(TINY, train_config.replace(steps=3), SyntheticSource(), tmp_path / "run",
+            progress=False).run()
+    _export(registry.get("backend", "torch")(), tmp_path / "run", out, "hash", "base")
+    resumed = core_checkpoint.training_recipe(out)
+    assert resumed["init_from"]["path"] == str(donor)
+    assert resumed["examples_total"] == 1000 + 3 * train_config.batch_size
     # initial weights that do not record their examples: the lineage's total is unknown
     plain = ckpt.save_model(build_unet(TINY, seed=7), tmp_path / "plain.safetensors")
     assert core_checkpoint.training_recipe(plain) is None

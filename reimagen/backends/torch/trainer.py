@@ -302,6 +302,10 @@ class Trainer(TrainLoop):
                 "so the continuation may not be bit-identical",
                 stacklevel=5,
             )
+        # The run's lineage is the weights its first start was initialised from (a resume
+        # ignores init_weights), so every later checkpoint, and the export, records those.
+        recorded = saved.state.get("init_weights")
+        self.init_weights = None if recorded is None else Path(recorded)
         ckpt.load_weights(self.model, saved.model, folder / ckpt.MODEL_FILE)
         ckpt.load_weights(self.ema, saved.ema, folder / ckpt.EMA_FILE)
         ckpt.load_optimizer(self.optimizer, self.model, saved.optimizer, folder / ckpt.OPTIM_FILE)
