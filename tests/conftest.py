@@ -59,3 +59,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module, restored afterwards (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``). Bit-identity across processes and resumes
+    needs the same thread count everywhere, and on this shared 2-core machine OpenMP threads
+    that spin-wait on each other are ~100x slower under contention than one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

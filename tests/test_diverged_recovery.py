@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 from test_torch_trainer import SyntheticSource, assert_same_state, config
 
 from reimagen.backends.torch.trainer import Trainer, train
@@ -29,13 +28,7 @@ TINY = PRESETS["tiny"]
 LOWER_LR = 2e-4  # the recovery's lr; the runs start at config()'s 2e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Bit-identity needs one thread count throughout (and it is the fast choice here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def events(run: Path, kind: str) -> list[dict]:

@@ -64,13 +64,7 @@ L = 5  # text length
 MEASURED: dict[str, dict[str, float]] = {}  # label -> worst errors, printed at the end
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The 2 cores are shared; one torch thread avoids OpenMP spin-waiting under contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module", autouse=True)

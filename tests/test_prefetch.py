@@ -24,7 +24,6 @@ from test_torch_trainer import (
     SyntheticSource,
     assert_same_state,
     config,
-    one_thread,  # noqa: F401  (autouse: one torch thread for this module too)
     reference,  # noqa: F401  (the uninterrupted N_STEPS run)
 )
 
@@ -35,6 +34,8 @@ from reimagen.core import checkpoint as core_checkpoint
 from reimagen.core import prefetch
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.schedule import CosineSchedule
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def assert_same_batch(a, b) -> None:

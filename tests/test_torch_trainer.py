@@ -103,14 +103,7 @@ def config(steps: int, **changes) -> TrainConfig:
 N_STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Bit-identity needs the same thread count in every process; one thread is also the fast
-    choice on this shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,7 @@ TINY_SR = TINY.replace(cond_image_channels=3, lowres_size=8)
 L = 5  # text length
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's 2 cores are shared; OpenMP threads that spin-wait on each other are ~100x
-    slower under contention than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # The same network on differently shaped batches: oneDNN/MKL pick their kernels (and so the
