@@ -18,7 +18,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
-from toys import MemoryKB
+from toys import FORMULA_DOCS, FORMULA_TEXTS, MemoryKB
 
 from reimagen.bench.recall import entity_hits, measure
 from reimagen.core import digests
@@ -65,14 +65,7 @@ class Prompt:
 
 
 def test_tfidf_scores_match_the_formula():
-    texts = ["Red apple", "green apple pie", "apple apple tree", "the rocket", "red red rocket"]
-    docs = [
-        ["red", "apple"],
-        ["green", "apple", "pie"],
-        ["apple", "apple", "tree"],
-        ["rocket"],
-        ["red", "red", "rocket"],
-    ]  # bm25s's tokens: lower-case, the stop word "the" dropped
+    texts, docs = FORMULA_TEXTS, FORMULA_DOCS
     vocab = sorted({w for d in docs for w in d})
     df = np.array([sum(w in d for d in docs) for w in vocab])
     idf = np.log(1 + (len(docs) - df + 0.5) / (df + 0.5))

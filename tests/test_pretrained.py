@@ -3,7 +3,7 @@ a folder of tiny exported stages, against the same cascade assembled by hand; ba
 
 import numpy as np
 import pytest
-from toys import TINY_BASE, TINY_SR, export_stage, toy_kb
+from toys import TINY_BASE, TINY_SR, export_stage, toy_cascade
 
 import reimagen
 from reimagen.cascade import Cascade, CascadeError, Stage
@@ -19,11 +19,7 @@ FAST = SamplingConfig(sampler="ddim", steps=3, guidance="interleaved", eta=0.5)
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     """(weights folder with base + sr, KB folder)."""
-    root = tmp_path_factory.mktemp("pretrained")
-    export_stage(root / "weights" / "base.safetensors", TINY_BASE, "base", seed=1)
-    export_stage(root / "weights" / "sr.safetensors", TINY_SR, "sr", seed=2)
-    toy_kb(root / "kb")
-    return root / "weights", root / "kb"
+    return toy_cascade(tmp_path_factory.mktemp("pretrained"))
 
 
 def test_cascade_from_pretrained_attaches_tuned_sampling_and_draws_the_hand_built_images(parts):

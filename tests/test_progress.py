@@ -4,7 +4,7 @@ on a terminal only, or as REIMAGEN_PROGRESS says."""
 
 import numpy as np
 import pytest
-from toys import TINY_BASE, TINY_SR, export_stage, toy_kb
+from toys import toy_cascade
 
 from reimagen.cascade import Cascade
 from reimagen.cli.main import main
@@ -15,11 +15,7 @@ from reimagen.core.generation import SamplingConfig
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     """(weights folder with a tiny base + sr, KB folder)."""
-    root = tmp_path_factory.mktemp("progress")
-    export_stage(root / "weights" / "base.safetensors", TINY_BASE, "base", seed=1)
-    export_stage(root / "weights" / "sr.safetensors", TINY_SR, "sr", seed=2)
-    toy_kb(root / "kb")
-    return root / "weights", root / "kb"
+    return toy_cascade(tmp_path_factory.mktemp("progress"))
 
 
 @pytest.mark.parametrize(("sampler", "guidance"), [

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from toys import MemoryKB
+from toys import FORMULA_DOCS, FORMULA_TEXTS, MemoryKB
 
 from reimagen.core import digests, registry
 from reimagen.core.knowledge_base import KnowledgeBase, build_knowledge_base
@@ -174,14 +174,7 @@ def lucene_bm25(docs, query, k1=1.5, b=0.75):
 
 
 def test_bm25_scores_match_the_formula():
-    texts = ["Red apple", "green apple pie", "apple apple tree", "the rocket", "red red rocket"]
-    docs = [
-        ["red", "apple"],
-        ["green", "apple", "pie"],
-        ["apple", "apple", "tree"],
-        ["rocket"],
-        ["red", "red", "rocket"],
-    ]  # bm25s lower-cases and drops the stop word "the"
+    texts, docs = FORMULA_TEXTS, FORMULA_DOCS
     retriever = BM25Retriever().fit(MemoryKB(texts))
     for query in (["red", "apple"], ["apple"], ["rocket", "red", "red"], ["unseen"]):
         np.testing.assert_allclose(

@@ -86,3 +86,23 @@ def export_stage(path: Path, config, stage: str | None = None, seed: int = 0) ->
     backend = registry.get("backend", "torch")()
     metadata = {ENCODER_KEY: "hash", **({STAGE_KEY: stage} if stage else {})}
     return backend.save_model(backend.build_model(config, seed=seed), path, metadata=metadata)
+
+
+def toy_cascade(root: Path) -> tuple[Path, Path]:
+    """(weights folder with a tiny exported base + sr, toy KB folder) under ``root``."""
+    export_stage(root / "weights" / "base.safetensors", TINY_BASE, "base", seed=1)
+    export_stage(root / "weights" / "sr.safetensors", TINY_SR, "sr", seed=2)
+    toy_kb(root / "kb")
+    return root / "weights", root / "kb"
+
+
+# A five-caption corpus for the retrievers' scoring formulas, and its tokens as bm25s makes
+# them (lower-cased, the stop word "the" dropped).
+FORMULA_TEXTS = ["Red apple", "green apple pie", "apple apple tree", "the rocket", "red red rocket"]
+FORMULA_DOCS = [
+    ["red", "apple"],
+    ["green", "apple", "pie"],
+    ["apple", "apple", "tree"],
+    ["rocket"],
+    ["red", "red", "rocket"],
+]
