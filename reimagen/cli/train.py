@@ -3,6 +3,10 @@
     reimagen train --stage base      Re-Imagen 32×32, K neighbours per example (paper §3.2)
     reimagen train --stage baseline  the same network with no retrieval (the "Imagen" row)
     reimagen train --stage sr        32→64 super-resolution with noise-conditioning augmentation
+    reimagen train --kb KB ...       the same stages on your own collection: a KB of plain
+                                     image-caption records (kb build --source folder), each
+                                     record an example with its K retrieved neighbours
+                                     (reimagen.data.folder_training); run.json records the KB
 
 Resumable: rerunning the same command continues from the run folder's latest committed
 checkpoint, bit-identically. ``--export`` writes the EMA weights as the shipped stage file.
@@ -115,6 +119,8 @@ def run(args) -> int:
         if args.resume_from is not None:
             raise UserError("--resume-from rewinds a run to train on; it does not combine with "
                             "--export-only (which exports the latest step)")
+        if recorded_kb(run_dir) is not None:  # a collection run: never the shipped file
+            export = _collection_export(args, run_dir, export)
         return _export(backend, run_dir, export or _export_path_default(args.stage), encoder,
                        args.stage, data)
     options = {**_loop_options(args, backend, model_config, preset),
@@ -127,13 +133,22 @@ def run(args) -> int:
     if rank > 0:
         _barrier()
     kb = open_kb(args.kb, verify=args.verify_kb)
-    check_training_kb(kb, model_config, k)
-    source = make_batch_source(args.stage, kb, encoder, config, model_config, data)
+    collection = collection_facts(kb)  # None: the emoji KB (scene composer)
+    run_facts(run_dir, encoder, overrides, record=False, kb=collection)  # before any build
+    if collection is None:
+        check_training_kb(kb, model_config, k)
+        source = make_batch_source(args.stage, kb, encoder, config, model_config, data)
+    else:
+        export = _collection_export(args, run_dir, export)
+        source = make_collection_source(kb, encoder, config, model_config, data)
     if args.distributed and rank == 0:
         _barrier()
     print(f"training {args.stage} ({preset}, {backend.param_count(model_config) / 1e6:.2f}M "
           f"params, K={k}) into {run_dir}")
-    run_facts(run_dir, encoder, overrides)  # every check passed: the run starts (or resumes)
+    if collection is not None:
+        print(f"collection {kb.folder}: {len(source.train_rows):,} training records, "
+              f"{len(source.held_out_rows):,} held out; neighbours {source.triples_status}")
+    run_facts(run_dir, encoder, overrides, kb=collection)  # every check passed: the run starts
     result = backend.train(model_config, config, source, run_dir, resume=True, **options)
     print(result)
     if export and rank == 0:
@@ -275,6 +290,35 @@ def check_training_kb(kb, model_config, k: int) -> None:
                         f"at most {max(rows - 1, 0)}")
 
 
+def collection_facts(kb) -> dict | None:
+    """The KB facts run.json records for a collection run; None for the emoji KB."""
+    from reimagen.data.folder_training import is_collection, kb_facts
+
+    return kb_facts(kb) if is_collection(kb) else None
+
+
+def make_collection_source(kb, encoder_name: str, config: TrainConfig, model_config, data=None):
+    """The FolderBatchSource of a collection KB (checks first: one line, naming the KB)."""
+    from reimagen.data.folder_training import FolderBatchSource, check_collection
+
+    check_collection(kb, image_size=model_config.image_size, k=config.neighbors,
+                     lowres_size=model_config.lowres_size)
+    encoder = registry.get("encoder", encoder_name)()
+    return FolderBatchSource(kb, encoder, config, data, image_size=model_config.image_size,
+                             lowres_size=model_config.lowres_size, progress=True)
+
+
+def _collection_export(args, run_dir: Path, export: Path | None) -> Path | None:
+    """A collection run's bare --export goes to <run-dir>/<stage>.safetensors, never over the
+    shipped emoji weights (bench --kb --weights <run-dir> then finds it)."""
+    from reimagen.cli.common import check_out_file
+
+    bare = str(args.export) == "-" or (args.export is None and args.export_only)
+    if not bare:
+        return export
+    return check_out_file(Path(run_dir) / f"{args.stage}.safetensors", "--export")
+
+
 def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config,
                       data=None):
     from reimagen.data.splits import load_split
@@ -368,12 +412,17 @@ def parse_data_overrides(text: str | None) -> dict | None:
     return overrides
 
 
-def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: bool = True):
+UNCHECKED = "unchecked"  # run_facts(kb=): the KB is not open yet, do not compare it
+
+
+def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: bool = True,
+              kb: dict | None | str = UNCHECKED):
     """(text encoder name, DataConfig) of the run in ``run_dir``. run.json records both at the
     run's first start; a resume that asks for another encoder or recipe is refused (its batches
     would differ from the ones the checkpoints were trained on). None: the recorded value, else
     DEFAULT_ENCODER / the DataConfig defaults. A run.json without "data" (written before the
-    recipe was recorded) ran the defaults."""
+    recipe was recorded) ran the defaults. ``kb``: the collection's facts (collection_facts;
+    None for the emoji KB), recorded as "kb"; a resume on another KB is refused."""
     import json
 
     from reimagen.core import digests
@@ -400,14 +449,50 @@ def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: boo
                              if recorded_data.to_dict()[k] != v)
             raise UserError(f"--data: the run in {run_dir} was trained with another recipe "
                             f"({', '.join(f'{k}={recorded_data.to_dict()[k]}' for k in changed)})")
+        if kb != UNCHECKED:
+            check_run_kb(run_dir, facts.get("kb"), kb)
         return recorded_encoder, recorded_data
     encoder = encoder or DEFAULT_ENCODER
     requested = requested or DataConfig()
     if record:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"encoder": encoder, "data": requested.to_dict()}) + "\n")
+        facts = {"encoder": encoder, "data": requested.to_dict()}
+        if kb not in (None, UNCHECKED):
+            facts["kb"] = kb
+        atomic_write_text(path, json.dumps(facts) + "\n")
         digests.write_sidecar(path)
     return encoder, requested
+
+
+def check_run_kb(run_dir: Path, recorded: dict | None, kb: dict | None) -> None:
+    """A run resumes on the knowledge base it started on (by fingerprint: the same records;
+    a KB moved to another folder is the same KB)."""
+    if recorded is None and kb is None:
+        return
+    if recorded is None:
+        raise UserError(f"--kb: the run in {run_dir} was trained on the emoji knowledge base, "
+                        f"not the collection {kb['path']}; choose another --run-dir")
+    if kb is None:
+        raise UserError(f"--kb: the run in {run_dir} was trained on the collection "
+                        f"{recorded['path']}; pass --kb {recorded['path']}")
+    if kb["fingerprint"] != recorded.get("fingerprint"):
+        raise UserError(f"--kb: the run in {run_dir} was trained on {recorded['path']} "
+                        f"(fingerprint {str(recorded.get('fingerprint'))[:12]}), not "
+                        f"{kb['path']} (fingerprint {kb['fingerprint'][:12]}); choose another "
+                        "--run-dir")
+
+
+def recorded_kb(run_dir: Path) -> dict | None:
+    """The collection a run's run.json records (None: an emoji run, or no run yet)."""
+    import json
+
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_bytes()).get("kb")
+    except (ValueError, AttributeError):
+        return None  # damaged: run_facts reports it
 
 
 def _export(backend, run_dir: Path, path: Path, encoder: str, stage: str,
@@ -426,6 +511,8 @@ def _export(backend, run_dir: Path, path: Path, encoder: str, stage: str,
     model = backend.load_model(run_dir, ema=True)  # float16: shipped weights, half the bytes
     state = read_checkpoint(latest_checkpoint(run_dir)).state
     recipe = recipe_record(state, None if data is None else data.to_dict(), encoder)
+    if recorded_kb(run_dir) is not None:  # a collection run: bench --kb reads it
+        recipe["kb"] = recorded_kb(run_dir)
     # the stage it is for: load_stage refuses it under another stage's name
     backend.save_model(model, path, dtype="float16",
                        metadata={ENCODER_KEY: encoder, STAGE_KEY: stage,

@@ -10,8 +10,8 @@ Layout: a folder with a ``captions.jsonl`` file, one JSON object per line::
 the key ``folder/<image path without extension>``, source ``"folder"`` and no entity.
 
 Everything that can be checked without decoding images (the folder, the captions file, every
-line, every image file's existence, empty captions, duplicates) is checked when the source is
-made, before any work; an image that will not decode fails the build, which then leaves nothing
+line, every image file's existence and format header, empty captions, duplicate paths and
+duplicate record ids) is checked when the source is made, before any work, and named by line; an image that will not decode fails the build, which then leaves nothing
 on disk (see :func:`reimagen.core.knowledge_base.build_knowledge_base`).
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from reimagen.core.knowledge_base import Entity, KBItem, KnowledgeBaseError
+from reimagen.core.knowledge_base import Entity, KBItem, KnowledgeBaseError, _image_path
 
 CAPTIONS = "captions.jsonl"
 
@@ -45,7 +45,8 @@ def read_captions(folder: Path) -> list[FolderEntry]:
             '{"image": "a.png", "text": "a caption"}'
         )
     entries: list[FolderEntry] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # image path -> line
+    keys: dict[str, int] = {}  # record id -> line
     for number, line in enumerate(read_utf8(captions).splitlines(), start=1):
         if not line.strip():
             continue
@@ -74,10 +75,43 @@ def read_captions(folder: Path) -> list[FolderEntry]:
                 f"{where}: image {str(relative)!r} already listed on line {seen[str(relative)]}"
             )
         seen[str(relative)] = number
+        key = record_key(str(relative))  # a.png and a.jpg would both be folder/a
+        stored = _image_path("folder", key)  # "a b" and "a_b" would share images/folder/a_b.png
+        if key in keys:
+            raise KnowledgeBaseError(
+                f"{where}: image {str(relative)!r} has the record id {key!r} of line "
+                f"{keys[key]} (ids drop the extension); rename one of them"
+            )
+        if stored in keys:
+            raise KnowledgeBaseError(
+                f"{where}: image {str(relative)!r} would be stored as {stored} like line "
+                f"{keys[stored]}'s (odd characters become _); rename one of them"
+            )
+        keys[key] = keys[stored] = number
+        check_image_header(image, where)
         entries.append(FolderEntry(image=image, relative=str(relative), text=text.strip()))
     if not entries:
         raise KnowledgeBaseError(f"{captions}: no entries")
     return entries
+
+
+def record_key(relative: str) -> str:
+    """The record id of an image path: ``folder/<path without extension>``."""
+    return "folder/" + str(PurePosixPath(relative).with_suffix(""))
+
+
+def check_image_header(image: Path, where: str) -> None:
+    """The file is in a format Pillow reads (its header only; decoding happens at the build)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as picture:
+            picture.size  # noqa: B018  (parsed from the header)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KnowledgeBaseError(
+            f"{where}: {image.name} is not an image Pillow reads ({reason})"
+        ) from None
 
 
 def read_utf8(path: Path) -> str:
@@ -113,7 +147,7 @@ class FolderSource:
 
     def items(self) -> Iterator[KBItem]:
         for entry in self.entries:
-            key = "folder/" + str(PurePosixPath(entry.relative).with_suffix(""))
+            key = record_key(entry.relative)
             try:
                 blob = entry.image.read_bytes()
             except OSError as err:
