@@ -206,8 +206,9 @@ def _layer_case(name: str, rng):
             lambda j, x, tokens, mask: j(x, tokens, mask),
             inputs,
         )
-    if name == "neighbor-attention":
+    if name in ("neighbor-attention", "neighbor-attention-pos"):
         k = 2
+        cfg = c.replace(neighbor_pos_emb=name.endswith("-pos"))  # position tables [8·8, 32]
         inputs = {
             "x": x,
             "features": normal(rng, 3, k * 8 * 8, 32),  # [N, K·F·F, C]
@@ -223,8 +224,8 @@ def _layer_case(name: str, rng):
             return j(x, j.project(features), use_neighbors)
 
         return (
-            tl.NeighborAttention(32, c),
-            skeleton(jl.NeighborAttention, 32, c),
+            tl.NeighborAttention(32, cfg, 8),
+            skeleton(jl.NeighborAttention, 32, cfg, 8),
             torch_fn,
             jax_fn,
             inputs,
@@ -243,6 +244,7 @@ LAYERS = (
     "self-attention",
     "cross-attention",
     "neighbor-attention",
+    "neighbor-attention-pos",
 )
 
 
@@ -454,14 +456,17 @@ def test_ustack(seed):
     record("UStack", errors)
 
 
-def test_unet_training_path(seed):
+@pytest.mark.parametrize("pos_emb", [False, True], ids=["", "pos-emb"])
+def test_unet_training_path(seed, pos_emb):
     """The whole U-Net as training runs it: noisy rows and raw neighbours share the DStack;
     one row without text, one without neighbours; gradients w.r.t. everything. The config is
     the SR variant of tiny (low-res input, augmentation level, layer norm, neighbour attention
-    at 16 and 8), so every optional part of the network is on the path."""
+    at 16 and 8), so every optional part of the network is on the path; ``pos_emb`` adds the
+    neighbour attention's position tables (UNetConfig.neighbor_pos_emb)."""
     rng = np.random.default_rng(seed)
-    torch_model, jax_model = unet_pair(TINY_SR, rng)
-    inputs = unet_inputs(TINY_SR, rng)
+    config = TINY_SR.replace(neighbor_pos_emb=pos_emb)
+    torch_model, jax_model = unet_pair(config, rng)
+    inputs = unet_inputs(config, rng)
     errors = check_parity(
         torch_unet_fn(torch_model),
         jax_unet_fn(),
@@ -471,7 +476,7 @@ def test_unet_training_path(seed):
         torch_module=torch_model,
         jax_module=jax_model,
     )
-    record("U-Net (tiny SR, training path)", errors)
+    record(f"U-Net (tiny SR{', pos emb' if pos_emb else ''}, training path)", errors)
 
 
 # ---- sampling ----------------------------------------------------------------------------------
@@ -771,7 +776,7 @@ def test_optimizer_step(seed, tmp_path, recipe):
 # ---- the key mapping ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "sr-small"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "sr-small", "cpu-base-pos"])
 def test_key_mapping_covers_every_parameter(preset):
     """Every torch parameter has exactly one JAX leaf (same shape after the layout change)
     and vice versa, for whole presets (shapes only, nothing allocated on the JAX side)."""

@@ -251,16 +251,18 @@ def check_resume_from(args) -> int:
 
 
 def check_init_weights(path: Path, backend, model_config, preset: str) -> Path:
-    """--init-from: a finite weights file of exactly this preset's network, checked before the
-    run folder is written (the trainer would find out only after building everything)."""
+    """--init-from: a finite weights file of exactly this preset's network (or of the same
+    network without neighbour position tables, which it grows), checked before the run folder
+    is written (the trainer would find out only after building everything)."""
     from reimagen.core.io import UnsafeFileError
+    from reimagen.core.unet_config import grows_position_tables
     from reimagen.weights import WeightsError, check_finite, describe, read_config
 
     if not path.is_file():
         raise UserError(f"--init-from: no weights file at {path}")
     try:
         config, _ = read_config(path)
-        if config != model_config:
+        if config != model_config and not grows_position_tables(config, model_config):
             fields = model_config.to_dict()
             changed = sorted(k for k, v in config.to_dict().items() if fields[k] != v)
             same = [n for n in registry.names("denoiser") if registry.get("denoiser", n)() == config]

@@ -33,6 +33,13 @@ class UNetConfig(ConfigMixin):
     self_attn_resolutions: tuple[int, ...] = attrs.field(default=(8,))
     cross_attn_resolutions: tuple[int, ...] = attrs.field(default=(16, 8))
     neighbor_attn_resolutions: tuple[int, ...] = attrs.field(default=(8,))
+    # Learned absolute 2-D position tables added to the neighbour attention's queries (one per
+    # noisy-image position) and keys (one per reference position, shared by the K references),
+    # zero-initialised so that a network grown from one without them starts as the same
+    # function. Attention alone is content-addressed: without positions a query cannot ask for
+    # "the reference's top-left", which is what redrawing a reference at a new place and scale
+    # needs (our addition; the paper's U-Net has no such table).
+    neighbor_pos_emb: bool = attrs.field(default=False, validator=one_of(False, True))
     head_dim: int = attrs.field(default=32, validator=in_range(4, 512))
     text_dim: int = attrs.field(default=384, validator=in_range(1, 16384))
     norm: str = attrs.field(default="group", validator=one_of("group", "layer"))
@@ -111,6 +118,12 @@ PRESETS: dict[str, UNetConfig] = {
         self_attn_resolutions=(8,), cross_attn_resolutions=(16, 8),
         neighbor_attn_resolutions=(16, 8), head_dim=32, norm="layer",
     ),
+    # cpu-base with position tables in its neighbour attention (identity A/B, issue #15).
+    "cpu-base-pos": UNetConfig(
+        image_size=32, base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=2,
+        self_attn_resolutions=(8,), cross_attn_resolutions=(16, 8),
+        neighbor_attn_resolutions=(16, 8), head_dim=32, norm="layer", neighbor_pos_emb=True,
+    ),
     # CPU super-resolution stage 32 -> 64.
     "sr-small": UNetConfig(
         image_size=64, base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=2,
@@ -135,6 +148,16 @@ PRESETS: dict[str, UNetConfig] = {
         head_dim=64, text_dim=4096, cond_image_channels=3, lowres_size=256,
     ),
 }
+
+
+def grows_position_tables(source: UNetConfig, target: UNetConfig) -> bool:
+    """True when ``target`` is ``source`` with ``neighbor_pos_emb`` turned on: weights of
+    ``source`` start a ``target`` network (``--init-from``), its tables at their zero init."""
+    return (
+        not source.neighbor_pos_emb
+        and target.neighbor_pos_emb
+        and attrs.evolve(target, neighbor_pos_emb=False) == source
+    )
 
 
 def preset(name: str) -> UNetConfig:

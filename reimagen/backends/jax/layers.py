@@ -363,25 +363,46 @@ class NeighborAttention(eqx.Module):
     to_k: Linear
     to_v: Linear
     to_out: Linear
+    pos_q: jax.Array | None  # UNetConfig.neighbor_pos_emb: [F·F, C], zero at the start
+    pos_k: jax.Array | None
     heads: int = eqx.field(static=True)
 
-    def __init__(self, width: int, config: UNetConfig, *, rng: np.random.Generator | None):
+    def __init__(
+        self,
+        width: int,
+        config: UNetConfig,
+        resolution: int | None = None,
+        *,
+        rng: np.random.Generator | None,
+    ):
         self.heads = width // config.head_dim
         self.norm = Norm(width, config)
         self.norm_ctx = LayerNorm(width, config.norm_eps)  # per neighbour position
         self.to_q, self.to_k, self.to_v, self.to_out = (
             Linear(width, width, rng=rng) for _ in range(4)
         )
+        self.pos_q = self.pos_k = None
+        if config.neighbor_pos_emb:
+            self.pos_q = jnp.zeros((resolution * resolution, width), jnp.float32)
+            self.pos_k = jnp.zeros((resolution * resolution, width), jnp.float32)
 
     def project(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Neighbour features [N, K·F·F, C] -> (k, v), each [N, K·F·F, h, hd]."""
         ctx = self.norm_ctx(features)
-        return split_heads(self.to_k(ctx), self.heads), split_heads(self.to_v(ctx), self.heads)
+        k = self.to_k(ctx)  # [N, K·F·F, C]
+        if self.pos_k is not None:  # K references, each F·F positions in row-major order
+            k = k + jnp.tile(self.pos_k, (features.shape[1] // self.pos_k.shape[0], 1)).astype(
+                k.dtype
+            )
+        return split_heads(k, self.heads), split_heads(self.to_v(ctx), self.heads)
 
     def __call__(self, x: jax.Array, kv: tuple[jax.Array, jax.Array], use_neighbors: jax.Array):
         """x [N, F, F, C]; kv from ``project``; use_neighbors [N] bool."""
         k, v = kv
-        q = split_heads(self.to_q(to_tokens(self.norm(x))), self.heads)  # [N, F·F, h, hd]
+        q = self.to_q(to_tokens(self.norm(x)))  # [N, F·F, C]
+        if self.pos_q is not None:
+            q = q + self.pos_q.astype(q.dtype)
+        q = split_heads(q, self.heads)  # [N, F·F, h, hd]
         out = self.to_out(merge_heads(attend(q, k.astype(q.dtype), v.astype(q.dtype))))
         branch = from_tokens(out, x.shape[1], x.shape[2])  # [N, F, F, C]
         return x + jnp.where(use_neighbors[:, None, None, None], branch, 0.0).astype(x.dtype)

@@ -214,7 +214,7 @@ class ReImagenUNet(eqx.Module):
         self.up = tuple(up)
 
         self.neighbor_attn = {
-            str(r): NeighborAttention(widths[c.resolutions.index(r)], c, rng=rng)
+            str(r): NeighborAttention(widths[c.resolutions.index(r)], c, r, rng=rng)
             for r in c.neighbor_attn_resolutions
         }
         self.norm_out = Norm(widths[0], c)

@@ -221,7 +221,7 @@ class NeighborAttention(nn.Module):
     with ``use_neighbors`` False, so those rows compute exactly the K=0 network.
     """
 
-    def __init__(self, width: int, config: UNetConfig):
+    def __init__(self, width: int, config: UNetConfig, resolution: int | None = None):
         super().__init__()
         self.heads = width // config.head_dim
         self.norm = Norm(width, config)
@@ -230,16 +230,28 @@ class NeighborAttention(nn.Module):
         self.to_k = nn.Linear(width, width)
         self.to_v = nn.Linear(width, width)
         self.to_out = nn.Linear(width, width)
+        # UNetConfig.neighbor_pos_emb: [F·F, C] tables added to q (noisy-image position) and to
+        # k (reference position, the same for each of the K references); zero at the start.
+        self.pos_q = self.pos_k = None
+        if config.neighbor_pos_emb:
+            self.pos_q = nn.Parameter(torch.zeros(resolution * resolution, width))
+            self.pos_k = nn.Parameter(torch.zeros(resolution * resolution, width))
 
     def project(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """Neighbour features [N, K·F·F, C] -> (k, v), each [N, h, K·F·F, hd]."""
         ctx = self.norm_ctx(features)
-        return split_heads(self.to_k(ctx), self.heads), split_heads(self.to_v(ctx), self.heads)
+        k = self.to_k(ctx)  # [N, K·F·F, C]
+        if self.pos_k is not None:  # K references, each F·F positions in row-major order
+            k = k + self.pos_k.repeat(features.shape[1] // self.pos_k.shape[0], 1).to(k.dtype)
+        return split_heads(k, self.heads), split_heads(self.to_v(ctx), self.heads)
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], use_neighbors: Tensor) -> Tensor:
         """x [N, C, F, F]; kv from ``project``; use_neighbors [N] bool."""
         k, v = kv
-        q = split_heads(self.to_q(to_tokens(self.norm(x))), self.heads)  # [N, h, F·F, hd]
+        q = self.to_q(to_tokens(self.norm(x)))  # [N, F·F, C]
+        if self.pos_q is not None:
+            q = q + self.pos_q.to(q.dtype)
+        q = split_heads(q, self.heads)  # [N, h, F·F, hd]
         out = self.to_out(merge_heads(attend(q, k.to(q.dtype), v.to(q.dtype))))  # [N, F·F, C]
         branch = from_tokens(out, x.shape[2], x.shape[3])
         return x + torch.where(use_neighbors[:, None, None, None], branch, 0.0)

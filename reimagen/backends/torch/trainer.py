@@ -66,7 +66,7 @@ from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this modu
     training_levels,
 )
 from reimagen.core.training import Batch, BatchSource, TrainConfig
-from reimagen.core.unet_config import UNetConfig
+from reimagen.core.unet_config import UNetConfig, grows_position_tables
 
 # ---- host batch -> tensors ---------------------------------------------------------------------
 
@@ -281,9 +281,14 @@ class Trainer(TrainLoop):
     def _load_init_weights(self, path: Path) -> None:
         """Model and EMA from a weights file with this run's UNetConfig."""
         source = ckpt.load_model(path)  # checks the file's own config and keys
-        if source.config != self.model_config:
-            raise ValueError(f"init_weights {path}: trained with a different UNetConfig")
         state = ckpt.weights_to_numpy(source)
+        if grows_position_tables(source.config, self.model_config):
+            # the same network plus neighbour position tables: they start at their zero init,
+            # so the grown network computes exactly what the file's network computes
+            own = ckpt.weights_to_numpy(self.model)
+            state.update({k: own[k] for k in own if k.endswith((".pos_q", ".pos_k"))})
+        elif source.config != self.model_config:
+            raise ValueError(f"init_weights {path}: trained with a different UNetConfig")
         ckpt.load_weights(self.model, state, path)
         ckpt.load_weights(self.ema, state, path)
 
@@ -388,3 +393,4 @@ class _deterministic:
 
     def __exit__(self, *exc):
         torch.use_deterministic_algorithms(self.previous)
+

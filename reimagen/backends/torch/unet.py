@@ -191,7 +191,7 @@ class ReImagenUNet(nn.Module):
 
         self.neighbor_attn = nn.ModuleDict(
             {
-                str(r): NeighborAttention(widths[c.resolutions.index(r)], c)
+                str(r): NeighborAttention(widths[c.resolutions.index(r)], c, r)
                 for r in c.neighbor_attn_resolutions
             }
         )
