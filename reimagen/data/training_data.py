@@ -110,6 +110,22 @@ class Pool:
 
 
 @attrs.frozen
+class BatchPlan:
+    """Every random choice of one step, drawn in the fixed order of ``batch_with_info``, before
+    any pixel is composed: the host composes a batch from it, and so does the device-side
+    composer (reimagen.data.scene_atlas, reimagen.backends.torch.scene_composer)."""
+
+    index: np.ndarray  # [B] int64 pool rows
+    rows: np.ndarray  # [B, K] int64 KB row shown in each neighbour slot
+    augmented: np.ndarray  # [B, K] bool: the slot shows an augmented same-style drawing
+    augmentation: dict[str, np.ndarray]  # draw_augmentation's arrays for the B·K slots
+    t: np.ndarray  # [B] float32
+    noise: np.ndarray  # [B, S, S, 3] float32
+    use_text: np.ndarray  # [B] bool
+    use_neighbors: np.ndarray  # [B] bool
+
+
+@attrs.frozen
 class BatchInfo:
     """Ground truth of one batch, for tests, leak checks and logging."""
 
@@ -319,30 +335,45 @@ class EmojiBatchSource:
         return self.batch_with_info(step)[0]
 
     def batch_with_info(self, step: int) -> tuple[Batch, BatchInfo]:
-        """The batch of ``step`` and its ground truth. Draw order (fixed): pool indices,
-        neighbour recipe, augmentation, then draw_diffusion_inputs."""
+        """The batch of ``step`` and its ground truth: the step's :meth:`plan`, composed."""
         rng = self._rng(step)
-        b = self.config.batch_size
+        batch, info = self._compose(self._draw(rng))
+        return self._finish(rng, batch, info)
+
+    def plan(self, step: int) -> BatchPlan:
+        """The random choices of ``step`` (the stream ``batch_with_info`` draws)."""
+        return self._draw(self._rng(step))
+
+    def _draw(self, rng: np.random.Generator) -> BatchPlan:
+        """Draw order (fixed): pool indices, neighbour recipe, augmentation, then
+        draw_diffusion_inputs (SR draws its own after these, in ``_finish``)."""
+        b, s = self.config.batch_size, self.image_size
         index = rng.integers(len(self.pool), size=b)  # [B]
+        rows, augmented = self._neighbor_slots(rng, index, self.pool.entity[index])  # [B, K]
+        augmentation = draw_augmentation(rng, rows.size, self.data)
+        t, noise, use_text, use_nb = draw_diffusion_inputs(
+            rng, (b, s, s, 3), self.config.p_drop_text, self.config.p_drop_neighbors
+        )
+        return BatchPlan(index, rows, augmented, augmentation, t, noise, use_text, use_nb)
+
+    def _compose(self, plan: BatchPlan) -> tuple[Batch, BatchInfo]:
+        """The batch a plan describes, composed on the host (numpy), and its ground truth."""
+        index, rows, augmented = plan.index, plan.rows, plan.augmented
         entity = self.pool.entity[index]  # [B]
         scenes = tuple(self.pool.scene(i, self.entities[e]) for i, e in zip(index, entity))
         images = self._targets(entity, scenes, self.image_size)  # [B, S, S, 3]
-        rows, augmented = self._neighbor_slots(rng, index, entity)  # [B, K], [B, K]
-        nb_images = self._neighbor_images(rng, rows, augmented, self.image_size)
+        nb_images = self._neighbor_images(rows, augmented, plan.augmentation, self.image_size)
         prompts = tuple(self.pool.prompts[i] for i in index)
         text = self.encoder.encode(list(prompts))  # [B, L, D]
-        t, noise, use_text, use_nb = draw_diffusion_inputs(
-            rng, images.shape, self.config.p_drop_text, self.config.p_drop_neighbors
-        )
         batch = Batch(
             images=images,
             text=text,
             neighbor_images=nb_images,
             neighbor_text=self._captions(rows),
-            t=t,
-            noise=noise,
-            use_text=use_text,
-            use_neighbors=use_nb,
+            t=plan.t,
+            noise=plan.noise,
+            use_text=plan.use_text,
+            use_neighbors=plan.use_neighbors,
         )
         info = BatchInfo(
             pool_index=index.astype(np.int64),
@@ -354,7 +385,7 @@ class EmojiBatchSource:
             neighbor_rows=rows,
             augmented=augmented,
         )
-        return self._finish(rng, batch, info)
+        return batch, info
 
     def _finish(self, rng, batch: Batch, info: BatchInfo) -> tuple[Batch, BatchInfo]:
         return batch, info  # the SR stage adds its low-res input here
@@ -402,12 +433,11 @@ class EmojiBatchSource:
                 rows[i, slot[i]] = others[int(pick[i] * len(others))]
         return rows, augmented
 
-    def _neighbor_images(self, rng, rows, augmented, canvas: int) -> np.ndarray:
+    def _neighbor_images(self, rows, augmented, params, canvas: int) -> np.ndarray:
         """float32 [B, K, canvas, canvas, 3] in [-1, 1]: KB renditions on the neutral
         background; augmented slots redrawn from the RGBA drawing. Augmentation parameters
-        are drawn for every slot (fixed stream), used where ``augmented``."""
+        ``params`` are drawn for every slot (fixed stream), used where ``augmented``."""
         b, k = rows.shape
-        params = draw_augmentation(rng, b * k, self.data)
         out = self._plain(rows.reshape(-1), canvas).astype(np.float32)  # [B·K, S, S, 3] uint8
         flat_aug = np.flatnonzero(augmented.reshape(-1))
         if flat_aug.size:
@@ -527,25 +557,17 @@ def augment_drawings(
     gathers (rows, then columns). Gathers rather than interpolation matrices: small batched
     GEMMs stall when OpenBLAS threads compete for 2 cores with the trainer. scale < 1 always
     (DataConfig), so the result is never the plain rendition."""
-    from reimagen.core.knowledge_base import resize_area
-
     n = rgba.shape[0]
-    colour = rgba.astype(np.float32) / 255.0  # [n, S, S, 4]
-    colour[..., :3] *= colour[..., 3:]  # premultiplied
-    if colour.shape[1] > canvas:
-        colour = resize_area(colour, canvas)  # [n, canvas, canvas, 4]
-    side = colour.shape[1]
-    colour = np.pad(colour, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zero border = outside
+    colour = premultiplied_drawings(rgba, canvas)  # [n, side + 2, side + 2, 4]
     batch = np.arange(n)[:, None]
-    lo, frac = _taps(params["scale"], params["shift"][:, 0], np.zeros(n, bool), side, canvas)
+    (lo_y, frac_y), (lo_x, frac_x) = warp_taps(params, colour.shape[1] - 2, canvas)
     rows = (
-        colour[batch, lo] * (1 - frac)[..., None, None]
-        + colour[batch, lo + 1] * frac[..., None, None]
+        colour[batch, lo_y] * (1 - frac_y)[..., None, None]
+        + colour[batch, lo_y + 1] * frac_y[..., None, None]
     )  # [n, canvas(y), side+2(x), 4]
-    lo, frac = _taps(params["scale"], params["shift"][:, 1], params["flip"], side, canvas)
     sampled = (
-        rows[batch, :, lo] * (1 - frac)[..., None, None]
-        + rows[batch, :, lo + 1] * frac[..., None, None]
+        rows[batch, :, lo_x] * (1 - frac_x)[..., None, None]
+        + rows[batch, :, lo_x + 1] * frac_x[..., None, None]
     )  # [n, canvas(x), canvas(y), 4]
     sampled = sampled.transpose(0, 2, 1, 3)  # [n, canvas(y), canvas(x), 4]
     alpha = sampled[..., 3:]
@@ -554,6 +576,28 @@ def augment_drawings(
     ink = np.clip(ink, 0.0, alpha)  # premultiplied colour stays within alpha
     back = np.asarray(background, np.float32) / 255.0
     return (ink + back * (1.0 - alpha)).astype(np.float32)  # [n, canvas, canvas, 3] "over"
+
+
+def premultiplied_drawings(rgba: np.ndarray, canvas: int) -> np.ndarray:
+    """RGBA drawings uint8 [n, S, S, 4] -> premultiplied float32 [n, side + 2, side + 2, 4],
+    area-averaged to ``canvas`` when S is larger (side = min(S, canvas)), with a zero border
+    (= outside the drawing) for the warp's taps."""
+    from reimagen.core.knowledge_base import resize_area
+
+    colour = rgba.astype(np.float32) / 255.0  # [n, S, S, 4]
+    colour[..., :3] *= colour[..., 3:]  # premultiplied
+    if colour.shape[1] > canvas:
+        colour = resize_area(colour, canvas)  # [n, canvas, canvas, 4]
+    return np.pad(colour, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zero border = outside
+
+
+def warp_taps(params: dict[str, np.ndarray], side: int, canvas: int):
+    """The augmentation warp's bilinear taps, ((lo, frac) of the rows, (lo, frac) of the
+    columns), each [n, canvas]: see :func:`_taps` (flip is horizontal: columns only)."""
+    n = len(params["scale"])
+    rows = _taps(params["scale"], params["shift"][:, 0], np.zeros(n, bool), side, canvas)
+    cols = _taps(params["scale"], params["shift"][:, 1], params["flip"], side, canvas)
+    return rows, cols
 
 
 def _taps(scale, shift, flip, side: int, work: int) -> tuple[np.ndarray, np.ndarray]:
@@ -607,6 +651,7 @@ def _seen(split: EntitySplit, name: str) -> bool:
 
 __all__ = [
     "BatchInfo",
+    "BatchPlan",
     "DataConfig",
     "DataLeakError",
     "EmojiBatchSource",
@@ -615,4 +660,6 @@ __all__ = [
     "check_no_leak",
     "draw_augmentation",
     "find_leaks",
+    "premultiplied_drawings",
+    "warp_taps",
 ]
