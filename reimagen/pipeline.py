@@ -113,7 +113,7 @@ class Pipeline:
         """``encoder``: a registered name; default: the one the weights were trained with
         (their metadata, reimagen.core.checkpoint.trained_encoder)."""
         from reimagen.core.checkpoint import trained_encoder
-        from reimagen.weights import check_finite
+        from reimagen.weights import WeightsError, check_finite
 
         if not isinstance(weights, (str, os.PathLike)):
             raise TypeError(f"weights must be a path (str or os.PathLike) to a .safetensors file "
@@ -126,10 +126,14 @@ class Pipeline:
             pass
         encoder = encoder or trained_encoder(weights)
         config = backend_impl.model_config(model)
+        text_encoder = registry.get("encoder", encoder)()
+        if text_encoder.dim != config.text_dim:  # e.g. REIMAGEN_T5_PATH names another T5 size
+            raise WeightsError(f"{weights}: trained on {config.text_dim}-dim text states; "
+                               f"encoder {encoder!r} gives {text_encoder.dim}-dim ones")
         return cls(
             model=model,
             backend=backend_impl,
-            encoder=registry.get("encoder", encoder)(),
+            encoder=text_encoder,
             kb=kb,
             retriever=retriever,
             image_size=config.image_size,
