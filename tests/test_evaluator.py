@@ -96,7 +96,14 @@ def test_augment_zero_magnitudes_is_identity_and_output_stays_in_range():
     x = ev.to_input(images, 32)
     still = ev.EvaluatorConfig(max_shift=0, max_scale=0, max_blur=0, max_gain=0, max_noise=0)
     same = ev.augment(x, torch.Generator().manual_seed(0), still)
-    np.testing.assert_allclose(same.numpy(), x.numpy(), atol=1e-5)
+    # Zero magnitudes leave an identity affine grid: its float32 source coordinates (linspace,
+    # ×(S−1)/S, +1, ×S, /2) are within c <= 4·S·u pixel of the centres (u = 2^-24), so each
+    # bilinear output is x plus <= c of a neighbour per axis, |Δx| <= 2: <= 4c = 16·S·u; the
+    # 4-tap sum and the gain's (x + 1)·1 − 1 round by <= 12·u more (|x| <= 1). (16·S + 12)·u =
+    # 3.1e-5 at S = 32: the old atol=1e-5 was tighter than the float32 grid guarantees,
+    # loosened to the bound (measured 0: at S = 32 the grid lands exactly on the centres).
+    s = x.shape[-1]
+    np.testing.assert_allclose(same.numpy(), x.numpy(), rtol=0, atol=(16 * s + 12) * 2**-24)
     moved = ev.augment(x, torch.Generator().manual_seed(0), ev.EvaluatorConfig())
     assert moved.shape == x.shape and float(moved.abs().max()) <= 1.0
     assert float((moved - x).abs().mean()) > 1e-3
@@ -123,7 +130,12 @@ def test_shipped_evaluator_names_known_composites(shipped, drawings):
         assert np.mean([t[0] == name for t in top5]) >= 0.85, name
         assert np.mean([name in t for t in top5]) >= 0.97, name
         assert probs.shape == (len(scenes), 5) and probs.dtype == np.float32
-        assert np.all(np.diff(probs, axis=1) <= 1e-7)  # best first
+        # Best first: sorted by logit, so a pair can only invert through exp's rounding; numpy's
+        # float32 exp is within 2.6 ulp (numpy documents 2.52; 2.54 measured over [−87, 0]), so
+        # <= 5.2·u relative (u = 2^-24), and the division by the shared sum rounds each by <= u:
+        # p_next − p <= (2 · 5.2 + 2)·u·p < 13·u·p (measured: no inversion, every step <=
+        # −3.2e-7; it was an absolute 1e-7 for every p).
+        assert np.all(np.diff(probs, axis=1) <= 13 * 2**-24 * probs[:, :-1])
         assert all(len(set(t)) == 5 and set(t) <= set(shipped.entities) for t in top5)
     apple = sc.Scene(entity="red apple", background="blue", position="center", size="large")
     top5, probs = shipped.predict(sc.compose(drawings["red apple"], apple, 32)[None])
@@ -142,8 +154,16 @@ def test_shipped_evaluator_ceiling_is_reproducible(shipped):
     top1 = np.mean([t[0] == names[i] for t, i in zip(top5, local)])
     in5 = np.mean([names[i] in t for t, i in zip(top5, local)])
     ceiling = shipped.meta["accuracy"]["clean"]["all"]
-    assert abs(top1 - ceiling["top1"]) < 0.08, (top1, ceiling)
-    assert abs(in5 - ceiling["top5"]) < 0.06, (in5, ceiling)
+    # A statistical bound: both rates are binomial means, this one over n = 600 composites
+    # (2 per entity: a design effect <= 2, so variance <= 2·p(1−p)/n) and the ceiling over
+    # N = 7,608 (4 per entity: <= 4·p(1−p)/N); 5 standard deviations of the difference (normal
+    # approximation, two-sided 6e-7): 0.079 for top-1 (p = 0.930; it was 0.08) and 0.028 for
+    # top-5 (p = 0.992; it was 0.06). Measured at seed 7: 0.010 and 0.005.
+    def bound(p):
+        return 5 * np.sqrt(2 * p * (1 - p) / len(local) + 4 * p * (1 - p) / ceiling["n"])
+
+    assert abs(top1 - ceiling["top1"]) < bound(ceiling["top1"]), (top1, ceiling)
+    assert abs(in5 - ceiling["top5"]) < bound(ceiling["top5"]), (in5, ceiling)
     assert in5 >= top1
 
 
@@ -151,7 +171,11 @@ def test_predict_judges_a_2x_image_like_the_1x_image(shipped, drawings):
     scene = sc.Scene(entity="dragon", background="white", position="top left", size="large")
     small = sc.compose(drawings["dragon"], scene, 32)[None]
     big = small.repeat(2, axis=1).repeat(2, axis=2)  # nearest 2× upscale: area-averages back
-    np.testing.assert_allclose(shipped.logits(big), shipped.logits(small), rtol=1e-5, atol=1e-5)
+    # Exact: to_input area-averages the four equal copies of each pixel, a = k/127.5 − 1 in
+    # float32, and fl(fl(fl(a + a) + a) + a)/4 and ((a + a) + (a + a))/4 both give a back for
+    # all 256 values of k (checked exhaustively), so the network sees the same input, shape and
+    # kernels: bit-identical logits (measured 0; it was rtol=1e-5, atol=1e-5).
+    np.testing.assert_array_equal(shipped.logits(big), shipped.logits(small))
     with pytest.raises(ev.EvaluatorError, match="multiple of 32"):
         shipped.predict(np.zeros((1, 40, 40, 3), np.uint8))
     with pytest.raises(ev.EvaluatorError, match=r"uint8 \[B, H, W, 3\]"):
