@@ -71,6 +71,10 @@ def add_parser(subparsers):
     parser.add_argument("--device", default="cpu", help="torch: cpu | cuda[:N] | auto")
     parser.add_argument("--workers", type=int, default=0,
                         help="processes composing batches ahead (0: inline)")
+    parser.add_argument("--composer", default="host", choices=("host", "device"),
+                        help="where base/baseline scenes are composed: host (numpy, in the "
+                        "--workers) or device (tensors on --device; the workers only draw each "
+                        "step's random choices); the batches are bit-identical")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="checkpoint and stop after this many minutes (resume later)")
     parser.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS",
@@ -129,6 +133,7 @@ def run(args) -> int:
     model_config = model_config.replace(text_dim=registry.get("encoder", encoder)().dim)
     options = {**_loop_options(args, backend, model_config, preset),
                **_distributed_options(args, backend, config.batch_size)}
+    check_composer(args, backend)
     if args.threads:  # checked above
         import torch
 
@@ -142,7 +147,11 @@ def run(args) -> int:
     if collection is None:
         check_training_kb(kb, model_config, k)
         source = make_batch_source(args.stage, kb, encoder, config, model_config, data)
+        source, options = composed_on(args.composer, source, options)
     else:
+        if args.composer != "host":
+            raise UserError("--composer device composes emoji scenes; a collection KB trains "
+                            "with --composer host")
         export = _collection_export(args, run_dir, export)
         source = make_collection_source(kb, encoder, config, model_config, data)
     if args.distributed and rank == 0:
@@ -235,6 +244,32 @@ def _loop_options(args, backend, model_config, preset: str) -> dict:
         except ValueError as err:
             raise UserError(f"--device: {err}") from None
     return options
+
+
+def check_composer(args, backend) -> None:
+    """--composer device: one torch process composing base-stage scenes (one line each)."""
+    if args.composer == "host":
+        return
+    if backend.name != "torch":
+        raise UserError(f"--composer device: only the torch backend, got --backend {backend.name}")
+    if args.stage == "sr":
+        raise UserError("--composer device: only --stage base or baseline (sr composes on the "
+                        "host)")
+    if args.distributed:
+        raise UserError("--composer device cannot be combined with --distributed")
+
+
+def composed_on(composer: str, source, options: dict) -> tuple:
+    """(BatchSource, trainer options) for --composer: ``device`` composes on the training
+    device, and its --workers draw the steps' random choices ahead (the trainer's none)."""
+    if composer == "host":
+        return source, options
+    from reimagen.backends.torch.scene_composer import DeviceBatchSource
+
+    device = options.get("device", "cpu")
+    print(f"composing scenes on {device} (atlas of {len(source.entities)} drawings)")
+    source = DeviceBatchSource(source, device, workers=options.get("workers", 0))
+    return source, {**options, "workers": 0}
 
 
 def check_resume_from(args) -> int:

@@ -73,6 +73,10 @@ from reimagen.core.unet_config import UNetConfig, grows_position_tables
 
 def model_kwargs(batch: Batch, schedule: CosineSchedule, device: str = "cpu") -> dict:
     """Keyword arguments of :meth:`ReImagenUNet.forward` for a training batch, on ``device``."""
+    if isinstance(batch.images, torch.Tensor):  # composed on the device (--composer device)
+        from reimagen.backends.torch.scene_composer import device_model_kwargs
+
+        return device_model_kwargs(batch, schedule)
     k = batch.neighbor_images.shape[1]
     neighbors = None
     if k:
@@ -276,6 +280,7 @@ class Trainer(TrainLoop):
             "device": self.device,
             "init_weights": None if self.init_weights is None else str(self.init_weights),
             "torch_version": torch.__version__,
+            "composer": getattr(self.source, "composer", "host"),  # where batches are composed
         }
 
     def _load_init_weights(self, path: Path) -> None:
@@ -311,6 +316,11 @@ class Trainer(TrainLoop):
         # ignores init_weights), so every later checkpoint, and the export, records those.
         recorded = saved.state.get("init_weights")
         self.init_weights = None if recorded is None else Path(recorded)
+        # host and device composers make bit-identical batches (tests/test_device_composer.py):
+        # a resume may switch; the switch is logged as a config change
+        composer = getattr(self.source, "composer", "host")
+        if saved.state.get("composer", "host") != composer:
+            self.resume_changes["composer"] = [saved.state.get("composer", "host"), composer]
         ckpt.load_weights(self.model, saved.model, folder / ckpt.MODEL_FILE)
         ckpt.load_weights(self.ema, saved.ema, folder / ckpt.EMA_FILE)
         ckpt.load_optimizer(self.optimizer, self.model, saved.optimizer, folder / ckpt.OPTIM_FILE)
@@ -326,7 +336,7 @@ class Trainer(TrainLoop):
             batch = shard_batch(batch, self.rank, self.world_size)
         batch, weights = training_levels(batch, self.config, self.schedule)
         kwargs = model_kwargs(batch, self.schedule, self.device)
-        noise = to_device(torch.from_numpy(batch.noise), self.device)
+        noise = to_device(torch.as_tensor(batch.noise), self.device)
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
