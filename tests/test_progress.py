@@ -1,9 +1,11 @@
 """Progress bars (reimagen.cli.progress): one tick per sampler step of every stage and micro-
-batch, so `generate` and `demo` end at 100% of the steps they announced; ablate's rows; shown
-on a terminal only, or as REIMAGEN_PROGRESS says."""
+batch, so `generate` and `demo` end at 100% of the steps they announced; ablate's rows; bench's
+prompts, row by row; the captions a dense index embeds; shown on a terminal only, or as
+REIMAGEN_PROGRESS says."""
 
 import numpy as np
 import pytest
+from test_entitybench import _common, tiny  # noqa: F401 (the tiny emoji KB + network fixture)
 from toys import toy_cascade
 
 from reimagen.cascade import Cascade
@@ -63,3 +65,40 @@ def test_bar_is_silent_off_a_terminal_and_when_told(monkeypatch, capsys):
     with bar(3, "rank 1", show=False) as progress:
         progress.update(3)
     assert capsys.readouterr().err == ""
+
+
+def test_bench_bar_counts_the_prompts_of_every_distinct_row(tiny, tmp_path, monkeypatch,  # noqa: F811
+                                                           capsys):
+    monkeypatch.setenv("REIMAGEN_PROGRESS", "1")
+    out = tmp_path / "bench"
+    argv = ["bench", "--tiers", "unseen", "--n", "2", "--k", "1,2", "--settings", "same-style",
+            "--steps", "2", "--batch-size", "1", "--no-report", *_common(tiny, out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    total = 3 * 2  # rows: no retrieval, K=1, K=2; 2 prompts each
+    assert "bench: 100%" in err and f"{total}/{total}" in err, err
+    assert "Re-Imagen K=2 [same-style]" in err  # the row in the bar, and its line above it
+    assert err.count("Re-Imagen K=1 [same-style]: faithful") == 1
+
+    monkeypatch.setenv("REIMAGEN_PROGRESS", "0")
+    assert main(argv) == 0
+    assert "bench:" not in capsys.readouterr().err
+
+
+def test_dense_index_build_shows_the_captions_embedded(parts, monkeypatch, capsys):
+    from reimagen.retrievers import dense
+
+    _, kb = parts
+    monkeypatch.setenv("REIMAGEN_PROGRESS", "1")
+    monkeypatch.setattr(dense, "PROGRESS_BATCHES", 0)  # the toy KB's 6 captions: one batch
+    argv = ["retrieve", "a robot", "--retriever", "dense", "--encoder", "hash", "--k", "2",
+            "--kb", str(kb)]
+    assert main([*argv, "--rebuild"]) == 0
+    err = capsys.readouterr().err
+    assert "embedding captions (hash): 100%" in err and "6/6" in err, err
+    assert main(argv) == 0  # the saved index: the query alone is embedded
+    err = capsys.readouterr().err
+    assert "1/1" in err and "6/6" not in err, err
+    monkeypatch.setattr(dense, "PROGRESS_BATCHES", 4)  # a single batch: no bar, even forced
+    assert main([*argv, "--rebuild"]) == 0
+    assert "embedding captions" not in capsys.readouterr().err

@@ -331,7 +331,9 @@ class BenchRunner:
 
     pipelines: network name -> reimagen.pipeline.Pipeline; retrievers: setting -> a fitted
     retriever over that view of the pipelines' knowledge base; evaluator: the judge. Prompt i
-    is sampled from the noise of (seed, i), so the images do not depend on ``batch_size``."""
+    is sampled from the noise of (seed, i), so the images do not depend on ``batch_size``.
+    ``log`` gets one line per finished row; ``on_batch(row, n)`` is called after each
+    generated batch of ``n`` prompts (a progress bar's tick)."""
 
     def __init__(
         self,
@@ -343,6 +345,7 @@ class BenchRunner:
         seed: int = 0,
         batch_size: int = 32,
         log: Callable[[str], None] | None = None,
+        on_batch: Callable[[Row, int], None] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -350,6 +353,7 @@ class BenchRunner:
         self.pipelines, self.retrievers, self.evaluator = pipelines, retrievers, evaluator
         self.seed, self.batch_size = int(seed), int(batch_size)
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.on_batch = on_batch or (lambda row, n: None)
         self._neighbors: dict[str, np.ndarray] = {}
         self._done: dict[tuple, RowResult] = {}
         self._warm: set[str] = set()
@@ -434,6 +438,7 @@ class BenchRunner:
             )
             images.append(out.images)
             seconds, nfe = seconds + out.seconds, out.nfe
+            self.on_batch(row, len(prompts))
         images = np.concatenate(images)
         scores = score_images(self.evaluator, self.prompts, images)
         result = RowResult(

@@ -1,7 +1,9 @@
 """``reimagen ablate``: sweep K, η, guidance strategy and sampler on a small EntityBench set.
 
-Writes ``results.json``, ``results.md``, ``fig7_k.png`` (faithfulness vs K, paper Fig. 7) and
-``fig8_eta.png`` (entity faithfulness and text alignment vs η, paper Fig. 8) to ``--out``.
+Writes ``results.json``, ``results.md``, ``fig7_k.png`` (faithfulness vs K, paper Fig. 7),
+``fig8_eta.png`` (entity faithfulness and text alignment vs η, paper Fig. 8) and ``report.html``
+(the tables, the plots and every row's images beside their references on one page;
+``--no-report``: not) to ``--out``.
 ``--quick`` is a smoke run: 2 prompts per tier, K ∈ {0, 1, 2}, η ∈ {0, .5, 1}, few steps.
 """
 
@@ -185,6 +187,16 @@ def run(args) -> int:
     )
     atomic_write_text(args.out / "results.json", json.dumps(blob, indent=1, ensure_ascii=False))
     atomic_write_text(args.out / "results.md", markdown)
+    if args.no_report:  # not an earlier run's page beside this run's results
+        (args.out / "report.html").unlink(missing_ok=True)
+    else:
+        from reimagen.bench.report import render, write_report
+
+        plots = {name: args.out / name for name in ("fig7_k.png", "fig8_eta.png")}
+        sections = [(TITLES[name], results[name]) for name in SECTIONS]
+        write_report(args.out / "report.html", render(markdown, sections, prompts,
+                                                      kb=pipelines["base"].kb, plots=plots))
     print(markdown)
-    print(f"wrote {args.out}/results.json, results.md, fig7_k.png, fig8_eta.png")
+    print(f"wrote {args.out}/results.json, results.md, fig7_k.png, fig8_eta.png"
+          + ("" if args.no_report else ", report.html"))
     return 0

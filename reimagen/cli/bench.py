@@ -6,8 +6,10 @@ retrieval setting (same-style: Twemoji references retrievable; cross-style: othe
 Columns: faithfulness (entity named by the evaluator AND background + position read from pixels)
 per tier, entity top-1/top-5, text alignment, neighbour recall, and faithfulness per category.
 
-Writes ``results.json``, ``results.md``, ``prompts.jsonl`` and one image grid per row to
-``--out`` (atomically); prints the markdown. Everything is validated before a network loads.
+Writes ``results.json``, ``results.md``, ``prompts.jsonl``, one image grid per row and
+``report.html`` (all of it on one page, :mod:`reimagen.bench.report`; ``--no-report``: not) to
+``--out`` (atomically, as one set); prints the markdown. Everything is validated before a
+network loads.
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
         default=0,
         help="torch CPU threads (0: all cores; 1 is much faster on a busy machine)",
     )
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip report.html (the tables, each row's images beside their "
+                        "references, the plots, on one self-contained page)")
 
 
 def comma_list(text: str, option: str, allowed=None, cast=str) -> list:
@@ -229,10 +234,12 @@ def no_retrieval_row(pipelines, sampling, label="Imagen (no retrieval)"):
 STAGING_PREFIX = ".writing-"  # out/.writing-<pid>-*: one run's outputs before they move in
 
 
-def write_outputs(out: Path, blob: dict, markdown: str, prompts, results) -> None:
-    """results.json, results.md, prompts.jsonl and grid_<i>.png (row i's images in prompt
-    order, 16 a line), as one set: all are written into a staging folder inside ``out`` first,
-    then renamed into place, and grids an earlier run left beyond this run's rows are removed.
+def write_outputs(out: Path, blob: dict, markdown: str, prompts, results,
+                  report: str | None = None) -> None:
+    """results.json, results.md, prompts.jsonl, grid_<i>.png (row i's images in prompt
+    order, 16 a line) and ``report`` as report.html, as one set: all are written into a staging
+    folder inside ``out`` first, then renamed into place, and grids an earlier run left beyond
+    this run's rows (and its report.html, when this run writes none) are removed.
     A full disk or a crash while writing leaves the previous set as it was (the staging folder
     is removed, or by the next run if the process was killed); other files in ``out`` are
     never touched."""
@@ -256,10 +263,12 @@ def write_outputs(out: Path, blob: dict, markdown: str, prompts, results) -> Non
         text = json.dumps(blob, indent=1, ensure_ascii=False) + "\n"
         atomic_write_text(staging / "results.json", text)
         atomic_write_text(staging / "results.md", markdown)
+        if report is not None:
+            atomic_write_text(staging / "report.html", report)
         written = {path.name for path in staging.iterdir()}
         for name in sorted(written):
             os.replace(staging / name, out / name)
-        for stale in out.glob("grid_*.png"):
+        for stale in [*out.glob("grid_*.png"), *out.glob("report.html")]:
             if stale.name not in written:
                 stale.unlink()
     except OSError as err:
@@ -316,6 +325,7 @@ def run(args) -> int:
         tier_columns,
     )
     from reimagen.cli.common import check_k, check_out_folder
+    from reimagen.cli.progress import bar, prompt_ticker, row_logger
     from reimagen.weights import DEFAULT_SAMPLING
 
     if args.recall_only:
@@ -338,21 +348,25 @@ def run(args) -> int:
     started = time.perf_counter()
     pipelines, retrievers, evaluator = load_parts(args, settings, need_retrieval=True,
                                                   k_max=max(ks))
-    runner = BenchRunner(
-        prompts,
-        pipelines=pipelines,
-        retrievers=retrievers,
-        evaluator=evaluator,
-        seed=args.seed,
-        batch_size=args.batch_size,
-    )
     baseline = no_retrieval_row(pipelines, sampling)
     rows = [baseline] + [
         Row(label=f"Re-Imagen K={k}", network="base", k=k, setting=s, sampling=sampling)
         for s in settings
         for k in ks
     ]
-    generated = runner.run(rows)
+    distinct = len({row.key() for row in rows})  # equal rows are generated once
+    with bar(distinct * len(prompts), "bench", unit="prompt") as progress:
+        runner = BenchRunner(
+            prompts,
+            pipelines=pipelines,
+            retrievers=retrievers,
+            evaluator=evaluator,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            log=row_logger(progress, advance=0),
+            on_batch=prompt_ticker(progress),
+        )
+        generated = runner.run(rows)
     size = generated[0].images.shape[1]
     results = [runner.ceiling(size), *generated]  # row 0: the targets themselves
     seconds = time.perf_counter() - started
@@ -404,7 +418,14 @@ def run(args) -> int:
     markdown = "\n".join(lines) + "\n"
     blob = header(args, meta, pipelines, prompts, seconds)
     blob["rows"] = [r.to_dict(prompts) for r in results]
-    write_outputs(args.out, blob, markdown, prompts, results)
+    report = None
+    if not args.no_report:
+        from reimagen.bench.report import render
+
+        report = render(markdown, [("Images: each row's outputs beside their references",
+                                    results)], prompts, kb=pipelines["base"].kb)
+    write_outputs(args.out, blob, markdown, prompts, results, report=report)
     print(markdown)
-    print(f"wrote {args.out}/results.json, results.md, prompts.jsonl and {len(results)} grids")
+    print(f"wrote {args.out}/results.json, results.md, prompts.jsonl, {len(results)} grids"
+          + ("" if report is None else " and report.html"))
     return 0

@@ -2,7 +2,9 @@
 
 tqdm on stderr, shown only on a terminal (stdout/stderr piped to a file stay clean), or forced
 with ``REIMAGEN_PROGRESS=1`` (``=0``: never). Sampling advances a bar once per sampler step
-through the pipeline's ``callback`` (every stage, every micro-batch).
+through the pipeline's ``callback`` (every stage, every micro-batch); ``bench`` advances one
+bar by the prompts each row has generated; the dense retriever's first index build, by the
+captions it has embedded.
 """
 
 from __future__ import annotations
@@ -38,12 +40,23 @@ def step_callback(progress):
     return lambda *_: progress.update(1)
 
 
-def row_logger(progress):
+def row_logger(progress, advance: int = 1):
     """A BenchRunner ``log`` (one line per finished row) that prints the line above the bar
-    (stderr) and advances it by one row."""
+    (stderr) and advances it by ``advance`` (one row; 0 when the bar counts prompts)."""
 
     def log(message: str) -> None:
         progress.write(message, file=sys.stderr)
-        progress.update(1)
+        progress.update(advance)
 
     return log
+
+
+def prompt_ticker(progress):
+    """A BenchRunner ``on_batch`` (row, n) that advances ``progress`` by the batch's n prompts
+    and names the row being generated after the counts."""
+
+    def tick(row, n: int) -> None:
+        progress.set_postfix_str(f"{row.label} [{row.setting}]", refresh=False)
+        progress.update(n)
+
+    return tick

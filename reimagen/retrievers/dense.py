@@ -102,14 +102,18 @@ class DenseRetriever(ViewRetriever):
         return int(self.encoder.dim)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Pooled, L2-normalised embeddings [B, D] float32, in batches; a progress bar on a
-        terminal when there are more than PROGRESS_BATCHES batches (building an index)."""
-        from tqdm.auto import tqdm
+        """Pooled, L2-normalised embeddings [B, D] float32, in batches; a progress bar of the
+        texts embedded (stderr, on a terminal or as REIMAGEN_PROGRESS says) when there are
+        more than PROGRESS_BATCHES batches (building an index)."""
+        from reimagen.cli.progress import bar
 
         starts = range(0, len(texts), self.batch_size)
-        quiet = len(starts) <= PROGRESS_BATCHES or None  # None: shown only on a terminal
-        bar = tqdm(starts, desc=f"embedding captions ({self.encoder_name})", disable=quiet)
-        parts = [self.encoder.encode(texts[i : i + self.batch_size]).pooled for i in bar]
+        parts = []
+        with bar(len(texts), f"embedding captions ({self.encoder_name})", unit="caption",
+                 show=len(starts) > PROGRESS_BATCHES) as progress:
+            for i in starts:
+                parts.append(self.encoder.encode(texts[i : i + self.batch_size]).pooled)
+                progress.update(len(parts[-1]))
         pooled = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
         return np.ascontiguousarray(l2_normalize(pooled))  # [B, D]
 
