@@ -582,6 +582,19 @@ CASES = [
         "--distributed: RANK and WORLD_SIZE are not set; launch with torchrun",
     ),
     (["train", "--nope"], "unrecognized arguments: --nope"),
+    # ---- train on a collection ({kb}: six 16 px records, two of them held out)
+    (
+        ["train", "--kb", "{kb}", "--run-dir", "{t}/run"],
+        "--kb: {kb} stores 16px images; the 32px network needs >= 32px",
+    ),
+    (
+        ["train", "--kb", "{kb}", "--preset", "tiny", "--k", "4", "--run-dir", "{t}/run"],
+        "--k 4: the training split of {kb} has 4 records; allowed: at most 3",
+    ),
+    (
+        ["train", "--kb", "{kb}", "--stage", "sr", "--run-dir", "{t}/run"],
+        "--kb: {kb} stores 16px images; the 64px network needs >= 64px",
+    ),
     # ---- bench
     (["bench", "--n", "0"], "--n must be in [1, 10000] (prompts per tier), got 0"),
     (["bench", "--n", "-1"], "--n must be in [1, 10000] (prompts per tier), got -1"),
@@ -684,6 +697,33 @@ CASES = [
     (
         ["bench", "--recall-only", "--settings", "nope"],
         "--settings: unknown value(s) ['nope']; allowed: same-style,",
+    ),
+    # ---- bench on a collection
+    (
+        ["bench", "--kb", "{kb}"],
+        "--kb: {kb} stores 16px images; the 32px network needs >= 32px",
+    ),
+    (
+        ["bench", "--kb", "{kb}", "--prompts", "{t}/empty.jsonl"],
+        "--prompts does not apply to a collection --kb: its held-out records are the prompts",
+    ),
+    (
+        ["bench", "--kb", "{kb}", "--recall-only"],
+        "--recall-only measures entity recall on the emoji knowledge base; {kb} is a",
+    ),
+    (
+        ["bench", "--kb", "{kb}", "--evaluators", "nope"],
+        "--evaluators: unknown value(s) ['nope']; allowed: pixel",
+    ),
+    (["bench", "--kb", "{kb}", "--evaluators", ""], "--evaluators: empty list"),
+    (["bench", "--kb", "{kb}", "--n", "0"], "--n must be in [1, 10000] (held-out records), got 0"),
+    (
+        ["bench", "--kb", "{kb}", "--k", "100"],
+        "--k values must be in [1, 8] (the base was trained with K=2), got 100",
+    ),
+    (
+        ["bench", "--evaluators", "pixel"],
+        "--evaluators only applies with a collection --kb (a KB of plain image-caption",
     ),
     # ---- ablate
     (["ablate", "--n", "0"], "--n must be in [1, 10000] (prompts per tier), got 0"),

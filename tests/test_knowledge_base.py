@@ -246,8 +246,10 @@ def test_tamper_missing_kb_json(folder_kb):
 
 # ------------------------------------------------------------------ bad input, crash safety
 def test_failed_build_leaves_nothing(image_folder, tmp_path):
-    (image_folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
-    source = FolderSource(folder=image_folder)  # files exist: the decode fails during the build
+    # a PNG cut after its header: the source's format check passes, the decode fails in the build
+    blob = (image_folder / "b.png").read_bytes()
+    (image_folder / "b.png").write_bytes(blob[: blob.index(b"IDAT") + 12])
+    source = FolderSource(folder=image_folder)
     out = tmp_path / "out" / "kb"
     with pytest.raises(KnowledgeBaseError, match=r"b\.png: unreadable image"):
         build_from_source(source, out, resolution=S, progress=False)
@@ -257,7 +259,8 @@ def test_failed_build_leaves_nothing(image_folder, tmp_path):
 
 def test_failed_rebuild_keeps_the_old_kb(folder_kb, image_folder):
     before = folder_kb.fingerprint
-    (image_folder / "a.png").write_bytes(b"garbage")
+    blob = (image_folder / "a.png").read_bytes()
+    (image_folder / "a.png").write_bytes(blob[: blob.index(b"IDAT") + 12])  # cut in its pixels
     with pytest.raises(KnowledgeBaseError, match=r"a\.png: unreadable image"):
         build_from_source(
             FolderSource(folder=image_folder), folder_kb.folder, resolution=S, progress=False

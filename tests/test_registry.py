@@ -20,7 +20,8 @@ def fresh_registry():
 
 def test_builtin_kinds_are_the_design_kinds():
     assert set(registry.kinds()) == {
-        "retriever", "encoder", "denoiser", "guidance", "sampler", "backend", "source"
+        "retriever", "encoder", "denoiser", "guidance", "sampler", "backend", "source",
+        "evaluator",
     }
 
 

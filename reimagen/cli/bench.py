@@ -58,6 +58,9 @@ def add_parser(subparsers):
         default=None,
         help="--recall-only: comma-separated retriever names (default: --retriever)",
     )
+    parser.add_argument("--evaluators", default=None, metavar="NAME,...",
+                        help="--kb COLLECTION: registered evaluators (component kind evaluator, "
+                        "reimagen.evaluators) scoring the held-out outputs (default: all)")
     add_sampling_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -324,10 +327,16 @@ def run(args) -> int:
         table,
         tier_columns,
     )
+    from reimagen.cli import bench_kb
     from reimagen.cli.common import check_k, check_out_folder
     from reimagen.cli.progress import bar, prompt_ticker, row_logger
     from reimagen.weights import DEFAULT_SAMPLING
 
+    if bench_kb.is_collection_folder(args.kb):  # your own collection: its held-out records
+        return bench_kb.run(args)
+    if args.evaluators is not None:
+        raise UserError("--evaluators only applies with a collection --kb (a KB of plain "
+                        "image-caption records)")
     if args.recall_only:
         from reimagen.cli import recall
 

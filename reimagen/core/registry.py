@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "reimagen.backends",
     "reimagen.data",
     "reimagen.core.unet_config",
+    "reimagen.evaluators",
 )
 
 

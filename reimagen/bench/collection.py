@@ -1,0 +1,258 @@
+"""Evaluating a base stage trained on your own collection (``reimagen bench --kb COLLECTION``).
+
+A collection has no entity classifier to judge identity, so this measures what needs none, on
+the held-out records (reimagen.data.folder_training: never trained on, never a neighbour):
+
+1. **Neighbour signal** (as reimagen.bench.neighbor_signal does for the emoji KB): the
+   ε-prediction error of paper Eq. 2 on each held-out record's own image, with its RIGHT
+   neighbours (the top-K training records the retriever finds for its caption), with SHUFFLED
+   ones (another held-out record's neighbours: example i gets those of i+1) and with NONE (the
+   neighbour condition dropped). Same x0, noise, t and prompt in all three; averaged over
+   t ∈ T_VALUES. A network that reads its neighbours predicts ε better with the right ones.
+2. **Generated images**, one per held-out record and row: copy-the-top-1-reference (no network:
+   what pure copying scores), no retrieval (K=0), and Re-Imagen with each K; each row scored by
+   every selected evaluator (component kind ``evaluator``, reimagen.evaluators: the built-in
+   ``pixel`` gives PSNR / MSE / centred cosine to the target and PSNR to the nearest reference;
+   a plugin adds its own columns).
+
+Every row sees the same references (the top-K_max, for the nearest-reference column), the same
+prompts and the same sampler noise per record (seed, record index). numpy + the backend's
+Denoiser (any backend).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+import numpy as np
+
+from reimagen.bench.neighbor_signal import T_VALUES
+from reimagen.evaluators import HeldOutExample, check_metrics
+
+FORMAT = "reimagen-collection-bench"
+COPY_LABEL = "copy top-1 reference (no network)"
+
+
+@attrs.frozen
+class CollectionRow:
+    label: str
+    k: int | None  # None: the copy row (no network)
+    images: np.ndarray = attrs.field(repr=False)  # [N, S, S, 3] uint8
+    metrics: dict  # metric name -> float (every evaluator's columns)
+    seconds: float = 0.0  # generation time
+    nfe: int = 0  # network evaluations per image
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "k": self.k, "nfe": self.nfe,
+                "seconds": round(self.seconds, 3), **self.metrics}
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def held_out_examples(kb, rows: np.ndarray, neighbor_rows: np.ndarray,
+                      size: int) -> list[HeldOutExample]:
+    """The evaluators' view of the held-out ``rows`` [N] and their neighbours [N, K], at
+    ``size`` (targets and references on white, area-resized, as training shows them)."""
+    n, k = neighbor_rows.shape
+    targets = to_uint8(kb.rgb(rows, size=size))  # [N, S, S, 3]
+    refs = to_uint8(kb.rgb(neighbor_rows.reshape(-1), size=size)) if k else \
+        np.zeros((0, size, size, 3), np.uint8)
+    refs = refs.reshape(n, k, size, size, 3)
+    return [HeldOutExample(key=kb.records[int(r)].key, text=kb.records[int(r)].text,
+                           target=targets[i], references=refs[i],
+                           reference_keys=tuple(kb.records[int(x)].key for x in neighbor_rows[i]))
+            for i, r in enumerate(rows)]
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+# ---- 1. the neighbour signal ---------------------------------------------------------------------
+
+
+def epsilon_signal(pipeline, kb, rows: np.ndarray, neighbor_rows: np.ndarray, *, seed: int = 0,
+                   batch_size: int = 32) -> dict[str, float]:
+    """{right, shuffled, none: mean ε-MSE over the held-out ``rows`` and T_VALUES, gain:
+    (shuffled − right) / shuffled}. ``neighbor_rows`` [N, K] with N >= 2."""
+    from reimagen.core.schedule import CosineSchedule
+    from reimagen.pipeline import encode_neighbors_text
+
+    n, k = neighbor_rows.shape
+    size = pipeline.image_size
+    shuffled = np.roll(neighbor_rows, -1, axis=0)  # example i gets example i+1's neighbours
+    targets = kb.rgb(rows, size=size)  # x0 [N, S, S, 3] in [-1, 1]
+    rng = np.random.default_rng((seed, 1))
+    noises = [rng.standard_normal(targets.shape, dtype=np.float32) for _ in T_VALUES]
+    schedule = CosineSchedule()
+    totals = {"right": 0.0, "shuffled": 0.0, "none": 0.0}
+    for part in chunks(n, batch_size):
+        text = pipeline.encoder.encode([kb.records[int(r)].text for r in rows[part]])
+        bound = {}
+        for name, nb in (("right", neighbor_rows[part]), ("shuffled", shuffled[part])):
+            images = kb.rgb(nb.reshape(-1), size=size).reshape(*nb.shape, size, size, 3)
+            bound[name] = pipeline.backend.make_denoiser(
+                pipeline.model, text, images, encode_neighbors_text(pipeline.encoder, kb, nb))
+        for t, noise in zip(T_VALUES, noises):
+            alpha, sigma = schedule.alpha_sigma(np.float64(t))
+            x_t = (alpha * targets[part] + sigma * noise[part]).astype(np.float32)  # Eq. 1
+            right = bound["right"]
+            eps = right.to_numpy(right(right.asarray(x_t), t, ["full", "text"]))  # [2, b, ...]
+            wrong = bound["shuffled"]
+            eps_wrong = wrong.to_numpy(wrong(wrong.asarray(x_t), t, ["full"]))[0]
+            for name, value in (("right", eps[0]), ("none", eps[1]), ("shuffled", eps_wrong)):
+                error = np.mean((value - noise[part]) ** 2, axis=(1, 2, 3)).sum()
+                totals[name] += float(error) / (n * len(T_VALUES))
+    gain = (totals["shuffled"] - totals["right"]) / totals["shuffled"] if totals["shuffled"] else 0.0
+    return {"k": k, **totals, "gain": gain}
+
+
+# ---- 2. generated images ------------------------------------------------------------------------
+
+
+def generate_row(pipeline, prompts: Sequence[str], neighbor_rows: np.ndarray, k: int, sampling,
+                 *, seed: int, batch_size: int, progress: Callable | None = None):
+    """(images uint8 [N, S, S, 3], seconds, nfe): one image per prompt with its first ``k``
+    neighbours; sample i's noise depends on (seed, i) only, so rows are comparable."""
+    images, seconds, nfe = [], 0.0, 0
+    for part in chunks(len(prompts), batch_size):
+        found = pipeline.generate(
+            list(prompts[part]), k=k, sampling=sampling, seed=seed,
+            neighbor_rows=neighbor_rows[part, :k] if k else None,
+            indices=list(range(part.start, part.stop)),
+        )
+        images.append(found.images)
+        seconds, nfe = seconds + found.seconds, found.nfe
+        if progress is not None:
+            progress(part.stop, len(prompts))
+    return np.concatenate(images), seconds, nfe
+
+
+def no_retrieval_sampling(sampling):
+    """K=0 has no neighbour condition: guidance on the text alone (joint at w_text), as the
+    EntityBench no-retrieval row samples the base network."""
+    if sampling.guidance == "none":
+        return sampling
+    return sampling.replace(guidance="joint", w=sampling.w_text)
+
+
+def evaluate(images: np.ndarray, examples, evaluators: dict[str, Callable]) -> dict[str, float]:
+    """Every evaluator's metrics on one row's images (names must not collide)."""
+    metrics: dict[str, float] = {}
+    for name, evaluate_one in evaluators.items():
+        for key, value in check_metrics(name, evaluate_one(images, examples)).items():
+            if key in metrics:
+                raise ValueError(f"evaluator {name!r}: metric {key!r} is already another "
+                                 "evaluator's column; rename it")
+            metrics[key] = value
+    return metrics
+
+
+def run_bench(kb, pipeline, rows: np.ndarray, neighbor_rows: np.ndarray, *, ks: Sequence[int],
+              sampling, evaluators: dict[str, Callable], seed: int = 0, batch_size: int = 32,
+              progress: Callable[[str], Callable] | None = None) -> dict:
+    """Measure the held-out ``rows`` [N] with their neighbours [N, max(ks)]: the signal per K
+    and the generated rows. ``progress(label)`` returns a (done, total) callback."""
+    started = time.perf_counter()
+    size = pipeline.image_size
+    examples = held_out_examples(kb, rows, neighbor_rows, size)
+    prompts = [e.text for e in examples]
+    signal = [epsilon_signal(pipeline, kb, rows, neighbor_rows[:, :k], seed=seed,
+                             batch_size=batch_size) for k in ks]
+    copy = np.stack([e.references[0] for e in examples])
+    results = [CollectionRow(COPY_LABEL, None, copy, evaluate(copy, examples, evaluators))]
+    for k in (0, *ks):
+        label = "no retrieval (K=0)" if k == 0 else f"Re-Imagen K={k}"
+        chosen = no_retrieval_sampling(sampling) if k == 0 else sampling
+        report = progress(label) if progress else None
+        images, seconds, nfe = generate_row(pipeline, prompts, neighbor_rows, k, chosen,
+                                            seed=seed, batch_size=batch_size, progress=report)
+        results.append(CollectionRow(label, k, images, evaluate(images, examples, evaluators),
+                                     seconds, nfe))
+    return {"examples": examples, "signal": signal, "rows": results,
+            "seconds": time.perf_counter() - started}
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def markdown(result: dict, title: str) -> str:
+    rows, signal = result["rows"], result["signal"]
+    columns = list(dict.fromkeys(key for row in rows for key in row.metrics))
+    lines = [f"# {title}", ""]
+    lines += ["## Neighbour signal (ε-MSE, paper Eq. 2, lower is better)", "",
+              "| K | right | shuffled | none | right vs shuffled |", "|---|---|---|---|---|"]
+    lines += [f"| {s['k']} | {s['right']:.4f} | {s['shuffled']:.4f} | {s['none']:.4f} | "
+              f"{100 * s['gain']:+.1f}% |" for s in signal]
+    lines += ["", "## Generated vs held-out target", "",
+              "| row | " + " | ".join(columns) + " | NFE / image | generation s |",
+              "|---" * (len(columns) + 3) + "|"]
+    for row in rows:
+        cells = [_cell(row.metrics.get(c)) for c in columns]
+        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {row.nfe} | {row.seconds:.1f} |")
+    lines += ["", "Images: targets.png (the held-out records), then grid_XX.png per row, in "
+              "the table's order (row 0: the top-1 references)."]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def to_json(result: dict, header: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": 1,
+        **header,
+        "examples": [{"key": e.key, "text": e.text, "references": list(e.reference_keys)}
+                     for e in result["examples"]],
+        "signal": result["signal"],
+        "rows": [row.to_dict() for row in result["rows"]],
+        "wall_seconds": round(result["seconds"], 1),
+    }
+
+
+STAGING_PREFIX = ".writing-"  # as reimagen.cli.bench.write_outputs: one set, moved in at the end
+
+
+def write_outputs(out: Path, blob: dict, text: str, result: dict) -> None:
+    """results.json, results.md, targets.png and grid_XX.png written into a staging folder
+    inside ``out``, then renamed into place (a crash leaves the previous set as it was)."""
+    import os
+    import shutil
+    import tempfile
+
+    from reimagen.bench.entitybench import save_grid
+    from reimagen.core.io import abandoned, atomic_write_text, lock_dir, name_the_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in out.glob(STAGING_PREFIX + "*"):  # what a killed run left
+        if entry.is_dir() and abandoned(entry, STAGING_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    lock = lock_dir(staging)
+    try:
+        save_grid(staging / "targets.png", np.stack([e.target for e in result["examples"]]))
+        for index, row in enumerate(result["rows"]):
+            save_grid(staging / f"grid_{index:02d}.png", row.images)
+        atomic_write_text(staging / "results.json",
+                          json.dumps(blob, indent=1, ensure_ascii=False) + "\n")
+        atomic_write_text(staging / "results.md", text)
+        written = {path.name for path in staging.iterdir()}
+        for name in sorted(written):
+            os.replace(staging / name, out / name)
+        for stale in out.glob("grid_*.png"):
+            if stale.name not in written:
+                stale.unlink()
+    except OSError as err:
+        name_the_file(err, out)
+        raise
+    finally:
+        os.close(lock)
+        shutil.rmtree(staging, ignore_errors=True)
