@@ -191,6 +191,24 @@ def test_minilm_encoder_files(tmp_path, marker, monkeypatch):
     assert not failures
 
 
+def test_t5_encoder_files(tmp_path, marker):
+    """The folder of the ``t5`` encoder (a tiny random T5, built as tests/test_t5_encoder.py
+    does): weights, config, tokenizer and its config."""
+    pytest.importorskip("transformers")
+    from test_t5_encoder import save_tiny_t5
+
+    from reimagen.encoders.t5 import T5Encoder
+
+    folder = save_tiny_t5(tmp_path / "t5")
+    names = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json")
+
+    def load():
+        T5Encoder(path=folder).encode(["a robot"])
+
+    failures, _ = run_plants("t5 encoder", Artifact([folder / n for n in names], load), marker)
+    assert not failures
+
+
 def test_user_supplied_text_files(tmp_path, marker):
     """Files the user hands in (captions of a folder source, prompts, a split) are JSON or
     JSONL: a pickle there is refused as bad text, naming the file."""
@@ -236,6 +254,10 @@ CALLS = {
                                            re.compile(r"allow_pickle\s*=\s*False")),
     "torch.load without weights_only=True": (re.compile(r"\btorch\.load\s*\("),
                                              re.compile(r"weights_only\s*=\s*True")),
+    # transformers falls back to a pickled pytorch_model.bin unless told safetensors only
+    "Model.from_pretrained without use_safetensors=True": (
+        re.compile(r"\b\w*Model\w*\.from_pretrained\s*\("),
+        re.compile(r"use_safetensors\s*=\s*True")),
 }
 
 
@@ -292,6 +314,8 @@ def test_the_package_source_loads_nothing_unsafely():
     "np.load(p, allow_pickle=True)", "np.load(p)", "torch.load(p)", "marshal.loads(b)",
     "shelve.open(p)", "df = pd.read_pickle(p)", "np.load(str(p))\nx = f(allow_pickle=False)",
     "torch.load(\n    p,\n    map_location='cpu',\n)",
+    "T5EncoderModel.from_pretrained(folder, local_files_only=True)",
+    "AutoModel.from_pretrained(\n    p,\n)",
 ])
 def test_the_grep_catches_each_unsafe_form(line):
     assert unsafe_lines(line), line
@@ -301,6 +325,8 @@ def test_the_grep_catches_each_unsafe_form(line):
     "np.load(path, mmap_mode=None, allow_pickle=False)", "torch.load(p, weights_only=True)",
     "# nothing is unpickled here: np.load(x)", "np.save(handle, a, allow_pickle=False)",
     "np.load(str(p),\n        allow_pickle=False)", '"""np.load(p) in a docstring"""',
+    "T5EncoderModel.from_pretrained(\n    p, local_files_only=True, use_safetensors=True)",
+    "Pipeline.from_pretrained(p)", "AutoTokenizer.from_pretrained(p, local_files_only=True)",
 ])
 def test_the_grep_passes_safe_forms(line):
     assert not unsafe_lines(line), line
