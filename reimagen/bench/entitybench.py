@@ -332,8 +332,8 @@ class BenchRunner:
     pipelines: network name -> reimagen.pipeline.Pipeline; retrievers: setting -> a fitted
     retriever over that view of the pipelines' knowledge base; evaluator: the judge. Prompt i
     is sampled from the noise of (seed, i), so the images do not depend on ``batch_size``.
-    ``log`` gets one line per finished row; ``on_batch(row, n)`` is called after each
-    generated batch of ``n`` prompts (a progress bar's tick)."""
+    ``log`` gets one line per finished row; ``on_batch(row, n)`` is called with n=0 as a row
+    starts, then after each generated batch of ``n`` prompts (a progress bar's tick)."""
 
     def __init__(
         self,
@@ -425,6 +425,7 @@ class BenchRunner:
         n = len(self.prompts)
         rows = self.neighbors(row.setting, row.k) if row.k else np.zeros((n, 0), np.int64)
         images, seconds, nfe = [], 0.0, 0
+        self.on_batch(row, 0)
         for start in range(0, n, self.batch_size):
             chunk = slice(start, start + self.batch_size)
             prompts = [p.prompt for p in self.prompts[chunk]]

@@ -52,11 +52,11 @@ def row_logger(progress, advance: int = 1):
 
 
 def prompt_ticker(progress):
-    """A BenchRunner ``on_batch`` (row, n) that advances ``progress`` by the batch's n prompts
-    and names the row being generated after the counts."""
+    """A BenchRunner ``on_batch`` (row, n) that names the row being generated after the counts
+    and advances ``progress`` by the batch's n prompts."""
 
     def tick(row, n: int) -> None:
-        progress.set_postfix_str(f"{row.label} [{row.setting}]", refresh=False)
+        progress.set_postfix_str(f"{row.label} [{row.setting}]", refresh=not n)  # n=0: it starts
         progress.update(n)
 
     return tick
