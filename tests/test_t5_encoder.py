@@ -27,7 +27,8 @@ from reimagen.encoders.t5 import ENV, T5Encoder, T5FolderError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-WORDS = "a of in on red blue apple robot rocket cat drawing style emoji".split()
+WORDS = ("a", "of", "in", "on", "red", "blue", "apple", "robot", "rocket", "cat", "drawing",
+         "style", "emoji")
 VOCAB = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
 D = 32
 L = 8
