@@ -152,6 +152,7 @@ def row_html(index: int, result, prompts: Sequence, references: ReferenceCache) 
     head = (f"<h3>{index}. {html.escape(row.label)} [{html.escape(row.setting)}]{k}"
             f"{numbers}</h3>")
     size = result.images.shape[1]
+    references.load(result.neighbor_rows, size)  # the row's references in one KB read
     cards = [
         card_html(i, prompt, result, references.get(result.neighbor_rows[i], size))
         for i, prompt in enumerate(prompts)
@@ -199,14 +200,21 @@ class ReferenceCache:
         self.kb = kb
         self._uris: dict[tuple[int, int], str] = {}
 
-    def get(self, rows: np.ndarray, size: int) -> list[tuple[str, str]]:
+    def load(self, rows: np.ndarray, size: int) -> None:
+        """Encode the rows (any shape) not encoded yet at ``size``."""
         if self.kb is None:
-            return []
-        rows = [int(r) for r in np.asarray(rows).reshape(-1)]
-        missing = sorted({r for r in rows if (r, size) not in self._uris})
+            return
+        missing = sorted({int(r) for r in np.asarray(rows).reshape(-1)
+                          if (int(r), size) not in self._uris})
         if missing:
             images = np.asarray(self.kb.rgb(missing, size))  # [n, size, size, 3] in [-1, 1]
             pixels = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
             for row, image in zip(missing, pixels):
                 self._uris[row, size] = png_uri(image)
-        return [(self._uris[r, size], self.kb.records[r].text) for r in rows]
+
+    def get(self, rows: np.ndarray, size: int) -> list[tuple[str, str]]:
+        if self.kb is None:
+            return []
+        self.load(rows, size)
+        return [(self._uris[int(r), size], self.kb.records[int(r)].text)
+                for r in np.asarray(rows).reshape(-1)]
