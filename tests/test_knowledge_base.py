@@ -322,6 +322,13 @@ def test_build_rejects_duplicate_keys_and_bad_resolution(tmp_path):
 
 
 # ------------------------------------------------------------------ rgb() and resizing
+U = 2**-24  # float32 unit roundoff
+# rgb() of one pixel against the float64 formula: c/255, a/255, c·a and 1 − a in float32 (4
+# roundings of values <= 1), the backdrop term and the sum in float64; × 2 doubles that, and the
+# float32 result rounds once more: 2·4u + u = 9u = 5.4e-7 (the old atol was 1e-6).
+RGB_TOL = 9 * U
+
+
 def test_rgb_composites_a_hand_made_image(tmp_path):
     # One 4x4 RGBA image: opaque red, half-transparent green (a=128), transparent blue, and
     # a=51 white. Over the background (0, 0, 255): out = a*c + (1-a)*bg, then x/127.5 - 1.
@@ -342,13 +349,17 @@ def test_rgb_composites_a_hand_made_image(tmp_path):
         (3, 0): (0, 0, 255),
         (3, 3): (51, 51, 255),
     }
-    for (y, x), colour in by_hand.items():
-        np.testing.assert_allclose(out[0, y, x], np.array(colour) / 127.5 - 1, atol=1e-6)
+    for (y, x), colour in by_hand.items():  # measured 5.9e-8
+        want = np.array(colour) / 127.5 - 1
+        np.testing.assert_allclose(out[0, y, x], want, rtol=0, atol=RGB_TOL)
     # Area resize to 2x2: each output pixel is the mean of one 2x2 quadrant.
     small = kb.rgb([0, 0], size=2, background=[(0, 0, 255), (255, 255, 255)])
     assert small.shape == (2, 2, 2, 3)
-    np.testing.assert_allclose(small[0, 0, 1], out[0, 0, 3], atol=1e-6)
-    np.testing.assert_allclose(small[1, 1, 0], [1, 1, 1], atol=1e-6)  # transparent -> white bg
+    # The float64 mean of 4 equal values is within 2 roundings (2^-52) of each, so the float32
+    # results differ by at most one ulp below 1: 2^-24 (measured 0; it was atol=1e-6).
+    np.testing.assert_allclose(small[0, 0, 1], out[0, 0, 3], rtol=0, atol=U + 2**-50)
+    # Exact: alpha 0 gives 0·c + 1·(255/255) = 1 everywhere, a mean of ones, 2·1 − 1 (was 1e-6).
+    np.testing.assert_array_equal(small[1, 1, 0], [1, 1, 1])  # transparent -> white bg
     with pytest.raises(KnowledgeBaseError, match="background must be an RGB triple"):
         kb.rgb([0], background=(0, 0, 300))
     with pytest.raises(KnowledgeBaseError, match=r"row 5 out of range: this KB has rows 0\.\.0"):
@@ -372,13 +383,16 @@ def test_rgb_properties(tmp_path_factory, images, background):
     out = kb.rgb([2, 0, 1], background=background)
     assert out.shape == (3, 8, 8, 3) and np.all(out >= -1) and np.all(out <= 1)
     alpha = images[[2, 0, 1], ..., 3]
+    # RGB_TOL (the one-pixel compositing bound); measured 2.0e-8 and 4.4e-8.
     np.testing.assert_allclose(
-        out[alpha == 255], images[[2, 0, 1]][alpha == 255][:, :3] / 127.5 - 1, atol=1e-6
+        out[alpha == 255], images[[2, 0, 1]][alpha == 255][:, :3] / 127.5 - 1, rtol=0,
+        atol=RGB_TOL,
     )
     np.testing.assert_allclose(
         out[alpha == 0],
         np.broadcast_to(np.array(background) / 127.5 - 1, out[alpha == 0].shape),
-        atol=1e-6,
+        rtol=0,
+        atol=RGB_TOL,
     )
 
 
@@ -392,7 +406,12 @@ def test_rgba_composited_by_hand_equals_rgb(tmp_path, size):
     background = np.array([10, 200, 30]) / 255.0
     by_hand = rgba[..., :3] * rgba[..., 3:] + background * (1 - rgba[..., 3:])
     rgb = kb.rgb([1, 0], size=size, background=(10, 200, 30))
-    np.testing.assert_allclose(by_hand * 2 - 1, rgb, atol=1e-5)
+    # Two float32 pipelines over values in [0, 1]: rgb() composites (~5 roundings) then resizes
+    # (a cast and Pillow's two float32 passes at size 3: 3 more); rgba() premultiplies and
+    # resizes (~5), divides by alpha and this test multiplies back (2), and the backdrop term
+    # carries alpha's error (~4): <= 19u apart on [0, 1], 38u after × 2, + 1 final rounding:
+    # 39u = 2.3e-6 (measured 1.9e-7; it was atol=1e-5).
+    np.testing.assert_allclose(by_hand * 2 - 1, rgb, rtol=0, atol=39 * U)
 
 
 def test_transparent_colour_does_not_bleed(tmp_path):
@@ -403,7 +422,9 @@ def test_transparent_colour_does_not_bleed(tmp_path):
     kb = build_knowledge_base(
         [("t/x", "x", "t", "", image)], tmp_path / "kb", resolution=4, progress=False
     )
-    np.testing.assert_allclose(kb.rgba([0], size=1)[0, 0, 0], [0, 0, 1, 0.5], atol=1e-6)
+    # Exact: premultiplied (0,0,0,0) and (0,0,1,1) in equal halves average to (0,0,.5,.5) (sums
+    # of 0s and 1s, a division by 16), and 0.5/0.5 = 1 (measured 0; it was atol=1e-6).
+    np.testing.assert_array_equal(kb.rgba([0], size=1)[0, 0, 0], [0, 0, 1, 0.5])
 
 
 def test_pickle_reopens_the_memory_map(folder_kb):
@@ -427,10 +448,20 @@ def test_resize_area_block_mean_matches_pillow_box():
         ]
         for i in range(2)
     ]
-    np.testing.assert_allclose(fast, np.stack([np.stack(p, -1) for p in planes]), atol=1e-6)
+    # numpy: a float32 sum of 9 values in [0, 1) (<= 8u of their sum) over 9 (u): <= 9u;
+    # Pillow: two separable passes, float64 sums, each stored as float32 (2u): 11u = 6.6e-7
+    # (measured 6.0e-8; it was atol=1e-6).
+    pillow = np.stack([np.stack(p, -1) for p in planes])
+    np.testing.assert_allclose(fast, pillow, rtol=0, atol=11 * U * np.abs(images).max())
     odd = resize_area(images, 5)  # not a divisor: Pillow's box filter
     assert odd.shape == (2, 5, 5, 3)
-    np.testing.assert_allclose(odd.mean(), images.mean(), atol=0.02)
+    # A statistical bound: Pillow's box kernel samples pixel centres, so the 5 outputs per axis
+    # average 2, 3, 2, 3, 2 inputs and a pixel's weight is 1.2 or 0.8 of 1/12 per axis. The
+    # mean of the output is then a weighted mean whose gap to the plain mean is
+    # Σ (w − 1/144)(x − x̄): for x ~ U[0, 1) (variance 1/12) over 6 planes, its standard
+    # deviation is √((Σ w² − 1/144) / 12 / 6) = √((0.08667² − 1/144) / 72) = 2.8e-3 (a
+    # simulation over 300 seeds: 2.8e-3). 5σ: 0.014 (it was 0.02; measured −4.7e-3 at seed 0).
+    np.testing.assert_allclose(odd.mean(), images.mean(), rtol=0, atol=0.014)
 
 
 def test_pack_pads_non_square_images_without_cropping():
