@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "learning_curve.py"
@@ -28,8 +29,19 @@ def test_projection_recovers_an_exact_power_law():
     points = [point(n, logistic(-10 + 0.5 * math.log(n))) for n in (1e5, 1e6, 1e7)]
     fit = learning_curve.project(points, 0.20)
     want = math.exp((math.log(0.2 / 0.8) + 10) / 0.5)
-    assert fit["points_used"] == 3 and fit["slope"] == pytest.approx(0.5)
-    assert fit["examples_for_goal"] == pytest.approx(want, rel=1e-9)
+    # The points lie on the line up to the logistic/logit round trip (a few float64 roundings,
+    # ~1e-15 of y). np.polyfit solves the 3×2 least squares backward-stably, so for a
+    # zero-residual fit the slope's relative error is <= ~4κ·u with κ = cond([ln n, 1]) = 104
+    # and u = 2^-53: 4.6e-14 (measured 1.2e-15; it was approx's default rel=1e-6).
+    x = [math.log(n) for n in (1e5, 1e6, 1e7)]
+    slope_rel = 4 * np.linalg.cond(np.stack([x, np.ones(3)], 1)) * 2**-53
+    assert fit["points_used"] == 3
+    assert fit["slope"] == pytest.approx(0.5, rel=slope_rel, abs=0)
+    # examples = exp(E), E = (logit(goal) − a)/b = ln(examples) = 17.2: the intercept is off by
+    # ~x̄·δb (x̄ = 13.8), so E is off by (x̄ + E)·(δb/b) absolute, the relative error of exp(E):
+    # 31·4.6e-14 = 1.4e-12 (measured 3.6e-15; it was rel=1e-9).
+    examples_rel = (np.mean(x) + math.log(want)) * slope_rel + 2**-52
+    assert fit["examples_for_goal"] == pytest.approx(want, rel=examples_rel, abs=0)
 
 
 def test_no_projection_from_one_point_zero_rates_or_a_falling_curve():
