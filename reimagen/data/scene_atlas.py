@@ -17,7 +17,8 @@ Bit-identical to the host composer, by construction:
   fit (PIL), the area resize and premultiplication of augmented drawings, the plain neighbour
   renditions, the caption and prompt encodings; and the host's per-pixel divisions become
   tables: a sprite frame holds 1 − α and rgb·α exactly as ``scenes.compose_fitted`` computes
-  them, and ``to_unit`` maps a uint8 value v to v / 127.5 − 1 as the host converts it;
+  them, and the plain renditions are stored already converted to [-1, 1] as the host converts
+  them (v / 127.5 − 1);
 * what remains for the device is gathers and single IEEE float32 operations in the host's
   order (a product, a sum, a clip, round-half-to-even, a true division by 127.5).
 """
@@ -63,8 +64,7 @@ class SceneAtlas:
     keep: np.ndarray  # [E·2, F+1, F+1] float32: 1 − α (1 outside the drawing)
     ink: np.ndarray  # [E·2, F+1, F+1, 3] float32: rgb·α (0 outside the drawing)
     colours: np.ndarray  # [C, 3] float32 scenes.COLOURS
-    to_unit: np.ndarray  # [256] float32: v -> v / 127.5 − 1, the host's uint8 -> [-1, 1]
-    plain: np.ndarray  # [R, S, S, 3] uint8 training-view row r on the neutral background
+    plain: np.ndarray  # [R, S, S, 3] float32 in [-1, 1]: view row r on the neutral background
     drawings: np.ndarray  # [E, S+2, S+2, 4] float32 premultiplied_drawings of the targets
     neutral: np.ndarray  # [3] float32 NEIGHBOR_BACKGROUND / 255
     text: TextTable  # the pool prompts' encodings
@@ -108,8 +108,7 @@ def build_atlas(source: EmojiBatchSource) -> SceneAtlas:
         keep=keep,
         ink=ink,
         colours=np.array(list(sc.COLOURS.values()), np.float32),
-        to_unit=np.arange(256).astype(np.uint8).astype(np.float32) / 127.5 - 1.0,
-        plain=source._plain(view, s),
+        plain=source._plain(view, s).astype(np.float32) / 127.5 - 1.0,  # as _neighbor_images
         drawings=premultiplied_drawings(images, s),
         neutral=np.asarray(NEIGHBOR_BACKGROUND, np.float32) / 255.0,
         text=pool_text_table(source),

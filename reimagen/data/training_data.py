@@ -206,6 +206,14 @@ class EmojiBatchSource:
         self.entities = tuple(names)  # [E]
         self.target_row = np.array(target, np.int64)  # [E]
         self.other_rows = tuple(others)  # [E] arrays of other artists' rows
+        # the same, flat (for _neighbor_slots): rows of entity e are
+        # other_flat[other_start[e] : other_start[e] + other_count[e]]
+        self.other_count = np.array([len(o) for o in others], np.int64)  # [E]
+        self.other_start = np.concatenate([[0], np.cumsum(self.other_count)[:-1]])  # [E]
+        self.other_flat = np.concatenate([np.zeros(0, np.int64), *others])
+        self.row_entity = np.full(len(self.kb), -1, np.int64)  # KB row -> e (view rows)
+        for e, name in enumerate(names):
+            self.row_entity[by_entity[name]] = e
         self.weights = self.split.weights(self.entities)  # [E] Zipf, renormalised
         self.colours = tuple(
             np.array(
@@ -423,14 +431,16 @@ class EmojiBatchSource:
         augmented = np.zeros((b, k), bool)
         if k == 0:
             return rows, augmented
-        for i, e in enumerate(entity):
-            if not true[i]:
-                continue
-            others = self.other_rows[e]
-            if same[i] or len(others) == 0:
-                rows[i, slot[i]], augmented[i, slot[i]] = self.target_row[e], True
-            elif not np.isin(rows[i], others).any():
-                rows[i, slot[i]] = others[int(pick[i] * len(others))]
+        count, target = self.other_count[entity], self.target_row[entity]  # [B], [B]
+        # another artist's rendition of the entity among the retrieved rows, per example
+        retrieved = ((self.row_entity[rows] == entity[:, None]) & (rows != target[:, None])).any(1)
+        own = true & (same | (count == 0))  # its Twemoji drawing, augmented
+        other = true & ~own & ~retrieved  # another artist's rendition
+        i = np.flatnonzero(own)
+        rows[i, slot[i]], augmented[i, slot[i]] = target[i], True
+        i = np.flatnonzero(other)
+        choice = (pick[i] * count[i]).astype(np.int64)  # int(pick · len(others))
+        rows[i, slot[i]] = self.other_flat[self.other_start[entity[i]] + choice]
         return rows, augmented
 
     def _neighbor_images(self, rows, augmented, params, canvas: int) -> np.ndarray:

@@ -52,9 +52,10 @@ class _Table:
     def gather(self, rows: torch.Tensor, length: int, compact: bool) -> TextEncoding:
         """Rows [M] -> tokens [M, length, D] (float16 when compact, as prefetch.compact_batch
         stores them; else float32), mask [M, length], pooled [M, D]."""
-        tokens = self.tokens[rows, :length]
+        tokens = self.tokens.index_select(0, rows)[:, :length]
         tokens = tokens.half() if compact else tokens.float()
-        return TextEncoding(tokens, self.mask[rows, :length], self.pooled[rows])
+        mask = self.mask.index_select(0, rows)[:, :length]
+        return TextEncoding(tokens, mask, self.pooled.index_select(0, rows))
 
 
 class DeviceSceneComposer:
@@ -66,7 +67,6 @@ class DeviceSceneComposer:
         put = self._put
         self.keep, self.ink = put(atlas.keep), put(atlas.ink)  # sprite frames
         self.colours, self.neutral = put(atlas.colours), put(atlas.neutral)  # [C, 3], [3]
-        self.to_unit = put(atlas.to_unit)  # [256]
         self.plain, self.drawings = put(atlas.plain), put(atlas.drawings)
         self.text = _Table(atlas.text, self.device)
         self.captions = _Table(atlas.captions, self.device)
@@ -117,7 +117,7 @@ class DeviceSceneComposer:
         ink = self.ink[sprite, y, x]  # [B, S, S, 3]
         background = self.colours[self._put(step.colour)][:, None, None, :]
         canvas = background * keep + ink  # [B, S, S, 3], whole numbers where keep = 1
-        return self.to_unit[torch.round(canvas).clamp(0, 255).long()]
+        return torch.round(canvas).clamp(0, 255) / self.half_range - 1.0  # as uint8 -> [-1, 1]
 
     def _frame_index(self, start: torch.Tensor) -> torch.Tensor:
         """[B] frame corner -> [B, S] frame row/column of each canvas row/column (F, the
@@ -128,9 +128,9 @@ class DeviceSceneComposer:
 
     def _neighbors(self, view_row: torch.Tensor, step: StepArrays) -> torch.Tensor:
         """[B·K, S, S, 3] in [-1, 1]: plain renditions, augmented slots redrawn."""
-        out = self.to_unit[self.plain[view_row].long()]  # [B·K, S, S, 3]
+        out = self.plain.index_select(0, view_row)  # [B·K, S, S, 3]
         if step.aug_slot.size:
-            out[self._put(step.aug_slot)] = self._augmented(step)
+            out.index_copy_(0, self._put(step.aug_slot), self._augmented(step))
         return out
 
     def _augmented(self, step: StepArrays) -> torch.Tensor:
