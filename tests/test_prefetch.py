@@ -26,6 +26,7 @@ from test_torch_trainer import (
     config,
     reference,  # noqa: F401  (the uninterrupted N_STEPS run)
 )
+from test_torch_unet import SAME_NETWORK_TOL
 
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.trainer import Trainer, model_kwargs, resolve_device, train
@@ -111,7 +112,12 @@ def test_compact_batch_gives_the_network_the_same_output():
     with torch.no_grad():
         want = model(**model_kwargs(full, schedule)).numpy()
         got = model(**model_kwargs(small, schedule)).numpy()
-    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+    # The same tokens (rounded alike) and the same weights; only the text length differs, so the
+    # cross-attention's padded keys (exact zeros after the mask) drop out and its sums may run
+    # in another order or kernel: float32 rounding alone, the same-network budget of
+    # tests/test_torch_unet.py (√20 layers · √576·u = 6.4e-6 of max|ε|, rounded up to 1e-5;
+    # measured 0; it was 2e-5).
+    np.testing.assert_allclose(got, want, rtol=0, atol=SAME_NETWORK_TOL * np.abs(want).max())
 
 
 def test_bad_workers_are_refused():
