@@ -16,6 +16,10 @@
 # Recipe: LOSS_WEIGHTING (min-snr with minilm, else uniform), SNR_GAMMA (5), T_SHIFT (1),
 #   DATA (DataConfig overrides: pass the same --data to make_gpu_pack.py), INIT (a folder of
 #   <stage>.safetensors, or one weights file with one stage), CHECKPOINT_EVERY (1000).
+# COMPOSER (device): where base and baseline compose their scenes: device = on $DEVICE (sprite
+#   atlas, neighbours and encodings resident there; the WORKERS only draw each step's random
+#   choices), host = numpy in the WORKERS (the ~6 steps/s host-bound runs). The batches are
+#   bit-identical either way (tests/test_device_composer.py); sr always composes on the host.
 # Small/CPU runs (tests): DEVICE=cpu STEPS=3 BATCH_SIZE=4 WORKERS=0 THREADS=1 LR=1e-4
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)    # the reimagen source tree to run (a snapshot works)
@@ -40,7 +44,9 @@ T_SHIFT=${T_SHIFT:-1}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
 STEPS=${STEPS:-1000000}
 THREADS=${THREADS:-2}
-echo "encoder $ENCODER, loss $LOSS_WEIGHTING (gamma $SNR_GAMMA), t-shift $T_SHIFT, data ${DATA:-defaults}, init ${INIT:-none}, device $DEVICE"
+COMPOSER=${COMPOSER:-device}
+case $COMPOSER in host|device) ;; *) echo "COMPOSER must be host or device, got $COMPOSER" >&2; exit 2 ;; esac
+echo "composer $COMPOSER (base, baseline), encoder $ENCODER, loss $LOSS_WEIGHTING (gamma $SNR_GAMMA), t-shift $T_SHIFT, data ${DATA:-defaults}, init ${INIT:-none}, device $DEVICE"
 mkdir -p "$KB" "$RUNS" "$OUT"
 cp -r "$PACK/kb/." "$KB/"
 [ -f "$KB/images.npy" ] || "$PY" -c "import gzip,shutil,sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], 'wb'), 1 << 20)" "$KB/images.npy.gz" "$KB/images.npy"
@@ -91,8 +97,8 @@ train() {
 declare -A pid
 for stage in $STAGES; do
   case $stage in
-    base)     train base --workers "${WORKERS:-6}" --k 2 --batch-size 256 --lr 3e-4 & ;;
-    baseline) train baseline --workers "${WORKERS:-4}" --batch-size 256 --lr 3e-4 & ;;
+    base)     train base --composer "$COMPOSER" --workers "${WORKERS:-6}" --k 2 --batch-size 256 --lr 3e-4 & ;;
+    baseline) train baseline --composer "$COMPOSER" --workers "${WORKERS:-4}" --batch-size 256 --lr 3e-4 & ;;
     sr)       train sr --workers "${WORKERS:-4}" --k 1 --batch-size 128 --lr 3e-4 & ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
