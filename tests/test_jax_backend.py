@@ -238,7 +238,8 @@ def test_weights_files_load_on_either_backend(tmp_path):
 def test_resume_across_backends(tmp_path):
     """torch trains a step and checkpoints; JAX resumes it exactly (weights, EMA, AdamW state),
     trains a step and checkpoints; torch resumes that exactly. JAX's continuation matches
-    torch's own: the same loss (≤1e-5) and every weight within one Adam step (lr) of torch's.
+    torch's own: the same loss (float32 rounding, ≤ 5.9e-6) and every weight within two Adam
+    steps (≤ 2.003·lr: the two updates may round to opposite signs) of torch's.
     (Bitwise or 1e-5 agreement of the weights is not expected here: after one step from the
     zero-initialised residual branches many gradients sit near Adam's ε, where the update is
     rounding-sensitive; the 1e-5 weight check with random weights is in test_jax_parity.)"""
