@@ -41,8 +41,9 @@ def icon_svg(data: dict, name: str) -> str:
         transforms.append(f"rotate({90 * (icon['rotate'] % 4)} {cx} {cy})")
     if transforms:
         body = f'<g transform="{" ".join(transforms)}">{body}</g>'
+    box = f'viewBox="{left} {top} {width} {height}" width="{width}" height="{height}"'
     return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
-            f'viewBox="{left} {top} {width} {height}" width="{width}" height="{height}">{body}</svg>')
+            f"{box}>{body}</svg>")
 
 
 def render(svg: str, size: int) -> bytes:

@@ -109,7 +109,8 @@ def epsilon_signal(pipeline, kb, rows: np.ndarray, neighbor_rows: np.ndarray, *,
             for name, value in (("right", eps[0]), ("none", eps[1]), ("shuffled", eps_wrong)):
                 error = np.mean((value - noise[part]) ** 2, axis=(1, 2, 3)).sum()
                 totals[name] += float(error) / (n * len(T_VALUES))
-    gain = (totals["shuffled"] - totals["right"]) / totals["shuffled"] if totals["shuffled"] else 0.0
+    wrong = totals["shuffled"]
+    gain = (wrong - totals["right"]) / wrong if wrong else 0.0
     return {"k": k, **totals, "gain": gain}
 
 
@@ -195,9 +196,9 @@ def markdown(result: dict, title: str) -> str:
               "|---" * (len(columns) + 3) + "|"]
     for row in rows:
         cells = [_cell(row.metrics.get(c)) for c in columns]
-        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {row.nfe} | {row.seconds:.1f} |")
-    lines += ["", "Images: targets.png (the held-out records), then grid_XX.png per row, in "
-              "the table's order (row 0: the top-1 references)."]
+        lines.append(f"| {row.label} | {' | '.join(cells)} | {row.nfe} | {row.seconds:.1f} |")
+    lines += ["", ("Images: targets.png (the held-out records), then grid_XX.png per row, in "
+                   "the table's order (row 0: the top-1 references).")]
     return "\n".join(lines) + "\n"
 
 

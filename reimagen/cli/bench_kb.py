@@ -6,10 +6,11 @@ base without entities.
 Options that apply: --weights (a folder with base.safetensors, e.g. the run folder a bare
 ``train --kb ... --export`` writes it to), --k (the Re-Imagen rows; the K=0 row always runs),
 --n (held-out records, at most), --seed, --batch-size, --retriever (default: the one the
-weights' recipe records, i.e. training's; it indexes the training split), --encoder, --backend, --threads, --out, the
-sampling options, and --evaluators (registered evaluator names; default: all). The emoji-only
-options (--prompts, --recall-only) are refused; --settings, --tiers and --evaluator do not apply.
-Writes results.json, results.md, targets.png and grid_XX.png to --out as one set.
+weights' recipe records, i.e. training's; it indexes the training split), --encoder, --backend,
+--threads, --out, the sampling options, and --evaluators (registered evaluator names; default:
+all). The emoji-only options (--prompts, --recall-only) are refused; --settings, --tiers,
+--evaluator and --no-report do not apply. Writes results.json, results.md, targets.png and
+grid_XX.png to --out as one set.
 """
 
 from __future__ import annotations

@@ -230,7 +230,8 @@ class FolderBatchSource:
         from reimagen.encoders.table import EncodingTable
 
         if folder is None:
-            folder = Path(self.kb.folder) / ENCODINGS_DIR / f"{encoder.name}-collection-{len(self.prompts)}"
+            name = f"{encoder.name}-collection-{len(self.prompts)}"
+            folder = Path(self.kb.folder) / ENCODINGS_DIR / name
         report = _report("captions encoded") if self.progress else None
         return EncodingTable.build_or_load(encoder, self.prompts, folder, progress=report)
 
