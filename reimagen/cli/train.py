@@ -56,7 +56,9 @@ def add_parser(subparsers):
                         help="noise-level shift s: log-SNR of the drawn t moved by −2·ln s "
                         "(s > 1: more high-noise levels, where identity is decided)")
     parser.add_argument("--run-dir", type=Path, help="default: <home>/runs/<stage>")
-    parser.add_argument("--kb", type=Path, help="knowledge base (default: the emoji KB)")
+    parser.add_argument("--kb", type=Path, help="knowledge base (default: the emoji KB); a KB "
+                        "of plain image-caption records (kb build --source folder) trains on its "
+                        "own records, 10%% held out for bench --kb (docs/own-data.md)")
     parser.add_argument("--no-verify-kb", dest="verify_kb", action="store_false",
                         help="skip the sha256 check of every KB file (a KB copied without "
                         "its images/ folder, e.g. to a GPU machine)")
