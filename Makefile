@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-v1
 
-.PHONY: demo test setup slow bench lint
+.PHONY: demo test setup slow bench bench-peers lint
 
 demo: $(STAMP)
 	$(VENV)/bin/reimagen demo
@@ -32,6 +32,12 @@ slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only -p no:randomly
+
+# diffusers and imagen-pytorch beside us, in their own venv (.cache/peers/venv, or
+# REIMAGEN_PEERS_VENV; without it, one line says how to make it): docs/results/peers.{md,json}.
+# No .venv needed: the script re-runs itself in the peers' venv.
+bench-peers:
+	$(PYTHON) benchmarks/peers/run_peers.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check reimagen tests benchmarks

@@ -3,29 +3,34 @@
     .venv/bin/python -m pytest benchmarks/bench_torch.py --benchmark-only -p no:randomly
     .venv/bin/python benchmarks/bench_torch.py            # the same numbers as one table
 
-What is measured (DESIGN §10, the PyTorch issue):
+What is measured (DESIGN §10, the PyTorch issue, issue 16):
   * training images/s at batch 64 for the ``small`` preset (8.6M parameters, 32×32), fp32 and
     bf16 autocast, with K=2 neighbours (the Re-Imagen path: 3 DStack rows per example) and K=0
-    (the text-only U-Net, the size the peers measured: diffusers 24 img/s, imagen-pytorch
-    18.6 img/s at ~8.4M parameters, batch 64);
+    (the text-only U-Net, the size the peers measure: ``make bench-peers`` times them beside us);
   * one sampling step (batch 2, interleaved guidance = 2 variants in one call): K=2 with the
     neighbour cache vs K=0 (goal ≤ 1.15×) vs K=2 re-encoding the neighbours every step;
-  * U-Net forward GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) against the ~300
-    GFLOP/s fp32 matmul peak of this 2-core machine.
+  * U-Net forward GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``, taught the CPU SDPA
+    kernel) as a share of the matmul roofline measured in the same run
+    (``benchmarks/roofline.py``: torch.mm on 512²..2048² and the forward's own GEMM shapes,
+    and its convolutions alone, fp32 and bf16, best of N, at the start and the end of the run),
+    by CPU time and by wall time. Machines differ between rounds and share their cores, so no
+    peak is hard-coded.
 
-Threads: ``REIMAGEN_BENCH_THREADS`` (default: torch's default, the number of cores).
+Threads: ``REIMAGEN_BENCH_THREADS`` (default: torch's default, the number of cores);
+``REIMAGEN_BENCH_ROOFLINE_THREADS`` (e.g. "1,2") also times the roofline at other counts.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch.trainer import Trainer
@@ -34,10 +39,11 @@ from reimagen.core.interfaces import TextEncoding
 from reimagen.core.training import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import roofline  # benchmarks/roofline.py, beside this file
+
 SMALL = PRESETS["small"]
 TEXT_LENGTH = 16
-FP32_PEAK_GFLOPS = 300.0
-PEERS = {"diffusers": 24.0, "imagen-pytorch": 18.6}  # img/s, ~8.4M params, batch 64
 
 if os.environ.get("REIMAGEN_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["REIMAGEN_BENCH_THREADS"]))
@@ -76,7 +82,9 @@ class RandomSource:
 # ---- training ----------------------------------------------------------------------------------
 
 
-def make_trainer(k: int, bf16: bool, batch_size: int = 64) -> tuple[Trainer, Batch]:
+def make_trainer(
+    k: int, bf16: bool, batch_size: int = 64, model_config=SMALL
+) -> tuple[Trainer, Batch]:
     config = TrainConfig(
         steps=10**6,
         batch_size=batch_size,
@@ -85,8 +93,8 @@ def make_trainer(k: int, bf16: bool, batch_size: int = 64) -> tuple[Trainer, Bat
         warmup_steps=0,
         checkpoint_every=10**6,
     )
-    source = RandomSource(batch_size, k)
-    trainer = Trainer(SMALL, config, source, tempfile.mkdtemp(), progress=False)
+    source = RandomSource(batch_size, k, model_config)
+    trainer = Trainer(model_config, config, source, tempfile.mkdtemp(), progress=False)
     batch = source.batch(0)
     trainer.train_step(batch)  # warm-up: oneDNN primitive creation
     return trainer, batch
@@ -100,17 +108,17 @@ def test_train_images_per_second(benchmark, k, bf16):
     trainer, batch = make_trainer(k, bf16)
     benchmark.pedantic(trainer.train_step, args=(batch,), rounds=3, iterations=1)
     ips = 64 / benchmark.stats.stats.min
-    benchmark.extra_info.update(images_per_s=ips, k=k, bf16=bf16, peers=PEERS)
+    benchmark.extra_info.update(images_per_s=ips, k=k, bf16=bf16)
     print(f"\ntrain small K={k} {'bf16' if bf16 else 'fp32'}: {ips:.1f} img/s (batch 64)")
 
 
 # ---- sampling ----------------------------------------------------------------------------------
 
 
-def sampling_setup(k: int, b: int = 2, dtype: str = "float32"):
+def sampling_setup(k: int, b: int = 2, dtype: str = "float32", model_config=SMALL):
     rng = np.random.default_rng(0)
-    model = BACKEND.build_model(SMALL, seed=0)
-    s = SMALL.image_size
+    model = BACKEND.build_model(model_config, seed=0)
+    s = model_config.image_size
     text = random_text(rng, (b,))
     images = rng.uniform(-1, 1, (b, k, s, s, 3)).astype(np.float32)
     denoiser = BACKEND.make_denoiser(model, text, images, random_text(rng, (b, k)), dtype)
@@ -180,19 +188,19 @@ def test_sampling_cache_ratio(benchmark):
     assert ratio < 1.15
 
 
-# ---- FLOP throughput ---------------------------------------------------------------------------
+# ---- FLOP throughput against the roofline of this run -----------------------------------------
+
+PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
-def forward_gflops(
-    dtype: torch.dtype, batch: int = 32, rounds: int = 3, clock=time.perf_counter
-) -> tuple[float, float]:
-    """(GFLOP per forward of `batch` images, achieved GFLOP/s) for the K=0 small U-Net."""
-    model = BACKEND.build_model(SMALL).eval()
+def forward_setup(batch: int = 32, model_config=SMALL):
+    """A K=0 forward of ``batch`` images: a callable ``forward(dtype)``."""
+    model = BACKEND.build_model(model_config).eval()
     rng = np.random.default_rng(0)
-    s = SMALL.image_size
+    s = model_config.image_size
     text = random_text(rng, (batch,))
     args = (
-        torch.from_numpy(rng.standard_normal((batch, s, s, 3), dtype=np.float32)),
+        torch.from_numpy(rng.standard_normal((batch, s, s, 3), dtype=np.float32)),  # [B,H,W,C]
         torch.rand(batch),
         TextInputs(*(torch.from_numpy(a) for a in (text.tokens, text.mask, text.pooled))),
     )
@@ -200,38 +208,71 @@ def forward_gflops(
         "use_text": torch.ones(batch, dtype=torch.bool),
         "use_neighbors": torch.ones(batch, dtype=torch.bool),
     }
-    with (
-        torch.inference_mode(),
-        torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16),
-    ):
-        with FlopCounterMode(display=False) as counter:
-            model(*args, **flags)
-        flops = counter.get_total_flops()
-        best = float("inf")
-        for _ in range(rounds):
-            start = clock()
-            model(*args, **flags)
-            best = min(best, clock() - start)
-    return flops / 1e9, flops / best / 1e9
+
+    def forward(dtype: torch.dtype = torch.float32):
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16),
+        ):
+            return model(*args, **flags)
+
+    return forward
+
+
+@functools.cache
+def forward_gemms(batch: int = 32):
+    """{(M, K, N): calls} of the small forward's linear layers and convolutions."""
+    return roofline.gemm_shapes(forward_setup(batch))
+
+
+@functools.cache
+def run_roofline(log=None) -> roofline.Roofline:
+    """torch.mm on 512²..2048² and the forward's main GEMM shapes, fp32 and bf16, at this
+    run's thread count (and any in REIMAGEN_BENCH_ROOFLINE_THREADS), best of N."""
+    threads = os.environ.get("REIMAGEN_BENCH_ROOFLINE_THREADS")
+    extra = [int(n) for n in threads.split(",")] if threads else []
+    counts = [n for n in extra if n != torch.get_num_threads()] + [torch.get_num_threads()]
+    gemms = forward_gemms()
+    return roofline.roofline(roofline.top_shapes(gemms), threads=counts, convs=gemms.convs, log=log)
+
+
+def forward_gflops(dtype: torch.dtype, batch: int = 32, rounds: int = 3) -> tuple[float, dict]:
+    """(GFLOP per forward of `batch` images, {clock: GFLOP/s of the best of `rounds`}) for the
+    K=0 small U-Net."""
+    forward = forward_setup(batch)
+    flops = roofline.count_flops(lambda: forward(dtype))
+    forward(dtype)
+    times = [roofline.timed(lambda: forward(dtype)) for _ in range(rounds)]
+    return flops / 1e9, {c: flops / min(t[c] for t in times) / 1e9 for c in roofline.CLOCKS}
+
+
+def share_of_roofline(rate: float, dtype: torch.dtype, rl: roofline.Roofline, clock="cpu") -> str:
+    """'NN% of the P GFLOP/s <prec> peak (torch.mm or conv), NN% of the torch.mm peak, MM% of
+    what its own GEMM shapes reach'."""
+    precision = PRECISIONS[dtype]
+    peak, mm_peak = rl.peak(clock)[precision], rl.peak(clock, "mm")[precision]
+    gemms = forward_gemms()
+    bound_s, covered = rl.shape_bound(gemms, precision, clock)
+    bound_rate = roofline.gemm_flops(gemms) / bound_s / 1e9  # GFLOP/s at its shapes' speed
+    return (
+        f"{rate / peak:.0%} of the {peak:.0f} GFLOP/s {precision} peak (torch.mm or conv), "
+        f"{rate / mm_peak:.0%} of the {mm_peak:.0f} GFLOP/s torch.mm peak, "
+        f"{rate / bound_rate:.0%} of the {bound_rate:.0f} GFLOP/s its GEMM shapes reach "
+        f"({covered:.0%} of its GEMM FLOPs timed at their shape)"
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_forward_gflops(benchmark, dtype):
-    gflop, rate = benchmark.pedantic(forward_gflops, args=(dtype,), rounds=1, iterations=1)
-    benchmark.extra_info.update(gflop=gflop, gflops_per_s=rate)
-    print(
-        f"\nforward small B=32 {dtype}: {gflop:.1f} GFLOP, {rate:.0f} GFLOP/s "
-        f"({rate / FP32_PEAK_GFLOPS:.0%} of the {FP32_PEAK_GFLOPS:.0f} GFLOP/s fp32 peak)"
-    )
-    assert rate > 0
-
-
-def _timed(fn, *args) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call. On a shared machine the CPU
-    time is the honest cost: wall time also counts the time other processes held the cores."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn(*args)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    rl = run_roofline()
+    gflop, rates = benchmark.pedantic(forward_gflops, args=(dtype,), rounds=1, iterations=1)
+    benchmark.extra_info.update(gflop=gflop, gflops_per_s=rates, matmul_peak=rl.to_dict())
+    for clock, rate in rates.items():
+        print(
+            f"\nforward small B=32 {dtype}: {gflop:.1f} GFLOP, {rate:.0f} GFLOP/s by {clock} time "
+            f"({share_of_roofline(rate, dtype, rl, clock)})"
+        )
+    assert rates["cpu"] > 0
 
 
 def main() -> None:
@@ -241,30 +282,52 @@ def main() -> None:
         f"small: {BACKEND.param_count(SMALL) / 1e6:.2f}M parameters; "
         f"paper-64: {BACKEND.param_count(PRESETS['paper-64']) / 1e9:.3f}B (paper: 2.5B)"
     )
-    for dtype in (torch.float32, torch.bfloat16):
-        gflop, wall_rate = forward_gflops(dtype)
-        _, cpu_rate = forward_gflops(dtype, clock=time.process_time)
-        print(
-            f"forward B=32 {dtype!s:15s} {gflop:6.1f} GFLOP  {wall_rate:6.0f} GFLOP/s wall, "
-            f"{cpu_rate * threads:6.0f} GFLOP/s per CPU-second x {threads} "
-            f"({cpu_rate * threads / FP32_PEAK_GFLOPS:.0%} of the {FP32_PEAK_GFLOPS:.0f} fp32 peak)"
-        )
+    print("matmul roofline (start of run):")
+    start = run_roofline(log=print)
+    forward = {dtype: forward_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
     med = sampling_ratio(clock=time.process_time)
     print(
         f"sampling step B=2 x2 variants (median CPU time): K=0 {med['k0'] * 1e3:.1f} ms | K=2 cached "
         f"{med['k2-cached'] * 1e3:.1f} ms ({med['k2-cached'] / med['k0']:.3f}x) | K=2 uncached "
         f"{med['k2-uncached'] * 1e3:.1f} ms ({med['k2-uncached'] / med['k0']:.2f}x)"
     )
+    train = {}
     for k, bf16 in TRAIN_CASES:
         trainer, batch = make_trainer(k, bf16)
-        times = [_timed(trainer.train_step, batch) for _ in range(3)]
-        wall, cpu = min(t[0] for t in times), min(t[1] for t in times)
+        flops = roofline.count_flops(functools.partial(trainer.train_step, batch))
+        times = [roofline.timed(functools.partial(trainer.train_step, batch)) for _ in range(3)]
+        best = {c: min(t[c] for t in times) for c in roofline.CLOCKS}
+        train[k, bf16] = (flops, best)
         print(
-            f"train small K={k} {'bf16' if bf16 else 'fp32'} batch 64: {64 / wall:6.1f} img/s wall "
-            f"({wall:.2f} s/step), {64 / cpu * threads:6.1f} img/s per CPU-second x {threads} "
-            f"thread(s) ({cpu:.2f} CPU-s/step)"
+            f"train small K={k} {'bf16' if bf16 else 'fp32'} batch 64, min of 3: "
+            f"{64 / best['cpu']:6.1f} img/s by CPU time ({best['cpu']:.2f} s/step), "
+            f"{64 / best['wall']:6.1f} img/s by wall time ({best['wall']:.2f} s/step)"
         )
-    print(f"peers (K=0, fp32, ~8.4M parameters, batch 64): {PEERS} img/s")
+    print("matmul roofline (end of run):")
+    gemms = forward_gemms()
+    end = roofline.roofline(roofline.top_shapes(gemms), convs=gemms.convs, log=print)
+    rl = start.merged(end)
+    print(f"% of peak below: best of N over start and end, at {threads} thread(s)")
+    for clock in roofline.CLOCKS:
+        for dtype, (gflop, rates) in forward.items():
+            print(
+                f"forward B=32 {dtype!s:15s} {gflop:6.1f} GFLOP {rates[clock]:6.0f} GFLOP/s by "
+                f"{clock} time (best of 3): {share_of_roofline(rates[clock], dtype, rl, clock)}"
+            )
+        for (k, bf16), (flops, best) in train.items():
+            precision = "bf16" if bf16 else "fp32"
+            rate = flops / best[clock] / 1e9
+            peak = rl.peak(clock)[precision]
+            print(
+                f"train small K={k} {precision}: {flops / 1e9:.0f} GFLOP/step, {rate:.0f} GFLOP/s "
+                f"by {clock} time = {rate / peak:.0%} of the {precision} matmul peak"
+            )
+    for bf16 in (False, True):
+        ratio = train[2, bf16][1]["cpu"] / train[0, bf16][1]["cpu"]
+        print(
+            f"K=2 / K=0 CPU time per example, {'bf16' if bf16 else 'fp32'}: {ratio:.2f}x "
+            "(goal <= 1.6)"
+        )
 
 
 if __name__ == "__main__":
