@@ -37,6 +37,13 @@ SCHEDULE = CosineSchedule()
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
 MEANS = {"full": 0.4, "text": 0.1, "neighbors": -0.2, "none": -0.5}  # μ_v of each variant
 SCALE = 0.5  # s
+U64 = 2**-53  # float64 unit roundoff
+# α_t, σ_t come from λ(t) = −2·log tan(a·t + b) in float64 (|λ| <= 20): ~8 roundings, each
+# <= u·|λ| absolute in λ, and the samplers' coefficients (and the closed forms below) depend on
+# e^{±λ/2}, so every evaluation of α, σ or a ratio of them is off by <= δ = 8·u·10 relative.
+SCHEDULE_DELTA = 8 * U64 * 10  # 8.9e-15
+# The clipped schedule ends at ᾱ(0) = sigmoid(20), not 1: a leak of sigmoid(−20) = 2.1e-9.
+ENDPOINT_LEAK = 1.0 / (1.0 + math.exp(20.0))
 
 
 # ---- mock denoisers: the Gaussian oracle per variant, one subclass per array type -------------
@@ -192,10 +199,19 @@ def test_deterministic_samplers_reproduce_data_mean_and_variance(sampler):
     noise = draw_noise(seed=2, shape=(64, 16, 16, 1), steps=100)
     x0 = sampler(Float64Oracle(), NoGuidance(), noise, steps=100).x0
     exact = flow_endpoint(noise.x_T, MEANS["full"])
-    tolerance = 0.02  # the flow error at 100 steps (≤ 0.02 for ddim, ≪ for dpmpp2m)
+    # Discretisation error, not rounding: under the affine oracle both the sampler and the exact
+    # flow map x_T affinely with the same coefficients for every pixel, x0 = m + c·x_T, so the
+    # gaps are |Δstd| = |Δc|·std(x_T) and |Δmean| <= |Δm| + |Δc|·|mean(x_T)|. DDIM is first
+    # order: |Δc| ≈ C/N, and test_ddim_converges_at_first_order's 128-step error (0.0175 over
+    # |x_T| <= 2.93) gives C ≈ 0.77, |Δc| ≈ 7.7e-3 at N = 100 (an impulse run: 7.65e-3; Δm
+    # 1.4e-7); dpmpp2m's is 10× smaller. 0.02 is 2.6× DDIM's (measured 1.3e-4 and 7.7e-3).
+    tolerance = 0.02
     assert abs(x0.mean() - exact.mean()) < tolerance
     assert abs(x0.std() - exact.std()) < tolerance
     # ... and the exact endpoints are N(μ, s²) to within the Monte Carlo error of 16k samples.
+    # A statistical bound: exact = μ + s·z with z the n i.i.d. N(0, 1) noise pixels, so the
+    # sample mean is off by N(0, s²/n) and the sample std by ≈ N(0, s²/(2n)); 4σ is a
+    # two-sided 6.3e-5 chance for a fresh draw (measured at seed 2: 2.15σ and 0.11σ).
     assert abs(exact.mean() - MEANS["full"]) < 4 * SCALE / np.sqrt(exact.size)
     assert abs(exact.std() - SCALE) < 4 * SCALE / np.sqrt(2 * exact.size)
 
@@ -206,7 +222,11 @@ def test_ddpm_output_moments_converge_to_the_data():
     results = {n: ddpm_output_moments(n) for n in (8, 32, 128, 512)}
     std_errors = [abs(std - SCALE) for _, std in results.values()]
     for mean, _ in results.values():
-        assert abs(mean - MEANS["full"]) < 1e-8
+        # The ideal denoiser preserves the mean exactly, but the clipped schedule ends at
+        # ᾱ(0) = 1 − ENDPOINT_LEAK: the output mean is off by <= ENDPOINT_LEAK·|μ| (8.2e-10;
+        # measured a quarter of it, 2.1e-10, at 8–512 steps), + float64 rounding over the steps
+        # (<= steps·SCHEDULE_DELTA·|μ|, 1.8e-12 at 512). It was 1e-8.
+        assert abs(mean - MEANS["full"]) <= (ENDPOINT_LEAK + 512 * SCHEDULE_DELTA) * MEANS["full"]
     assert all(a > 2.5 * b for a, b in itertools.pairwise(std_errors)), std_errors
     assert std_errors[-1] < 5e-3
 
@@ -218,6 +238,10 @@ def test_ddpm_monte_carlo_matches_its_exact_moments():
     noise = draw_noise(seed=3, shape=(16, 64, 64, 1), steps=steps)
     x0 = ddpm(Float64Oracle(), NoGuidance(), noise, steps=steps).x0
     n = x0.size
+    # A statistical bound: ddpm's output is affine in Gaussian noise, so its n pixels are
+    # i.i.d. N(mean, std²) (the exact moments above); the sample mean is off by N(0, std²/n),
+    # the sample std by ≈ N(0, std²/(2n)): 4σ, a two-sided 6.3e-5 chance (measured at seed 3:
+    # 1.55σ and 0.16σ).
     assert abs(x0.mean() - mean) < 4 * std / np.sqrt(n)
     assert abs(x0.std() - std) < 4 * std / np.sqrt(2 * n)
 
@@ -242,7 +266,10 @@ def test_guided_sampling_lands_on_the_guided_gaussian(guidance, guided_mean):
     run must land where the flow for N(μ*, s²) goes."""
     for sampler in (ddim, dpmpp2m):
         assert flow_error(sampler, 128, guidance, target=guided_mean) < 0.025
-    assert abs(ddpm_output_moments(64, guidance)[0] - guided_mean) < 1e-8
+    # As in test_ddpm_output_moments_converge_to_the_data: the endpoint leak times |μ*| (up to
+    # 4.5e-9 for μ* = 2.2; measured a quarter of it) + float64 rounding. It was 1e-8.
+    bound = (ENDPOINT_LEAK + 64 * SCHEDULE_DELTA) * abs(guided_mean)
+    assert abs(ddpm_output_moments(64, guidance)[0] - guided_mean) <= bound
 
 
 # ---- order conditions: exactness where the method's interpolant is exact --------------------
@@ -309,8 +336,14 @@ def test_ddim_is_exact_when_x0_is_constant():
     """DDIM's exponential-integrator step assumes x̂0 constant over the step: then no error."""
     denoiser = PrescribedX0(a=0.3, b=0.0)
     noise = draw_noise(seed=9, shape=(2, 3, 3, 1), steps=10)
-    for t, x in trajectory(ddim, denoiser, noise, 10, UnevenGrid()).items():
-        np.testing.assert_allclose(x, denoiser.exact(noise.x_T, t), rtol=1e-10, atol=1e-12)
+    # Exact in exact arithmetic, so only float64 rounding: each step and the closed form use
+    # ~4 evaluations of α, σ (SCHEDULE_DELTA each) on values <= max|x| (the steps are
+    # contractions, σ_s/σ_t <= 1, so errors add up): (4·steps + 3)·δ·max|x| = 1.4e-12 (measured
+    # 4.0e-13; it was rtol=1e-10, atol=1e-12).
+    seen = trajectory(ddim, denoiser, noise, 10, UnevenGrid())
+    atol = (4 * 10 + 3) * SCHEDULE_DELTA * max(np.abs(x).max() for x in seen.values())
+    for t, x in seen.items():
+        np.testing.assert_allclose(x, denoiser.exact(noise.x_T, t), rtol=0, atol=atol)
 
 
 def local_errors(sampler, denoiser, noise, steps, schedule):
@@ -337,15 +370,21 @@ def test_dpmpp2m_local_error_for_x0_linear_in_lambda_is_its_closed_form():
     denoiser = PrescribedX0(a=0.3, b=b)
     noise = draw_noise(seed=9, shape=(2, 3, 3, 1), steps=12)
     steps = local_errors(dpmpp2m, denoiser, noise, 12, UnevenGrid())
+    # local_i is a difference of errors whose carried part cancels, leaving float64 rounding
+    # of one step and two closed forms: ~10 evaluations of α, σ (SCHEDULE_DELTA each) on
+    # values <= |x_1| + |a| + |b|·max λ̃ = max|x_T| + 0.8: 3.2e-13; the closed-form terms
+    # themselves are a few operations, 8·u relative (measured 6.0e-15; it was rtol=1e-7,
+    # atol=1e-13, which allowed 2e-9 on the largest term).
+    rounding = 10 * SCHEDULE_DELTA * (np.abs(noise.x_T).max() + 0.8)
     for i, (s, h, local) in enumerate(steps):
         alpha_s = float(SCHEDULE.alpha_sigma(s)[0])
         exact_slope_term = alpha_s * b * (h - 1.0 + math.exp(-h))
         solver_slope_term = 0.0 if i == 0 else alpha_s * b * -math.expm1(-h) * h / 2.0
         np.testing.assert_allclose(
-            local, solver_slope_term - exact_slope_term, rtol=1e-7, atol=1e-13
+            local, solver_slope_term - exact_slope_term, rtol=8 * U64, atol=rounding
         )
         if i > 0:  # third order: |(1 − e^{−h})h/2 − (h − 1 + e^{−h})| ≤ h³/12
-            assert np.abs(local).max() <= alpha_s * b * h**3 / 12 + 1e-13
+            assert np.abs(local).max() <= alpha_s * b * h**3 / 12 + rounding
     # DDIM keeps dropping the slope term: its local error stays second order, far larger.
     ddim_steps = local_errors(ddim, denoiser, noise, 12, UnevenGrid())
     for (s, h, ddim_local), (_, _, dpm_local) in list(zip(ddim_steps, steps))[1:]:
@@ -371,8 +410,12 @@ def test_ddpm_marginals_are_exact_for_point_mass_data():
     for t, x in seen.items():
         alpha, sigma = (float(v) for v in SCHEDULE.alpha_sigma(t))
         mean, coefficients = x[0].item(), x[1:].reshape(-1) - x[0].item()
-        assert mean == pytest.approx(alpha * mu, rel=1e-9, abs=1e-12)
-        assert np.sqrt(np.sum(coefficients**2)) == pytest.approx(sigma, rel=1e-9)
+        # Exact in exact arithmetic (Eq. 4 is the true reverse step); float64 rounding of ~4
+        # evaluations of α, σ per step and 3 here: (4·steps + 3)·δ = 2.4e-13 relative
+        # (measured 2.2e-16; it was rel=1e-9, abs=1e-12).
+        rel = (4 * steps + 3) * SCHEDULE_DELTA
+        assert mean == pytest.approx(alpha * mu, rel=rel, abs=0)
+        assert np.sqrt(np.sum(coefficients**2)) == pytest.approx(sigma, rel=rel, abs=0)
 
 
 def test_ddpm_step_i_uses_step_noise_i():
@@ -430,6 +473,8 @@ def test_interleaved_run_follows_the_host_draws():
     result = ddim(GaussianOracle(), InterleavedGuidance(eta=0.3), noise, steps=200)
     text_steps = [v == ("full", "neighbors") for v in result.variants_per_step]
     assert text_steps == list(noise.guidance_draws < 0.3)
+    # A statistical bound: Binomial(200, 0.3)/200 has standard deviation 0.032, so 0.15 is
+    # 4.6σ (two-sided 4e-6 for a fresh draw).
     assert 0.3 - 0.15 < np.mean(text_steps) < 0.3 + 0.15
 
 
@@ -447,7 +492,8 @@ def test_callback_sees_every_step_on_a_descending_grid(sampler_name):
     )
     assert [s[0] for s in seen] == list(range(steps))
     times = [s[1] for s in seen]
-    np.testing.assert_allclose(times, SCHEDULE.time_grid(steps)[:-1])
+    # Exact: the callback gets the grid's own float64 times (was rtol=1e-7).
+    np.testing.assert_array_equal(times, SCHEDULE.time_grid(steps)[:-1])
     assert all(s[4] == ("full", "none") for s in seen)
     # The final step returns the (thresholded) x̂0 it showed the callback.
     assert seen[-1][3] is result.x0 and np.abs(result.x0).max() <= 1.0
@@ -598,12 +644,24 @@ def test_numpy_torch_and_jax_walk_the_same_trajectory(sampler_name, thresholding
         assert outputs[name].dtype == np.float32
     reference = outputs["GaussianOracle"]
     if thresholding != "none":
-        assert np.abs(reference).max() <= 1.0 + 1e-6
-        assert np.abs(trajectories["GaussianOracle"][0]).max() <= 1.0 + 1e-6
-    for name in ("TorchOracle", "JaxOracle"):
-        np.testing.assert_allclose(outputs[name], reference, rtol=1e-5, atol=1e-5)
-        for got, want in zip(trajectories[name], trajectories["GaussianOracle"]):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # Exact: dynamic thresholding returns clip(x̂0, −s, s)/s, and |x| <= s gives
+        # fl(|x|/s) <= fl(s/s) = 1 (rounding is monotone). It was 1 + 1e-6.
+        assert np.abs(reference).max() <= 1.0
+        assert np.abs(trajectories["GaussianOracle"][0]).max() <= 1.0
+    # torch: exact. Eager torch does the same correctly rounded float32 operations as numpy, in
+    # the same order, with the Python scalars cast to float32 alike (measured 0 in all 6 cases;
+    # it was rtol=1e-5, atol=1e-5).
+    np.testing.assert_array_equal(outputs["TorchOracle"], reference)
+    for got, want in zip(trajectories["TorchOracle"], trajectories["GaussianOracle"]):
+        np.testing.assert_array_equal(got, want)
+    # JAX: XLA's compiled kernels may round an elementwise step differently (measured 2–4 units
+    # of 2^-24 at the first x̂0). Not derived: a difference in x − σ·ε̂ (which cancels) is
+    # divided by α_t, 4.5e-5 at t = 1, and carried on by α_s at the next step, so no useful
+    # worst case exists; the bound is stated as measured: at most 62·2^-24 = 3.7e-6 on x̂0 and
+    # 1.4e-6 on the output over the 6 cases, against rtol=1e-5 + atol=1e-5 (4e-5 at |x| = 3).
+    np.testing.assert_allclose(outputs["JaxOracle"], reference, rtol=1e-5, atol=1e-5)
+    for got, want in zip(trajectories["JaxOracle"], trajectories["GaussianOracle"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ---- thresholding --------------------------------------------------------------------------
@@ -617,7 +675,9 @@ def test_dynamic_thresholding_hand_computed_example():
     want = np.array([[-1.0, 0.5 / 1.5, 1.0, -1.0 / 1.5], [0.2, -0.3, 0.25, 1.0]]).reshape(
         2, 1, 2, 2
     )
-    np.testing.assert_allclose(out, want, rtol=1e-15)
+    # Exact: s = 1 + 0.5·(2 − 1) = 1.5 exactly, and clip(x)/s is the same single float64
+    # division as the literal (measured 0; it was rtol=1e-15).
+    np.testing.assert_array_equal(out, want)
 
 
 def test_static_and_none_thresholding():
@@ -643,8 +703,12 @@ def test_thresholding_config_errors_name_the_field():
 )
 def test_quantile_matches_numpy_linear(seed, q, size, spread):
     x = np.random.default_rng(seed).standard_normal((3, size)) * spread
+    # Both interpolate between the same two order statistics, v_lo + f·(v_hi − v_lo), numpy
+    # perhaps in another form (it has used (1 − f)·v_lo + f·v_hi): <= 4 roundings (u = 2^-53)
+    # of max|v| each side, 8·u·max|x| (measured 8.9e-16; it was rtol=1e-12, atol=1e-12).
     np.testing.assert_allclose(
-        quantile_last_axis(x, q), np.quantile(x, q, axis=-1), rtol=1e-12, atol=1e-12
+        quantile_last_axis(x, q), np.quantile(x, q, axis=-1), rtol=0,
+        atol=8 * U64 * np.abs(x).max(),
     )
 
 
@@ -654,8 +718,12 @@ def test_dynamic_thresholding_properties(seed, p, spread):
     x = np.random.default_rng(seed).standard_normal((3, 4, 4, 2)) * spread
     out = Thresholding(kind="dynamic", percentile=p)(x)
     s = np.maximum(1.0, np.quantile(np.abs(x).reshape(3, -1), p, axis=-1))[:, None, None, None]
-    np.testing.assert_allclose(out, np.clip(x, -s, s) / s, rtol=1e-12, atol=1e-12)
-    assert np.abs(out).max() <= 1.0 + 1e-12
+    # The two thresholds differ by <= 8·u·max|x| (the quantile check above); clip(x, −s, s)/s
+    # moves by <= 2·Δs/s (1/s <= 1), and the division rounds: 16·u·max|x| + u (measured 0;
+    # it was rtol=1e-12, atol=1e-12).
+    atol = 16 * U64 * np.abs(x).max() + U64
+    np.testing.assert_allclose(out, np.clip(x, -s, s) / s, rtol=0, atol=atol)
+    assert np.abs(out).max() <= 1.0  # exact: fl(|x|/s) <= fl(s/s) = 1 (was 1 + 1e-12)
     inside = np.clip(x, -1, 1)  # already in [−1, 1]: s = 1, unchanged
     np.testing.assert_array_equal(Thresholding(kind="dynamic", percentile=p)(inside), inside)
 
@@ -668,14 +736,20 @@ def test_array_ops_agree_across_numpy_torch_and_jax():
     for convert, back in ((torch.from_numpy, lambda a: a.numpy()), (jnp.asarray, np.asarray)):
         arr = convert(x)
         np.testing.assert_array_equal(back(sort_last_axis(arr.reshape(2, -1))), want_sorted)
-        np.testing.assert_allclose(
-            back(per_sample_quantile(arr, 0.95)), per_sample_quantile(x, 0.95), rtol=1e-6
+        # Exact: the same sort and the same float32 v_lo + f·(v_hi − v_lo) with a host-computed
+        # f (measured 0; it was rtol=1e-6).
+        np.testing.assert_array_equal(
+            back(per_sample_quantile(arr, 0.95)), per_sample_quantile(x, 0.95)
         )
+        # Then the same s and clip, and a division by s that XLA may evaluate as a product
+        # with a rounded reciprocal: fl(x·fl(1/s)) is within 2 roundings of x/s and numpy's
+        # fl(x/s) within 1, so <= 3·2^-24 relative (measured: torch exact, JAX one ulp,
+        # 6.0e-8; it was rtol=1e-6, atol=1e-7).
         np.testing.assert_allclose(
             back(Thresholding(percentile=0.9)(arr)),
             Thresholding(percentile=0.9)(x),
-            rtol=1e-6,
-            atol=1e-7,
+            rtol=3 * 2**-24,
+            atol=0,
         )
     with pytest.raises(TypeError, match="unsupported array type"):
         sort_last_axis([3, 1, 2])
