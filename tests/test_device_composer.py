@@ -161,6 +161,13 @@ def test_prefetch_workers_give_the_inline_batches(pair):
         ahead.close()
 
 
+def leaves(value) -> list[torch.Tensor]:
+    """The tensors of a (nested) NamedTuple of network inputs."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [leaf for item in value for leaf in leaves(item)]
+
+
 def test_model_inputs_are_bit_identical(pair):
     """x_t (float64 on the device, as train_loop.noisy_inputs) and every other network input."""
     source, device = pair
@@ -173,8 +180,7 @@ def test_model_inputs_are_bit_identical(pair):
         if want[name] is None:
             assert got[name] is None
             continue
-        for a, b in zip(torch.utils._pytree.tree_leaves(want[name]),
-                        torch.utils._pytree.tree_leaves(got[name])):
+        for a, b in zip(leaves(want[name]), leaves(got[name]), strict=True):
             assert torch.equal(a, b), name
 
 

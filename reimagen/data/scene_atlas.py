@@ -186,7 +186,7 @@ def _table(tokens, mask, pooled) -> TextTable:
 
 class ScenePlanner:
     """``batch(step)`` -> the :class:`StepArrays` of ``source``'s batch of ``step`` (a
-    BatchSource in shape, so reimagen.core.prefetch can make them ahead in worker processes).
+    BatchSource in shape, so reimagen.core.step_workers can make them ahead in processes).
     ``compact``: cut and round the text as prefetch.compact_batch does (what the host path
     feeds the network when it prefetches with workers)."""
 

@@ -5,7 +5,7 @@ the sprite frames, augmentable drawings, plain neighbour renditions, background 
 text encodings live on the device as tensors (:class:`~reimagen.data.scene_atlas.SceneAtlas`,
 moved once); a step's host work is only the random draws of ``EmojiBatchSource.plan`` and the
 small index arrays derived from them (:class:`~reimagen.data.scene_atlas.ScenePlanner`, in
-prefetch worker processes when ``workers`` > 0). Targets are pasted by integer offsets (a
+worker processes when ``workers`` > 0: reimagen.core.step_workers). Targets are pasted by integer offsets (a
 gather from each example's sprite frame), neighbours gathered by index, augmented same-style
 neighbours warped with the host's two 2-tap gathers, encodings gathered by row.
 
@@ -19,14 +19,13 @@ levels and loss weights are computed there), as in a host batch.
 
 from __future__ import annotations
 
-import atexit
 import warnings
 
 import numpy as np
 import torch
 
 from reimagen.backends.torch.unet import NeighborInputs, TextInputs
-from reimagen.core import prefetch
+from reimagen.core import step_workers
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.schedule import CosineSchedule
 from reimagen.core.training import Batch
@@ -159,7 +158,7 @@ class DeviceSceneComposer:
 class DeviceBatchSource:
     """A BatchSource over an EmojiBatchSource whose batches are composed on ``device``.
 
-    ``workers``: processes drawing the steps' random choices ahead (reimagen.core.prefetch;
+    ``workers``: processes drawing the steps' random choices ahead (reimagen.core.step_workers;
     0 = inline). ``compact`` (default: workers > 0): text cut and rounded as the host path's
     prefetch does, so a run gives the network the same inputs as ``--composer host`` with
     the same ``--workers``. ``composer`` names the path in the trainer's checkpoints."""
@@ -176,7 +175,6 @@ class DeviceBatchSource:
                                     else compact)
         self.scenes = DeviceSceneComposer(atlas, device)
         self._stream, self._next = None, None
-        atexit.register(self.close)
 
     def batch(self, step: int) -> Batch:
         return self.scenes.compose(self.step_arrays(step))
@@ -188,12 +186,13 @@ class DeviceBatchSource:
         if self._stream is None or step != self._next:
             self.close()
             stop = max(self.config.steps, step + 1)
-            self._stream = prefetch.batches(self.planner, step, stop, workers=self.workers)
+            self._stream = step_workers.ordered(self.planner, step, stop, self.workers)
         self._next = step + 1
         return next(self._stream)
 
     def close(self) -> None:
-        """Stop the prefetch workers (also at exit)."""
+        """Stop the prefetch workers (else their pool stops them when it is collected, or at
+        exit)."""
         if self._stream is not None:
             self._stream.close()
             self._stream = None
