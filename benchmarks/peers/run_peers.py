@@ -100,45 +100,57 @@ def stat(r: dict, group: str, precision: str, clock: str, which: str) -> float:
     return (s["cpu"] if clock == "cpu" else s)[which]
 
 
-METRICS = (  # label, value(result, clock), higher is better, format
-    ("forward GFLOP per image", lambda r, c: r["fwd_flops_per_image"] / 1e9, False, "{:.2f}"),
-    (
-        "train b64 fp32 s/step, min of N",
-        lambda r, c: stat(r, "train", "fp32", c, "min"),
-        False,
-        "{:.2f}",
-    ),
-    (
-        "train b64 fp32 img/s, median",
-        lambda r, c: r["train_batch"] / stat(r, "train", "fp32", c, "median"),
-        True,
-        "{:.1f}",
-    ),
-    (
-        "train b64 bf16 s/step, min of N",
-        lambda r, c: stat(r, "train", "bf16", c, "min"),
-        False,
-        "{:.2f}",
-    ),
-    (
-        "train b64 bf16 img/s, median",
-        lambda r, c: r["train_batch"] / stat(r, "train", "bf16", c, "median"),
-        True,
-        "{:.1f}",
-    ),
-    (
-        "one guided step (b2) fp32 ms, median",
-        lambda r, c: 1e3 * stat(r, "fwd_b2", "fp32", c, "median"),
-        False,
-        "{:.1f}",
-    ),
-    (
-        "one guided step (b2) bf16 ms, median",
-        lambda r, c: 1e3 * stat(r, "fwd_b2", "bf16", c, "median"),
-        False,
-        "{:.1f}",
-    ),
-)
+def metrics(batch: int) -> tuple:
+    """(key, label, value(result, clock), higher is better, format) of the issue's rows."""
+
+    def train(precision, which):
+        return lambda r, c: stat(r, "train", precision, c, which)
+
+    def images_per_s(precision):
+        return lambda r, c: batch / stat(r, "train", precision, c, "median")
+
+    def step_ms(precision):
+        return lambda r, c: 1e3 * stat(r, "fwd_b2", precision, c, "median")
+
+    return (
+        (
+            "gflop",
+            "forward GFLOP per image",
+            lambda r, c: r["fwd_flops_per_image"] / 1e9,
+            False,
+            "{:.2f}",
+        ),
+        (
+            "train_fp32_min",
+            f"train b{batch} fp32 s/step, min of N",
+            train("fp32", "min"),
+            False,
+            "{:.2f}",
+        ),
+        (
+            "train_fp32_ips",
+            f"train b{batch} fp32 img/s, median",
+            images_per_s("fp32"),
+            True,
+            "{:.1f}",
+        ),
+        (
+            "train_bf16_min",
+            f"train b{batch} bf16 s/step, min of N",
+            train("bf16", "min"),
+            False,
+            "{:.2f}",
+        ),
+        (
+            "train_bf16_ips",
+            f"train b{batch} bf16 img/s, median",
+            images_per_s("bf16"),
+            True,
+            "{:.1f}",
+        ),
+        ("step_fp32", "one guided step (b2) fp32 ms, median", step_ms("fp32"), False, "{:.1f}"),
+        ("step_bf16", "one guided step (b2) bf16 ms, median", step_ms("bf16"), False, "{:.1f}"),
+    )
 
 
 def pct_metrics(peak: dict) -> tuple:
@@ -151,31 +163,13 @@ def pct_metrics(peak: dict) -> tuple:
 
         return value
 
-    return (
-        (
-            "train fp32: % of fp32 matmul peak",
-            pct("train", "fp32", "train_flops_per_step"),
-            True,
-            "{:.0f}%",
-        ),
-        (
-            "train bf16: % of bf16 matmul peak",
-            pct("train", "bf16", "train_flops_per_step"),
-            True,
-            "{:.0f}%",
-        ),
-        (
-            "forward b2 fp32: % of fp32 matmul peak",
-            pct("fwd_b2", "fp32", "fwd_flops_batch2"),
-            True,
-            "{:.0f}%",
-        ),
-        (
-            "forward b2 bf16: % of bf16 matmul peak",
-            pct("fwd_b2", "bf16", "fwd_flops_batch2"),
-            True,
-            "{:.0f}%",
-        ),
+    return tuple(
+        (f"pct_{group}_{p}", f"{label} {p}: % of {p} peak", pct(group, p, flops), True, "{:.0f}%")
+        for group, label, flops in (
+            ("train", "train", "train_flops_per_step"),
+            ("fwd_b2", "forward b2", "fwd_flops_batch2"),
+        )
+        for p in ("fp32", "bf16")
     )
 
 
@@ -186,8 +180,8 @@ def ratio_to_best(values: dict, ours: str, higher: bool) -> float:
     return values[ours] / best
 
 
-def issue_table(results: dict, rl, baseline: str | None) -> tuple[str, dict]:
-    """The markdown table (cells 'CPU time (wall time)') and its numbers."""
+def issue_table(results: dict, rl, baseline: str | None, batch: int) -> tuple[str, dict]:
+    """The markdown table (cells 'CPU time (wall time)') and its numbers, by metric key."""
     names = [n for n in (*PEERS, OURS, baseline) if n and n in results]
     peak = {clock: rl.peak(clock) for clock in ("cpu", "wall")}
     head = ["metric: CPU time (wall time)", *names, "ours / faster peer"]
@@ -195,22 +189,22 @@ def issue_table(results: dict, rl, baseline: str | None) -> tuple[str, dict]:
         head.append(f"ours / {baseline}")
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     numbers = {}
-    for label, fn, higher, fmt in (*METRICS, *pct_metrics(peak)):
-        row, numbers[label] = [label], {}
+    for key, label, fn, higher, fmt in (*metrics(batch), *pct_metrics(peak)):
+        row, entry = [label], {"label": label}
         for clock in ("cpu", "wall"):
-            numbers[label][clock] = {n: fn(results[n], clock) for n in names}
+            entry[clock] = {n: fn(results[n], clock) for n in names}
         for n in names:
-            cpu, wall = numbers[label]["cpu"][n], numbers[label]["wall"][n]
+            cpu, wall = entry["cpu"][n], entry["wall"][n]
             row.append(
                 fmt.format(cpu) if cpu == wall else f"{fmt.format(cpu)} ({fmt.format(wall)})"
             )
-        ratios = {c: ratio_to_best(numbers[label][c], OURS, higher) for c in ("cpu", "wall")}
-        numbers[label]["ours_over_faster_peer"] = ratios
+        ratios = {c: ratio_to_best(entry[c], OURS, higher) for c in ("cpu", "wall")}
+        entry["ours_over_faster_peer"] = ratios
         row.append(_ratio_cell(ratios))
         if baseline:
-            before = {c: numbers[label][c][OURS] / numbers[label][c][baseline] for c in ratios}
-            numbers[label]["ours_over_baseline"] = before
-            row.append(_ratio_cell(before))
+            entry["ours_over_baseline"] = {c: entry[c][OURS] / entry[c][baseline] for c in ratios}
+            row.append(_ratio_cell(entry["ours_over_baseline"]))
+        numbers[key] = entry
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines), numbers
 
@@ -221,41 +215,80 @@ def _ratio_cell(ratios: dict) -> str:
     return f"{ratios['cpu']:.2f}× ({ratios['wall']:.2f}×)"
 
 
-def goals(numbers: dict) -> str:
-    """Issue 16's goals, from the CPU-time ratios of this run."""
+def goals(numbers: dict, name: str = OURS) -> str:
+    """Issue 16's goals for entry ``name``, from the CPU-time numbers of this run."""
 
-    def r(label, key="ours_over_faster_peer"):
-        return numbers[label][key]["cpu"]
+    def faster_peer(key, higher):
+        values = numbers[key]["cpu"]
+        return ratio_to_best({**values, OURS: values[name]}, OURS, higher)
 
-    fp32_min = 1 / r("train b64 fp32 s/step, min of N")
-    fp32_med = r("train b64 fp32 img/s, median")
-    bf16_min = 1 / r("train b64 bf16 s/step, min of N")
-    bf16_med = r("train b64 bf16 img/s, median")
-    g32, g16 = r("one guided step (b2) fp32 ms, median"), r("one guided step (b2) bf16 ms, median")
-    train_pct = numbers["train fp32: % of fp32 matmul peak"]["cpu"][OURS]
+    fp32_min = 1 / faster_peer("train_fp32_min", False)  # speed: the faster peer's time / ours
+    fp32_med = faster_peer("train_fp32_ips", True)
+    bf16_min = 1 / faster_peer("train_bf16_min", False)
+    bf16_med = faster_peer("train_bf16_ips", True)
+    g32, g16 = faster_peer("step_fp32", False), faster_peer("step_bf16", False)
+    train_pct = numbers["pct_train_fp32"]["cpu"][name]
 
     def mark(ok):
         return "met" if ok else "not met"
 
+    train_ok = min(fp32_min, fp32_med, bf16_min, bf16_med) >= 1.3
     return "\n".join(
         [
-            "Goals (CPU-time ratios of this run):",
-            (
-                f"- training img/s at b64 K=0 ≥ 1.3× the faster peer: fp32 {fp32_min:.2f}× "
-                f"(min of N), "
-                f"{fp32_med:.2f}× (median); bf16 {bf16_min:.2f}× (min), {bf16_med:.2f}× (median) — "
-                f"{mark(min(fp32_min, fp32_med, bf16_min, bf16_med) >= 1.3)}"
-            ),
-            (
-                f"- one guided step (b2) ≤ 0.75× the faster peer's time: fp32 {g32:.2f}×, "
-                f"bf16 {g16:.2f}× — {mark(max(g32, g16) <= 0.75)}"
-            ),
-            (
-                f"- our training step runs at {train_pct:.0f}% of the fp32 matmul peak (the "
-                "forward at batch 32: benchmarks/bench_torch.py)"
-            ),
+            f"Goals for `{name}` (CPU-time ratios of this run):",
+            f"- training img/s at K=0 ≥ 1.3× the faster peer: fp32 {fp32_min:.2f}× (min of N), "
+            + f"{fp32_med:.2f}× (median); bf16 {bf16_min:.2f}× (min), {bf16_med:.2f}× (median) "
+            + f"— {mark(train_ok)}",
+            f"- one guided step (b2) ≤ 0.75× the faster peer's time: fp32 {g32:.2f}×, "
+            + f"bf16 {g16:.2f}× — {mark(max(g32, g16) <= 0.75)}",
+            f"- the training step runs at {train_pct:.0f}% of the fp32 peak (the forward at batch "
+            + "32: benchmarks/bench_torch.py)",
         ]
     )
+
+
+# ---- one guided step with reimagen compiled ----------------------------------------------------
+
+
+def compiled_steps(pb, entries: list, torch) -> tuple[str, dict]:
+    """One guided step (b2) of every entry again, round-robin beside reimagen's forward
+    compiled by ``compile_unet`` (on a copy: the entries' own models stay eager). The compile
+    happens in the warm-up calls. Returns the markdown table and {precision: {name: s}}."""
+    import copy
+
+    from reimagen.backends.torch.compiled import compile_unet
+
+    ours = next(e for e in entries if e.name == OURS)
+    model = compile_unet(copy.deepcopy(ours.model).eval())
+    name = f"{OURS}+compile"
+    numbers, lines = {}, []
+    for precision in ("fp32", "bf16"):
+
+        def step(precision=precision):
+            with torch.no_grad(), pb.autocast_ctx(precision):
+                return ours.peer.sample_step(model, ours.x2, ours.t2, ours.e2, ours.m2)
+
+        tasks = [((e.name, precision), e.fwd_fn(precision)) for e in entries]
+        tasks.append(((name, precision), step))
+        print(f"-- guided step b{pb.SAMPLE_BATCH} {precision}, with {name}")
+        out = pb.interleaved(tasks, pb.REPS["fwd_warmup"], pb.REPS["fwd"], pb.REPS["fwd_block"])
+        numbers[precision] = {k: s["cpu"]["median"] for (k, _), s in out.items()}
+    names = [e.name for e in entries] + [name]
+    lines.append(
+        "| one guided step (b2), ms median by CPU time | "
+        + " | ".join(names)
+        + f" | {name} / faster peer | {name} / {OURS} |"
+    )
+    lines.append("|---" * (len(names) + 3) + "|")
+    for precision, times in numbers.items():
+        best_peer = min(times[p] for p in PEERS if p in times)
+        cells = [f"{1e3 * times[n]:.1f}" for n in names]
+        lines.append(
+            f"| {precision} | "
+            + " | ".join(cells)
+            + f" | {times[name] / best_peer:.2f}× | {times[name] / times[OURS]:.2f}× |"
+        )
+    return "\n".join(lines), numbers
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -278,14 +311,14 @@ def gemm_shapes_of_ours(pb, roofline, torch) -> tuple[list, dict]:
     return shapes, convs
 
 
-def intro(env: dict, threads: int, reps: dict, wall: float, torch_version: str) -> str:
+def intro(env: dict, threads: int, reps: dict, wall: float, torch_version: str, batch: int) -> str:
     return (
-        f"`make bench-peers` ({env['time']}; torch {torch_version}, {threads} thread(s), "
+        f"`{env['command']}` ({env['time']}; torch {torch_version}, {threads} thread(s), "
         f"{env['cpu']}, {env['nproc']} cores; load average {env['loadavg_start'][0]:.1f} at the "
         f"start, {env['loadavg_end'][0]:.1f} at the end; {wall / 60:.0f} min). Every entry was "
         "built first, then measured metric by metric, round-robin. Each cell is by CPU time "
         "(process time per thread), then by wall time in parentheses; with other processes "
-        "holding the cores, read the CPU times and the ratios. Train: batch 64, AdamW, "
+        f"holding the cores, read the CPU times and the ratios. Train: batch {batch}, AdamW, "
         f"{reps['train']} timed steps after {reps['train_warmup']} warm-up per entry and "
         "precision. One guided step: one forward of batch 2 (cond + uncond), "
         f"{reps['fwd']}×{reps['fwd_block']} calls. % of peak: FLOPs / the fastest call, over "
@@ -308,7 +341,7 @@ def run(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    pb.REPS.update(train_warmup=1, train=args.train_reps)
+    pb.REPS.update(train_warmup=1, train=args.train_reps, fwd=10, fwd_block=3)
     if args.quick:  # a smoke test of the plumbing: small training batches, few repetitions
         pb.TRAIN_BATCH = 8
         pb.REPS.update(
@@ -321,6 +354,8 @@ def run(args) -> int:
         pb.register(baseline)(lambda: peer_reimagen.entry(package, label=sha))
     names = [*PEERS, OURS, *([baseline] if baseline else [])]
     env = pb.environment()
+    argv = " ".join(sys.argv[1:])
+    env["command"] = f"python3 benchmarks/peers/run_peers.py {argv}" if argv else "make bench-peers"
     started = time.perf_counter()
     print(
         f"# bench-peers: torch {torch.__version__}, {args.threads} thread(s), {env['cpu']}, "
@@ -332,24 +367,40 @@ def run(args) -> int:
     entries, results = [], {}
     for name in names:
         print(f"== set up {name}")
-        entries.append(pb._Entry(name, pb.REGISTRY[name]()))
+        peer = pb.REGISTRY[name]()
+        if not args.samplers:
+            peer.samplers = {}  # each library's own sampling loop: not in the issue's table
+        entries.append(pb._Entry(name, peer))
     print(f"== measure {', '.join(names)} (interleaved)")
     results = pb.run_entries(entries)
     for r in results.values():
         r["train_batch"] = pb.TRAIN_BATCH
+    compiled = ("", {})
+    if args.compile:
+        print("== one guided step with reimagen compiled (the compile runs in the warm-up)")
+        try:
+            compiled = compiled_steps(pb, entries, torch)
+        except Exception as err:  # noqa: BLE001 - keep the run's other numbers
+            compiled = (f"(failed: {type(err).__name__}: {err})", {})
     print("== matmul roofline (end)")
     rl = rl.merged(roofline.roofline(shapes, convs=convs, log=print))
     for r in results.values():
         pb.apply_roofline(r, rl.peak("wall"))  # the harness's own '% of matmul' cells
-    table, numbers = issue_table(results, rl, baseline)
+    table, numbers = issue_table(results, rl, baseline, pb.TRAIN_BATCH)
     env["loadavg_end"] = os.getloadavg()
     wall = time.perf_counter() - started
     text = "\n\n".join(
         [
             "# reimagen beside its peers (make bench-peers)",
-            intro(env, args.threads, pb.REPS, wall, torch.__version__),
+            intro(env, args.threads, pb.REPS, wall, torch.__version__, pb.TRAIN_BATCH)
+            + (" **--quick: a smoke test, not for reporting.**" if args.quick else ""),
             table,
-            goals(numbers),
+            *(goals(numbers, n) for n in names if n.startswith(OURS) and n != baseline),
+            *(
+                ["## With compile_unet (the option; measured again, same run)\n\n" + compiled[0]]
+                if args.compile
+                else []
+            ),
             "## Matmul roofline of this run (start and end)\n\n" + rl.table(),
             "## The harness's full table (wall time; % of the best wall-time matmul)\n\n"
             + pb.markdown_table({"peers": results}),
@@ -364,6 +415,7 @@ def run(args) -> int:
         "roofline": rl.to_dict(),
         "peers": results,
         "table": numbers,
+        "compiled_guided_step_s": compiled[1],
     }
     write_atomic(out.with_suffix(".json"), json.dumps(payload, indent=1, default=str) + "\n")
     write_atomic(out.with_suffix(".md"), text + "\n")
@@ -382,7 +434,13 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--out", default=str(ROOT / "docs" / "results" / "peers"), help="writes OUT.md and OUT.json"
     )
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time one guided step with reimagen's forward under compile_unet",
+    )
+    ap.add_argument("--samplers", action="store_true", help="also time each library's sampler")
+    ap.add_argument("--quick", action="store_true", help="batch 8, few repetitions (smoke test)")
     args = ap.parse_args(argv)
     if not in_venv(args.venv):
         return reexec_in_venv(args.venv, argv, args.threads)

@@ -21,6 +21,11 @@ from torch import Tensor, nn
 from reimagen.core.time_features import TWO_PI, turn_rates
 from reimagen.core.unet_config import UNetConfig
 
+# The same float32 number as a Python float (exact: multiplying a float32 tensor by it rounds
+# it to float32, so bit-identical), which torch.compile folds as a constant; the numpy scalar
+# became a tensor guard that fails under inference mode (compiled.py).
+_TWO_PI = float(TWO_PI)
+
 
 @functools.cache
 def _turn_rates(half: int, device: torch.device) -> Tensor:
@@ -37,7 +42,7 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
     why, and the error bound)."""
     rates = _turn_rates(dim // 2, t.device)  # [half]
     turns = t.float()[:, None] * rates[None, :]  # [N, half]
-    angles = TWO_PI * (turns - torch.floor(turns))  # [N, half], in [0, 2π)
+    angles = _TWO_PI * (turns - torch.floor(turns))  # [N, half], in [0, 2π)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # [N, dim]
 
 
@@ -69,7 +74,15 @@ def attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> T
     """Multi-head softmax(q·kᵀ/√hd)·v. q [N, h, Lq, hd], k/v [N, h, Lk, hd], key_mask [N, Lk]
     bool (True = attend). Returns [N, h, Lq, hd]."""
     mask = None if key_mask is None else key_mask[:, None, None, :]  # [N, 1, 1, Lk]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)
+    dtype = q.dtype
+    if dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
+        # The CPU SDPA kernel's bf16 backward ran 3-10x slower than its fp32 one (AMD EPYC, no
+        # AMX; docs/results/profile.md), so bf16 training attends in fp32: the same function,
+        # rounded less. q/k/v are small next to the convolutions' activations. The forward
+        # alone runs as fast in bf16, so sampling keeps it.
+        q, k, v = q.float(), k.float(), v.float()
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)
+    return out.to(dtype)
 
 
 def pointwise_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
