@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from reimagen.core.step_workers import ordered
+from reimagen.core.step_workers import ordered, threaded
 
 
 class Big:
@@ -51,3 +51,19 @@ def test_a_worker_error_is_raised_naming_the_step():
 def test_bad_worker_counts_are_refused(workers):
     with pytest.raises(ValueError, match="workers must be an int in"):
         next(ordered(Big(), 0, 3, workers=workers))
+
+
+def test_a_thread_reads_ahead_in_order_and_stops():
+    got = [int(item[0]) for item in threaded(ordered(Big(), 0, 9, workers=2))]
+    assert got == list(range(9))
+    stream = threaded(ordered(Big(), 0, 1000, workers=2))
+    assert int(next(stream)[0]) == 0
+    stream.close()  # the reader thread stops and closes the workers' stream
+    assert multiprocessing.active_children() == []
+
+
+def test_a_thread_hands_on_a_worker_error():
+    stream = threaded(ordered(Failing(), 0, 10, workers=2))
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="step worker failed at step 3"):
+        next(stream)

@@ -8,12 +8,18 @@ a worker is part-way through sending a result larger than the pipe buffer, termi
 the result queue's write lock that worker holds, forever (seen with reimagen.core.prefetch and
 200 KB step arrays; tests/test_device_composer.py). A full pipe is the back-pressure: a worker
 makes at most one step ahead of the one being read from it.
+
+:func:`threaded` reads such a stream ahead in a thread of the consumer's process: a pipe read
+releases the GIL, so receiving the next step overlaps the consumer's own work (a training step
+launching its kernels).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +59,48 @@ def ordered(source, start: int, stop: int, workers: int) -> Iterator[Any]:
             pipe.close()
 
 
+def threaded(stream: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """The items of ``stream``, read ahead (at most ``depth``) by a thread; an exception of
+    ``stream`` is raised here; closing stops the thread and closes ``stream`` (in that thread,
+    where it runs)."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for item in stream:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as err:  # noqa: BLE001 -- handed to the consumer
+            put(("error", err))
+        finally:
+            stream.close()
+
+    thread = threading.Thread(target=pump, name="step-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _serve(source, steps: range, send) -> None:
     """A worker: one BLAS/OpenMP thread (the workers fill the cores), then its steps in order."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -66,4 +114,4 @@ def _serve(source, steps: range, send) -> None:
         send.send(item)
 
 
-__all__ = ["ordered"]
+__all__ = ["ordered", "threaded"]

@@ -159,7 +159,7 @@ class DeviceBatchSource:
     """A BatchSource over an EmojiBatchSource whose batches are composed on ``device``.
 
     ``workers``: processes drawing the steps' random choices ahead (reimagen.core.step_workers;
-    0 = inline). ``compact`` (default: workers > 0): text cut and rounded as the host path's
+    0: a thread of this process draws them, ahead of the step). ``compact`` (default: workers > 0): text cut and rounded as the host path's
     prefetch does, so a run gives the network the same inputs as ``--composer host`` with
     the same ``--workers``. ``composer`` names the path in the trainer's checkpoints."""
 
@@ -180,13 +180,17 @@ class DeviceBatchSource:
         return self.scenes.compose(self.step_arrays(step))
 
     def step_arrays(self, step: int) -> StepArrays:
-        """Inline, or the next of the prefetch stream (restarted when steps are not in order)."""
-        if self.workers == 0:
-            return self.planner.batch(step)
+        """The next of a stream read ahead by a thread (restarted when steps come out of
+        order): made in that thread (workers = 0; numpy's noise fill releases the GIL) or
+        received there from the worker processes, while the trainer runs its step."""
         if self._stream is None or step != self._next:
             self.close()
             stop = max(self.config.steps, step + 1)
-            self._stream = step_workers.ordered(self.planner, step, stop, self.workers)
+            if self.workers:
+                plans = step_workers.ordered(self.planner, step, stop, self.workers)
+            else:
+                plans = (self.planner.batch(s) for s in range(step, stop))
+            self._stream = step_workers.threaded(plans)
         self._next = step + 1
         return next(self._stream)
 
