@@ -4,10 +4,11 @@
 the sprite frames, augmentable drawings, plain neighbour renditions, background colours and
 text encodings live on the device as tensors (:class:`~reimagen.data.scene_atlas.SceneAtlas`,
 moved once); a step's host work is only the random draws of ``EmojiBatchSource.plan`` and the
-small index arrays derived from them (:class:`~reimagen.data.scene_atlas.ScenePlanner`, in
-worker processes when ``workers`` > 0: reimagen.core.step_workers). Targets are pasted by integer offsets (a
-gather from each example's sprite frame), neighbours gathered by index, augmented same-style
-neighbours warped with the host's two 2-tap gathers, encodings gathered by row.
+small index arrays derived from them (:class:`~reimagen.data.scene_atlas.ScenePlanner`), made
+ahead of the step by a thread, or by worker processes (reimagen.core.step_workers). Targets are
+pasted by integer offsets (a gather from each example's sprite frame), neighbours gathered by
+index, augmented same-style neighbours warped with the host's two 2-tap gathers, encodings
+gathered by row.
 
 The batch equals the host composer's bit for bit (tests/test_device_composer.py, on CPU
 tensors): every float operation is the host's, one IEEE float32 op at a time (no fused kernels,
@@ -159,9 +160,10 @@ class DeviceBatchSource:
     """A BatchSource over an EmojiBatchSource whose batches are composed on ``device``.
 
     ``workers``: processes drawing the steps' random choices ahead (reimagen.core.step_workers;
-    0: a thread of this process draws them, ahead of the step). ``compact`` (default: workers > 0): text cut and rounded as the host path's
-    prefetch does, so a run gives the network the same inputs as ``--composer host`` with
-    the same ``--workers``. ``composer`` names the path in the trainer's checkpoints."""
+    0: a thread of this process draws them, ahead of the step). ``compact`` (default: workers
+    > 0): text cut and rounded as the host path's prefetch does, so a run gives the network the
+    same inputs as ``--composer host`` with the same ``--workers``. ``composer`` names the path
+    in the trainer's checkpoints."""
 
     composer = "device"
 
@@ -195,8 +197,8 @@ class DeviceBatchSource:
         return next(self._stream)
 
     def close(self) -> None:
-        """Stop the prefetch workers (else their pool stops them when it is collected, or at
-        exit)."""
+        """Stop the reader thread and the worker processes (also done when the stream is
+        collected)."""
         if self._stream is not None:
             self._stream.close()
             self._stream = None
