@@ -74,15 +74,17 @@ def attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> T
     """Multi-head softmax(q·kᵀ/√hd)·v. q [N, h, Lq, hd], k/v [N, h, Lk, hd], key_mask [N, Lk]
     bool (True = attend). Returns [N, h, Lq, hd]."""
     mask = None if key_mask is None else key_mask[:, None, None, :]  # [N, 1, 1, Lk]
-    dtype = q.dtype
-    if dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
-        # The CPU SDPA kernel's bf16 backward ran 3-10x slower than its fp32 one (AMD EPYC, no
-        # AMX; docs/results/profile.md), so bf16 training attends in fp32: the same function,
-        # rounded less. q/k/v are small next to the convolutions' activations. The forward
-        # alone runs as fast in bf16, so sampling keeps it.
-        q, k, v = q.float(), k.float(), v.float()
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)
-    return out.to(dtype)
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
+        # The CPU SDPA kernel's bf16 backward ran 4-10x slower than its fp32 one (AMD EPYC, no
+        # AMX; docs/results/profile.md), so bf16 training attends in fp32 (autocast off, or it
+        # would cast back): the same function, rounded less. q/k/v are small next to the
+        # convolutions' activations. The forward alone runs as fast in bf16: sampling keeps it.
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, scale=q.shape[-1] ** -0.5
+            )
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)
 
 
 def pointwise_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
