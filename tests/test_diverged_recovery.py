@@ -165,6 +165,7 @@ def test_cli_passes_resume_from_and_keep_to_the_trainer(run, monkeypatch):
     from reimagen.cli import common
     from reimagen.cli import train as cli
     from reimagen.cli.main import main
+    from reimagen.data import folder_training
 
     seen = {}
 
@@ -174,6 +175,7 @@ def test_cli_passes_resume_from_and_keep_to_the_trainer(run, monkeypatch):
 
     monkeypatch.setattr(BACKEND, "train", spy)
     monkeypatch.setattr(common, "open_kb", lambda *a, **k: None)
+    monkeypatch.setattr(folder_training, "is_collection", lambda kb: False)  # the emoji path
     monkeypatch.setattr(cli, "check_training_kb", lambda *a: None)
     monkeypatch.setattr(cli, "make_batch_source", lambda *a: None)
     argv = ["train", "--preset", "tiny", "--run-dir", str(run), "--encoder", "hash",
