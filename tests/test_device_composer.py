@@ -13,20 +13,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_training_data import encoder, kb, split  # noqa: F401  (the same 16-entity KB fixtures)
 
 from reimagen.backends.torch.scene_composer import DeviceBatchSource
 from reimagen.backends.torch.trainer import Trainer, model_kwargs
 from reimagen.cli.main import main
-from reimagen.core import registry
 from reimagen.core.checkpoint import latest_checkpoint, read_checkpoint
-from reimagen.core.knowledge_base import build_from_source
 from reimagen.core.prefetch import compact_batch
 from reimagen.core.schedule import CosineSchedule
 from reimagen.core.training import TrainConfig
 from reimagen.core.unet_config import PRESETS
-from reimagen.data import splits as sp
 from reimagen.data import training_data as td
-from reimagen.data.emoji_source import EmojiSource
 from reimagen.encoders.table import EncodingTable
 
 STEPS = range(4)
@@ -40,23 +37,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def split() -> sp.EntitySplit:
-    return sp.load_split()
-
-
-@pytest.fixture(scope="module")
-def kb(tmp_path_factory, split):
-    names = [*split.seen[:6], *split.seen[-6:], *split.unseen[:4]]  # frequent, rare, unseen
-    source = EmojiSource(names=names, artists=["twemoji", "openmoji"], size=72, processes=1)
-    return build_from_source(
-        source, tmp_path_factory.mktemp("kb") / "kb", resolution=64, progress=False
-    )
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return registry.get("encoder", "hash")(dim=32, max_length=16)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +44,7 @@ def triples(tmp_path_factory):
     return tmp_path_factory.mktemp("triples")
 
 
-def make_source(kb, split, encoder, triples, case: str, image_size: int = 32, steps: int = 100):
+def make_source(kb, split, encoder, triples, case: str, image_size: int = 32, steps: int = 100):  # noqa: F811
     seed, batch, k, data = CASES[case]
     config = TrainConfig(batch_size=batch, neighbors=k, seed=seed, steps=steps)
     return td.EmojiBatchSource(kb, split, encoder, config, data, image_size=image_size,
@@ -72,7 +52,7 @@ def make_source(kb, split, encoder, triples, case: str, image_size: int = 32, st
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def pair(request, kb, split, encoder, triples):
+def pair(request, kb, split, encoder, triples):  # noqa: F811
     """(host source, device composer on CPU tensors over the same source) per case."""
     source = make_source(kb, split, encoder, triples, request.param)
     return source, DeviceBatchSource(source, "cpu")
@@ -140,7 +120,7 @@ def test_compact_text_is_the_prefetch_compaction(pair):
             assert want.text.tokens.dtype == np.float16
 
 
-def test_an_encoding_table_is_gathered_on_the_device(tmp_path, kb, split, encoder, triples):
+def test_an_encoding_table_is_gathered_on_the_device(tmp_path, kb, split, encoder, triples):  # noqa: F811
     """What `reimagen train` builds: the pool prompts' float16 EncodingTable as the encoder."""
     source = make_source(kb, split, encoder, triples, "default")
     source.encoder = EncodingTable.build_or_load(encoder, source.pool.prompts, tmp_path / "t")
@@ -184,12 +164,11 @@ def test_model_inputs_are_bit_identical(pair):
             assert torch.equal(a, b), name
 
 
-def test_a_run_may_switch_composer_on_resume(tmp_path, kb, split, triples):
+def test_a_run_may_switch_composer_on_resume(tmp_path, kb, split, encoder, triples):  # noqa: F811
     """Two steps on the host == one step on the device, then a resume on the host: the same
     weights bit for bit (CPU, deterministic algorithms); the composer of each checkpoint is
     recorded and the switch logged."""
     torch.set_num_threads(1)
-    encoder = registry.get("encoder", "hash")(dim=32, max_length=16)
     model = PRESETS["tiny"].replace(text_dim=32)
     host = make_source(kb, split, encoder, triples, "default", image_size=16, steps=2)
     device = DeviceBatchSource(host, "cpu")
