@@ -4,7 +4,7 @@ A :class:`~reimagen.core.training.BatchSource` is a pure function of the step, s
 of steps ``start, start+1, …`` can be made in any process, in any order, and handed to the
 trainer in step order: a resumed or prefetched run trains on exactly the batches an inline one
 would. :func:`batches` is that iterator. With ``workers=0`` it calls ``source.batch(step)``
-inline; with ``workers=N`` a pool of N forked processes makes them (a GPU step is far faster
+inline; with ``workers=N`` N forked processes make them (reimagen.core.step_workers) (a GPU step is far faster
 than the host composing a batch of scenes, DESIGN §8).
 
 ``compact=True`` shrinks what crosses the process pipe, keeping the network's inputs the same:
@@ -18,11 +18,6 @@ JAX trainer uses the same iterator.
 
 from __future__ import annotations
 
-import collections
-import functools
-import itertools
-import multiprocessing
-import os
 from collections.abc import Iterator
 
 import attrs
@@ -30,8 +25,6 @@ import numpy as np
 
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.training import Batch, BatchSource
-
-_SOURCE: BatchSource | None = None  # the source a forked worker inherits
 
 
 def batches(
@@ -49,42 +42,26 @@ def batches(
 
 
 def _pooled(source, start: int, stop: int, workers: int, compact: bool) -> Iterator[Batch]:
-    """At most 2 batches per worker in flight (a bounded window: a fast pool never piles
-    batches up in memory while the trainer is slower)."""
-    global _SOURCE
-    if "fork" not in multiprocessing.get_all_start_methods():
-        raise RuntimeError("prefetch workers need the 'fork' start method (Linux, macOS)")
+    """Batches made by ``workers`` forked processes, in step order (reimagen.core.step_workers:
+    one pipe per worker, so stopping early cannot deadlock as ``Pool.terminate`` could while a
+    worker was part-way through sending a batch larger than the pipe buffer)."""
+    from reimagen.core import step_workers
+
     warm = getattr(source, "warm", None)
     if warm is not None:
         warm()  # fill the source's caches once, shared copy-on-write by every worker
-    _SOURCE = source  # inherited by the forked workers; nothing of it is pickled
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_threads)
-    work = functools.partial(_make, compact=compact)
-    steps = iter(range(start, stop))
-    pending: collections.deque = collections.deque()
-    try:
-        for step in itertools.islice(steps, 2 * workers):
-            pending.append(pool.apply_async(work, (step,)))
-        while pending:
-            batch = pending.popleft().get()
-            for step in itertools.islice(steps, 1):
-                pending.append(pool.apply_async(work, (step,)))
-            yield batch
-    finally:
-        pool.terminate()
-        pool.join()
-        _SOURCE = None
+    yield from step_workers.ordered(_Compacted(source, compact), start, stop, workers)
 
 
-def _quiet_threads() -> None:
-    """One BLAS/OpenMP thread per worker: the workers already fill the cores."""
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = "1"
+class _Compacted:
+    """``source`` whose batches are compacted (``compact_batch``) in the worker, when asked."""
 
+    def __init__(self, source, compact: bool):
+        self.source, self.compact = source, compact
 
-def _make(step: int, compact: bool) -> Batch:
-    batch = _SOURCE.batch(step)
-    return compact_batch(batch) if compact else batch
+    def batch(self, step: int) -> Batch:
+        batch = self.source.batch(step)
+        return compact_batch(batch) if self.compact else batch
 
 
 def compact_batch(batch: Batch) -> Batch:
