@@ -10,7 +10,7 @@ attention (the CPU SDPA kernel), norms, dtype casts (``_to_copy``: autocast's fp
 layout copies (contiguous/clone/cat), elementwise, optimizer + EMA + clipping, autograd and
 dispatcher bookkeeping, and the rest of the step's wall time that no op accounts for (Python).
 Convolution, linear and attention time is also turned into GFLOP/s and compared with the
-``torch.mm`` peak measured in the same run (``benchmarks/roofline.py``).
+peak measured in the same run (``benchmarks/roofline.py``: torch.mm and the convolutions alone).
 
 Runs at 1 thread by default (``--threads``); a loaded machine inflates every bucket alike, so
 read the shares, not the milliseconds.
@@ -219,8 +219,10 @@ def intro(started: str, threads: int, load, peak: dict) -> str:
         "neighbours cached. 'step CPU ms' is the untraced step's CPU time (best of 2); the shares "
         "split the traced step's time by bucket (self time per op; 'python (no op)' is time no op "
         "accounts for, tracing overhead included). GEMM GFLOP/s = FLOPs of the bucket / (its "
-        "share × step CPU time), against the torch.mm peak measured by CPU time in the same run: "
-        f"fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s (best of N over 512²..2048²)."
+        "share × step CPU time), against the peak measured by CPU time in the same run: the best "
+        "of N of torch.mm on 512²..2048² and on the small forward's GEMM shapes, and of those "
+        "convolutions run alone (F.conv2d): "
+        f"fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s."
     )
 
 
@@ -231,7 +233,7 @@ def bucket_cpu_s(r: dict, bucket: str) -> float:
 
 def summary_table(results: dict, peak: dict) -> str:
     head = (
-        "| case | step CPU ms | GFLOP | " + " | ".join(ORDER) + " | GEMM GFLOP/s (% of mm peak) |"
+        "| case | step CPU ms | GFLOP | " + " | ".join(ORDER) + " | GEMM GFLOP/s (% of peak) |"
     )
     lines = [head, "|---" * (4 + len(ORDER)) + "|"]
     for label, r in results.items():
