@@ -322,7 +322,7 @@ def intro(env: dict, threads: int, reps: dict, wall: float, torch_version: str, 
         f"{reps['train']} timed steps after {reps['train_warmup']} warm-up per entry and "
         "precision. One guided step: one forward of batch 2 (cond + uncond), "
         f"{reps['fwd']}×{reps['fwd_block']} calls. % of peak: FLOPs / the fastest call, over "
-        "the best torch.mm rate of this run."
+        "the best rate of this run, torch.mm or our convolutions alone."
     )
 
 
