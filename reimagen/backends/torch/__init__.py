@@ -6,6 +6,7 @@ Modules (the JAX backend mirrors them file for file):
   denoiser.py    TorchDenoiser: one batched call per step over V condition variants
   trainer.py     ε-MSE training with AdamW, EMA, clipping, bf16, bit-identical resume
   checkpoint.py  safetensors + JSON checkpoints, atomic commit, pickle-free loading
+  compiled.py    compile_unet: torch.compile of the forward, an option (no twin: JAX jits)
 
 ``BACKEND`` is what the registry's "torch" entry returns.
 """
