@@ -35,9 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reimagen.backends.torch.scene_composer import DeviceSceneComposer
-from reimagen.core import step_workers
-from reimagen.core.training import TrainConfig
-from reimagen.data.scene_atlas import ScenePlanner, build_atlas
+from reimagen.training import step_workers
+from reimagen.training.contract import TrainConfig
+from reimagen.training.scene_atlas import ScenePlanner, build_atlas
 
 H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's H100 SXM figure (dense bf16)
 LAUNCH_S = 6e-6  # seconds of host time per kernel launched from eager PyTorch (typical: 4-8)
@@ -48,7 +48,7 @@ GOAL = 40.0  # steps/s at batch 256, cpu-base K=2 (issue #16)
 def make_source(batch: int):
     from reimagen.cli.train import make_batch_source
     from reimagen.core import registry
-    from reimagen.core.knowledge_base import KnowledgeBase
+    from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.core.paths import home
 
     folder = home() / "kb" / "emoji"
@@ -122,7 +122,7 @@ def network_step_counts(source) -> tuple[float, OpCount]:
     from reimagen.backends.torch.trainer import model_kwargs
     from reimagen.backends.torch.unet import build_unet
     from reimagen.core import registry
-    from reimagen.core.schedule import CosineSchedule
+    from reimagen.diffusion.schedule import CosineSchedule
 
     source.config = attrs.evolve(source.config, batch_size=2)
     batch = source.batch(0)
@@ -220,8 +220,8 @@ def trainer_process(source, planner, rounds: int, ops: int) -> dict:
     device path's step arrays) and, on the host path, making the network inputs (x_t in float64
     on the host, the text to float32); and the bytes each path copies to the device."""
     from reimagen.backends.torch.trainer import model_kwargs
-    from reimagen.core.prefetch import compact_batch
-    from reimagen.core.schedule import CosineSchedule
+    from reimagen.training.prefetch import compact_batch
+    from reimagen.diffusion.schedule import CosineSchedule
 
     host, arrays = compact_batch(source.batch(1)), planner.batch(1)
     inputs = model_kwargs(host, CosineSchedule())

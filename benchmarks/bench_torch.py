@@ -36,7 +36,7 @@ from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch.trainer import Trainer
 from reimagen.backends.torch.unet import TextInputs
 from reimagen.core.interfaces import TextEncoding
-from reimagen.core.training import Batch, TrainConfig, draw_diffusion_inputs
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

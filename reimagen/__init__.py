@@ -15,13 +15,13 @@ from reimagen.core.registry import get, names
 
 # name -> module that defines it, imported on first attribute access (PEP 562)
 _LAZY = {
-    "load": "reimagen.pretrained",
-    "Cascade": "reimagen.cascade",
-    "Stage": "reimagen.cascade",
-    "Pipeline": "reimagen.pipeline",
-    "Generation": "reimagen.pipeline",
-    "SamplingConfig": "reimagen.core.generation",
-    "KnowledgeBase": "reimagen.core.knowledge_base",
+    "load": "reimagen.generation.pretrained",
+    "Cascade": "reimagen.generation.cascade",
+    "Stage": "reimagen.generation.cascade",
+    "Pipeline": "reimagen.generation.pipeline",
+    "Generation": "reimagen.generation.pipeline",
+    "SamplingConfig": "reimagen.diffusion.sampling_config",
+    "KnowledgeBase": "reimagen.kb.knowledge_base",
 }
 
 __all__ = [

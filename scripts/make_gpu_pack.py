@@ -47,10 +47,10 @@ MARGIN = 2 * 2**20
 def training_texts(kb_folder: Path, data: dict | None) -> tuple[list[str], list[str]]:
     """(pool prompts, training-view captions): every text `reimagen train` encodes with this
     KB and recipe (the pool does not depend on K; captions are the training view's)."""
-    from reimagen.core.knowledge_base import KnowledgeBase
-    from reimagen.core.training import TrainConfig
-    from reimagen.data.splits import load_split
-    from reimagen.data.training_data import DataConfig, EmojiBatchSource
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.training.contract import TrainConfig
+    from reimagen.kb.splits import load_split
+    from reimagen.training.data import DataConfig, EmojiBatchSource
     from reimagen.encoders.hash import HashEncoder
 
     kb = KnowledgeBase.open(kb_folder, verify=False)

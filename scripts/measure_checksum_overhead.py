@@ -15,9 +15,9 @@ from pathlib import Path
 
 from reimagen.core import digests
 from reimagen.core.io import load_safetensors
-from reimagen.core.knowledge_base import KnowledgeBase
+from reimagen.kb.knowledge_base import KnowledgeBase
 from reimagen.core.paths import default_kb_dir
-from reimagen.weights import STAGES, weights_path
+from reimagen.generation.shipped import STAGES, weights_path
 
 
 def median_ms(action: Callable[[], object], runs: int = 5) -> float:

@@ -61,11 +61,11 @@ def main(argv=None) -> int:
 
     from reimagen.backends.torch.trainer import Trainer, model_kwargs, resolve_device
     from reimagen.cli.train import make_batch_source
-    from reimagen.core import prefetch
+    from reimagen.training import prefetch
     from reimagen.core.io import atomic_write_text
-    from reimagen.core.knowledge_base import KnowledgeBase
-    from reimagen.core.schedule import CosineSchedule
-    from reimagen.core.training import TrainConfig
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.diffusion.schedule import CosineSchedule
+    from reimagen.training.contract import TrainConfig
     from reimagen.core.unet_config import PRESETS
 
     device = resolve_device(args.device)

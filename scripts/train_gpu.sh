@@ -66,9 +66,9 @@ import sys, time
 from pathlib import Path
 from reimagen.cli.train import make_batch_source, parse_data_overrides
 from reimagen.core import registry
-from reimagen.core.knowledge_base import KnowledgeBase
-from reimagen.core.training import TrainConfig
-from reimagen.data.training_data import DataConfig
+from reimagen.kb.knowledge_base import KnowledgeBase
+from reimagen.training.contract import TrainConfig
+from reimagen.training.data import DataConfig
 start = time.time()
 try:
     kb = KnowledgeBase.open(Path(sys.argv[1]), verify=False)

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reimagen.core.augment import noise_augment, resize_bilinear
-from reimagen.core.schedule import CosineSchedule
+from reimagen.diffusion.augment import noise_augment, resize_bilinear
+from reimagen.diffusion.schedule import CosineSchedule
 
 
 @pytest.mark.parametrize("h, size", [(32, 64), (16, 64), (8, 8), (5, 13)])

@@ -25,9 +25,9 @@ from reimagen.backends.torch.unet import ReImagenUNet
 from reimagen.cli.main import main
 from reimagen.core.config import ConfigError
 from reimagen.core.io import UnsafeFileError
-from reimagen.core.knowledge_base import KnowledgeBaseError
+from reimagen.kb.knowledge_base import KnowledgeBaseError
 from reimagen.core.registry import RegistryError
-from reimagen.data.splits import SplitError
+from reimagen.kb.splits import SplitError
 
 SHIPPED_SR = "reimagen/assets/weights/sr.safetensors"
 

@@ -9,12 +9,12 @@ import numpy as np
 from test_torch_trainer import SyntheticSource, config
 
 from reimagen.backends.torch import BACKEND
-from reimagen.cascade import Cascade, Stage
+from reimagen.generation.cascade import Cascade, Stage
 from reimagen.core import registry
-from reimagen.core.augment import noise_augment, resize_bilinear
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.augment import noise_augment, resize_bilinear
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.unet_config import PRESETS
-from reimagen.pipeline import Pipeline
+from reimagen.generation.pipeline import Pipeline
 
 BASE = PRESETS["tiny"].replace(image_size=8, channel_mults=(1,), self_attn_resolutions=(8,),
                                cross_attn_resolutions=(8,), neighbor_attn_resolutions=(8,))

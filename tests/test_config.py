@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reimagen.core.config import ConfigError
-from reimagen.core.schedule import CosineSchedule
+from reimagen.diffusion.schedule import CosineSchedule
 from reimagen.core.unet_config import PRESETS, UNetConfig
 
 
@@ -73,7 +73,7 @@ def test_schedule_endpoints_and_monotone():
 
 
 def test_nan_is_rejected_by_range_validators():
-    from reimagen.core.training import TrainConfig
+    from reimagen.training.contract import TrainConfig
 
     with pytest.raises(ConfigError, match="lr must be in"):
         TrainConfig(lr=float("nan"))

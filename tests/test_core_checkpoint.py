@@ -1,4 +1,4 @@
-"""reimagen.core.checkpoint on numpy dicts alone (no framework): the commit protocol, the readers,
+"""reimagen.training.checkpoint on numpy dicts alone (no framework): the commit protocol, the readers,
 pruning, and the fault-injection hook under both its names (a real SIGKILL in a subprocess)."""
 
 import json
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from reimagen.core import checkpoint as ckpt
+from reimagen.training import checkpoint as ckpt
 from reimagen.core.unet_config import PRESETS
 
 CONFIG_JSON = PRESETS["tiny"].to_json()

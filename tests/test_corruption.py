@@ -34,12 +34,12 @@ from toys import WORDS, toy_kb
 from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch.trainer import Trainer, train
 from reimagen.bench import evaluator as ev
-from reimagen.core import checkpoint as ckpt
+from reimagen.training import checkpoint as ckpt
 from reimagen.core import digests, registry
 from reimagen.core.digests import IntegrityError
-from reimagen.core.knowledge_base import CHECKED, KnowledgeBase, build_knowledge_base
+from reimagen.kb.knowledge_base import CHECKED, KnowledgeBase, build_knowledge_base
 from reimagen.core.paths import default_kb_dir
-from reimagen.core.triples import build_triples, load_triples, save_triples
+from reimagen.kb.triples import build_triples, load_triples, save_triples
 from reimagen.core.unet_config import PRESETS
 from reimagen.encoders.table import EncodingTable
 from reimagen.retrievers.index import index_folder, index_name
@@ -238,7 +238,7 @@ def real_kb(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["base", "sr"])
 def test_real_size_shipped_weights(tmp_path, stage):
-    from reimagen.weights import weights_path
+    from reimagen.generation.shipped import weights_path
 
     path = tmp_path / f"{stage}.safetensors"
     shutil.copyfile(weights_path(stage), path)
@@ -308,7 +308,7 @@ def test_resume_falls_back_to_the_newest_good_checkpoint(tmp_path, caplog, refer
     train(TINY, config(2), SyntheticSource(), run, progress=False)  # keeps steps 1 and 2
     harm, expected = DAMAGES[damage]
     harm(run / "checkpoints")
-    with caplog.at_level(logging.WARNING, logger="reimagen.core.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="reimagen.training.checkpoint"):
         trainer = Trainer(TINY, config(3), SyntheticSource(), run, progress=False)
     assert trainer.step == expected, damage
     warnings = [r.getMessage() for r in caplog.records if "not the latest" in r.getMessage()]
@@ -335,7 +335,7 @@ def test_a_checkpoint_from_before_checksums_is_read_with_a_warning(tmp_path, cap
     train(TINY, config(1), SyntheticSource(), run, progress=False)
     folder = ckpt.latest_checkpoint(run)
     (folder / digests.SUMS).unlink()
-    with caplog.at_level(logging.WARNING, logger="reimagen.core.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="reimagen.training.checkpoint"):
         assert ckpt.read_checkpoint(folder).step == 1
     assert "unverified" in caplog.text
     with pytest.raises(ckpt.CheckpointError, match="already the committed checkpoint"):
@@ -394,7 +394,7 @@ import os, signal, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import numpy as np
-from reimagen.core import knowledge_base as kbm
+from reimagen.kb import knowledge_base as kbm
 
 folder, point = Path({folder!r}), {point!r}
 rng = np.random.default_rng(0)

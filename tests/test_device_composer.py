@@ -18,12 +18,12 @@ from test_training_data import encoder, kb, split  # noqa: F401  (the same 16-en
 from reimagen.backends.torch.scene_composer import DeviceBatchSource
 from reimagen.backends.torch.trainer import Trainer, model_kwargs
 from reimagen.cli.main import main
-from reimagen.core.checkpoint import latest_checkpoint, read_checkpoint
-from reimagen.core.prefetch import compact_batch
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.training import TrainConfig
+from reimagen.training.checkpoint import latest_checkpoint, read_checkpoint
+from reimagen.training.prefetch import compact_batch
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.contract import TrainConfig
 from reimagen.core.unet_config import PRESETS
-from reimagen.data import training_data as td
+from reimagen.training import data as td
 from reimagen.encoders.table import EncodingTable
 
 STEPS = range(4)

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from toys import toy_kb
 
-from reimagen.core import checkpoint as ckpt
+from reimagen.training import checkpoint as ckpt
 from reimagen.core import registry
-from reimagen.core.knowledge_base import KnowledgeBase, build_knowledge_base
+from reimagen.kb.knowledge_base import KnowledgeBase, build_knowledge_base
 from reimagen.core.unet_config import PRESETS
 
 TINY = PRESETS["tiny"]
@@ -128,7 +128,7 @@ def index_writer(name: str) -> Writer:
 
 
 def triples_writer(suffix: str) -> Writer:
-    from reimagen.core.triples import build_triples, load_triples, save_triples
+    from reimagen.kb.triples import build_triples, load_triples, save_triples
 
     path = f"t{suffix}"
 

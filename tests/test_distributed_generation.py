@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from toys import toy_kb, toy_pipeline
 
-from reimagen.cascade import Cascade, Stage
+from reimagen.generation.cascade import Cascade, Stage
 from reimagen.cli.main import main
 from reimagen.core import registry
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.interfaces import SamplerNoise
 from reimagen.core.unet_config import PRESETS
-from reimagen.distributed_generation import (
+from reimagen.generation.distributed import (
     _check_complete,
     generate_distributed,
     micro_batches,
@@ -111,7 +111,7 @@ def test_cascade_split_into_micro_batches_matches_one_batch_here(kb):
     """Per-sample seeding end to end (base ddpm + SR augmentation): the tiny torch network is
     row-stable across batch sizes on this CPU at one thread (measured), so micro-batches of 2
     give the one-batch images byte for byte. (The shipped base stage is not row-stable; see
-    reimagen.distributed_generation.)"""
+    reimagen.generation.distributed.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

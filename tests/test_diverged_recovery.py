@@ -18,10 +18,10 @@ import pytest
 from test_torch_trainer import SyntheticSource, assert_same_state, config
 
 from reimagen.backends.torch.trainer import Trainer, train
-from reimagen.core import checkpoint as ckpt
+from reimagen.training import checkpoint as ckpt
 from reimagen.core.config import ConfigError
 from reimagen.core.digests import IntegrityError
-from reimagen.core.train_loop import RESUMABLE_CHANGES, check_resumable
+from reimagen.training.loop import RESUMABLE_CHANGES, check_resumable
 from reimagen.core.unet_config import PRESETS
 
 TINY = PRESETS["tiny"]
@@ -128,7 +128,7 @@ def test_a_crash_before_latest_is_rewritten_resumes_at_the_rewound_step(run, mon
     with pytest.raises(KeyboardInterrupt):
         ckpt.rewind(run, 2)
     monkeypatch.undo()
-    with caplog.at_level(logging.WARNING, logger="reimagen.core.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="reimagen.training.checkpoint"):
         saved, skipped = ckpt.load_resumable(run)
     assert saved.step == 2 and "step-00000004" in skipped[0]
     ckpt.rewind(run, 2)  # again: nothing left to move, latest rewritten
@@ -165,7 +165,7 @@ def test_cli_passes_resume_from_and_keep_to_the_trainer(run, monkeypatch):
     from reimagen.cli import common
     from reimagen.cli import train as cli
     from reimagen.cli.main import main
-    from reimagen.data import folder_training
+    from reimagen.training import folder_data as folder_training
 
     seen = {}
 

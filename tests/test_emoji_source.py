@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from reimagen.core import registry
-from reimagen.core.knowledge_base import (
+from reimagen.kb.knowledge_base import (
     Entity,
     KnowledgeBase,
     KnowledgeBaseError,
     build_from_source,
 )
-from reimagen.data import emoji_source as es
+from reimagen.kb import emoji_source as es
 
 HAVE_NOTO = es.NOTO_FONT.is_file()
 HAVE_FLUENT = es.fluent_dir() is not None

@@ -16,8 +16,8 @@ import pytest
 from reimagen.bench import entitybench as eb
 from reimagen.bench.evaluator import Evaluator, read_meta, target_drawings
 from reimagen.cli.main import main
-from reimagen.data import scenes as sc
-from reimagen.data.splits import load_split
+from reimagen.kb import scenes as sc
+from reimagen.kb.splits import load_split
 
 NAMES = ["red apple", "dragon", "flag Japan", "rocket", "pizza", "violin"]
 COLOUR = {
@@ -185,9 +185,9 @@ def tiny(tmp_path_factory):
     import torch
 
     from reimagen.core import registry
-    from reimagen.core.knowledge_base import build_from_source
+    from reimagen.kb.knowledge_base import build_from_source
     from reimagen.core.unet_config import PRESETS
-    from reimagen.data.emoji_source import EmojiSource
+    from reimagen.kb.emoji_source import EmojiSource
 
     root = tmp_path_factory.mktemp("bench")
     source = EmojiSource(names=NAMES, artists=["twemoji", "openmoji"], processes=1, size=32)
@@ -330,9 +330,9 @@ def test_bench_images_depend_on_the_seed_and_not_on_the_batch_size(tiny, judge, 
     """Prompt i is drawn from the noise of (seed, i): batches of 1 and of 3 give the same
     images (up to one uint8 level of float summation order); another seed does not."""
     from reimagen.core import registry
-    from reimagen.core.generation import SamplingConfig
-    from reimagen.core.knowledge_base import KnowledgeBase
-    from reimagen.weights import load_stage
+    from reimagen.diffusion.sampling_config import SamplingConfig
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.generation.shipped import load_stage
 
     kb = KnowledgeBase.open(tiny / "kb")
     retriever = registry.get("retriever", "bm25")().fit(kb)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from reimagen.bench import evaluator as ev
 from reimagen.core import digests
-from reimagen.data import scenes as sc
+from reimagen.kb import scenes as sc
 
 # Large, distinctive drawings from several categories and all three tiers.
 NAMES = ["red apple", "dragon", "flag Japan", "rocket", "pizza", "violin", "cactus", "anchor"]
@@ -79,8 +79,8 @@ def test_random_scenes_use_legible_colours_and_every_position(composer):
 
 
 def test_target_drawings_match_the_knowledge_base_packing():
-    from reimagen.core.knowledge_base import pack_rgba
-    from reimagen.data.emoji_source import Twemoji, load_entities
+    from reimagen.kb.knowledge_base import pack_rgba
+    from reimagen.kb.emoji_source import Twemoji, load_entities
 
     apple = next(e for e in load_entities() if e.name == "red apple")
     _, drawings = ev.target_drawings(["red apple"])

@@ -1,4 +1,4 @@
-"""Training and benching on your own collection (issue 17 item 1): reimagen.data.folder_training,
+"""Training and benching on your own collection (issue 17 item 1): reimagen.training.folder_data,
 ``reimagen train --kb``, ``reimagen bench --kb`` and the ``evaluator`` component kind.
 
 A synthetic collection of 20 drawn shapes (4 colours × 5 shapes, captioned "a red circle") plus a
@@ -23,14 +23,14 @@ from reimagen import hookimpl
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.cli.main import main
 from reimagen.core import registry
-from reimagen.core.augment import resize_bilinear
-from reimagen.core.knowledge_base import build_from_source
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.training import TrainConfig
-from reimagen.data import folder_training as ft
-from reimagen.data.folder_source import FolderSource
-from reimagen.data.training_data import DataConfig
-from reimagen.evaluators import HeldOutExample, centred_cosine, mse, pixel_metrics, psnr
+from reimagen.diffusion.augment import resize_bilinear
+from reimagen.kb.knowledge_base import build_from_source
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.contract import TrainConfig
+from reimagen.training import folder_data as ft
+from reimagen.kb.folder_source import FolderSource
+from reimagen.training.data import DataConfig
+from reimagen.bench.evaluators import HeldOutExample, centred_cosine, mse, pixel_metrics, psnr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -223,7 +223,7 @@ def test_train_resume_is_bit_identical_and_records_the_kb(kb, trained, tmp_path,
     facts = json.loads((trained / "run.json").read_text())
     assert facts["kb"]["fingerprint"] == kb.fingerprint and facts["kb"]["records"] == 21
     assert (trained / "base.safetensors").is_file()  # bare --export: beside the run
-    from reimagen.core.checkpoint import training_recipe
+    from reimagen.training.checkpoint import training_recipe
 
     assert training_recipe(trained / "base.safetensors")["kb"]["fingerprint"] == kb.fingerprint
 

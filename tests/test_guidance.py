@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from reimagen.core import registry
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import SamplerNoise
-from reimagen.guidance import (
+from reimagen.diffusion.guidance import (
     GuidanceConfig,
     InterleavedGuidance,
     JointGuidance,
@@ -64,7 +64,7 @@ def test_builtins_are_registered_under_the_design_names():
     for name, cls in zip(NAMES, classes):
         assert registry.get("guidance", name) is cls
         assert type(get_guidance(name, w=2.0)) is cls and cls.name == name
-        assert registry.default_registry().origin("guidance", name) == "reimagen.guidance"
+        assert registry.default_registry().origin("guidance", name) == "reimagen.diffusion.guidance"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -191,7 +191,7 @@ def test_config_json_round_trip():
 
 
 def test_strategies_accept_the_pipelines_keyword_set():
-    """reimagen.pipeline.make_guidance passes all four weights to whichever strategy is named."""
+    """reimagen.generation.pipeline.make_guidance passes all four weights to whichever strategy is named."""
     for name in NAMES:
         strategy = registry.get("guidance", name)(w=2.0, w_text=3.0, w_neighbors=4.0, eta=0.3)
         assert strategy.config == GuidanceConfig(w=2.0, w_text=3.0, w_neighbors=4.0, eta=0.3)

@@ -22,7 +22,7 @@ from toys import FORMULA_DOCS, FORMULA_TEXTS, MemoryKB
 
 from reimagen.bench.recall import entity_hits, measure
 from reimagen.core import digests
-from reimagen.core.knowledge_base import build_knowledge_base
+from reimagen.kb.knowledge_base import build_knowledge_base
 from reimagen.core.paths import default_kb_dir
 from reimagen.retrievers import (
     BM25Retriever,
@@ -89,7 +89,7 @@ def test_scene_words_do_not_outvote_the_entity():
     """The failure that motivated tfidf, on the real emoji names: bm25 sums the two scene words
     "small" + "blue" that "small blue diamond" shares with the prompt above the one rare word
     "dodo"; the cosine charges "small blue diamond" for its unmatched "diamond"."""
-    from reimagen.data.splits import load_split
+    from reimagen.kb.splits import load_split
 
     kb = EntityKB([e.name for e in load_split().entities])
     query = ["a small dodo on a blue background"]
@@ -269,7 +269,7 @@ ENTITIES = [
 
 @pytest.fixture
 def tiny_kb(tmp_path):
-    from reimagen.core.knowledge_base import Entity
+    from reimagen.kb.knowledge_base import Entity
 
     pixels = np.zeros((8, 8, 4), np.uint8)
     items = [

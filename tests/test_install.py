@@ -24,7 +24,7 @@ ROOT = Path(__file__).parents[1]
 PROBE = """
 import importlib.metadata as md, sys
 import reimagen, torch
-from reimagen.weights import weights_path
+from reimagen.generation.shipped import weights_path
 assert reimagen.__file__.startswith(sys.prefix), reimagen.__file__  # the installed copy
 pipe = reimagen.Pipeline.from_pretrained(weights_path("base"))  # the wheel's package data
 out = pipe.generate(["a red apple on a blue background"], k=0, seed=0,

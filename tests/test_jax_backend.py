@@ -29,10 +29,10 @@ from reimagen.backends.torch.trainer import Trainer as TorchTrainer
 from reimagen.core import registry
 from reimagen.core.interfaces import SamplerNoise, TextEncoding
 from reimagen.core.io import UnsafeFileError
-from reimagen.core.samplers import ddim
-from reimagen.core.training import Batch, TrainConfig, draw_diffusion_inputs
+from reimagen.diffusion.samplers import ddim
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS
-from reimagen.guidance.strategies import InterleavedGuidance
+from reimagen.diffusion.guidance import InterleavedGuidance
 
 TINY = PRESETS["tiny"]
 L = 5

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve()
 
 
 def train_config():
-    from reimagen.core.training import TrainConfig
+    from reimagen.training.contract import TrainConfig
 
     return TrainConfig(
         steps=STEPS,
@@ -55,7 +55,7 @@ class Source:
 
     def batch(self, step: int):
         from reimagen.core.interfaces import TextEncoding
-        from reimagen.core.training import Batch, draw_diffusion_inputs
+        from reimagen.training.contract import Batch, draw_diffusion_inputs
         from reimagen.core.unet_config import PRESETS
 
         tiny, k, length = PRESETS["tiny"], 2, 5

@@ -47,13 +47,13 @@ from reimagen.backends.torch.checkpoint import optimizer_to_numpy as torch_optim
 from reimagen.backends.torch.denoiser import TorchDenoiser
 from reimagen.backends.torch.trainer import Trainer as TorchTrainer
 from reimagen.core.interfaces import SamplerNoise, TextEncoding
-from reimagen.core.samplers import SAMPLERS
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.thresholding import Thresholding
-from reimagen.core.train_loop import training_levels
-from reimagen.core.training import Batch, TrainConfig, draw_diffusion_inputs
+from reimagen.diffusion.samplers import SAMPLERS
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.diffusion.thresholding import Thresholding
+from reimagen.training.loop import training_levels
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS
-from reimagen.guidance.strategies import STRATEGIES
+from reimagen.diffusion.guidance import STRATEGIES
 
 TINY = PRESETS["tiny"]
 # Layer norm, neighbour attention at two resolutions (one inside the UStack), an SR stage.
@@ -265,7 +265,7 @@ def test_building_block(name, seed):
     record(name, errors)
 
 
-# Both backends compute the phase 2π·frac(t·r_i) bit for bit (reimagen.core.time_features), so
+# Both backends compute the phase 2π·frac(t·r_i) bit for bit (reimagen.diffusion.time_features), so
 # only sin/cos of an argument in [0, 2π) may differ: each library is faithful to ≤ 2 ulp there,
 # |Δ| ≤ 4 ulp(1) = 4 · 2⁻²³ = 4.8e-7 of the features' scale (1). Measured here: 6.0e-8.
 SINUSOID_TOL = 4 * 2.0**-23

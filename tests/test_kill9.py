@@ -31,9 +31,9 @@ import numpy as np
 import pytest
 import torch
 
-from reimagen.core import checkpoint as ckpt
+from reimagen.training import checkpoint as ckpt
 from reimagen.core import registry
-from reimagen.core.knowledge_base import KnowledgeBase, build_knowledge_base
+from reimagen.kb.knowledge_base import KnowledgeBase, build_knowledge_base
 from reimagen.core.unet_config import PRESETS
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def index_writer(name: str) -> Writer:
 
 
 def triples_writer() -> Writer:
-    from reimagen.core.triples import build_triples, load_triples, save_triples
+    from reimagen.kb.triples import build_triples, load_triples, save_triples
 
     def write(root, k):
         kb = KnowledgeBase.open(root / "kb", verify=False)

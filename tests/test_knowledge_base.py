@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from reimagen.core import digests, paths, registry
-from reimagen.core.knowledge_base import (
+from reimagen.kb.knowledge_base import (
     CHECKED,
     MANIFEST,
     PACKED,
@@ -31,7 +31,7 @@ from reimagen.core.knowledge_base import (
     pack_rgba,
     resize_area,
 )
-from reimagen.data.folder_source import FolderSource
+from reimagen.kb.folder_source import FolderSource
 
 S = 8  # packed resolution of the hand-made KBs
 

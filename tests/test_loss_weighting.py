@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from reimagen.backends.torch.trainer import weighted_mse
 from reimagen.core.config import ConfigError
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.train_loop import training_levels
-from reimagen.core.training import Batch, TrainConfig
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.loop import training_levels
+from reimagen.training.contract import Batch, TrainConfig
 
 SCHEDULE = CosineSchedule()
 U32, U64 = 2**-24, 2**-53  # float32 and float64 unit roundoff
@@ -152,7 +152,7 @@ def test_bad_recipe_values_are_refused(changes, message):
 def test_runs_from_before_the_recipe_fields_resume():
     """A checkpoint whose TrainConfig predates loss_weighting / snr_gamma / t_shift had the
     defaults; it resumes with them and refuses another recipe."""
-    from reimagen.core.train_loop import check_resumable
+    from reimagen.training.loop import check_resumable
     from reimagen.core.unet_config import PRESETS
 
     model_config = PRESETS["tiny"]

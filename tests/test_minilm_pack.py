@@ -106,9 +106,9 @@ POOL = 120
 
 @pytest.fixture(scope="module")
 def toy_kb(tmp_path_factory):
-    from reimagen.core.knowledge_base import build_from_source
-    from reimagen.data import splits as sp
-    from reimagen.data.emoji_source import EmojiSource
+    from reimagen.kb.knowledge_base import build_from_source
+    from reimagen.kb import splits as sp
+    from reimagen.kb.emoji_source import EmojiSource
 
     split = sp.load_split()
     names = [*split.seen[:6], *split.seen[-6:], *split.unseen[:2]]
@@ -120,9 +120,9 @@ def toy_kb(tmp_path_factory):
 def _cpu_source(kb_folder: Path, pack: Path | None, monkeypatch):
     from reimagen.cli.train import make_batch_source
     from reimagen.core import registry
-    from reimagen.core.knowledge_base import KnowledgeBase
-    from reimagen.core.training import TrainConfig
-    from reimagen.data.training_data import DataConfig
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.training.contract import TrainConfig
+    from reimagen.training.data import DataConfig
 
     if pack is None:
         monkeypatch.delenv("REIMAGEN_MINILM_PACK", raising=False)
@@ -185,7 +185,7 @@ def test_packed_train_gpu_sh_trains_minilm_without_minilm(toy_kb, tmp_path, monk
     done = train(OUT=tmp_path / "out", KB=tmp_path / "gpu-kb", RUNS=tmp_path / "runs")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "encoder minilm, loss min-snr" in done.stdout
-    from reimagen.core.checkpoint import ENCODER_KEY, training_recipe
+    from reimagen.training.checkpoint import ENCODER_KEY, training_recipe
     from reimagen.core.io import load_safetensors_metadata
 
     exported = tmp_path / "out/base.safetensors"

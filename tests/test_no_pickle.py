@@ -215,7 +215,7 @@ def test_user_supplied_text_files(tmp_path, marker):
     from toys import toy_kb
 
     from reimagen.bench.entitybench import read_prompts
-    from reimagen.data import folder_source, splits
+    from reimagen.kb import folder_source, splits
 
     kb = toy_kb(tmp_path / "kb")
     source = tmp_path / "source"

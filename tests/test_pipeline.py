@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from toys import toy_kb, toy_pipeline
 
-from reimagen.cascade import Cascade, CascadeError, Stage
+from reimagen.generation.cascade import Cascade, CascadeError, Stage
 from reimagen.core import registry
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.unet_config import PRESETS
 
 SR_TINY = PRESETS["tiny"].replace(cond_image_channels=3, lowres_size=8)

@@ -31,10 +31,10 @@ from test_torch_unet import SAME_NETWORK_TOL
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.trainer import Trainer, model_kwargs, resolve_device, train
 from reimagen.backends.torch.unet import build_unet
-from reimagen.core import checkpoint as core_checkpoint
-from reimagen.core import prefetch
+from reimagen.training import checkpoint as core_checkpoint
+from reimagen.training import prefetch
 from reimagen.core.interfaces import TextEncoding
-from reimagen.core.schedule import CosineSchedule
+from reimagen.diffusion.schedule import CosineSchedule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -51,7 +51,7 @@ def assert_same_batch(a, b) -> None:
 POOLED_CHECK = """
 import sys
 import numpy as np
-from reimagen.core import prefetch
+from reimagen.training import prefetch
 from test_torch_trainer import SyntheticSource
 from test_prefetch import assert_same_batch
 
@@ -174,7 +174,7 @@ def test_exports_record_their_recipe_and_lineage(tmp_path):
     the examples seen, added to those its --init-from weights record."""
     from reimagen.cli.train import _export
     from reimagen.core import registry
-    from reimagen.data.training_data import DataConfig
+    from reimagen.training.data import DataConfig
 
     donor = ckpt.save_model(build_unet(TINY, seed=7), tmp_path / "donor.safetensors", metadata={
         core_checkpoint.RECIPE_KEY: json.dumps({"examples_total": 1000})})
@@ -225,7 +225,7 @@ def test_cuda_without_a_gpu_is_refused():
 def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
     from reimagen.cli.main import UserError
     from reimagen.cli.train import RUN_FILE, parse_data_overrides, run_facts
-    from reimagen.data.training_data import DataConfig
+    from reimagen.training.data import DataConfig
 
     run_dir = tmp_path / "run"
     # export-only writes nothing

@@ -1,4 +1,4 @@
-"""The front door (reimagen.pretrained): Cascade.from_pretrained / Pipeline.from_pretrained on
+"""The front door (reimagen.generation.pretrained): Cascade.from_pretrained / Pipeline.from_pretrained on
 a folder of tiny exported stages, against the same cascade assembled by hand; bad input."""
 
 import numpy as np
@@ -6,12 +6,12 @@ import pytest
 from toys import TINY_BASE, TINY_SR, export_stage, toy_cascade
 
 import reimagen
-from reimagen.cascade import Cascade, CascadeError, Stage
+from reimagen.generation.cascade import Cascade, CascadeError, Stage
 from reimagen.core import registry
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.unet_config import PRESETS
-from reimagen.pipeline import Pipeline
-from reimagen.weights import DEFAULT_SAMPLING
+from reimagen.generation.pipeline import Pipeline
+from reimagen.generation.shipped import DEFAULT_SAMPLING
 
 FAST = SamplingConfig(sampler="ddim", steps=3, guidance="interleaved", eta=0.5)
 
@@ -109,7 +109,7 @@ def test_load_refuses_an_unknown_name():
 def test_pipeline_from_pretrained_reads_a_run_folders_latest_ema(tmp_path):
     """A training run's folder: its latest checkpoint's EMA weights, the SR stage's tuned
     sampling for an SR network (the checkpoint does not name its stage)."""
-    from reimagen.core.checkpoint import write_checkpoint
+    from reimagen.training.checkpoint import write_checkpoint
 
     backend = registry.get("backend", "torch")()
     model, ema = (backend.state_dict(backend.build_model(TINY_SR, seed=s)) for s in (1, 2))

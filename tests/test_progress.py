@@ -10,10 +10,10 @@ import pytest
 from test_entitybench import _common, tiny  # noqa: F401 (the tiny emoji KB + network fixture)
 from toys import toy_cascade
 
-from reimagen.cascade import Cascade
+from reimagen.generation.cascade import Cascade
 from reimagen.cli.main import main
 from reimagen.cli.progress import bar, row_logger, sampling_steps, step_callback
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 
 
 @pytest.fixture(scope="module")

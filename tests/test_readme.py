@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from reimagen.core.paths import default_kb_dir
-from reimagen.weights import available_stages
+from reimagen.generation.shipped import available_stages
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -43,7 +43,7 @@ def test_python_example_draws_what_generate_draws(tmp_path, monkeypatch, capsys)
     write the same pixels at both stages. Fast settings for both through the one place they
     read them: 2 sampling steps per stage, and bm25 for the default retriever (hybrid's first
     index build encodes 7,273 captions, ~2 min on this CPU)."""
-    from reimagen import weights
+    from reimagen.generation import shipped as weights
     from reimagen.cli.main import main
 
     for stage in ("base", "sr"):

@@ -26,7 +26,7 @@ from toys import toy_kb
 from reimagen.bench.entitybench import Row, RowResult
 from reimagen.bench.report import markdown_html, render, write_report
 from reimagen.cli.main import main
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
                  if (path := shutil.which(name))), None)

@@ -22,10 +22,10 @@ from reimagen.core.array_ops import per_sample_quantile, quantile_last_axis, sor
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import Denoiser, SamplerNoise
 from reimagen.core.registry import RegistryError
-from reimagen.core.samplers import SAMPLERS, ddim, ddpm, dpmpp2m, get_sampler
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.thresholding import Thresholding
-from reimagen.guidance import (
+from reimagen.diffusion.samplers import SAMPLERS, ddim, ddpm, dpmpp2m, get_sampler
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.diffusion.thresholding import Thresholding
+from reimagen.diffusion.guidance import (
     InterleavedGuidance,
     JointGuidance,
     NoGuidance,
@@ -161,7 +161,7 @@ def test_samplers_registered_under_design_names():
     assert set(SAMPLER_NAMES) <= set(registry.names("sampler"))
     for name in SAMPLER_NAMES:
         assert get_sampler(name) is SAMPLERS[name]
-        assert registry.default_registry().origin("sampler", name) == "reimagen.core.samplers"
+        assert registry.default_registry().origin("sampler", name) == "reimagen.diffusion.samplers"
 
 
 def test_unknown_sampler_lists_known_names():

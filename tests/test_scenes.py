@@ -1,5 +1,5 @@
 """Scenes: composer geometry, prompts from templates, and the pixel readers that score text
-alignment (reimagen.data.scenes, DESIGN §8).
+alignment (reimagen.kb.scenes, DESIGN §8).
 
 The oracle for the readers is the composer's ground truth: for real Twemoji drawings, every
 colour × position × size a drawing is legible on must read back exactly from pixels, and the
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reimagen.core.config import ConfigError
-from reimagen.core.knowledge_base import pack_rgba
-from reimagen.data import scenes as sc
-from reimagen.data.emoji_source import Twemoji, load_entities
+from reimagen.kb.knowledge_base import pack_rgba
+from reimagen.kb import scenes as sc
+from reimagen.kb.emoji_source import Twemoji, load_entities
 
 # Round, wide (flags), thin and diagonal drawings, and ones that share colours with backgrounds.
 DRAWN = [

@@ -10,7 +10,7 @@ from reimagen.backends.torch import BACKEND
 from reimagen.core import digests
 from reimagen.core.io import load_safetensors
 from reimagen.core.unet_config import PRESETS
-from reimagen.weights import STAGES, available_stages, weights_path
+from reimagen.generation.shipped import STAGES, available_stages, weights_path
 
 
 def test_float16_export_round_trip(tmp_path):
@@ -70,8 +70,8 @@ def test_shipped_weights_carry_their_checksum_and_the_same_tensors(stage):
 def test_the_shipped_base_records_its_encoder_and_recipe():
     """Issue #15: the shipped base says how it was made: its text encoder, the TrainConfig
     fields that shape it and the examples its whole lineage saw (the learning curve's x)."""
-    from reimagen.core.checkpoint import trained_encoder, training_recipe
-    from reimagen.core.training import TrainConfig
+    from reimagen.training.checkpoint import trained_encoder, training_recipe
+    from reimagen.training.contract import TrainConfig
 
     path = weights_path("base")
     recipe = training_recipe(path)
@@ -85,7 +85,7 @@ def test_the_shipped_base_records_its_encoder_and_recipe():
 
 
 def test_stamping_a_recipe_keeps_tensors_and_metadata(tmp_path):
-    from reimagen.core.checkpoint import ENCODER_KEY, stamp_recipe, training_recipe
+    from reimagen.training.checkpoint import ENCODER_KEY, stamp_recipe, training_recipe
 
     model = BACKEND.build_model(PRESETS["tiny"], seed=1)
     path = BACKEND.save_model(model, tmp_path / "m.safetensors", metadata={ENCODER_KEY: "hash"})

@@ -1,4 +1,4 @@
-"""EntityBench splits and knowledge-base views (reimagen.data.splits, DESIGN §8, paper Fig. 5)."""
+"""EntityBench splits and knowledge-base views (reimagen.kb.splits, DESIGN §8, paper Fig. 5)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from reimagen.core.knowledge_base import build_from_source
-from reimagen.data import splits as sp
-from reimagen.data.emoji_source import EMOJI_TEST, EmojiSource, is_flag_sequence, load_entities
+from reimagen.kb.knowledge_base import build_from_source
+from reimagen.kb import splits as sp
+from reimagen.kb.emoji_source import EMOJI_TEST, EmojiSource, is_flag_sequence, load_entities
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def _partition(s: sp.EntitySplit) -> list[tuple]:
 
 def test_checked_in_split_is_up_to_date(split, fresh):
     """Regenerating from the installed emoji data gives the checked-in file byte for byte
-    (fix: ``python -m reimagen.data.splits --write``)."""
+    (fix: ``python -m reimagen.kb.splits --write``)."""
     assert _partition(fresh) == _partition(split), "entity_split.json is stale"
     if not EMOJI_TEST.is_file():
         pytest.skip(f"{EMOJI_TEST} missing: categories cannot be regenerated here")
@@ -58,7 +58,7 @@ def test_partition_is_disjoint_and_complete_over_eligible_entities(split):
 def test_eligibility_needs_twemoji_and_openmoji():
     entities = load_entities()
     eligible = {e.name for e in sp.eligible_entities(entities)}
-    from reimagen.data.emoji_source import OpenMoji, Twemoji
+    from reimagen.kb.emoji_source import OpenMoji, Twemoji
 
     twemoji, openmoji = Twemoji(), OpenMoji()
     for entity in entities:

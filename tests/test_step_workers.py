@@ -1,4 +1,4 @@
-"""reimagen.core.step_workers: steps made ahead by forked processes, in step order, stopped
+"""reimagen.training.step_workers: steps made ahead by forked processes, in step order, stopped
 cleanly at any point (multiprocessing.Pool.terminate can deadlock there: see the module)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from reimagen.core.step_workers import ordered, threaded
+from reimagen.training.step_workers import ordered, threaded
 
 
 class Big:

@@ -220,8 +220,8 @@ def test_pickled_weights_are_refused_unread(name, t5_dir, tmp_path, monkeypatch)
 @pytest.fixture(scope="module")
 def emoji_kb(tmp_path_factory) -> Path:
     """A 16 px emoji knowledge base of six seen entities (what `reimagen train` trains on)."""
-    from reimagen.core.knowledge_base import build_from_source
-    from reimagen.data.splits import load_split
+    from reimagen.kb.knowledge_base import build_from_source
+    from reimagen.kb.splits import load_split
 
     names = list(load_split().seen[:6])
     source = registry.get("source", "emoji")(names=names, processes=1, size=32)
@@ -234,7 +234,7 @@ def test_train_then_generate_with_t5(t5_dir, emoji_kb, tmp_path, monkeypatch, ca
     from PIL import Image
 
     from reimagen.cli.main import main
-    from reimagen.weights import read_config
+    from reimagen.generation.shipped import read_config
 
     monkeypatch.setenv(ENV, str(t5_dir))
     weights, run = tmp_path / "weights", tmp_path / "run"

@@ -27,12 +27,12 @@ import torch
 from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.trainer import NonFiniteLossError, Trainer, train
-from reimagen.core import checkpoint as core_checkpoint
+from reimagen.training import checkpoint as core_checkpoint
 from reimagen.core import digests
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.io import UnsafeFileError
-from reimagen.core.training import Batch, TrainConfig, draw_diffusion_inputs
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS, UNetConfig
 
 TINY = PRESETS["tiny"]

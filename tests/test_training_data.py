@@ -1,4 +1,4 @@
-"""The EntityBench training stream (reimagen.data.training_data, DESIGN §8).
+"""The EntityBench training stream (reimagen.training.data, DESIGN §8).
 
 A small knowledge base (Twemoji + OpenMoji drawings of 12 seen and 4 unseen entities of the
 checked-in split) and the model-free ``hash`` encoder keep this fast."""
@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from reimagen.core import registry
-from reimagen.core import triples as tr
-from reimagen.core.augment import resize_bilinear
+from reimagen.kb import triples as tr
+from reimagen.diffusion.augment import resize_bilinear
 from reimagen.core.config import ConfigError
-from reimagen.core.knowledge_base import build_from_source
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.training import TrainConfig
-from reimagen.data import scenes as sc
-from reimagen.data import splits as sp
-from reimagen.data import training_data as td
-from reimagen.data.emoji_source import EmojiSource
+from reimagen.kb.knowledge_base import build_from_source
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.contract import TrainConfig
+from reimagen.kb import scenes as sc
+from reimagen.kb import splits as sp
+from reimagen.training import data as td
+from reimagen.kb.emoji_source import EmojiSource
 
 B, K = 32, 2
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from reimagen.core import digests
 from reimagen.core.interfaces import RetrievalResult
 from reimagen.core.io import UnsafeFileError
-from reimagen.core.triples import (
+from reimagen.kb.triples import (
     META_KEY,
     Triples,
     TriplesMismatchError,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_torch_trainer import TINY, SyntheticSource
 
 from reimagen.core.io import atomic_write_text
-from reimagen.core.training import TrainConfig
+from reimagen.training.contract import TrainConfig
 
 STEPS = 20
 GLOBAL_BATCH = 4

@@ -11,11 +11,11 @@ import attrs
 import numpy as np
 
 from reimagen.core import registry
-from reimagen.core.checkpoint import ENCODER_KEY
-from reimagen.core.knowledge_base import build_knowledge_base
+from reimagen.training.checkpoint import ENCODER_KEY
+from reimagen.kb.knowledge_base import build_knowledge_base
 from reimagen.core.unet_config import PRESETS
-from reimagen.pipeline import Pipeline
-from reimagen.weights import STAGE_KEY
+from reimagen.generation.pipeline import Pipeline
+from reimagen.generation.shipped import STAGE_KEY
 
 WORDS = ("apple", "robot", "rocket", "cactus", "violin", "anchor")
 TINY_BASE = PRESETS["tiny"].replace(image_size=8, channel_mults=(1,), self_attn_resolutions=(8,),

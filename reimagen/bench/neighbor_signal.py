@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from reimagen.core.io import atomic_write_text
-from reimagen.core.training import Batch
-from reimagen.data import scenes as sc
-from reimagen.data.splits import TARGET_ARTIST
+from reimagen.training.contract import Batch
+from reimagen.kb import scenes as sc
+from reimagen.kb.splits import TARGET_ARTIST
 
 T_VALUES = (0.2, 0.4, 0.6, 0.8)  # diffusion times the error is averaged over
 SETTINGS = ("same-style", "cross-style")
@@ -75,8 +75,8 @@ def epsilon_errors(model, encoder, kb, targets, prompts, rows_by_condition, seed
     import torch
 
     from reimagen.backends.torch.trainer import model_kwargs
-    from reimagen.core.schedule import CosineSchedule
-    from reimagen.pipeline import encode_neighbors_text
+    from reimagen.diffusion.schedule import CosineSchedule
+    from reimagen.generation.pipeline import encode_neighbors_text
 
     n = len(prompts)
     shown = next(rows for rows in rows_by_condition.values() if rows is not None)
@@ -114,11 +114,11 @@ def measure(weights=None, *, tiers=("frequent", "unseen"), settings=SETTINGS, n=
     """Rows {tier, setting, right, wrong, none, gain} for the shipped base (or ``weights``)."""
     from reimagen.backends.torch import checkpoint as ckpt
     from reimagen.core import registry
-    from reimagen.core.checkpoint import trained_encoder
-    from reimagen.core.knowledge_base import KnowledgeBase
+    from reimagen.training.checkpoint import trained_encoder
+    from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.core.paths import default_kb_dir
-    from reimagen.data.splits import load_split
-    from reimagen.weights import weights_path
+    from reimagen.kb.splits import load_split
+    from reimagen.generation.shipped import weights_path
 
     weights = weights or weights_path("base")
     model = ckpt.load_model(weights)

@@ -129,7 +129,7 @@ def run(args) -> int:
     from reimagen.bench.entitybench import BenchRunner, table, tier_columns
     from reimagen.cli.progress import bar, row_logger
     from reimagen.core.io import atomic_write_text
-    from reimagen.weights import DEFAULT_SAMPLING
+    from reimagen.generation.shipped import DEFAULT_SAMPLING
 
     if args.quick:
         args.n = min(args.n, QUICK_N)

@@ -23,7 +23,7 @@ from pathlib import Path
 from reimagen.cli.common import SETTINGS, add_sampling_arguments, sampling_from_args
 from reimagen.cli.main import UserError
 from reimagen.core import registry
-from reimagen.weights import DEFAULT_RETRIEVER
+from reimagen.generation.shipped import DEFAULT_RETRIEVER
 
 FORMAT = "reimagen-entitybench"
 TIMING_COLUMNS = [
@@ -60,7 +60,7 @@ def add_parser(subparsers):
     )
     parser.add_argument("--evaluators", default=None, metavar="NAME,...",
                         help="--kb COLLECTION: registered evaluators (component kind evaluator, "
-                        "reimagen.evaluators) scoring the held-out outputs (default: all)")
+                        "reimagen.bench.evaluators) scoring the held-out outputs (default: all)")
     add_sampling_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -159,7 +159,7 @@ def load_prompts(args):
 
 def check_components(args, need_retrieval: bool = True) -> None:
     from reimagen.cli.common import check_out_folder, check_threads
-    from reimagen.weights import available_stages, stage_config, weights_path
+    from reimagen.generation.shipped import available_stages, stage_config, weights_path
 
     check_out_folder(args.out)  # before the run, not when its results are written
     registry.get("backend", args.backend)
@@ -185,7 +185,7 @@ def load_parts(args, settings, need_retrieval: bool, k_max: int = 0):
     """(pipelines {"base", "baseline"?}, retrievers {setting: retriever}, evaluator)."""
     from reimagen.bench.evaluator import Evaluator
     from reimagen.cli.common import check_kb_fits, open_kb, open_retriever
-    from reimagen.weights import available_stages, load_stage, stage_config
+    from reimagen.generation.shipped import available_stages, load_stage, stage_config
 
     if args.threads:
         import torch
@@ -210,7 +210,7 @@ def no_retrieval_row(pipelines, sampling, label="Imagen (no retrieval)"):
     """The "Imagen" row: the baseline network with its own guidance, or the base network with
     K=0 and joint guidance at the text weight (interleaving needs two conditions)."""
     from reimagen.bench.entitybench import NO_RETRIEVAL, Row
-    from reimagen.weights import DEFAULT_SAMPLING
+    from reimagen.generation.shipped import DEFAULT_SAMPLING
 
     shared = {
         "sampler": sampling.sampler,
@@ -283,7 +283,7 @@ def write_outputs(out: Path, blob: dict, markdown: str, prompts, results,
 
 
 def header(args, meta, pipelines, prompts, seconds: float) -> dict:
-    from reimagen.weights import weights_path
+    from reimagen.generation.shipped import weights_path
 
     return {
         "format": FORMAT,
@@ -330,7 +330,7 @@ def run(args) -> int:
     from reimagen.cli import bench_kb
     from reimagen.cli.common import check_k, check_out_folder
     from reimagen.cli.progress import bar, prompt_ticker, row_logger
-    from reimagen.weights import DEFAULT_SAMPLING
+    from reimagen.generation.shipped import DEFAULT_SAMPLING
 
     if bench_kb.is_collection_folder(args.kb):  # your own collection: its held-out records
         return bench_kb.run(args)

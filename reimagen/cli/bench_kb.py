@@ -1,6 +1,6 @@
 """``reimagen bench --kb COLLECTION --weights RUN``: evaluate a base stage trained on your own
 collection on its held-out records (reimagen.bench.collection; the split:
-reimagen.data.folder_training). ``reimagen bench`` hands over here when ``--kb`` is a knowledge
+reimagen.training.folder_data). ``reimagen bench`` hands over here when ``--kb`` is a knowledge
 base without entities.
 
 Options that apply: --weights (a folder with base.safetensors, e.g. the run folder a bare
@@ -76,14 +76,14 @@ def run(args) -> int:
     from reimagen.bench import collection
     from reimagen.cli.bench import check_components
     from reimagen.cli.common import apply_threads, open_kb, sampling_from_args
-    from reimagen.core.knowledge_base import KnowledgeBaseError
-    from reimagen.data.folder_training import (
+    from reimagen.kb.knowledge_base import KnowledgeBaseError
+    from reimagen.training.folder_data import (
         check_collection,
         eval_neighbors,
         fit_retriever,
         split_rows,
     )
-    from reimagen.weights import DEFAULT_SAMPLING, load_stage, stage_config, weights_path
+    from reimagen.generation.shipped import DEFAULT_SAMPLING, load_stage, stage_config, weights_path
 
     ks, names = check_args(args)
     sampling = sampling_from_args(args, DEFAULT_SAMPLING["base"])
@@ -139,8 +139,8 @@ def run(args) -> int:
 def _retriever_name(path: Path, given: str) -> str:
     """--retriever left at its default: the retriever the weights were trained with (their
     recipe's DataConfig.retriever), so held-out records get neighbours the way training did."""
-    from reimagen.core.checkpoint import training_recipe
-    from reimagen.weights import DEFAULT_RETRIEVER
+    from reimagen.training.checkpoint import training_recipe
+    from reimagen.generation.shipped import DEFAULT_RETRIEVER
 
     used = ((training_recipe(path) or {}).get("data") or {}).get("retriever")
     return used if given == DEFAULT_RETRIEVER and used else given
@@ -149,7 +149,7 @@ def _retriever_name(path: Path, given: str) -> str:
 def _note_recipe(path: Path, kb, retriever: str) -> None:
     """A note when the weights record another collection or retriever (their held-out split
     may then have been trained on, or their neighbours differ from training)."""
-    from reimagen.core.checkpoint import training_recipe
+    from reimagen.training.checkpoint import training_recipe
 
     recipe = training_recipe(path) or {}
     trained = recipe.get("kb")

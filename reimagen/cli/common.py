@@ -8,10 +8,10 @@ from pathlib import Path
 
 from reimagen.cli.main import UserError
 from reimagen.core import registry
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.paths import default_kb_dir
-from reimagen.pretrained import ENCODER_RETRIEVERS, SETTINGS  # noqa: F401  (re-exported)
-from reimagen.weights import DEFAULT_RETRIEVER
+from reimagen.generation.pretrained import ENCODER_RETRIEVERS, SETTINGS  # noqa: F401  (re-exported)
+from reimagen.generation.shipped import DEFAULT_RETRIEVER
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def add_kb_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open_kb(path: Path | None, verify: bool = True):
-    from reimagen.core.knowledge_base import KnowledgeBase
+    from reimagen.kb.knowledge_base import KnowledgeBase
 
     folder = Path(path) if path else default_kb_dir()
     if not (folder / "kb.json").is_file():
@@ -62,7 +62,7 @@ def open_kb(path: Path | None, verify: bool = True):
 
 def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
     """A saved index for (retriever, view) beside the KB, built on first use."""
-    from reimagen import pretrained
+    from reimagen.generation import pretrained
 
     return pretrained.open_retriever(kb, name, setting, encoder)
 
@@ -120,7 +120,7 @@ def check_seed(seed: int, option: str = "--seed") -> int:
 
 def check_k(k: int, option: str = "--k", low: int = 0) -> int:
     """Neighbours per prompt for the shipped networks: [low, MAX_NEIGHBORS]."""
-    from reimagen.weights import MAX_NEIGHBORS
+    from reimagen.generation.shipped import MAX_NEIGHBORS
 
     if not low <= k <= MAX_NEIGHBORS:
         raise UserError(f"{option} must be in [{low}, {MAX_NEIGHBORS}] (the base was trained "
@@ -130,7 +130,7 @@ def check_k(k: int, option: str = "--k", low: int = 0) -> int:
 
 def check_prompt_args(prompts: list[str]) -> list[str]:
     """PROMPT arguments: non-blank, at most MAX_PROMPT_CHARS characters each."""
-    from reimagen.pipeline import MAX_PROMPT_CHARS
+    from reimagen.generation.pipeline import MAX_PROMPT_CHARS
 
     for i, prompt in enumerate(prompts, 1):
         if not prompt.strip():
@@ -144,7 +144,7 @@ def check_prompt_args(prompts: list[str]) -> list[str]:
 def check_kb_fits(kb, option: str, *, image_size: int, k: int, setting: str) -> None:
     """The knowledge base can feed a network of ``image_size`` with ``k`` neighbours from the
     ``setting`` view (after the KB is opened, before any network is loaded)."""
-    from reimagen.data.splits import view_rows
+    from reimagen.kb.splits import view_rows
 
     if kb.resolution < image_size:
         raise UserError(f"{option}: {kb.folder} stores {kb.resolution}px images; the network "

@@ -41,8 +41,8 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from reimagen.cli.common import check_k, check_out_path, check_seed
-    from reimagen.data.splits import load_split
-    from reimagen.weights import DEFAULT_SAMPLING, available_stages, stage_config
+    from reimagen.kb.splits import load_split
+    from reimagen.generation.shipped import DEFAULT_SAMPLING, available_stages, stage_config
 
     out = check_out_path(args.out)
     apply_threads(args.threads)
@@ -70,7 +70,7 @@ def run(args) -> int:
 
 
 def _knowledge_base():
-    from reimagen.core.knowledge_base import KnowledgeBase
+    from reimagen.kb.knowledge_base import KnowledgeBase
 
     folder = default_kb_dir()
     # no SHA256SUMS: built before reimagen recorded checksums, which open() refuses
@@ -84,7 +84,7 @@ def _knowledge_base():
 
 
 def _prompts(names, split):
-    from reimagen.data import scenes as sc
+    from reimagen.kb import scenes as sc
 
     prompts, tiers = [], []
     for i, name in enumerate(names):
@@ -98,9 +98,9 @@ def _prompts(names, split):
 def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
     from reimagen.cli.progress import bar, sampling_steps, step_callback
     from reimagen.core.io import atomic_path
-    from reimagen.pretrained import from_pretrained
-    from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
-    from reimagen.weights import DEFAULT_SAMPLING, available_stages
+    from reimagen.generation.pretrained import from_pretrained
+    from reimagen.generation.contact_sheet import SheetRow, make_sheet, neighbor_tiles
+    from reimagen.generation.shipped import DEFAULT_SAMPLING, available_stages
 
     stages = available_stages()
     if "base" not in stages:

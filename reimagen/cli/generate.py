@@ -6,7 +6,7 @@ Writes ``x.png`` (the last stage's images side by side), ``x.<stage>.png`` for e
 ``--distributed`` (under torchrun) splits the prompts across the processes by global index;
 every sample is seeded from (seed, its index) and the prompts go through the network in the
 same global micro-batches (``--batch-size``) whatever the process count, so the images are
-byte-identical to a one-process run (reimagen.distributed_generation).
+byte-identical to a one-process run (reimagen.generation.distributed).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ OUTPUT_SUFFIXES = (".sheet.png", ".base.png", ".baseline.png", ".sr.png")
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
-    from reimagen.pretrained import check_stages
+    from reimagen.generation.pretrained import check_stages
 
     try:
         return check_stages([s.strip() for s in text.split(",") if s.strip()])
@@ -73,9 +73,9 @@ def parse_stages(text: str) -> tuple[str, ...]:
 
 
 def run(args) -> int:
-    from reimagen.cascade import CascadeError
-    from reimagen.pretrained import check_fit
-    from reimagen.weights import DEFAULT_SAMPLING
+    from reimagen.generation.cascade import CascadeError
+    from reimagen.generation.pretrained import check_fit
+    from reimagen.generation.shipped import DEFAULT_SAMPLING
 
     # ---- validate everything before loading a network ----
     out = check_out_path(args.out, siblings=OUTPUT_SUFFIXES)
@@ -114,9 +114,9 @@ def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: 
     """Load the cascade (the front door, reimagen.load's), generate this process's
     micro-batches, and (rank 0) write."""
     from reimagen.cli.progress import bar, sampling_steps, step_callback
-    from reimagen.distributed_generation import generate_distributed, micro_batches, shard_indices
-    from reimagen.pretrained import from_pretrained
-    from reimagen.viz import SheetRow, make_sheet, neighbor_tiles
+    from reimagen.generation.distributed import generate_distributed, micro_batches, shard_indices
+    from reimagen.generation.pretrained import from_pretrained
+    from reimagen.generation.contact_sheet import SheetRow, make_sheet, neighbor_tiles
 
     kb = open_kb(args.kb)
     # the first stage's size: the SR stage reuses its rows (one, upsampled from a smaller KB)
@@ -160,7 +160,7 @@ def _join(distributed: bool) -> tuple[int, int]:
     """(rank, world): torchrun's gloo group with ``--distributed``, else (0, 1)."""
     if not distributed:
         return 0, 1
-    from reimagen.distributed_generation import init_from_env
+    from reimagen.generation.distributed import init_from_env
 
     try:
         return init_from_env()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from reimagen.core import paths, registry
-from reimagen.core.knowledge_base import (
+from reimagen.kb.knowledge_base import (
     ARTISTS,
     MAX_RESOLUTION,
     MIN_RESOLUTION,
@@ -102,7 +102,7 @@ def run_build(args) -> int:
             f"--resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {args.resolution}"
         )
     from reimagen.cli.common import check_out_folder
-    from reimagen.data.emoji_source import MAX_PROCESSES
+    from reimagen.kb.emoji_source import MAX_PROCESSES
 
     if not 1 <= args.processes <= MAX_PROCESSES:
         raise _user_error(f"--processes must be in [1, {MAX_PROCESSES}], got {args.processes}")

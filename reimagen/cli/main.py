@@ -29,13 +29,13 @@ USER_ERRORS = (
     ("reimagen.cli.main", "UserError"),
     ("reimagen.core.registry", "RegistryError"),  # unknown component name
     ("reimagen.core.config", "ConfigError"),  # a config value out of range
-    ("reimagen.core.knowledge_base", "KnowledgeBaseError"),
+    ("reimagen.kb.knowledge_base", "KnowledgeBaseError"),
     ("reimagen.core.digests", "IntegrityError"),  # a file that fails its checksum
     ("reimagen.core.io", "UnsafeFileError"),  # not a safetensors file
-    ("reimagen.core.checkpoint", "CheckpointError"),
-    ("reimagen.weights", "WeightsError"),  # wrong stage / preset, non-finite weights
-    ("reimagen.cascade", "CascadeError"),
-    ("reimagen.data.splits", "SplitError"),
+    ("reimagen.training.checkpoint", "CheckpointError"),
+    ("reimagen.generation.shipped", "WeightsError"),  # wrong stage / preset, non-finite weights
+    ("reimagen.generation.cascade", "CascadeError"),
+    ("reimagen.kb.splits", "SplitError"),
     ("reimagen.retrievers.index", "IndexMismatchError"),
     ("reimagen.bench.entitybench", "PromptFileError"),
     ("reimagen.bench.evaluator", "EvaluatorError"),

@@ -50,7 +50,7 @@ def run(args) -> int:
     from reimagen.cli.bench import load_prompts
     from reimagen.cli.common import open_kb, open_retriever
     from reimagen.core.io import atomic_write_text
-    from reimagen.data.splits import TARGET_ARTIST
+    from reimagen.kb.splits import TARGET_ARTIST
 
     ks, settings, names = check_args(args)
     prompts, _ = load_prompts(args)

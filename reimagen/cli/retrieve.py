@@ -20,7 +20,7 @@ from pathlib import Path
 
 from reimagen.cli.common import ENCODER_RETRIEVERS, check_prompt_args
 from reimagen.core import paths, registry
-from reimagen.weights import DEFAULT_RETRIEVER
+from reimagen.generation.shipped import DEFAULT_RETRIEVER
 
 
 def add_parser(subparsers):
@@ -83,7 +83,7 @@ def check_args(args) -> tuple[dict, list[str] | None]:
 
 
 def run(args) -> int:
-    from reimagen.core.knowledge_base import KnowledgeBase, KnowledgeBaseError
+    from reimagen.kb.knowledge_base import KnowledgeBase, KnowledgeBaseError
     from reimagen.retrievers.index import (
         IndexMismatchError,
         index_folder,

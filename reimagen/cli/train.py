@@ -6,7 +6,7 @@
     reimagen train --kb KB ...       the same stages on your own collection: a KB of plain
                                      image-caption records (kb build --source folder), each
                                      record an example with its K retrieved neighbours
-                                     (reimagen.data.folder_training); run.json records the KB
+                                     (reimagen.training.folder_data); run.json records the KB
 
 Resumable: rerunning the same command continues from the run folder's latest committed
 checkpoint, bit-identically. ``--export`` writes the EMA weights as the shipped stage file.
@@ -24,7 +24,7 @@ from pathlib import Path
 from reimagen.cli.main import UserError
 from reimagen.core import registry
 from reimagen.core.paths import home
-from reimagen.core.training import TrainConfig
+from reimagen.training.contract import TrainConfig
 
 STAGE_PRESET = {"base": "cpu-base", "baseline": "cpu-base", "sr": "sr-small"}
 
@@ -66,7 +66,7 @@ def add_parser(subparsers):
                         help="registered text encoder name, e.g. hash, minilm, or t5 (its "
                         "local folder in REIMAGEN_T5_PATH) (default: the run's, else hash)")
     parser.add_argument("--data", default=None, metavar="KEY=VALUE,...",
-                        help="training-recipe overrides, fields of reimagen.data.training_data."
+                        help="training-recipe overrides, fields of reimagen.training.data."
                         "DataConfig, e.g. p_same_style=0.75,p_drop_name=0.75 (default: the "
                         "run's, else the DataConfig defaults)")
     parser.add_argument("--backend", default="torch")
@@ -277,7 +277,7 @@ def composed_on(composer: str, source, options: dict) -> tuple:
 def check_resume_from(args) -> int:
     """--resume-from STEP: a committed step of the run (read and checked when training starts,
     before anything is moved), on one process."""
-    from reimagen.core.checkpoint import step_folders
+    from reimagen.training.checkpoint import step_folders
 
     if args.distributed:
         raise UserError("--resume-from cannot be combined with --distributed: rewind in one "
@@ -297,7 +297,7 @@ def check_init_weights(path: Path, backend, model_config, preset: str) -> Path:
     is written (the trainer would find out only after building everything)."""
     from reimagen.core.io import UnsafeFileError
     from reimagen.core.unet_config import grows_position_tables
-    from reimagen.weights import WeightsError, check_finite, describe, read_config
+    from reimagen.generation.shipped import WeightsError, check_finite, describe, read_config
 
     if not path.is_file():
         raise UserError(f"--init-from: no weights file at {path}")
@@ -319,7 +319,7 @@ def check_init_weights(path: Path, backend, model_config, preset: str) -> Path:
 def check_training_kb(kb, model_config, k: int) -> None:
     """The knowledge base can train this network: Twemoji drawings of seen entities (the
     targets), images at least the network's size, more training-view rows than K."""
-    from reimagen.data.splits import load_split, seen_entities_in, view_rows
+    from reimagen.kb.splits import load_split, seen_entities_in, view_rows
 
     if not seen_entities_in(kb, load_split()):
         raise UserError(f"--kb: {kb.folder} has no Twemoji drawing of a seen entity; training "
@@ -335,14 +335,14 @@ def check_training_kb(kb, model_config, k: int) -> None:
 
 def collection_facts(kb) -> dict | None:
     """The KB facts run.json records for a collection run; None for the emoji KB."""
-    from reimagen.data.folder_training import is_collection, kb_facts
+    from reimagen.training.folder_data import is_collection, kb_facts
 
     return kb_facts(kb) if is_collection(kb) else None
 
 
 def make_collection_source(kb, encoder_name: str, config: TrainConfig, model_config, data=None):
     """The FolderBatchSource of a collection KB (checks first: one line, naming the KB)."""
-    from reimagen.data.folder_training import FolderBatchSource, check_collection
+    from reimagen.training.folder_data import FolderBatchSource, check_collection
 
     check_collection(kb, image_size=model_config.image_size, k=config.neighbors,
                      lowres_size=model_config.lowres_size)
@@ -364,8 +364,8 @@ def _collection_export(args, run_dir: Path, export: Path | None) -> Path | None:
 
 def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config,
                       data=None):
-    from reimagen.data.splits import load_split
-    from reimagen.data.training_data import EmojiBatchSource, SRBatchSource
+    from reimagen.kb.splits import load_split
+    from reimagen.training.data import EmojiBatchSource, SRBatchSource
     from reimagen.encoders.table import EncodingTable
 
     encoder = registry.get("encoder", encoder_name)()
@@ -393,7 +393,7 @@ def _progress(what: str):
 
 
 def _export_path_default(stage: str) -> Path:
-    from reimagen.weights import weights_path
+    from reimagen.generation.shipped import weights_path
 
     return weights_path(stage)
 
@@ -422,7 +422,7 @@ def parse_data_overrides(text: str | None) -> dict | None:
     import attrs
 
     from reimagen.core.config import ConfigError
-    from reimagen.data.training_data import DataConfig
+    from reimagen.training.data import DataConfig
 
     if text is None:
         return None
@@ -470,7 +470,7 @@ def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: boo
 
     from reimagen.core import digests
     from reimagen.core.io import atomic_write_text
-    from reimagen.data.training_data import DataConfig
+    from reimagen.training.data import DataConfig
 
     path = Path(run_dir) / RUN_FILE
     requested = None if data is None else DataConfig.from_dict(data)
@@ -542,14 +542,14 @@ def _export(backend, run_dir: Path, path: Path, encoder: str, stage: str,
             data=None) -> int:
     import json
 
-    from reimagen.core.checkpoint import (
+    from reimagen.training.checkpoint import (
         ENCODER_KEY,
         RECIPE_KEY,
         latest_checkpoint,
         read_checkpoint,
         recipe_record,
     )
-    from reimagen.weights import STAGE_KEY
+    from reimagen.generation.shipped import STAGE_KEY
 
     model = backend.load_model(run_dir, ema=True)  # float16: shipped weights, half the bytes
     state = read_checkpoint(latest_checkpoint(run_dir)).state

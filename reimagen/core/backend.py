@@ -4,7 +4,7 @@ depend on the framework.
 Each backend package defines ``BACKEND``, an instance of a subclass that says what is its own:
 the U-Net builder, the weight files it reads and writes, its parameter count, and two class
 attributes, its :class:`~reimagen.core.interfaces.Denoiser` class and its trainer (a
-:class:`~reimagen.core.train_loop.TrainLoop`). The methods below only wire those to the
+:class:`~reimagen.training.loop.TrainLoop`). The methods below only wire those to the
 backend API the pipeline, the cascade and the CLI call. No framework is imported here.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from reimagen.core.interfaces import Denoiser, TextEncoding
-from reimagen.core.train_loop import TrainLoop, TrainResult
-from reimagen.core.training import BatchSource, TrainConfig
+from reimagen.training.loop import TrainLoop, TrainResult
+from reimagen.training.contract import BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
 
 
@@ -34,7 +34,7 @@ class ModelBackend:
 
     def state_dict(self, model: Any) -> dict[str, np.ndarray]:
         """The weights as host arrays under the canonical (torch ``state_dict``) keys, for
-        checks that read values (reimagen.weights: finiteness, trained neighbour attention).
+        checks that read values (reimagen.generation.shipped: finiteness, trained neighbour attention).
         A backend that cannot say raises NotImplementedError and those checks are skipped."""
         raise NotImplementedError(f"backend {self.name!r} does not export its weights")
 

@@ -71,9 +71,9 @@ def reimagen_register_evaluators(register: Register) -> None:
     """Register evaluators for ``reimagen bench --kb COLLECTION``: ``factory(**options) ->
     evaluate``, where ``evaluate(images, examples) -> {metric name: float}``. ``images``: uint8
     [N, H, W, 3], one generated image per held-out record; ``examples``: the N
-    :class:`reimagen.evaluators.HeldOutExample` (key, caption, target and retrieved references,
+    :class:`reimagen.bench.evaluators.HeldOutExample` (key, caption, target and retrieved references,
     uint8 at the same size). Return means over the N examples; each name becomes a column of
-    the bench table (built-in: ``pixel``, reimagen.evaluators)."""
+    the bench table (built-in: ``pixel``, reimagen.bench.evaluators)."""
 
 
 # kind -> the hook that fills it. Kinds are API: add, never rename.

@@ -213,7 +213,7 @@ class SampleResult:
 
 
 class Sampler(Protocol):
-    """A sampler is a plain function with this signature (see reimagen.core.samplers)."""
+    """A sampler is a plain function with this signature (see reimagen.diffusion.samplers)."""
 
     def __call__(
         self,

@@ -28,12 +28,12 @@ AUTOLOAD_ENV = "REIMAGEN_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_PLUGINS = (
     "reimagen.encoders",
     "reimagen.retrievers",
-    "reimagen.guidance",
-    "reimagen.core.samplers",
+    "reimagen.diffusion.guidance",
+    "reimagen.diffusion.samplers",
     "reimagen.backends",
-    "reimagen.data",
+    "reimagen.kb",
     "reimagen.core.unet_config",
-    "reimagen.evaluators",
+    "reimagen.bench.evaluators",
 )
 
 

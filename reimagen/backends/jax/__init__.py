@@ -22,7 +22,7 @@ from reimagen.backends.jax.denoiser import JaxDenoiser
 from reimagen.backends.jax.unet import ReImagenUNet, build_unet
 from reimagen.backends.jax.unet import param_count as _param_count
 from reimagen.core.backend import ModelBackend
-from reimagen.core.checkpoint import resolve_weights
+from reimagen.training.checkpoint import resolve_weights
 from reimagen.core.unet_config import UNetConfig
 
 

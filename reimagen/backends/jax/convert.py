@@ -28,7 +28,7 @@ from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from reimagen.backends.jax.layers import Conv2d
 from reimagen.backends.jax.unet import ReImagenUNet
-from reimagen.core import checkpoint as _checkpoint
+from reimagen.training import checkpoint as _checkpoint
 from reimagen.core.unet_config import UNetConfig
 
 OIHW_TO_HWIO = (2, 3, 1, 0)  # torch conv kernel [out, in, kh, kw] -> [kh, kw, in, out]
@@ -143,7 +143,7 @@ def load_weights_file(source: str | Path) -> ReImagenUNet:
     """A safetensors weights file (from either backend, float32 or float16) -> a float32 JAX
     U-Net; refuses non-safetensors files (never unpickles) and files without the UNetConfig
     metadata."""
-    from reimagen.core.checkpoint import read_weights
+    from reimagen.training.checkpoint import read_weights
 
     tensors, metadata = read_weights(source)  # checked against its sha256
     if CONFIG_KEY not in metadata:

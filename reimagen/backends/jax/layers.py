@@ -33,14 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from reimagen.core.time_features import TWO_PI, turn_rates
+from reimagen.diffusion.time_features import TWO_PI, turn_rates
 from reimagen.core.unet_config import UNetConfig
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
     """t [N] in [0, 1] -> [N, dim] = [sin(TIME_SCALE·t·ω_i), cos(TIME_SCALE·t·ω_i)], evaluated
     as sin/cos of 2π·frac(t·r_i): the same float32 operations on the same constants as torch
-    (``reimagen.core.time_features``)."""
+    (``reimagen.diffusion.time_features``)."""
     rates = jnp.asarray(turn_rates(dim // 2))  # [half]
     turns = t.astype(jnp.float32)[:, None] * rates[None, :]  # [N, half]
     angles = TWO_PI * (turns - jnp.floor(turns))  # [N, half], in [0, 2π)

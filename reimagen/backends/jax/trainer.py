@@ -1,7 +1,7 @@
 """Training of the Re-Imagen U-Net in JAX (paper §3.2 "Model Training", Eq. 2) with optax.
 
 The twin of the torch backend's ``trainer.py``, step for step: the same host batch (t, ε and
-the independent text/neighbour drops come from the :class:`~reimagen.core.training.BatchSource`;
+the independent text/neighbour drops come from the :class:`~reimagen.training.contract.BatchSource`;
 x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε is formed on the host by the same function), one forward pass in
 which the noisy rows and their K neighbours share the DStack, the ε-MSE loss, torch's gradient
 clipping, AdamW with the same betas/eps/decoupled weight decay and the same host-computed
@@ -10,7 +10,7 @@ weights and batch gives the same loss and weights on both backends (tests/test_j
 
 The schedule functions (``learning_rate``, ``ema_decay``), the host-side input maths, the run
 loop and the checkpoint layout/commit protocol are the backend-neutral ones in
-:mod:`reimagen.core.train_loop` and :mod:`reimagen.core.checkpoint`, shared with the torch
+:mod:`reimagen.training.loop` and :mod:`reimagen.training.checkpoint`, shared with the torch
 trainer: one copy cannot drift. Checkpoints use the same folder layout and files (model/ema/optimizer safetensors in canonical torch keys, state.json, ``latest``), so a
 run started on one backend resumes on the other. Dropout (off in every preset) draws its mask
 from ``jax.random`` and is the one thing the backends cannot share.
@@ -39,10 +39,10 @@ from reimagen.backends.jax import convert
 from reimagen.backends.jax import sharding as shd
 from reimagen.backends.jax.denoiser import cast_floats
 from reimagen.backends.jax.unet import NeighborInputs, ReImagenUNet, TextInputs, build_unet
-from reimagen.core import checkpoint as ckpt
+from reimagen.training import checkpoint as ckpt
 from reimagen.core.config import ConfigError
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this module's callers)
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.loop import (  # noqa: F401  (re-exported for this module's callers)
     ADAM_BETAS,
     ADAM_EPS,
     NonFiniteLossError,
@@ -54,7 +54,7 @@ from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this modu
     step_seed,
     training_levels,
 )
-from reimagen.core.training import Batch, BatchSource, TrainConfig
+from reimagen.training.contract import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), at most 1
@@ -215,7 +215,7 @@ def optimizer_from_numpy(opt_state, tensors: dict[str, np.ndarray], source: Path
 
 class Trainer(TrainLoop):
     """Owns the model, EMA and optax state of one JAX training run; the run folder, log, resume
-    checks and loop are :class:`~reimagen.core.train_loop.TrainLoop`'s."""
+    checks and loop are :class:`~reimagen.training.loop.TrainLoop`'s."""
 
     def __init__(
         self,

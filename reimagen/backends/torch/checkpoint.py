@@ -1,5 +1,5 @@
 """Checkpoints of the PyTorch backend: torch tensors <-> the numpy dicts that
-:mod:`reimagen.core.checkpoint` writes and reads (DESIGN §9).
+:mod:`reimagen.training.checkpoint` writes and reads (DESIGN §9).
 
 The folder layout, the atomic commit protocol (``.partial`` -> ``step-N`` -> ``latest``), the
 readers and the fault-injection hook live in core, shared with the JAX backend; their names are
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from reimagen.backends.torch.unet import ReImagenUNet, build_unet
-from reimagen.core.checkpoint import (  # noqa: F401  (re-exported: the shared layout and readers)
+from reimagen.training.checkpoint import (  # noqa: F401  (re-exported: the shared layout and readers)
     ADAM_SLOTS,
     CHECKPOINTS,
     CONFIG_KEY,

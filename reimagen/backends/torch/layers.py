@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reimagen.core.time_features import TWO_PI, turn_rates
+from reimagen.diffusion.time_features import TWO_PI, turn_rates
 from reimagen.core.unet_config import UNetConfig
 
 # The same float32 number as a Python float (exact: multiplying a float32 tensor by it rounds
@@ -38,7 +38,7 @@ def _turn_rates(half: int, device: torch.device) -> Tensor:
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
     """t [N] in [0, 1] -> [N, dim] = [sin(TIME_SCALE·t·ω_i), cos(TIME_SCALE·t·ω_i)], evaluated
-    as sin/cos of 2π·frac(t·r_i) on shared float32 constants (``reimagen.core.time_features``:
+    as sin/cos of 2π·frac(t·r_i) on shared float32 constants (``reimagen.diffusion.time_features``:
     why, and the error bound)."""
     rates = _turn_rates(dim // 2, t.device)  # [half]
     turns = t.float()[:, None] * rates[None, :]  # [N, half]

@@ -2,10 +2,10 @@
 
 :class:`DeviceBatchSource` is a BatchSource whose batches are composed where the network runs:
 the sprite frames, augmentable drawings, plain neighbour renditions, background colours and
-text encodings live on the device as tensors (:class:`~reimagen.data.scene_atlas.SceneAtlas`,
+text encodings live on the device as tensors (:class:`~reimagen.training.scene_atlas.SceneAtlas`,
 moved once); a step's host work is only the random draws of ``EmojiBatchSource.plan`` and the
-small index arrays derived from them (:class:`~reimagen.data.scene_atlas.ScenePlanner`), made
-ahead of the step by a thread, or by worker processes (reimagen.core.step_workers). Targets are
+small index arrays derived from them (:class:`~reimagen.training.scene_atlas.ScenePlanner`), made
+ahead of the step by a thread, or by worker processes (reimagen.training.step_workers). Targets are
 pasted by integer offsets (a gather from each example's sprite frame), neighbours gathered by
 index, augmented same-style neighbours warped with the host's two 2-tap gathers, encodings
 gathered by row.
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from reimagen.backends.torch.unet import NeighborInputs, TextInputs
-from reimagen.core import step_workers
+from reimagen.training import step_workers
 from reimagen.core.interfaces import TextEncoding
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.training import Batch
-from reimagen.data.scene_atlas import SceneAtlas, ScenePlanner, StepArrays, TextTable, build_atlas
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.contract import Batch
+from reimagen.training.scene_atlas import SceneAtlas, ScenePlanner, StepArrays, TextTable, build_atlas
 
 
 def _tensor(array: np.ndarray, device) -> torch.Tensor:
@@ -159,7 +159,7 @@ class DeviceSceneComposer:
 class DeviceBatchSource:
     """A BatchSource over an EmojiBatchSource whose batches are composed on ``device``.
 
-    ``workers``: processes drawing the steps' random choices ahead (reimagen.core.step_workers;
+    ``workers``: processes drawing the steps' random choices ahead (reimagen.training.step_workers;
     0: a thread of this process draws them, ahead of the step). ``compact`` (default: workers
     > 0): text cut and rounded as the host path's prefetch does, so a run gives the network the
     same inputs as ``--composer host`` with the same ``--workers``. ``composer`` names the path

@@ -1,6 +1,6 @@
 """Training of the Re-Imagen U-Net in PyTorch (paper §3.2 "Model Training", Eq. 2).
 
-Each step: a host batch from the :class:`~reimagen.core.training.BatchSource` (it already
+Each step: a host batch from the :class:`~reimagen.training.contract.BatchSource` (it already
 carries t ~ U[0,1], the noise ε and the independent 10% drops of text and neighbours), the
 noisy image x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε on the host (so both backends see the same numbers),
 one forward pass in which the noisy rows and their K neighbours (t = 0, own captions) share the
@@ -27,8 +27,8 @@ after a crash continues exactly where the last checkpoint left it. Rank i > 0 lo
 ``run_dir/process-<i>/log.jsonl``. See :mod:`reimagen.backends.torch.distributed`.
 
 What is not torch-specific (the schedules, x_t on the host, the batch checks, the run loop, log,
-resume checks and checkpoint commit) lives in :mod:`reimagen.core.train_loop` and
-:mod:`reimagen.core.checkpoint`, shared with the JAX trainer.
+resume checks and checkpoint commit) lives in :mod:`reimagen.training.loop` and
+:mod:`reimagen.training.checkpoint`, shared with the JAX trainer.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from reimagen.backends.torch import distributed as dist
 from reimagen.backends.torch.denoiser import autocast, text_inputs
 from reimagen.backends.torch.unet import NeighborInputs, build_unet
 from reimagen.core.interfaces import TextEncoding
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this module's callers)
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.loop import (  # noqa: F401  (re-exported for this module's callers)
     ADAM_BETAS,
     ADAM_EPS,
     LOG_FILE,
@@ -65,7 +65,7 @@ from reimagen.core.train_loop import (  # noqa: F401  (re-exported for this modu
     step_seed,
     training_levels,
 )
-from reimagen.core.training import Batch, BatchSource, TrainConfig
+from reimagen.training.contract import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig, grows_position_tables
 
 # ---- host batch -> tensors ---------------------------------------------------------------------
@@ -167,7 +167,7 @@ def rank_step_seed(seed: int, step: int, rank: int) -> int:
 
 class Trainer(TrainLoop):
     """Owns the model, EMA and AdamW of one torch training run; the run folder, log, resume
-    checks and loop are :class:`~reimagen.core.train_loop.TrainLoop`'s."""
+    checks and loop are :class:`~reimagen.training.loop.TrainLoop`'s."""
 
     def __init__(
         self,

@@ -15,6 +15,9 @@ with (Eq. 6) the text-enhanced ε̂_p = w_p·ε(full) − (w_p−1)·ε(neighbor
 Guidance lives outside the network: the sampler asks ``variants(R)``, evaluates them in one
 batched denoiser call and hands the predictions to ``combine``. The arithmetic is written once
 with ``*`` and ``-`` only, so it runs unchanged on numpy, torch and jax arrays.
+
+Registered through the same pluggy hook third-party strategies use; build one by name with
+``reimagen.core.registry.get("guidance", name)(**weights)`` or :func:`get_guidance`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, ClassVar
 import attrs
 
 from reimagen.core.config import ConfigError, ConfigMixin, config, in_range
+from reimagen.core.hookspecs import hookimpl
 from reimagen.core.interfaces import GuidanceStrategy
 
 
@@ -161,3 +165,19 @@ class InterleavedGuidance(_Strategy):
 STRATEGIES: dict[str, type[_Strategy]] = {
     cls.name: cls for cls in (NoGuidance, JointGuidance, WeightedGuidance, InterleavedGuidance)
 }
+
+
+def get_guidance(name: str, **weights: float) -> _Strategy:
+    """The registered strategy ``name`` built with ``weights`` (GuidanceConfig fields).
+
+    Unknown name -> RegistryError listing the known names; bad weight -> ConfigError naming it.
+    """
+    from reimagen.core import registry  # lazy: the registry imports this module as a plugin
+
+    return registry.get("guidance", name)(**weights)
+
+
+@hookimpl
+def reimagen_register_guidance(register):
+    for name, strategy in STRATEGIES.items():
+        register(name, strategy)

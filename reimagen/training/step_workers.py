@@ -5,7 +5,7 @@ Worker w of W serves steps start + w, start + w + W, … through a pipe of its o
 shared between processes: closing the iterator early terminates the workers (SIGTERM) even while
 one is blocked sending a result. ``multiprocessing.Pool.terminate`` cannot do that safely: when
 a worker is part-way through sending a result larger than the pipe buffer, terminate waits for
-the result queue's write lock that worker holds, forever (seen with reimagen.core.prefetch and
+the result queue's write lock that worker holds, forever (seen with reimagen.training.prefetch and
 200 KB step arrays; tests/test_device_composer.py). A full pipe is the back-pressure: a worker
 makes at most one step ahead of the one being read from it.
 

@@ -3,7 +3,7 @@
 
 ``EmojiBatchSource.batch(step)`` is a pure function of (TrainConfig.seed, step): every random
 choice of a step comes from ``np.random.default_rng((seed, step))``, in a fixed order, so a
-resumed run sees the batches an uninterrupted one would (reimagen.core.training.BatchSource).
+resumed run sees the batches an uninterrupted one would (reimagen.training.contract.BatchSource).
 Captions are encoded in fixed blocks, so their encodings never depend on history either. The
 one exception is the encoder's own LRU cache of prompts: a batched network (minilm) rounds a
 text differently in different batches (~2e-6), so for bit-exact resumes with minilm build it
@@ -15,7 +15,7 @@ colour the drawing is legible on), position, size (large and centred with p=0.5)
 whether the prompt names the entity (p=0.5; otherwise it says "emoji", so the text alone cannot
 name it). For each pool prompt the bm25 retriever over the *training view* (seen entities only,
 every artist) gives the top-K neighbours, never the example's own Twemoji drawing; these
-triples are stored with reimagen.core.triples under ``<kb>/triples/`` and reused while the KB,
+triples are stored with reimagen.kb.triples under ``<kb>/triples/`` and reused while the KB,
 view, pool and retriever are unchanged. ``batch(step)`` draws B examples from the pool.
 
 The recipe that forces identity through the neighbours (DESIGN §8, the probes): with
@@ -41,12 +41,12 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.core.augment import noise_augment, resize_bilinear
+from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.core.config import ConfigMixin, config, in_range
 from reimagen.core.interfaces import TextEncoding
-from reimagen.core.training import Batch, TrainConfig, draw_diffusion_inputs
-from reimagen.data import scenes as sc
-from reimagen.data.splits import TARGET_ARTIST, EntitySplit, view_rows
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
+from reimagen.kb import scenes as sc
+from reimagen.kb.splits import TARGET_ARTIST, EntitySplit, view_rows
 
 NEIGHBOR_BACKGROUND = (255, 255, 255)  # KnowledgeBase.rgb's default: what inference shows
 TRIPLES_DIR = "triples"
@@ -113,7 +113,7 @@ class Pool:
 class BatchPlan:
     """Every random choice of one step, drawn in the fixed order of ``batch_with_info``, before
     any pixel is composed: the host composes a batch from it, and so does the device-side
-    composer (reimagen.data.scene_atlas, reimagen.backends.torch.scene_composer)."""
+    composer (reimagen.training.scene_atlas, reimagen.backends.torch.scene_composer)."""
 
     index: np.ndarray  # [B] int64 pool rows
     rows: np.ndarray  # [B, K] int64 KB row shown in each neighbour slot
@@ -272,7 +272,7 @@ class EmojiBatchSource:
         k = self.config.neighbors
         if k == 0:
             return None
-        from reimagen.core import triples as tr
+        from reimagen.kb import triples as tr
 
         exclude = [[int(self.target_row[e])] for e in self.pool.entity]  # never its own image
         folder = Path(cache_dir) if cache_dir is not None else Path(self.kb.folder) / TRIPLES_DIR
@@ -301,7 +301,7 @@ class EmojiBatchSource:
     def _triples_key(self, exclude: list[list[int]]) -> str:
         """Digest of everything the triples depend on (file name, so a change means a new
         file rather than a silently reused one)."""
-        from reimagen.core import triples as tr
+        from reimagen.kb import triples as tr
 
         blob = json.dumps(
             {
@@ -507,7 +507,7 @@ class EmojiBatchSource:
 class SRBatchSource(EmojiBatchSource):
     """The 32→64 super-resolution stage: target 64×64 composite, ``lowres`` = the same scene
     composed at 32, upsampled back to 64 (bilinear) and corrupted at a random aug level
-    a ~ U[0, max_aug_level] (Imagen's noise-conditioning augmentation, reimagen.core.augment);
+    a ~ U[0, max_aug_level] (Imagen's noise-conditioning augmentation, reimagen.diffusion.augment);
     neighbours at 64. Shares the pool and triples file with the base stage."""
 
     def __init__(
@@ -592,7 +592,7 @@ def premultiplied_drawings(rgba: np.ndarray, canvas: int) -> np.ndarray:
     """RGBA drawings uint8 [n, S, S, 4] -> premultiplied float32 [n, side + 2, side + 2, 4],
     area-averaged to ``canvas`` when S is larger (side = min(S, canvas)), with a zero border
     (= outside the drawing) for the warp's taps."""
-    from reimagen.core.knowledge_base import resize_area
+    from reimagen.kb.knowledge_base import resize_area
 
     colour = rgba.astype(np.float32) / 255.0  # [n, S, S, 4]
     colour[..., :3] *= colour[..., 3:]  # premultiplied

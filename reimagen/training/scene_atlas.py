@@ -1,6 +1,6 @@
 """The emoji scene composer split for a device: resident tables + small per-step index arrays.
 
-The host composer (:class:`~reimagen.data.training_data.EmojiBatchSource`) fits, pastes and
+The host composer (:class:`~reimagen.training.data.EmojiBatchSource`) fits, pastes and
 augments drawings with numpy for every batch, on the CPU. A device-side composer
 (reimagen.backends.torch.scene_composer) instead keeps everything a batch is made of resident
 where the network runs, once (:class:`SceneAtlas`), and makes each batch from a few index and
@@ -28,8 +28,8 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from reimagen.data import scenes as sc
-from reimagen.data.training_data import (
+from reimagen.kb import scenes as sc
+from reimagen.training.data import (
     NEIGHBOR_BACKGROUND,
     EmojiBatchSource,
     premultiplied_drawings,
@@ -186,7 +186,7 @@ def _table(tokens, mask, pooled) -> TextTable:
 
 class ScenePlanner:
     """``batch(step)`` -> the :class:`StepArrays` of ``source``'s batch of ``step`` (a
-    BatchSource in shape, so reimagen.core.step_workers can make them ahead in processes).
+    BatchSource in shape, so reimagen.training.step_workers can make them ahead in processes).
     ``compact``: cut and round the text as prefetch.compact_batch does (what the host path
     feeds the network when it prefetches with workers)."""
 

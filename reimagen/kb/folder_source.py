@@ -12,7 +12,7 @@ the key ``folder/<image path without extension>``, source ``"folder"`` and no en
 Everything that can be checked without decoding images (the folder, the captions file, every
 line, every image file's existence and format header, empty captions, duplicate paths and
 duplicate record ids) is checked when the source is made, before any work, and named by line; an image that will not decode fails the build, which then leaves nothing
-on disk (see :func:`reimagen.core.knowledge_base.build_knowledge_base`).
+on disk (see :func:`reimagen.kb.knowledge_base.build_knowledge_base`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from reimagen.core.knowledge_base import Entity, KBItem, KnowledgeBaseError, _image_path
+from reimagen.kb.knowledge_base import Entity, KBItem, KnowledgeBaseError, _image_path
 
 CAPTIONS = "captions.jsonl"
 

@@ -1,10 +1,10 @@
 """Batches of a training run made ahead, in worker processes (numpy only).
 
-A :class:`~reimagen.core.training.BatchSource` is a pure function of the step, so the batches
+A :class:`~reimagen.training.contract.BatchSource` is a pure function of the step, so the batches
 of steps ``start, start+1, …`` can be made in any process, in any order, and handed to the
 trainer in step order: a resumed or prefetched run trains on exactly the batches an inline one
 would. :func:`batches` is that iterator. With ``workers=0`` it calls ``source.batch(step)``
-inline; with ``workers=N`` N forked processes make them (reimagen.core.step_workers) (a GPU step is far faster
+inline; with ``workers=N`` N forked processes make them (reimagen.training.step_workers) (a GPU step is far faster
 than the host composing a batch of scenes, DESIGN §8).
 
 ``compact=True`` shrinks what crosses the process pipe, keeping the network's inputs the same:
@@ -24,7 +24,7 @@ import attrs
 import numpy as np
 
 from reimagen.core.interfaces import TextEncoding
-from reimagen.core.training import Batch, BatchSource
+from reimagen.training.contract import Batch, BatchSource
 
 
 def batches(
@@ -42,10 +42,10 @@ def batches(
 
 
 def _pooled(source, start: int, stop: int, workers: int, compact: bool) -> Iterator[Batch]:
-    """Batches made by ``workers`` forked processes, in step order (reimagen.core.step_workers:
+    """Batches made by ``workers`` forked processes, in step order (reimagen.training.step_workers:
     one pipe per worker, so stopping early cannot deadlock as ``Pool.terminate`` could while a
     worker was part-way through sending a batch larger than the pipe buffer)."""
-    from reimagen.core import step_workers
+    from reimagen.training import step_workers
 
     warm = getattr(source, "warm", None)
     if warm is not None:

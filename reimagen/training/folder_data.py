@@ -6,7 +6,7 @@ image (composited on white, KnowledgeBase.rgb, resized by area to the stage's re
 target x0, and its K neighbours c_n the top-K records the configured retriever finds for the
 caption among the training split, **excluding the query itself** (and any record whose image
 file is byte-identical to it: a duplicate would hand the network its own target). The
-neighbours are computed once, stored with :mod:`reimagen.core.triples` under
+neighbours are computed once, stored with :mod:`reimagen.kb.triples` under
 ``<kb>/triples/collection-<digest>.safetensors`` (atomically) and reused while the KB, split,
 retriever and K are unchanged.
 
@@ -19,7 +19,7 @@ neighbours come from the same training split (it is not in that index, so it nev
 itself; byte-identical duplicates in the training split are excluded too).
 
 ``FolderBatchSource.batch(step)`` is a pure function of (TrainConfig.seed, step), like the emoji
-source (reimagen.data.training_data), so a resumed run sees the batches an uninterrupted one
+source (reimagen.training.data), so a resumed run sees the batches an uninterrupted one
 would. Draw order of a step: example indices, then draw_diffusion_inputs (t, ε, the text and
 neighbour drops of TrainConfig.p_drop_text / p_drop_neighbors), then for the SR stage the
 augmentation level and noise. Captions hold no entity name to drop: the text dropout is the
@@ -29,7 +29,7 @@ whole prompt (TrainConfig.p_drop_text). Of DataConfig, this source reads ``retri
 SR stage (``lowres_size`` > 0): target = the record at the stage's size (e.g. 64), lowres = the
 same record at ``lowres_size`` (e.g. 32, what the base stage learns to draw), upsampled
 bilinearly and corrupted at a level a ~ U[0, max_aug_level] (Imagen's noise-conditioning
-augmentation, reimagen.core.augment), exactly as the emoji SR source does.
+augmentation, reimagen.diffusion.augment), exactly as the emoji SR source does.
 
 numpy only (the encoder and retriever are passed in or looked up by name).
 """
@@ -44,10 +44,10 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from reimagen.core.augment import noise_augment, resize_bilinear
+from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.core.interfaces import TextEncoding
-from reimagen.core.knowledge_base import KnowledgeBaseError
-from reimagen.core.training import Batch, TrainConfig, draw_diffusion_inputs
+from reimagen.kb.knowledge_base import KnowledgeBaseError
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_SALT = "reimagen-eval:"
@@ -153,7 +153,7 @@ class CollectionBatchInfo:
 
 
 class FolderBatchSource:
-    """The BatchSource (reimagen.core.training) over a collection knowledge base.
+    """The BatchSource (reimagen.training.contract) over a collection knowledge base.
 
     kb: an opened KnowledgeBase without entities; encoder: a text Encoder (every caption of the
     training split is encoded once into an EncodingTable cached under ``<kb>/encodings/``);
@@ -165,7 +165,7 @@ class FolderBatchSource:
                  lowres_size: int = 0, cache_dir: str | Path | None = None,
                  encodings_dir: str | Path | None = None, progress: bool = False,
                  fraction: float = HELD_OUT_FRACTION):
-        from reimagen.data.training_data import DataConfig
+        from reimagen.training.data import DataConfig
 
         check_collection(kb, image_size=image_size, k=config.neighbors, lowres_size=lowres_size,
                          fraction=fraction)
@@ -188,7 +188,7 @@ class FolderBatchSource:
         k = self.config.neighbors
         if k == 0:
             return np.zeros((len(self.train_rows), 0), np.int64)
-        from reimagen.core import triples as tr
+        from reimagen.kb import triples as tr
 
         exclude = same_image_rows(self.kb, self.train_rows)  # itself and byte-identical copies
         folder = Path(cache_dir) if cache_dir is not None else Path(self.kb.folder) / TRIPLES_DIR
@@ -212,7 +212,7 @@ class FolderBatchSource:
     def _triples_key(self, exclude) -> str:
         """Digest of everything the triples depend on (in the file name: a change makes a new
         file rather than silently reusing an old one)."""
-        from reimagen.core import triples as tr
+        from reimagen.kb import triples as tr
 
         blob = json.dumps({
             "kb": self.kb.fingerprint,
@@ -272,7 +272,7 @@ class FolderBatchSource:
 
     def _add_lowres(self, rng, batch: Batch, rows: np.ndarray) -> Batch:
         """SR inputs: the record at lowres_size, upsampled to the stage's size, corrupted at
-        a ~ U[0, max_aug_level] (same draws as reimagen.data.training_data.SRBatchSource)."""
+        a ~ U[0, max_aug_level] (same draws as reimagen.training.data.SRBatchSource)."""
         up = resize_bilinear(self.images(rows, self.lowres_size), self.image_size)  # [B, S, S, 3]
         level = rng.uniform(0.0, self.data.max_aug_level, size=batch.size).astype(np.float32)
         noise = rng.standard_normal(up.shape, dtype=np.float32)

@@ -30,11 +30,11 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.core import checkpoint as ckpt
-from reimagen.core import prefetch
+from reimagen.training import checkpoint as ckpt
+from reimagen.training import prefetch
 from reimagen.core.config import ConfigError
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.training import Batch, BatchSource, TrainConfig
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.contract import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
 
 ADAM_BETAS = (0.9, 0.999)
@@ -166,7 +166,7 @@ class TrainLoop:
     A backend's trainer sets up ``self.model``, ``self.ema`` and its optimizer after
     ``super().__init__`` and then calls :meth:`resume_latest`; it implements :meth:`train_step`
     (one update on the batch of ``self.step``, which it advances), :meth:`_load_state` (arrays
-    of a :class:`~reimagen.core.checkpoint.Checkpoint` -> its state) and :meth:`_host_arrays`
+    of a :class:`~reimagen.training.checkpoint.Checkpoint` -> its state) and :meth:`_host_arrays`
     (its state -> those arrays);
     optionally :meth:`_backend_state` (extra state.json facts) and :meth:`_loop_context` (what
     must hold while the loop runs)."""
@@ -204,7 +204,7 @@ class TrainLoop:
         time_limit: float | None = None,
         resume_from: int | None = None,
     ):
-        """``workers``: processes making batches ahead (reimagen.core.prefetch; 0 = inline).
+        """``workers``: processes making batches ahead (reimagen.training.prefetch; 0 = inline).
         ``time_limit``: seconds after which the loop checkpoints and returns early (a lease on
         a borrowed GPU, a CI budget); the run resumes from there. ``resume_from``: a committed
         step to resume from instead of the latest (:func:`ckpt.rewind`: the later steps are
@@ -242,7 +242,7 @@ class TrainLoop:
 
     def _host_arrays(self) -> tuple[dict, dict, dict]:
         """(model, EMA, optimizer state) as ``{canonical key: np.ndarray}`` dicts, the layout
-        of :mod:`reimagen.core.checkpoint`."""
+        of :mod:`reimagen.training.checkpoint`."""
         raise NotImplementedError
 
     def _load_state(self, saved: ckpt.Checkpoint) -> None:

@@ -1,7 +1,7 @@
 """Built-in knowledge-base sources (DESIGN §6, §8), registered through the ``source`` hook.
 
-- ``emoji``: emoji entities drawn by several artists (:mod:`reimagen.data.emoji_source`);
-- ``folder``: a folder of images with ``captions.jsonl`` (:mod:`reimagen.data.folder_source`).
+- ``emoji``: emoji entities drawn by several artists (:mod:`reimagen.kb.emoji_source`);
+- ``folder``: a folder of images with ``captions.jsonl`` (:mod:`reimagen.kb.folder_source`).
 
 Factories import their module only when called, so listing components stays cheap.
 """
@@ -13,14 +13,14 @@ from reimagen.core.hookspecs import hookimpl
 
 def make_emoji_source(**options):
     """``EmojiSource(**options)``: artists=, limit=, names=, size=, processes=."""
-    from reimagen.data.emoji_source import EmojiSource
+    from reimagen.kb.emoji_source import EmojiSource
 
     return EmojiSource(**options)
 
 
 def make_folder_source(**options):
     """``FolderSource(folder=...)``: images listed in ``<folder>/captions.jsonl``."""
-    from reimagen.data.folder_source import FolderSource
+    from reimagen.kb.folder_source import FolderSource
 
     return FolderSource(**options)
 

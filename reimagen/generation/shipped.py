@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reimagen.core import registry
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 
 STAGES = ("base", "baseline", "sr")
 SR_NEIGHBORS = 1  # K the SR stage was trained with (its neighbours at 64×64 cost 4× the base's)
@@ -65,7 +65,7 @@ DEFAULT_SAMPLING = {
 
 
 def weights_dir() -> Path:
-    return Path(os.environ.get("REIMAGEN_WEIGHTS") or Path(__file__).parent / "assets" / "weights")
+    return Path(os.environ.get("REIMAGEN_WEIGHTS") or Path(__file__).parents[1] / "assets" / "weights")
 
 
 def weights_path(stage: str, folder: str | Path | None = None) -> Path:
@@ -85,7 +85,7 @@ def load_stage(stage: str, *, kb=None, retriever=None, encoder: str | None = Non
     the stage's tuned sampling attached (``pipeline.sampling = DEFAULT_SAMPLING[stage]``).
     The file must fit the stage (stage_config) and hold finite weights; the base stage's
     neighbour attention must have been trained (check_neighbor_attention)."""
-    from reimagen.pipeline import Pipeline
+    from reimagen.generation.pipeline import Pipeline
 
     path = weights_path(stage, folder)
     registry.get("backend", backend)  # unknown backend -> error before loading
@@ -106,7 +106,7 @@ class WeightsError(ValueError):
 def read_config(path: str | Path):
     """(UNetConfig, metadata) from a weights file's header; no tensor is read. A file that is
     not safetensors is refused by reimagen.core.io (UnsafeFileError, naming it)."""
-    from reimagen.core.checkpoint import CONFIG_KEY
+    from reimagen.training.checkpoint import CONFIG_KEY
     from reimagen.core.config import ConfigError
     from reimagen.core.io import load_safetensors_metadata
     from reimagen.core.unet_config import UNetConfig

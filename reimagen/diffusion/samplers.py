@@ -36,8 +36,8 @@ from reimagen.core.interfaces import (
     StepCallback,
     variant_masks,
 )
-from reimagen.core.schedule import CosineSchedule
-from reimagen.core.thresholding import Thresholding, as_thresholding
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.diffusion.thresholding import Thresholding, as_thresholding
 
 
 @attrs.frozen

@@ -1,6 +1,6 @@
 """A cascade of stages, base → SR → SR (paper §3.1, DESIGN §7).
 
-Each stage is a :class:`~reimagen.pipeline.Pipeline` (its own network, retriever view, encoder,
+Each stage is a :class:`~reimagen.generation.pipeline.Pipeline` (its own network, retriever view, encoder,
 backend) with its own sampling settings and K. The base stage retrieves the neighbours once; the
 super-resolution stages reuse the same KB rows at their own resolution and are conditioned on
 the previous stage's output (upsampled and noise-augmented at a fixed level, Imagen §2.5).
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import attrs
 import numpy as np
 
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.interfaces import Cascade as CascadeInterface
-from reimagen.pipeline import Generation, Pipeline
+from reimagen.generation.pipeline import Generation, Pipeline
 
 
 class CascadeError(ValueError):
@@ -39,9 +39,9 @@ class Cascade(CascadeInterface):
     @classmethod
     def from_pretrained(cls, folder=None, **options) -> Cascade:
         """Exported stage files ``<folder>/<stage>.safetensors`` (default: the shipped ones) as
-        a cascade, each stage with its tuned sampling; options as reimagen.pretrained.
+        a cascade, each stage with its tuned sampling; options as reimagen.generation.pretrained.
         from_pretrained (stages, kb, retriever, setting, k, encoder, backend, sampling)."""
-        from reimagen.pretrained import from_pretrained
+        from reimagen.generation.pretrained import from_pretrained
 
         return from_pretrained(folder, **options)
 

@@ -20,21 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from reimagen.core import registry
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.sampling_config import SamplingConfig
 
 # Shipped cascades by name: their stages (weights/<stage>.safetensors), lowest resolution first.
 PRETRAINED = {"default": ("base", "sr"), "base": ("base",), "baseline": ("baseline", "sr")}
 CASCADES = ("base", "baseline", "base,sr", "baseline,sr")  # the shipped stages that fit together
 SETTINGS = ("same-style", "cross-style")  # which artists the retriever indexes (DESIGN §8)
 ENCODER_RETRIEVERS = ("dense", "hybrid")  # retrievers that take a text encoder (default minilm)
-DEFAULT = "default"  # retriever="default": reimagen.weights.DEFAULT_RETRIEVER, read at call time
+DEFAULT = "default"  # retriever="default": reimagen.generation.shipped.DEFAULT_RETRIEVER, read at call time
 
 
 def load(name: str = "default", *, kb: Any = None, retriever: Any = DEFAULT,
          setting: str = "same-style", k: int = 2, encoder: str | None = None,
          backend: str = "torch"):
     """The shipped cascade ``name`` (one of PRETRAINED: "default" is base + SR) with each
-    stage's tuned sampling (reimagen.weights.DEFAULT_SAMPLING); the other arguments as
+    stage's tuned sampling (reimagen.generation.shipped.DEFAULT_SAMPLING); the other arguments as
     :func:`from_pretrained`."""
     if not isinstance(name, str) or name not in PRETRAINED:
         raise ValueError(f"name must be one of {', '.join(PRETRAINED)}; got {name!r}")
@@ -56,8 +56,8 @@ def from_pretrained(folder: str | Path | None = None, *, stages: Sequence[str] =
     (default: its tuned ones); later stages keep their tuned ones. Everything is checked
     (names, ranges, the files' headers) before a network is loaded; the networks are loaded
     before an index is built."""
-    from reimagen.cascade import Cascade, Stage
-    from reimagen.weights import DEFAULT_RETRIEVER, SR_NEIGHBORS, load_stage
+    from reimagen.generation.cascade import Cascade, Stage
+    from reimagen.generation.shipped import DEFAULT_RETRIEVER, SR_NEIGHBORS, load_stage
 
     stages = check_stages(stages)
     k = 0 if stages[0] == "baseline" else check_k(k)
@@ -81,7 +81,7 @@ def from_pretrained(folder: str | Path | None = None, *, stages: Sequence[str] =
 
 def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
     """Shipped stage names that form a cascade (one of CASCADES)."""
-    from reimagen.weights import STAGES
+    from reimagen.generation.shipped import STAGES
 
     stages = (stages,) if isinstance(stages, str) else tuple(stages)
     bad = [s for s in stages if s not in STAGES]
@@ -95,7 +95,7 @@ def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
 
 def check_k(k: Any) -> int:
     """Neighbours per prompt for the shipped networks: an integer in [0, MAX_NEIGHBORS]."""
-    from reimagen.weights import MAX_NEIGHBORS
+    from reimagen.generation.shipped import MAX_NEIGHBORS
 
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_NEIGHBORS:
         raise ValueError(f"k must be an integer in [0, {MAX_NEIGHBORS}] (the base was trained "
@@ -123,8 +123,8 @@ def check_options(retriever: Any, setting: str, k: int, encoder: str | None, bac
 def check_fit(stages: Sequence[str], folder: str | Path | None = None) -> dict:
     """{stage: UNetConfig} from the files' headers (no tensors read), after checking each file
     fits its stage and each stage's input is the previous stage's output."""
-    from reimagen.cascade import CascadeError
-    from reimagen.weights import stage_config, weights_path
+    from reimagen.generation.cascade import CascadeError
+    from reimagen.generation.shipped import stage_config, weights_path
 
     configs = {name: stage_config(name, folder) for name in stages}
     for before, after in itertools.pairwise(stages):
@@ -137,7 +137,7 @@ def check_fit(stages: Sequence[str], folder: str | Path | None = None) -> dict:
 
 def open_kb(kb: Any = None, verify: bool = True):
     """A KnowledgeBase as is, or the one in folder ``kb`` (default: the emoji KB)."""
-    from reimagen.core.knowledge_base import KnowledgeBase
+    from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.core.paths import default_kb_dir
 
     if isinstance(kb, KnowledgeBase):
@@ -155,7 +155,7 @@ def open_kb(kb: Any = None, verify: bool = True):
 def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
     """The registered retriever ``name`` over the ``setting`` view of ``kb``: its saved index
     beside the KB, built on first use (None for "none")."""
-    from reimagen.data.splits import view_rows
+    from reimagen.kb.splits import view_rows
     from reimagen.retrievers.index import index_folder, index_name, open_or_build
 
     registry.get("retriever", name)
@@ -172,11 +172,11 @@ def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
 
 
 def tuned_sampling(path: str | Path) -> SamplingConfig:
-    """The tuned SamplingConfig (reimagen.weights.DEFAULT_SAMPLING) of the stage a weights file
+    """The tuned SamplingConfig (reimagen.generation.shipped.DEFAULT_SAMPLING) of the stage a weights file
     (or run / step folder) holds: the stage an exported file names in its header, else by
     network kind, the SR stage's for a super-resolution network and the base's otherwise."""
-    from reimagen.core.checkpoint import resolve_weights
-    from reimagen.weights import DEFAULT_SAMPLING, STAGE_KEY, read_config
+    from reimagen.training.checkpoint import resolve_weights
+    from reimagen.generation.shipped import DEFAULT_SAMPLING, STAGE_KEY, read_config
 
     config, metadata = read_config(resolve_weights(path))
     stage = metadata.get(STAGE_KEY) or ("sr" if config.is_super_resolution else "base")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reimagen.core.schedule import CosineSchedule
+from reimagen.diffusion.schedule import CosineSchedule
 
 
 def _linear_weights(n_in: int, n_out: int) -> np.ndarray:

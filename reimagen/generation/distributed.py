@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.pipeline import Generation
+from reimagen.generation.pipeline import Generation
 
 SLICED = ("neighbor_rows", "lowres")  # per-prompt keyword arguments, cut with the prompts
 # What is gathered of each stage's Generation: (field, ndim, wire dtype); fixed per field so an
