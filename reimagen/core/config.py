@@ -12,7 +12,7 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 import attrs
 
@@ -25,7 +25,13 @@ class ConfigError(ValueError):
     """A config value or key that is not allowed; the message names it and what is allowed."""
 
 
-def config(cls):
+_T = TypeVar("_T")
+
+
+# dataclass_transform (PEP 681) tells type checkers what attrs.frozen(kw_only=True) makes of the
+# class: keyword-only __init__ from the annotated fields, attrs.field() as a field specifier.
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(attrs.field,))
+def config(cls: type[_T]) -> type[_T]:
     """Class decorator: a frozen, keyword-only attrs class with the JSON round-trip."""
     return attrs.frozen(kw_only=True)(cls)
 
