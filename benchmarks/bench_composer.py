@@ -56,7 +56,7 @@ def make_source(batch: int):
         sys.exit(f"bench_composer: no emoji knowledge base at {folder} (reimagen kb build)")
     kb = KnowledgeBase.open(folder, verify=False)
     config = TrainConfig(neighbors=2, batch_size=batch)
-    return make_batch_source("base", kb, "hash", config, registry.get("denoiser", "cpu-base")())
+    return make_batch_source("base", kb, "hash", config, registry.get("preset", "cpu-base")())
 
 
 def timed(fn, *args):
@@ -126,7 +126,7 @@ def network_step_counts(source) -> tuple[float, OpCount]:
 
     source.config = attrs.evolve(source.config, batch_size=2)
     batch = source.batch(0)
-    model = build_unet(registry.get("denoiser", "cpu-base")(), seed=0).train()
+    model = build_unet(registry.get("preset", "cpu-base")(), seed=0).train()
     ema = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     kwargs = model_kwargs(batch, CosineSchedule())

@@ -74,7 +74,7 @@ try:
     kb = KnowledgeBase.open(Path(sys.argv[1]), verify=False)
     data = DataConfig.from_dict(parse_data_overrides(sys.argv[2] or None) or {})
     source = make_batch_source("base", kb, "minilm", TrainConfig(neighbors=0),
-                               registry.get("denoiser", "cpu-base")(), data)
+                               registry.get("preset", "cpu-base")(), data)
 except Exception as err:  # one line: the pack does not hold this recipe's texts, a bad DATA, ...
     sys.exit(f"train_gpu.sh: encoding the pool failed: {type(err).__name__}: {err}")
 print(f"pool encoding table: {len(source.encoder)} prompts in {time.time() - start:.0f} s")

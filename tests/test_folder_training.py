@@ -233,7 +233,7 @@ def test_the_python_equivalent_trains_the_same_run(kb, trained, tmp_path):
     to ``reimagen train --kb`` with the same settings."""
     from reimagen import get
 
-    model = get("denoiser", "tiny")()
+    model = get("preset", "tiny")()
     settings = config(bf16=False)  # TRAIN's flags
     made = ft.FolderBatchSource(kb, get("encoder", "hash")(), settings, image_size=model.image_size)
     get("backend", "torch")().train(model, settings, made, tmp_path / "py", progress=False)

@@ -130,7 +130,7 @@ def _cpu_source(kb_folder: Path, pack: Path | None, monkeypatch):
         monkeypatch.setenv("REIMAGEN_MINILM_PACK", str(pack))
     kb = KnowledgeBase.open(kb_folder, verify=False)
     config = TrainConfig(batch_size=4, neighbors=2, seed=0)
-    return make_batch_source("base", kb, "minilm", config, registry.get("denoiser", "cpu-base")(),
+    return make_batch_source("base", kb, "minilm", config, registry.get("preset", "cpu-base")(),
                              DataConfig(pool_size=POOL))
 
 

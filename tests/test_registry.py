@@ -20,14 +20,14 @@ def fresh_registry():
 
 def test_builtin_kinds_are_the_design_kinds():
     assert set(registry.kinds()) == {
-        "retriever", "encoder", "denoiser", "guidance", "sampler", "backend", "source",
+        "retriever", "encoder", "preset", "guidance", "sampler", "backend", "source",
         "evaluator",
     }
 
 
 def test_unknown_name_lists_known_names():
     with pytest.raises(RegistryError) as err:
-        registry.get("denoiser", "nope")
+        registry.get("preset", "nope")
     assert "nope" in str(err.value) and "tiny" in str(err.value) and "small" in str(err.value)
 
 
@@ -44,7 +44,7 @@ class _MockPlugin:
 
 class _DuplicatePlugin:
     @hookimpl
-    def reimagen_register_denoisers(self, register):
+    def reimagen_register_presets(self, register):
         register("tiny", lambda: None)
 
 
@@ -55,7 +55,7 @@ def test_mock_plugin_registers(fresh_registry):
 
 
 def test_duplicate_name_raises_naming_both(fresh_registry):
-    with pytest.raises(RegistryError, match="duplicate denoiser name 'tiny'"):
+    with pytest.raises(RegistryError, match="duplicate preset name 'tiny'"):
         registry.reset(extra_plugins=(_DuplicatePlugin(),), autoload=False)
 
 
@@ -106,7 +106,7 @@ def test_components_cli_json_lists_builtins_and_example_plugin():
     )
     table = json.loads(out.stdout)["components"]
     assert {"torch", "jax"} <= set(table["backend"])
-    assert {"tiny", "small", "paper-64"} <= set(table["denoiser"])
+    assert {"tiny", "small", "paper-64"} <= set(table["preset"])
     example = Path(__file__).parents[1] / "examples" / "reimagen_example_plugin"
     assert example.is_dir()
     # The Makefile installs the example plugin; it must then be listed.

@@ -22,7 +22,7 @@ from reimagen.core.array_ops import per_sample_quantile, quantile_last_axis, sor
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import Denoiser, SamplerNoise
 from reimagen.core.registry import RegistryError
-from reimagen.diffusion.samplers import SAMPLERS, ddim, ddpm, dpmpp2m, get_sampler
+from reimagen.diffusion.samplers import SAMPLERS, ddim, ddpm, dpmpp2m
 from reimagen.diffusion.schedule import CosineSchedule
 from reimagen.diffusion.thresholding import Thresholding
 from reimagen.diffusion.guidance import (
@@ -160,13 +160,13 @@ def ddpm_output_moments(steps, guidance=None):
 def test_samplers_registered_under_design_names():
     assert set(SAMPLER_NAMES) <= set(registry.names("sampler"))
     for name in SAMPLER_NAMES:
-        assert get_sampler(name) is SAMPLERS[name]
+        assert registry.get("sampler", name) is SAMPLERS[name]
         assert registry.default_registry().origin("sampler", name) == "reimagen.diffusion.samplers"
 
 
 def test_unknown_sampler_lists_known_names():
     with pytest.raises(RegistryError, match="unknown sampler 'euler'.*ddim, ddpm, dpmpp2m"):
-        get_sampler("euler")
+        registry.get("sampler", "euler")
 
 
 # ---- analytic oracle ----------------------------------------------------------------------
@@ -458,7 +458,7 @@ def test_one_batched_call_per_step_with_the_strategys_variants(sampler_name, gui
     steps, batch = 12, 4
     noise = draw_noise(seed=4, shape=(batch, 5, 5, 3), steps=steps)
     spy = GaussianOracle()
-    result = get_sampler(sampler_name)(spy, guidance, noise, steps=steps)
+    result = registry.get("sampler", sampler_name)(spy, guidance, noise, steps=steps)
     assert spy.calls == result.calls == steps
     assert result.nfe == per_step * steps
     assert spy.rows == per_step * steps * batch
@@ -482,7 +482,7 @@ def test_interleaved_run_follows_the_host_draws():
 def test_callback_sees_every_step_on_a_descending_grid(sampler_name):
     steps = 7
     seen = []
-    result = get_sampler(sampler_name)(
+    result = registry.get("sampler", sampler_name)(
         GaussianOracle(),
         JointGuidance(w=5.0),
         draw_noise(steps=steps),
@@ -520,7 +520,7 @@ def test_bad_arguments_fail_before_the_first_call(sampler_name, change, message)
     spy = GaussianOracle()
     kwargs = {"steps": 6, **change}
     with pytest.raises(ValueError, match=message):
-        get_sampler(sampler_name)(
+        registry.get("sampler", sampler_name)(
             spy, JointGuidance(), draw_noise(shape=(2, 4, 4, 3), steps=6), **kwargs
         )
     assert spy.calls == 0
@@ -583,7 +583,7 @@ def test_bad_guidance_and_sampler_names_fail_before_any_network_exists():
     with pytest.raises(ConfigError, match=r"GuidanceConfig.eta must be in \[0.0, 1.0\]"):
         get_guidance("interleaved", eta=2.0)
     with pytest.raises(RegistryError, match="known sampler names: ddim, ddpm, dpmpp2m"):
-        get_sampler("dpm++")
+        registry.get("sampler", "dpm++")
 
 
 def test_wrong_epsilon_shape_from_a_denoiser_is_named():
@@ -600,7 +600,7 @@ def test_wrong_epsilon_shape_from_a_denoiser_is_named():
 
 @pytest.mark.parametrize("sampler_name", SAMPLER_NAMES)
 def test_same_seed_same_sample_different_seed_different(sampler_name):
-    sampler = get_sampler(sampler_name)
+    sampler = registry.get("sampler", sampler_name)
 
     def run(seed):
         noise = draw_noise(seed=seed, steps=8)
@@ -637,7 +637,7 @@ def test_numpy_torch_and_jax_walk_the_same_trajectory(sampler_name, thresholding
         def record(step, t, x, x0_hat, variants, store=trajectories[name], den=backend):
             store.append(den.to_numpy(x0_hat))
 
-        result = get_sampler(sampler_name)(
+        result = registry.get("sampler", sampler_name)(
             backend, guidance, noise, steps=steps, thresholding=thresholding, callback=record
         )
         outputs[name] = backend.to_numpy(result.x0)

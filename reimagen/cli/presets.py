@@ -21,8 +21,8 @@ def add_parser(subparsers):
 
 def count_params(backends: list[str]) -> dict[str, dict]:
     table = {}
-    for name in registry.names("denoiser"):
-        config = registry.get("denoiser", name)()
+    for name in registry.names("preset"):
+        config = registry.get("preset", name)()
         row = {"image_size": config.image_size, "lowres_size": config.lowres_size}
         for backend in backends:
             row[backend] = registry.get("backend", backend)().param_count(config)

@@ -1,15 +1,16 @@
-"""The part of a backend object (the registry's "torch" / "jax" entries, DESIGN §1) that does not
-depend on the framework.
+"""The backend interface (the registry's "backend" kind: "torch", "jax"; DESIGN §1).
 
-Each backend package defines ``BACKEND``, an instance of a subclass that says what is its own:
-the U-Net builder, the weight files it reads and writes, its parameter count, and two class
-attributes, its :class:`~reimagen.core.interfaces.Denoiser` class and its trainer (a
-:class:`~reimagen.training.loop.TrainLoop`). The methods below only wire those to the
-backend API the pipeline, the cascade and the CLI call. No framework is imported here.
+Each backend package defines ``BACKEND``, an instance of a direct subclass of
+:class:`ModelBackend` that implements its abstract methods (the U-Net builder, the weight files
+it reads and writes, its parameter count, its weights as host arrays) and sets three class
+attributes: ``name``, its :class:`~reimagen.core.interfaces.Denoiser` class and its trainer (a
+:class:`~reimagen.training.loop.TrainLoop`). The concrete methods here only wire those to the
+API the pipeline, the cascade and the CLI call. No framework is imported here.
 """
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,22 +22,50 @@ from reimagen.training.contract import BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
 
 
-class ModelBackend:
-    """Shared methods of the backend objects; subclasses set the class attributes and
-    implement build_model, load_model, save_model and param_count."""
+class ModelBackend(abc.ABC):
+    """A backend: builds, loads, saves and counts U-Nets (``model``: the backend's own network
+    object, with a ``.config`` UNetConfig), binds them to conditions and trains them."""
 
-    name: ClassVar[str]
-    _denoiser_class: ClassVar[type[Denoiser]]
-    _trainer_class: ClassVar[type[TrainLoop]]
+    REQUIRED_ATTRIBUTES = ("name", "_denoiser_class", "_trainer_class")
+    name: ClassVar[str]  # the registry name, e.g. "torch"
+    _denoiser_class: ClassVar[type[Denoiser]]  # built by make_denoiser
+    _trainer_class: ClassVar[type[TrainLoop]]  # run by train
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        missing = [a for a in cls.REQUIRED_ATTRIBUTES if not hasattr(cls, a)]
+        if missing:
+            raise TypeError(f"backend {cls.__name__} must set {', '.join(missing)}")
+
+    @abc.abstractmethod
+    def build_model(self, config: UNetConfig, seed: int = 0) -> Any:
+        """A freshly initialised network for ``config`` (a pure function of ``seed``)."""
+
+    @abc.abstractmethod
+    def load_model(self, path_or_dir: str | Path, ema: bool = True) -> Any:
+        """A safetensors file or checkpoint folder written by either backend (``ema``: the
+        EMA weights of a checkpoint folder) -> the network, its config from the metadata."""
+
+    @abc.abstractmethod
+    def save_model(
+        self, model: Any, path: str | Path, dtype: str = "float32", metadata=None
+    ) -> Path:
+        """Write the weights (``dtype`` "float32" | "bfloat16") and config to a safetensors
+        file both backends read; returns its path."""
+
+    @abc.abstractmethod
+    def param_count(self, config: UNetConfig) -> int:
+        """Parameters of the network ``config`` describes, counted without allocating it."""
+
+    @abc.abstractmethod
+    def state_dict(self, model: Any) -> dict[str, np.ndarray]:
+        """The weights as host arrays under the canonical (torch ``state_dict``) keys, for
+        checks that read values (reimagen.generation.shipped: finiteness, trained neighbour
+        attention). A backend that cannot export them raises NotImplementedError and those
+        checks are skipped."""
 
     def model_config(self, model: Any) -> UNetConfig:
         return model.config
-
-    def state_dict(self, model: Any) -> dict[str, np.ndarray]:
-        """The weights as host arrays under the canonical (torch ``state_dict``) keys, for
-        checks that read values (reimagen.generation.shipped: finiteness, trained neighbour attention).
-        A backend that cannot say raises NotImplementedError and those checks are skipped."""
-        raise NotImplementedError(f"backend {self.name!r} does not export its weights")
 
     def make_denoiser(
         self,

@@ -41,8 +41,9 @@ def reimagen_register_encoders(register: Register) -> None:
 
 
 @hookspec
-def reimagen_register_denoisers(register: Register) -> None:
-    """Register network families: ``factory() -> UNetConfig`` preset, keyed by family name."""
+def reimagen_register_presets(register: Register) -> None:
+    """Register network presets: ``factory() -> UNetConfig`` (a config, not a network; a
+    backend's ``build_model`` makes the network, its ``make_denoiser`` binds it)."""
 
 
 @hookspec
@@ -58,7 +59,8 @@ def reimagen_register_samplers(register: Register) -> None:
 
 @hookspec
 def reimagen_register_backends(register: Register) -> None:
-    """Register array backends: ``factory() -> Backend`` (builds denoisers and trainers)."""
+    """Register array backends: ``factory() ->`` a :class:`reimagen.core.backend.ModelBackend`
+    (builds, saves and loads networks, binds them into denoisers, trains them)."""
 
 
 @hookspec
@@ -76,11 +78,12 @@ def reimagen_register_evaluators(register: Register) -> None:
     the bench table (built-in: ``pixel``, reimagen.bench.evaluators)."""
 
 
-# kind -> the hook that fills it. Kinds are API: add, never rename.
+# kind -> the hook that fills it. Kinds are API: a renamed kind breaks plugins, so say so in the
+# changelog ("denoiser" became "preset" in 0.x: it always held UNetConfig presets, not networks).
 HOOKS = {
     "retriever": "reimagen_register_retrievers",
     "encoder": "reimagen_register_encoders",
-    "denoiser": "reimagen_register_denoisers",
+    "preset": "reimagen_register_presets",
     "guidance": "reimagen_register_guidance",
     "sampler": "reimagen_register_samplers",
     "backend": "reimagen_register_backends",

@@ -1,7 +1,16 @@
 """Abstract interfaces of the components (DESIGN §1–§7). Framework-free.
 
+Each interface is an ``abc.ABC`` whose required methods are ``@abc.abstractmethod``: a subclass
+that misses one cannot be instantiated (TypeError naming it). Concrete classes subclass the
+interface directly. Samplers and step callbacks are plain functions, so :class:`Sampler` and
+:class:`StepCallback` are ``typing.Protocol`` signatures (checked by type checkers, not at
+run time).
+
 Array conventions used everywhere on the host:
-  images   float32 in [-1, 1], NHWC: [B, H, W, C] (neighbours [B, K, H, W, C]);
+  images   float32 in [-1, 1], NHWC: [B, H, W, C] with C = UNetConfig.in_channels (3, RGB, in
+           every preset); neighbours [B, K, H, W, C]. What the pipeline and the cascade hand
+           back to a user is uint8 in [0, 255], [B, H, W, 3] (reimagen.generation.pipeline.
+           Generation.images);
   text     TextEncoding(tokens [B, L, D] float32, mask [B, L] bool, pooled [B, D] float32);
   time     t ∈ [0, 1] (t=0 clean, t=1 pure noise), float per batch element: [B].
 Backends convert to their own layout (torch NCHW channels_last, JAX NHWC) at the boundary.
@@ -13,7 +22,7 @@ Condition variants (DESIGN §5) name which conditions one ε prediction sees:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -54,7 +63,8 @@ class TextEncoding:
 
 
 class Encoder(abc.ABC):
-    """A frozen text encoder: texts -> TextEncoding with a fixed length L = ``max_length``."""
+    """A frozen text encoder: B texts -> TextEncoding with a fixed length L = ``max_length``
+    (tokens [B, L, D] float32, mask [B, L] bool, pooled [B, D] float32, D = ``dim``)."""
 
     name: str
     dim: int  # D
@@ -102,9 +112,13 @@ class Retriever(abc.ABC):
 class Denoiser(abc.ABC):
     """The network bound to its conditions for one batch of B samples: ε(x_t, t | variant).
 
-    Built by a backend from a network, the encoded prompts and the *cached* neighbour features
-    (neighbours go through the DStack once, at t=0, DESIGN §4). One call evaluates every
-    requested variant in ONE batched network pass of V·B rows.
+    Built by a backend (:meth:`reimagen.core.backend.ModelBackend.make_denoiser`) as
+    ``cls(model, text, neighbor_images, neighbor_text, *, dtype, lowres, aug_level)``: the
+    prompts' TextEncoding [B, L, D], the neighbours [B, K, H, W, C] float32 in [-1, 1] and
+    their captions' TextEncoding [B, K, L, D], and for a super-resolution stage the upsampled
+    low-res image [B, H, W, C]. Neighbours go through the DStack once, at t=0, and are cached
+    (DESIGN §4). One call evaluates every requested variant in ONE batched network pass of
+    V·B rows.
     """
 
     calls: int  # batched network calls so far
@@ -112,8 +126,8 @@ class Denoiser(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, x, t: float, variants: Sequence[str]):
-        """x [B, H, W, C] backend array, t scalar time -> ε [V, B, H, W, C] in ``variants``
-        order."""
+        """x [B, H, W, C] backend array, t ∈ [0, 1] a Python float -> ε [V, B, H, W, C]
+        float32 backend array, in ``variants`` order (V = len(variants))."""
 
     @abc.abstractmethod
     def asarray(self, array: np.ndarray):
@@ -135,14 +149,19 @@ class GuidanceStrategy(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def variants(self, draw: float) -> tuple[str, ...]: ...
+    def variants(self, draw: float) -> tuple[str, ...]:
+        """The distinct variant names (of VARIANTS) the step with draw R needs."""
 
     @abc.abstractmethod
     def combine(self, eps: dict[str, Any], draw: float):
-        """eps: variant -> ε [B, H, W, C] (the ones ``variants(draw)`` asked for)."""
+        """eps: variant -> ε [B, H, W, C] backend array (the ones ``variants(draw)`` asked
+        for) -> the guided ε̂ [B, H, W, C], same array type."""
 
 
 class StepCallback(Protocol):
+    """Called after step i's x̂0: (i, t_i, x_t [B, H, W, C], x̂0 [B, H, W, C] backend arrays,
+    the variants evaluated)."""
+
     def __call__(self, step: int, t: float, x: Any, x0_hat: Any, variants: tuple[str, ...]) -> None:
         ...
 
@@ -230,11 +249,10 @@ class Sampler(Protocol):
 
 class Cascade(abc.ABC):
     """An ordered list of stages (base -> SR -> SR, DESIGN §7); each its own network, sampler,
-    steps and guidance. ``generate`` returns every stage's images."""
+    steps and guidance. ``generate`` returns every stage's result."""
 
     @abc.abstractmethod
-    def generate(self, prompts: Sequence[str], *, seed: int) -> list[np.ndarray]:
-        """Per stage, images [B, H_s, W_s, C] float32 in [-1, 1]."""
-
-
-Factory = Callable[..., Any]
+    def generate(self, prompts: Sequence[str], *, seed: int = 0, **options) -> list[Any]:
+        """One :class:`reimagen.generation.pipeline.Generation` per stage, lowest resolution
+        first: its ``images`` are uint8 [B, H_s, W_s, 3] in [0, 255], beside the neighbour
+        rows [B, K] and scores [B, K] the stage used, its NFE and seconds."""

@@ -5,7 +5,8 @@ with ``image_size=32`` and ``channel_mults=(1, 2, 2)`` the DStack runs at 32, 16
 output feature map f has F=8; ``neighbor_attn_resolutions=(8,)`` lets the noisy image attend
 to all K·F·F neighbour positions there (optionally also one resolution up).
 
-Presets register as the ``denoiser`` component kind (network family presets).
+Presets register as the ``preset`` component kind: ``registry.get("preset", name)()`` is a
+UNetConfig.
 """
 
 from __future__ import annotations
@@ -160,13 +161,7 @@ def grows_position_tables(source: UNetConfig, target: UNetConfig) -> bool:
     )
 
 
-def preset(name: str) -> UNetConfig:
-    from reimagen.core import registry
-
-    return registry.get("denoiser", name)()
-
-
 @hookimpl
-def reimagen_register_denoisers(register):
+def reimagen_register_presets(register):
     for name, cfg in PRESETS.items():
         register(name, lambda cfg=cfg: cfg)

@@ -218,13 +218,6 @@ SAMPLERS: dict[str, Callable[..., SampleResult]] = {
 }
 
 
-def get_sampler(name: str) -> Callable[..., SampleResult]:
-    """The registered sampler ``name``; unknown name -> RegistryError listing the known ones."""
-    from reimagen.core import registry  # lazy: the registry imports this module as a plugin
-
-    return registry.get("sampler", name)
-
-
 @hookimpl
 def reimagen_register_samplers(register):
     for name, sampler in SAMPLERS.items():
@@ -303,7 +296,6 @@ __all__: Sequence[str] = [
     "ddim",
     "ddpm",
     "dpmpp2m",
-    "get_sampler",
     "guided_x0",
     "plan_sampling",
 ]

@@ -66,7 +66,12 @@ class Batch:
 
 
 class BatchSource(Protocol):
-    """A deterministic batch stream: ``batch(step)`` is a pure function of (seed, step)."""
+    """A deterministic batch stream: ``batch(step)`` is a pure function of (seed, step).
+
+    A structural ``typing.Protocol``, not an ABC: any object with this method is a batch source
+    (the built-ins in reimagen.training.data and .folder_data, and the tests' small fakes).
+    The trainers (subclasses of the ABC :class:`reimagen.training.loop.TrainLoop`) consume it.
+    """
 
     def batch(self, step: int) -> Batch: ...
 

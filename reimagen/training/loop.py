@@ -19,6 +19,7 @@ numpy only: no framework is imported here (tests/test_core_imports.py).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import math
@@ -160,7 +161,7 @@ def check_resumable(
 # ---- the loop -----------------------------------------------------------------------------------
 
 
-class TrainLoop:
+class TrainLoop(abc.ABC):
     """The run folder, resume, log and checkpoint cadence of one training run.
 
     A backend's trainer sets up ``self.model``, ``self.ema`` and its optimizer after
@@ -236,18 +237,18 @@ class TrainLoop:
 
     # ---- what a backend provides ---------------------------------------------------------
 
+    @abc.abstractmethod
     def train_step(self, batch: Batch) -> tuple[float, float]:
         """One update on ``batch``; returns (loss, gradient norm before clipping)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _host_arrays(self) -> tuple[dict, dict, dict]:
         """(model, EMA, optimizer state) as ``{canonical key: np.ndarray}`` dicts, the layout
         of :mod:`reimagen.training.checkpoint`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _load_state(self, saved: ckpt.Checkpoint) -> None:
         """Restore model, EMA and optimizer from the checkpoint's arrays."""
-        raise NotImplementedError
 
     def _backend_state(self) -> dict[str, Any]:
         return {}
