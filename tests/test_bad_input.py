@@ -25,7 +25,7 @@ from reimagen.backends.torch.unet import ReImagenUNet
 from reimagen.cli.main import main
 from reimagen.core.config import ConfigError
 from reimagen.core.io import UnsafeFileError
-from reimagen.kb.knowledge_base import KnowledgeBaseError
+from reimagen.kb.records import KnowledgeBaseError
 from reimagen.core.registry import RegistryError
 from reimagen.kb.splits import SplitError
 

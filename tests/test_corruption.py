@@ -37,7 +37,9 @@ from reimagen.bench import evaluator as ev
 from reimagen.training import checkpoint as ckpt
 from reimagen.core import digests, registry
 from reimagen.core.digests import IntegrityError
-from reimagen.kb.knowledge_base import CHECKED, KnowledgeBase, build_knowledge_base
+from reimagen.kb.builder import build_knowledge_base
+from reimagen.kb.knowledge_base import KnowledgeBase
+from reimagen.kb.records import CHECKED
 from reimagen.core.paths import default_kb_dir
 from reimagen.kb.triples import build_triples, load_triples, save_triples
 from reimagen.core.unet_config import PRESETS
@@ -394,7 +396,8 @@ import os, signal, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import numpy as np
-from reimagen.kb import knowledge_base as kbm
+from reimagen.core import folder_swap
+from reimagen.kb import builder as kbm
 
 folder, point = Path({folder!r}), {point!r}
 rng = np.random.default_rng(0)
@@ -405,7 +408,7 @@ def items(n):
             os.kill(os.getpid(), signal.SIGKILL)  # mid-staging: thousands of files in real life
         yield (f"t/{{i}}", f"caption {{i}}", "t", "", rng.integers(0, 255, (8, 8, 4), np.uint8))
 
-real_replace, real_carry, real_exchange = os.replace, kbm._carry_over, kbm.rio.exchange
+real_replace, real_carry, real_exchange = os.replace, kbm._carry_over, folder_swap.exchange
 def replace(src, dst):
     if point == "renames" and Path(src).name.startswith(f".{{folder.name}}.building-"):
         os.kill(os.getpid(), signal.SIGKILL)  # the old KB is aside, the new one not in place
@@ -421,7 +424,7 @@ def exchange(a, b):
     if point == "swap":
         os.kill(os.getpid(), signal.SIGKILL)  # exchanged: the old KB at the staging name
     return done
-os.replace, kbm._carry_over, kbm.rio.exchange = replace, carry, exchange
+os.replace, kbm._carry_over, folder_swap.exchange = replace, carry, exchange
 kbm.build_knowledge_base(items(60), folder, resolution=8, progress=False)
 """
 

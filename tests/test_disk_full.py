@@ -28,7 +28,8 @@ from toys import toy_kb
 
 from reimagen.training import checkpoint as ckpt
 from reimagen.core import registry
-from reimagen.kb.knowledge_base import KnowledgeBase, build_knowledge_base
+from reimagen.kb.builder import build_knowledge_base
+from reimagen.kb.knowledge_base import KnowledgeBase
 from reimagen.core.unet_config import PRESETS
 
 TINY = PRESETS["tiny"]

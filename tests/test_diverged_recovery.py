@@ -19,6 +19,7 @@ from test_torch_trainer import SyntheticSource, assert_same_state, config
 
 from reimagen.backends.torch.trainer import Trainer, train
 from reimagen.training import checkpoint as ckpt
+from reimagen.training import rewind as rw
 from reimagen.core.config import ConfigError
 from reimagen.core.digests import IntegrityError
 from reimagen.training.loop import RESUMABLE_CHANGES, check_resumable
@@ -92,9 +93,9 @@ def test_rewind_then_a_lower_lr_is_a_plain_resume_from_that_step(tmp_path, run):
 
 
 def test_rewinding_twice_keeps_both_asides(run):
-    ckpt.rewind(run, 3)
+    rw.rewind(run, 3)
     train(TINY, config(4), SyntheticSource(), run, progress=False, keep=10)
-    ckpt.rewind(run, 3)
+    rw.rewind(run, 3)
     root = run / "checkpoints"
     assert sorted(p.name for p in root.glob("rewound-*")) == ["rewound-3-1", "rewound-3-2"]
     assert [p.name for p in ckpt.step_folders(run)] == [
@@ -105,14 +106,14 @@ def test_a_missing_or_damaged_step_is_refused_and_nothing_moves(run):
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     with pytest.raises(ckpt.CheckpointError, match=r"no committed step-00000009 .*steps there: "
                                                    r"1, 2, 3, 4") as err:
-        ckpt.rewind(run, 9)
+        rw.rewind(run, 9)
     assert "\n" not in str(err.value)
     model = run / "checkpoints" / "step-00000002" / ckpt.MODEL_FILE
     data = bytearray(model.read_bytes())
     data[-50] ^= 0x01
     model.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="model.safetensors"):
-        ckpt.rewind(run, 2)
+        rw.rewind(run, 2)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     assert ckpt.latest_checkpoint(run).name == "step-00000004"
 
@@ -126,12 +127,12 @@ def test_a_crash_before_latest_is_rewritten_resumes_at_the_rewound_step(run, mon
 
     monkeypatch.setattr(ckpt, "atomic_write_text", crash)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.rewind(run, 2)
+        rw.rewind(run, 2)
     monkeypatch.undo()
     with caplog.at_level(logging.WARNING, logger="reimagen.training.checkpoint"):
         saved, skipped = ckpt.load_resumable(run)
     assert saved.step == 2 and "step-00000004" in skipped[0]
-    ckpt.rewind(run, 2)  # again: nothing left to move, latest rewritten
+    rw.rewind(run, 2)  # again: nothing left to move, latest rewritten
     assert ckpt.latest_checkpoint(run).name == "step-00000002"
     assert [p.name for p in (run / "checkpoints").glob("rewound-*")] == ["rewound-2-1"]
 

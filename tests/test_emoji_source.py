@@ -15,12 +15,9 @@ import pytest
 from PIL import Image
 
 from reimagen.core import registry
-from reimagen.kb.knowledge_base import (
-    Entity,
-    KnowledgeBase,
-    KnowledgeBaseError,
-    build_from_source,
-)
+from reimagen.kb.builder import build_from_source
+from reimagen.kb.knowledge_base import KnowledgeBase
+from reimagen.kb.records import Entity, KnowledgeBaseError
 from reimagen.kb import emoji_source as es
 
 HAVE_NOTO = es.NOTO_FONT.is_file()

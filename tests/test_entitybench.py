@@ -185,7 +185,7 @@ def tiny(tmp_path_factory):
     import torch
 
     from reimagen.core import registry
-    from reimagen.kb.knowledge_base import build_from_source
+    from reimagen.kb.builder import build_from_source
     from reimagen.core.unet_config import PRESETS
     from reimagen.kb.emoji_source import EmojiSource
 

@@ -24,7 +24,7 @@ from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.cli.main import main
 from reimagen.core import registry
 from reimagen.diffusion.augment import resize_bilinear
-from reimagen.kb.knowledge_base import build_from_source
+from reimagen.kb.builder import build_from_source
 from reimagen.diffusion.schedule import CosineSchedule
 from reimagen.training.contract import TrainConfig
 from reimagen.training import folder_data as ft

@@ -22,7 +22,7 @@ from toys import FORMULA_DOCS, FORMULA_TEXTS, MemoryKB
 
 from reimagen.bench.recall import entity_hits, measure
 from reimagen.core import digests
-from reimagen.kb.knowledge_base import build_knowledge_base
+from reimagen.kb.builder import build_knowledge_base
 from reimagen.core.paths import default_kb_dir
 from reimagen.retrievers import (
     BM25Retriever,
@@ -269,7 +269,7 @@ ENTITIES = [
 
 @pytest.fixture
 def tiny_kb(tmp_path):
-    from reimagen.kb.knowledge_base import Entity
+    from reimagen.kb.records import Entity
 
     pixels = np.zeros((8, 8, 4), np.uint8)
     items = [

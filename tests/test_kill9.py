@@ -33,7 +33,8 @@ import torch
 
 from reimagen.training import checkpoint as ckpt
 from reimagen.core import registry
-from reimagen.kb.knowledge_base import KnowledgeBase, build_knowledge_base
+from reimagen.kb.builder import build_knowledge_base
+from reimagen.kb.knowledge_base import KnowledgeBase
 from reimagen.core.unet_config import PRESETS
 
 pytestmark = pytest.mark.slow

@@ -19,19 +19,11 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from reimagen.core import digests, paths, registry
-from reimagen.kb.knowledge_base import (
-    CHECKED,
-    MANIFEST,
-    PACKED,
-    Entity,
-    KnowledgeBase,
-    KnowledgeBaseError,
-    build_from_source,
-    build_knowledge_base,
-    pack_rgba,
-    resize_area,
-)
+from reimagen.kb.builder import build_from_source, build_knowledge_base
 from reimagen.kb.folder_source import FolderSource
+from reimagen.kb.image_pack import pack_rgba, resize_area
+from reimagen.kb.knowledge_base import KnowledgeBase
+from reimagen.kb.records import CHECKED, MANIFEST, PACKED, Entity, KnowledgeBaseError
 
 S = 8  # packed resolution of the hand-made KBs
 
@@ -144,10 +136,10 @@ def test_rebuild_replaces_and_keeps_foreign_files(tmp_path):
 def test_failed_swap_restores_the_old_kb(tmp_path, monkeypatch):
     """Fault injection: the final rename of the new KB fails -> the old KB is back, intact.
     (The two-rename fallback, where the OS has no atomic exchange.)"""
-    from reimagen.core import io as rio
+    from reimagen.core import folder_swap
 
     old = build_knowledge_base(_items(3), tmp_path / "kb", resolution=S, progress=False)
-    monkeypatch.setattr(rio, "exchange", lambda a, b: False)
+    monkeypatch.setattr(folder_swap, "exchange", lambda a, b: False)
     real_replace = os.replace
 
     def failing_replace(src, dst):
@@ -164,14 +156,14 @@ def test_failed_swap_restores_the_old_kb(tmp_path, monkeypatch):
 
 
 def test_a_failed_exchange_leaves_the_old_kb(tmp_path, monkeypatch):
-    from reimagen.core import io as rio
+    from reimagen.core import folder_swap
 
     old = build_knowledge_base(_items(3), tmp_path / "kb", resolution=S, progress=False)
 
     def failing(a, b):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(rio, "exchange", failing)
+    monkeypatch.setattr(folder_swap, "exchange", failing)
     with pytest.raises(OSError, match="disk on fire"):
         build_knowledge_base(_items(2), tmp_path / "kb", resolution=S, progress=False)
     assert KnowledgeBase.open(old.folder).fingerprint == old.fingerprint

@@ -106,7 +106,7 @@ POOL = 120
 
 @pytest.fixture(scope="module")
 def toy_kb(tmp_path_factory):
-    from reimagen.kb.knowledge_base import build_from_source
+    from reimagen.kb.builder import build_from_source
     from reimagen.kb import splits as sp
     from reimagen.kb.emoji_source import EmojiSource
 

@@ -14,7 +14,7 @@ import torch
 from reimagen.backends.torch.unet import build_unet
 from reimagen.bench import neighbor_signal as ns
 from reimagen.core import registry
-from reimagen.kb.knowledge_base import build_from_source
+from reimagen.kb.builder import build_from_source
 from reimagen.core.unet_config import PRESETS
 from reimagen.kb import splits as sp
 from reimagen.kb.emoji_source import EmojiSource

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from toys import FORMULA_DOCS, FORMULA_TEXTS, MemoryKB
 
 from reimagen.core import digests, registry
-from reimagen.kb.knowledge_base import KnowledgeBase, build_knowledge_base
+from reimagen.kb.builder import build_knowledge_base
+from reimagen.kb.knowledge_base import KnowledgeBase
 from reimagen.encoders.hash import HashEncoder
 from reimagen.retrievers import (
     BM25Retriever,

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reimagen.core.config import ConfigError
-from reimagen.kb.knowledge_base import pack_rgba
+from reimagen.kb.image_pack import pack_rgba
 from reimagen.kb import scenes as sc
 from reimagen.kb.emoji_source import Twemoji, load_entities
 

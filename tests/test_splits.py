@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from reimagen.kb.knowledge_base import build_from_source
+from reimagen.kb.builder import build_from_source
 from reimagen.kb import splits as sp
 from reimagen.kb.emoji_source import EMOJI_TEST, EmojiSource, is_flag_sequence, load_entities
 

@@ -220,7 +220,7 @@ def test_pickled_weights_are_refused_unread(name, t5_dir, tmp_path, monkeypatch)
 @pytest.fixture(scope="module")
 def emoji_kb(tmp_path_factory) -> Path:
     """A 16 px emoji knowledge base of six seen entities (what `reimagen train` trains on)."""
-    from reimagen.kb.knowledge_base import build_from_source
+    from reimagen.kb.builder import build_from_source
     from reimagen.kb.splits import load_split
 
     names = list(load_split().seen[:6])

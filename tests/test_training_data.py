@@ -13,7 +13,7 @@ from reimagen.core import registry
 from reimagen.kb import triples as tr
 from reimagen.diffusion.augment import resize_bilinear
 from reimagen.core.config import ConfigError
-from reimagen.kb.knowledge_base import build_from_source
+from reimagen.kb.builder import build_from_source
 from reimagen.diffusion.schedule import CosineSchedule
 from reimagen.training.contract import TrainConfig
 from reimagen.kb import scenes as sc

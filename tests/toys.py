@@ -12,7 +12,7 @@ import numpy as np
 
 from reimagen.core import registry
 from reimagen.training.checkpoint import ENCODER_KEY
-from reimagen.kb.knowledge_base import build_knowledge_base
+from reimagen.kb.builder import build_knowledge_base
 from reimagen.core.unet_config import PRESETS
 from reimagen.generation.pipeline import Pipeline
 from reimagen.generation.shipped import STAGE_KEY

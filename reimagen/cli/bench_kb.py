@@ -76,7 +76,7 @@ def run(args) -> int:
     from reimagen.bench import collection
     from reimagen.cli.bench import check_components
     from reimagen.cli.common import apply_threads, open_kb, sampling_from_args
-    from reimagen.kb.knowledge_base import KnowledgeBaseError
+    from reimagen.kb.records import KnowledgeBaseError
     from reimagen.training.folder_data import (
         check_collection,
         eval_neighbors,

@@ -16,14 +16,9 @@ import time
 from pathlib import Path
 
 from reimagen.core import paths, registry
-from reimagen.kb.knowledge_base import (
-    ARTISTS,
-    MAX_RESOLUTION,
-    MIN_RESOLUTION,
-    KnowledgeBase,
-    KnowledgeBaseError,
-    build_from_source,
-)
+from reimagen.kb.builder import build_from_source
+from reimagen.kb.knowledge_base import KnowledgeBase
+from reimagen.kb.records import ARTISTS, MAX_RESOLUTION, MIN_RESOLUTION, KnowledgeBaseError
 
 
 def add_parser(subparsers):

@@ -29,7 +29,7 @@ USER_ERRORS = (
     ("reimagen.cli.main", "UserError"),
     ("reimagen.core.registry", "RegistryError"),  # unknown component name
     ("reimagen.core.config", "ConfigError"),  # a config value out of range
-    ("reimagen.kb.knowledge_base", "KnowledgeBaseError"),
+    ("reimagen.kb.records", "KnowledgeBaseError"),
     ("reimagen.core.digests", "IntegrityError"),  # a file that fails its checksum
     ("reimagen.core.io", "UnsafeFileError"),  # not a safetensors file
     ("reimagen.training.checkpoint", "CheckpointError"),

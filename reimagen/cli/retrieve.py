@@ -83,7 +83,8 @@ def check_args(args) -> tuple[dict, list[str] | None]:
 
 
 def run(args) -> int:
-    from reimagen.kb.knowledge_base import KnowledgeBase, KnowledgeBaseError
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.kb.records import KnowledgeBaseError
     from reimagen.retrievers.index import (
         IndexMismatchError,
         index_folder,

@@ -2,7 +2,9 @@
 
 Writes go to a temp file in the same folder, are fsynced, then ``os.replace``d over the target,
 so a reader sees the old file or the new one, never half of one. Nothing is loaded with pickle:
-arrays are safetensors or ``.npy`` with ``allow_pickle=False``.
+arrays are safetensors or ``.npy`` with ``allow_pickle=False``. Whole folders (a knowledge base,
+a retriever index) are swapped in by :mod:`reimagen.core.folder_swap`, which also holds every
+fsync; this module writes single files.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from reimagen.core import digests
 from reimagen.core.digests import IntegrityError, UnsafeFileError  # noqa: F401 (re-exported)
+from reimagen.core.folder_swap import abandoned, fsync_dir, fsync_file
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -50,11 +53,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as err:
         name_the_file(err, path)
         raise
@@ -152,15 +154,6 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_save_safetensors(
     path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
 ) -> None:
@@ -228,75 +221,6 @@ def _metadata(handle) -> dict[str, str]:
     metadata = dict(handle.metadata() or {})
     metadata.pop(digests.SAFETENSORS_KEY, None)  # the file's own checksum, not a fact about it
     return metadata
-
-
-# ---- folders: an atomic swap, and the leftovers of a killed writer -----------------------------
-
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-def exchange(a: str | Path, b: str | Path) -> bool:
-    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so a reader
-    finds one complete folder or the other at each name at every moment, even if the process is
-    killed: two renames leave a moment with nothing at ``b``. False where the C library or the
-    file system cannot (the caller then renames twice)."""
-    import ctypes
-
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # not glibc >= 2.28 (or not Linux)
-        return False
-    done = renameat2(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)),
-                     _RENAME_EXCHANGE)
-    if done == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system
-        return False
-    raise OSError(code, os.strerror(code), str(a), None, str(b))
-
-
-def lock_dir(path: str | Path) -> int:
-    """An exclusive flock on a directory, held while the returned descriptor stays open. The
-    kernel drops it when the process dies, however it dies: a folder that another process can
-    lock belongs to no running writer (a PID alone can be reused)."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-def abandoned(entry: Path, prefix: str) -> bool:
-    """No running writer holds ``entry`` (named ``<prefix><pid>-...``). A folder is made a
-    moment before it is locked, so one whose process is alive counts as abandoned only once it
-    is an hour old (PID reuse)."""
-    import fcntl
-    import time
-
-    try:
-        fd = os.open(entry, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # releases the probe's own lock
-    pid = entry.name[len(prefix) :].split("-", 1)[0]
-    young = time.time() - entry.stat().st_mtime < 3600
-    return not (pid.isdigit() and process_alive(int(pid)) and young)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_temp_name(name: str) -> bool:

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from reimagen.core import paths
-from reimagen.kb.knowledge_base import ARTISTS, Entity, KBItem, KnowledgeBaseError
+from reimagen.kb.records import ARTISTS, Entity, KBItem, KnowledgeBaseError
 
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")

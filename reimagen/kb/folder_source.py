@@ -12,7 +12,7 @@ the key ``folder/<image path without extension>``, source ``"folder"`` and no en
 Everything that can be checked without decoding images (the folder, the captions file, every
 line, every image file's existence and format header, empty captions, duplicate paths and
 duplicate record ids) is checked when the source is made, before any work, and named by line; an image that will not decode fails the build, which then leaves nothing
-on disk (see :func:`reimagen.kb.knowledge_base.build_knowledge_base`).
+on disk (see :func:`reimagen.kb.builder.build_knowledge_base`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from reimagen.kb.knowledge_base import Entity, KBItem, KnowledgeBaseError, _image_path
+from reimagen.kb.builder import image_path
+from reimagen.kb.records import Entity, KBItem, KnowledgeBaseError
 
 CAPTIONS = "captions.jsonl"
 
@@ -76,7 +77,7 @@ def read_captions(folder: Path) -> list[FolderEntry]:
             )
         seen[str(relative)] = number
         key = record_key(str(relative))  # a.png and a.jpg would both be folder/a
-        stored = _image_path("folder", key)  # "a b" and "a_b" would share images/folder/a_b.png
+        stored = image_path("folder", key)  # "a b" and "a_b" would share images/folder/a_b.png
         if key in keys:
             raise KnowledgeBaseError(
                 f"{where}: image {str(relative)!r} has the record id {key!r} of line "

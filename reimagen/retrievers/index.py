@@ -32,8 +32,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,17 +39,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.core import digests
-from reimagen.core.io import (
-    _fsync_dir,
-    abandoned,
-    atomic_save_npy,
-    atomic_write_text,
-    exchange,
-    load_npy,
-    lock_dir,
-    name_the_file,
-)
+from reimagen.core import digests, folder_swap
+from reimagen.core.io import atomic_save_npy, atomic_write_text, load_npy, name_the_file
 
 META_FILE = "index.json"
 ROWS_FILE = "rows.npy"
@@ -148,16 +137,15 @@ def write_index_folder(
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(folder)
-    prefix = _tmp_prefix(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=".tmp", dir=folder.parent))
-    lock = lock_dir(tmp)  # held while writing: a folder another process can lock is abandoned
+    # the lock is held while writing: a folder another process can lock is abandoned
+    tmp, lock = folder_swap.make_locked_folder(folder.parent, _tmp_prefix(folder), suffix=".tmp")
     try:
         write_files(tmp)
         atomic_save_npy(tmp / ROWS_FILE, np.asarray(rows, dtype=np.int64))
         atomic_write_text(tmp / META_FILE, meta.to_json() + "\n")
         digests.write_sums(tmp)  # every file, the members' folders included
-        _fsync_tree(tmp)
-        _swap_in(tmp, folder)
+        folder_swap.fsync_tree(tmp)
+        folder_swap.swap_into_place(tmp, folder)  # the old index is deleted
     except OSError as err:
         name_the_file(err, folder)  # a full disk inside a library's writer (bm25s) names none
         raise
@@ -176,10 +164,7 @@ def _remove_abandoned(folder: Path) -> None:
     """Delete what writers of ``folder`` killed with -9 left beside it (no cleanup runs then):
     their half-written ``.<name>.writing-<pid>-*`` folders, which also hold the old index
     after the exchange, and ``.<name>.old-*`` of the two-rename fallback."""
-    for prefix in (_tmp_prefix(folder), f".{folder.name}.old-"):
-        for entry in folder.parent.glob(prefix + "*"):
-            if entry.is_dir() and abandoned(entry, prefix):
-                shutil.rmtree(entry, ignore_errors=True)
+    folder_swap.remove_abandoned_swaps(folder, _tmp_prefix(folder))
 
 
 def verify_folder(folder: str | Path) -> None:
@@ -334,24 +319,3 @@ def open_or_build(
 def _short(digest: str) -> str:
     return digest[:12] if isinstance(digest, str) else repr(digest)
 
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """``tmp`` to ``folder``: exchanged in one step where the OS can (``folder`` is then always
-    a whole index; the old one, now at ``tmp``, is deleted by the caller), else two renames."""
-    if folder.exists() and exchange(tmp, folder):
-        _fsync_dir(folder.parent)
-        return
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb+") as handle:
-                os.fsync(handle.fileno())

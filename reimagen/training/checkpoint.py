@@ -1,7 +1,7 @@
 """Training checkpoints on disk, for both backends: safetensors + JSON, committed atomically
 (DESIGN §9). This module knows the folder layout and the commit protocol and moves numpy
 arrays only; each backend converts its tensors to and from the ``{key: np.ndarray}`` dicts
-(``reimagen/backends/torch/checkpoint.py``, ``reimagen/backends/jax/convert.py``).
+(``reimagen/backends/torch/checkpoint.py``, ``reimagen/backends/jax/checkpoint.py``).
 
 A run folder looks like::
 
@@ -10,7 +10,7 @@ A run folder looks like::
                                       optimizer.safetensors  AdamW state, flattened per parameter
                                       state.json             step, configs, determinism facts
     run_dir/checkpoints/latest                               "step-00000200"
-    run_dir/checkpoints/rewound-100-1/step-00000200          moved aside by rewind(run, 100)
+    run_dir/checkpoints/rewound-100-1/step-00000200          moved aside by rewind.rewind(run, 100)
     run_dir/log.jsonl
 
 The safetensors keys are the torch ``state_dict`` keys ("canonical layout"); AdamW's moments are
@@ -49,16 +49,21 @@ import numpy as np
 
 from reimagen.core import digests
 from reimagen.core.digests import IntegrityError, MissingChecksumError
-from reimagen.core.io import atomic_save_safetensors, atomic_write_text, load_safetensors
+from reimagen.core.folder_swap import fsync_dir
+from reimagen.core.io import (
+    atomic_save_safetensors,
+    atomic_write_text,
+    load_safetensors,
+    load_safetensors_metadata,
+)
 
 FORMAT = "reimagen-unet/1"
 CONFIG_KEY = "reimagen.unet_config"  # safetensors metadata: the UNetConfig as JSON
-MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE = (
-    "model.safetensors",
-    "ema.safetensors",
-    "optimizer.safetensors",
-    "state.json",
-)
+ENCODER_KEY = "reimagen.encoder"  # safetensors metadata: the text encoder it was trained with
+DEFAULT_ENCODER = "minilm"  # weights that do not say
+RECIPE_KEY = "reimagen.recipe"  # safetensors metadata of an export: how it was trained (JSON)
+MODEL_FILE, EMA_FILE = "model.safetensors", "ema.safetensors"
+OPTIM_FILE, STATE_FILE = "optimizer.safetensors", "state.json"
 CHECKPOINTS, LATEST = "checkpoints", "latest"
 ADAM_SLOTS = ("exp_avg", "exp_avg_sq", "step")
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
@@ -75,15 +80,6 @@ class CheckpointError(ValueError):
     """A checkpoint folder that is missing files or does not match the run."""
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable (POSIX: fsync the directory)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fault_point(point: str, step: int) -> None:
     if any(os.environ.get(name) == f"{point}@{step}" for name in FAULT_ENVS):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -95,18 +91,9 @@ def weights_metadata(config_json: str, extra: dict[str, str] | None = None) -> d
     return {**(extra or {}), "format": FORMAT, CONFIG_KEY: config_json}
 
 
-ENCODER_KEY = "reimagen.encoder"  # safetensors metadata: the text encoder it was trained with
-DEFAULT_ENCODER = "minilm"  # weights that do not say
-
-
-RECIPE_KEY = "reimagen.recipe"  # safetensors metadata of an export: how it was trained (JSON)
-
-
 def training_recipe(path: str | Path) -> dict | None:
     """The recipe an exported weights file records (see :func:`recipe_record`); None for a
     file exported before recipes were recorded."""
-    from reimagen.core.io import load_safetensors_metadata
-
     text = load_safetensors_metadata(resolve_weights(path)).get(RECIPE_KEY)
     return None if text is None else json.loads(text)
 
@@ -140,17 +127,13 @@ def recipe_record(state: dict, data: dict, encoder: str) -> dict:
 def stamp_recipe(path: str | Path, recipe: dict) -> None:
     """Record ``recipe`` in a weights file exported before recipes were recorded (tensors and
     other metadata unchanged; the file's checksum rewritten; atomic)."""
-    from reimagen.core.io import atomic_save_safetensors, load_safetensors
-
     tensors, metadata = load_safetensors(path)  # checked against its sha256 first
-    atomic_save_safetensors(path, tensors, {**metadata, RECIPE_KEY: json.dumps(recipe,
-                                                                               sort_keys=True)})
+    recipe_text = json.dumps(recipe, sort_keys=True)
+    atomic_save_safetensors(path, tensors, {**metadata, RECIPE_KEY: recipe_text})
 
 
 def trained_encoder(path: str | Path) -> str:
     """The registered name of the text encoder a weights file (or run folder) was trained with."""
-    from reimagen.core.io import load_safetensors_metadata
-
     return load_safetensors_metadata(resolve_weights(path)).get(ENCODER_KEY, DEFAULT_ENCODER)
 
 
@@ -217,49 +200,6 @@ def load_resumable(run_dir: str | Path) -> tuple[Checkpoint | None, list[str]]:
             f"({len(candidates)} tried; latest: {skipped[-len(candidates)]})"
         )
     return None, skipped
-
-
-def rewind(run_dir: str | Path, step: int) -> tuple[Path, list[str], Path | None]:
-    """Make committed step ``step`` the run's ``latest``, to resume a diverged run from before
-    it diverged. The step must read back intact (checked before anything moves). Later step
-    folders are moved, not deleted, into ``checkpoints/rewound-<step>-<n>/``, where resume,
-    fallback and pruning do not look (delete it once the new course is good). Moved first,
-    ``latest`` rewritten last: a crash in between leaves ``latest`` naming a moved step, and
-    a resume falls back to the newest step left, ``step`` once all are moved; running it again
-    finishes the job. Returns (the step folder, the names moved, where to or None)."""
-    root = Path(run_dir) / CHECKPOINTS
-    folder = root / step_dir_name(step)
-    steps = step_folders(run_dir) if root.is_dir() else []
-    if folder not in steps:
-        held = ", ".join(str(_step_of(p)) for p in reversed(steps)) or "none"
-        raise CheckpointError(
-            f"cannot resume from step {step}: no committed {folder.name} in {root} (steps "
-            f"there: {held}; a run keeps its newest `keep`)"
-        )
-    read_checkpoint(folder)  # IntegrityError naming the file: nothing moved
-    later = [p for p in steps if _step_of(p) > step]
-    aside = _aside_folder(root, step) if later else None
-    if aside is not None:
-        aside.mkdir()
-        for path in later:
-            os.rename(path, aside / path.name)
-        fsync_dir(root)
-    atomic_write_text(root / LATEST, folder.name + "\n")
-    LOG.warning("rewound %s to %s; %s moved to %s", root, folder.name,
-                ", ".join(p.name for p in later) or "nothing", aside)
-    return folder, sorted(p.name for p in later), aside
-
-
-def _step_of(folder: Path) -> int:
-    return int(STEP_DIR.match(folder.name)[1])
-
-
-def _aside_folder(root: Path, step: int) -> Path:
-    """``rewound-<step>-<n>``, the first n not taken (a run may be rewound more than once)."""
-    n = 1
-    while (root / f"rewound-{step}-{n}").exists():
-        n += 1
-    return root / f"rewound-{step}-{n}"
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
@@ -355,38 +295,58 @@ def write_checkpoint(
 ) -> Path:
     """Write step ``step`` from host arrays and commit it (see the module docstring). Refuses
     non-finite weights. Keeps the newest ``keep`` committed checkpoints (≥1: the new one)."""
-    for label, tensors in (("model", model), ("EMA", ema)):
-        bad = [k for k, v in tensors.items() if not np.isfinite(v).all()]
-        if bad:
-            raise FloatingPointError(
-                f"refusing to write a non-finite checkpoint at step {step}: {label} {bad[:3]}"
-            )
+    _refuse_non_finite(step, {"model": model, "EMA": ema})
     root = Path(run_dir) / CHECKPOINTS
     final = root / step_dir_name(step)
     if _is_latest(root, final) and _intact(final):
         raise CheckpointError(f"step {step} is already the committed checkpoint in {root}")
     partial = root / f".{final.name}.partial-{os.getpid()}"
+    files = {MODEL_FILE: model, EMA_FILE: ema, OPTIM_FILE: optimizer}
+    _write_step_folder(partial, files, weights_metadata(config_json), {**state, "step": step})
+    _fault_point("written", step)
+    _commit(root, partial, final, step)
+    prune(root, keep=max(1, keep), latest=final.name)
+    return final
+
+
+def _refuse_non_finite(step: int, weights: dict[str, dict[str, np.ndarray]]) -> None:
+    for label, tensors in weights.items():
+        bad = [k for k, v in tensors.items() if not np.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(
+                f"refusing to write a non-finite checkpoint at step {step}: {label} {bad[:3]}"
+            )
+
+
+def _write_step_folder(
+    partial: Path, files: dict[str, dict[str, np.ndarray]], metadata: dict[str, str],
+    state: dict[str, Any],
+) -> None:
+    """The step's safetensors ``files`` (the weights ones with ``metadata``) and state.json
+    into a fresh ``partial`` folder, then SHA256SUMS, then the folder fsynced. On any error
+    (a full disk) the folder is deleted, giving its space back."""
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        metadata = weights_metadata(config_json)
-        atomic_save_safetensors(partial / MODEL_FILE, model, metadata=metadata)
-        atomic_save_safetensors(partial / EMA_FILE, ema, metadata=metadata)
-        atomic_save_safetensors(partial / OPTIM_FILE, optimizer)
-        text = json.dumps({**state, "step": step}, indent=2) + "\n"
-        atomic_write_text(partial / STATE_FILE, text)
+        for name, tensors in files.items():
+            atomic_save_safetensors(partial / name, tensors,
+                                    metadata=None if name == OPTIM_FILE else metadata)
+        atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=2) + "\n")
         digests.write_sums(partial)  # last: a folder without it never passes for a complete one
-        fsync_dir(partial)
+        fsync_dir(partial, strict=True)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # e.g. a full disk: give its space back
+        shutil.rmtree(partial, ignore_errors=True)
         raise
-    _fault_point("written", step)
+
+
+def _commit(root: Path, partial: Path, final: Path, step: int) -> None:
+    """Rename ``partial`` to ``final`` (durably), then point ``latest`` at it: the commit."""
     # committed earlier but never pointed to (a crash before `latest`), or damaged (the run
     # resumed from an earlier step past it, with a warning naming it)
     if final.exists():
         shutil.rmtree(final)
     os.rename(partial, final)
-    fsync_dir(root)
+    fsync_dir(root, strict=True)
     _fault_point("renamed", step)
     try:
         atomic_write_text(root / LATEST, final.name + "\n")
@@ -394,8 +354,6 @@ def write_checkpoint(
         shutil.rmtree(final, ignore_errors=True)  # never committed: `latest` is the old step
         raise
     _fault_point("committed", step)
-    prune(root, keep=max(1, keep), latest=final.name)
-    return final
 
 
 def _is_latest(root: Path, folder: Path) -> bool:

@@ -592,7 +592,7 @@ def premultiplied_drawings(rgba: np.ndarray, canvas: int) -> np.ndarray:
     """RGBA drawings uint8 [n, S, S, 4] -> premultiplied float32 [n, side + 2, side + 2, 4],
     area-averaged to ``canvas`` when S is larger (side = min(S, canvas)), with a zero border
     (= outside the drawing) for the warp's taps."""
-    from reimagen.kb.knowledge_base import resize_area
+    from reimagen.kb.image_pack import resize_area
 
     colour = rgba.astype(np.float32) / 255.0  # [n, S, S, 4]
     colour[..., :3] *= colour[..., 3:]  # premultiplied

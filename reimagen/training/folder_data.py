@@ -46,7 +46,7 @@ import numpy as np
 
 from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.core.interfaces import TextEncoding
-from reimagen.kb.knowledge_base import KnowledgeBaseError
+from reimagen.kb.records import KnowledgeBaseError
 from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 
 HELD_OUT_FRACTION = 0.1

@@ -32,6 +32,7 @@ import attrs
 import numpy as np
 
 from reimagen.training import checkpoint as ckpt
+from reimagen.training.rewind import rewind
 from reimagen.training import prefetch
 from reimagen.core.config import ConfigError
 from reimagen.diffusion.schedule import CosineSchedule
@@ -208,7 +209,7 @@ class TrainLoop(abc.ABC):
         """``workers``: processes making batches ahead (reimagen.training.prefetch; 0 = inline).
         ``time_limit``: seconds after which the loop checkpoints and returns early (a lease on
         a borrowed GPU, a CI budget); the run resumes from there. ``resume_from``: a committed
-        step to resume from instead of the latest (:func:`ckpt.rewind`: the later steps are
+        step to resume from instead of the latest (:func:`rewind`: the later steps are
         moved aside, not deleted); one process only, not with a distributed run."""
         if time_limit is not None and not time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds or None, got {time_limit}")
@@ -290,7 +291,7 @@ class TrainLoop(abc.ABC):
         it skipped also goes into log.jsonl when the run starts). With ``resume_from``, that
         step is made the latest first."""
         if self.resume_from is not None:
-            folder, moved, aside = ckpt.rewind(self.run_dir, self.resume_from)
+            folder, moved, aside = rewind(self.run_dir, self.resume_from)
             self.rewound = {"to": folder.name, "moved": moved,
                             "aside": None if aside is None else aside.name}
         saved, self.resume_skipped = ckpt.load_resumable(self.run_dir)
