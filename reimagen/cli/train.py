@@ -106,7 +106,7 @@ def run(args) -> int:
     check_threads(args.threads)
     backend = registry.get("backend", args.backend)()
     preset = args.preset or STAGE_PRESET[args.stage]
-    model_config = registry.get("denoiser", preset)()
+    model_config = registry.get("preset", preset)()
     k = 0 if args.stage == "baseline" else args.k
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, neighbors=k, lr=args.lr, seed=args.seed,
@@ -306,7 +306,7 @@ def check_init_weights(path: Path, backend, model_config, preset: str) -> Path:
         if config != model_config and not grows_position_tables(config, model_config):
             fields = model_config.to_dict()
             changed = sorted(k for k, v in config.to_dict().items() if fields[k] != v)
-            same = [n for n in registry.names("denoiser") if registry.get("denoiser", n)() == config]
+            same = [n for n in registry.names("preset") if registry.get("preset", n)() == config]
             holds = f"preset {same[0]!r}'s network" if same else describe(config)
             raise UserError(f"--init-from: {path} holds {holds} ({', '.join(changed[:3])} "
                             f"differ); allowed: weights of --preset {preset}")
