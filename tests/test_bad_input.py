@@ -58,9 +58,9 @@ def _tree(folder):
 CASES = [
     (["generate", ""], "PROMPT 1 is empty"),
     (["generate", "x" * 5000], "PROMPT 1 has 5,000 characters"),
-    (["generate", "x", "--k", "100000"], "--k must be in [0, 8]"),
-    (["generate", "x", "--k", "65"], "--k must be in [0, 8]"),
-    (["generate", "x", "--k", "-1"], "--k must be in [0, 8]"),
+    (["generate", "x", "--k", "100000"], "--k must be an integer in [0, 8]"),
+    (["generate", "x", "--k", "65"], "--k must be an integer in [0, 8]"),
+    (["generate", "x", "--k", "-1"], "--k must be an integer in [0, 8]"),
     (["generate", "x", "--seed", "-1"], "--seed must be in [0, 2**63 - 1]"),
     (["generate", "x", "--seed", "abc"], "argument --seed: invalid int value"),
     (["generate", "x", "--stages", "sr"], "--stages: sr is not a cascade"),
@@ -215,8 +215,14 @@ CASES = [
         ["demo", "--entities", ","],
         "--entities: unknown entity name(s) ['', ''] (CLDR names, e.g. beaver,",
     ),
-    (["demo", "--k", "-1"], "--k must be in [0, 8] (the base was trained with K=2), got -1"),
-    (["demo", "--k", "100"], "--k must be in [0, 8] (the base was trained with K=2), got 100"),
+    (
+        ["demo", "--k", "-1"],
+        "--k must be an integer in [0, 8] (the base was trained with K=2), got -1",
+    ),
+    (
+        ["demo", "--k", "100"],
+        "--k must be an integer in [0, 8] (the base was trained with K=2), got 100",
+    ),
     (["demo", "--k", "abc"], "argument --k: invalid int value: 'abc'"),
     (["demo", "--setting", "nope"], "argument --setting: invalid choice: 'nope'"),
     (["demo", "--seed", "-1"], "--seed must be in [0, 2**63 - 1], got -1"),
@@ -662,7 +668,7 @@ CASES = [
     ),
     (
         ["bench", "--k", "100"],
-        "--k values must be in [1, 8] (the base was trained with K=2), got 100",
+        "--k values must be an integer in [1, 8] (the base was trained with K=2), got 100",
     ),
     (["bench", "--k", ""], "--k: empty list"),
     (
@@ -719,7 +725,7 @@ CASES = [
     (["bench", "--kb", "{kb}", "--n", "0"], "--n must be in [1, 10000] (held-out records), got 0"),
     (
         ["bench", "--kb", "{kb}", "--k", "100"],
-        "--k values must be in [1, 8] (the base was trained with K=2), got 100",
+        "--k values must be an integer in [1, 8] (the base was trained with K=2), got 100",
     ),
     (
         ["bench", "--evaluators", "pixel"],
@@ -772,7 +778,7 @@ CASES = [
     (["ablate", "--ks", "a"], "--ks: expected comma-separated numbers, got 'a'"),
     (
         ["ablate", "--ks", "100"],
-        "--ks values must be in [0, 8] (the base was trained with K=2), got 100",
+        "--ks values must be an integer in [0, 8] (the base was trained with K=2), got 100",
     ),
     (["ablate", "--ks", ""], "--ks: empty list"),
     (["ablate", "--etas", "2"], "--etas must lie in [0, 1], got (2.0,)"),
@@ -811,7 +817,7 @@ CASES = [
     (["ablate", "--k-ref", "-1"], "--ks must be >= 0 and --k-ref >= 1, got (0, 1, 2, 3, 4) and -1"),
     (
         ["ablate", "--k-ref", "100"],
-        "--k-ref must be in [1, 8] (the base was trained with K=2), got 100",
+        "--k-ref must be an integer in [1, 8] (the base was trained with K=2), got 100",
     ),
     (
         ["ablate", "--sampler", "nope"],
@@ -1010,7 +1016,8 @@ API_CASES = [
         ["x"], k=0, lowres=np.full((1, 8, 8, 3), np.nan, np.float32)), ValueError,
      "lowres must be finite floats in [-1, 1], got NaN or Inf"),
     ("retrieve empty", lambda c: c.rpipe.retrieve([""], 1), ValueError, "prompt 0 is ''"),
-    ("retrieve k<0", lambda c: c.rpipe.retrieve(["x"], -1), ValueError, "k must be >= 0, got -1"),
+    ("retrieve k<0", lambda c: c.rpipe.retrieve(["x"], -1), ValueError,
+     "k must be an integer >= 0, got -1"),
     ("retrieve k > KB", lambda c: c.rpipe.retrieve(["x"], 100), ValueError,
      "k=100 is larger than the 6 indexed documents"),
     ("KnowledgeBase.open missing", lambda c: KnowledgeBase.open(c.t / "missing"),

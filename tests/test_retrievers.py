@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from toys import FORMULA_DOCS, FORMULA_TEXTS, MemoryKB
 
 from reimagen.core import digests, registry
+from reimagen.encoders.hash import HashEncoder
 from reimagen.kb.builder import build_knowledge_base
 from reimagen.kb.knowledge_base import KnowledgeBase
-from reimagen.encoders.hash import HashEncoder
 from reimagen.retrievers import (
     BM25Retriever,
     DenseRetriever,
@@ -331,7 +331,7 @@ def test_view_answers_in_kb_rows(name):
     [
         (lambda r: r.search("zal bex", 1), TypeError, "single string"),
         (lambda r: r.search(["zal"], 1, exclude=[[0], [1]]), ValueError, "one list per query"),
-        (lambda r: r.search(["zal"], -1), ValueError, "k must be >= 0"),
+        (lambda r: r.search(["zal"], -1), ValueError, "k must be an integer >= 0"),
         (lambda r: r.search(["zal"], 9), ValueError, "k=9 is larger than the 3 indexed"),
         (lambda r: r.search(["zal"], 3, exclude=[[0]]), ValueError, "only 2 of the 3 .* k=3"),
         (lambda r: r.fit(MemoryKB(["a b"]), rows=[0, 0]), ValueError, "duplicate"),

@@ -30,8 +30,9 @@ from reimagen.retrievers import (
     load_index,
     open_or_build,
 )
+from reimagen.retrievers.bm25_math import BM25Shard
 from reimagen.retrievers.dense import import_faiss
-from reimagen.retrievers.sharded import BM25Shard, merge_hits, shard_bounds
+from reimagen.retrievers.shards import merge_hits, shard_bounds
 
 K = 10
 SHARDINGS = (1, 2, 3, 7, [1, 1500, 300, 1199])  # the last: uneven sizes, a one-document shard
@@ -305,9 +306,9 @@ def test_bad_k_raises(k):
     bm25 = ShardedBM25().build(tokens, 2)
     dense = ShardedDenseIndex(2)
     dense.add_shard(np.eye(2, dtype=np.float32))
-    with pytest.raises(ValueError, match="k must be an int >= 1"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
         bm25.search(tokens, k)
-    with pytest.raises(ValueError, match="k must be an int >= 1"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
         dense.search(np.eye(2, dtype=np.float32), k)
     with pytest.raises(ValueError, match="k=4 is larger than the 3 indexed documents"):
         bm25.search(tokens, 4)

@@ -194,7 +194,7 @@ def test_files_that_are_not_ours_are_refused(tmp_path):
     [
         (lambda r: build_triples("red apple", r, 1, None), TypeError, "not a single string"),
         (lambda r: build_triples(TEXTS, r, 1, [[0]]), ValueError, "one list per query"),
-        (lambda r: build_triples(TEXTS, r, -1, None), ValueError, "k must be an int >= 0"),
+        (lambda r: build_triples(TEXTS, r, -1, None), ValueError, "k must be an integer >= 0"),
         (lambda r: build_triples(TEXTS, r, 1, None, batch_size=0), ValueError, "batch_size"),
     ],
 )

@@ -102,11 +102,11 @@ def make_sweep(args):
     sweep = attrs.evolve(base, **changes)
     if any(k < 0 for k in sweep.ks) or sweep.k_ref < 1:
         raise UserError(f"--ks must be >= 0 and --k-ref >= 1, got {sweep.ks} and {sweep.k_ref}")
-    from reimagen.cli.common import check_k
+    from reimagen.cli.common import check_k_option
 
     for k in sweep.ks:
-        check_k(k, "--ks values")
-    check_k(sweep.k_ref, "--k-ref", low=1)
+        check_k_option(k, "--ks values")
+    check_k_option(sweep.k_ref, "--k-ref", low=1)
     if any(not 0.0 <= eta <= 1.0 for eta in sweep.etas):
         raise UserError(f"--etas must lie in [0, 1], got {sweep.etas}")
     if any(not w >= 1.0 for w in sweep.w_neighbors):  # SamplingConfig.w_neighbors >= 1

@@ -329,7 +329,7 @@ def run(args) -> int:
         tier_columns,
     )
     from reimagen.cli import bench_kb
-    from reimagen.cli.common import check_k, check_out_folder
+    from reimagen.cli.common import check_k_option, check_out_folder
     from reimagen.cli.progress import bar, prompt_ticker, row_logger
     from reimagen.generation.shipped import DEFAULT_SAMPLING
 
@@ -349,7 +349,7 @@ def run(args) -> int:
     if any(k < 1 for k in ks):
         raise UserError(f"--k values must be >= 1 (the no-retrieval row is always run), got {ks}")
     for k in ks:
-        check_k(k, "--k values", low=1)
+        check_k_option(k, "--k values", low=1)
     settings = comma_list(args.settings, "--settings", allowed=SETTINGS)
     sampling = sampling_from_args(args, DEFAULT_SAMPLING["base"])
     check_components(args)

@@ -51,7 +51,7 @@ def parse_evaluators(text: str | None) -> list[str]:
 def check_args(args) -> tuple[list[int], list[str]]:
     """Everything checkable before the KB opens: (ks, evaluator names)."""
     from reimagen.cli.bench import comma_list
-    from reimagen.cli.common import check_k, check_seed
+    from reimagen.cli.common import check_k_option, check_seed
 
     if args.recall_only:
         raise UserError("--recall-only measures entity recall on the emoji knowledge base; "
@@ -63,7 +63,7 @@ def check_args(args) -> tuple[list[int], list[str]]:
         raise UserError("--retrievers only applies with --recall-only; bench uses --retriever")
     ks = comma_list(args.k, "--k", cast=int)
     for k in ks:
-        check_k(k, "--k values", low=1)
+        check_k_option(k, "--k values", low=1)
     if not 1 <= args.n <= MAX_RECORDS:
         raise UserError(f"--n must be in [1, {MAX_RECORDS}] (held-out records), got {args.n}")
     check_seed(args.seed)

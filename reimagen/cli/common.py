@@ -118,14 +118,16 @@ def check_seed(seed: int, option: str = "--seed") -> int:
     return seed
 
 
-def check_k(k: int, option: str = "--k", low: int = 0) -> int:
-    """Neighbours per prompt for the shipped networks: [low, MAX_NEIGHBORS]."""
-    from reimagen.generation.shipped import MAX_NEIGHBORS
+def check_k_option(k: int, option: str = "--k", low: int = 0) -> int:
+    """A neighbours option for the shipped networks: reimagen.core.checks.check_k over
+    [low, MAX_NEIGHBORS], its message reported as a UserError."""
+    from reimagen.core.checks import check_k
+    from reimagen.generation.shipped import MAX_NEIGHBORS, MAX_NEIGHBORS_WHY
 
-    if not low <= k <= MAX_NEIGHBORS:
-        raise UserError(f"{option} must be in [{low}, {MAX_NEIGHBORS}] (the base was trained "
-                        f"with K=2), got {k}")
-    return k
+    try:
+        return check_k(k, option, low, MAX_NEIGHBORS, why=MAX_NEIGHBORS_WHY)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def check_prompt_args(prompts: list[str]) -> list[str]:

@@ -40,13 +40,13 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from reimagen.cli.common import check_k, check_out_path, check_seed
+    from reimagen.cli.common import check_k_option, check_out_path, check_seed
     from reimagen.kb.splits import load_split
     from reimagen.generation.shipped import DEFAULT_SAMPLING, available_stages, stage_config
 
     out = check_out_path(args.out)
     apply_threads(args.threads)
-    check_k(args.k)
+    check_k_option(args.k)
     check_seed(args.seed)
     if args.steps is not None:  # SamplingConfig says what is allowed, before the KB is built
         DEFAULT_SAMPLING["base"].replace(steps=args.steps)

@@ -23,7 +23,7 @@ from reimagen.cli.common import (
     add_sampling_arguments,
     add_threads_argument,
     apply_threads,
-    check_k,
+    check_k_option,
     check_kb_fits,
     check_out_path,
     check_prompt_args,
@@ -82,7 +82,7 @@ def run(args) -> int:
     check_prompt_args(args.prompts)
     stages = parse_stages(args.stages)
     apply_threads(args.threads)
-    check_k(args.k)
+    check_k_option(args.k)
     check_seed(args.seed)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -130,6 +130,31 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     array = np.array(array, copy=True)
     array.setflags(write=False)
     return array
+
+
+def encode_in_chunks(
+    texts: list[str],
+    encode_chunk: Callable[[list[str]], tuple[np.ndarray, np.ndarray]],
+    *,
+    batch_size: int,
+    max_length: int,
+    dim: int,
+) -> TextEncoding:
+    """A transformer encoder's batched pass over ``texts``, ``batch_size`` at a time.
+
+    ``encode_chunk(chunk)`` returns the model's hidden states ``[b, L, D]`` and the attention
+    mask ``[b, L]`` (True = real token) for up to ``batch_size`` texts. Padding positions are
+    zeroed (not the model's pad states) and ``pooled`` is the masked mean of the tokens.
+    """
+    tokens = np.zeros((len(texts), max_length, dim), np.float32)  # [B, L, D]
+    mask = np.zeros((len(texts), max_length), bool)  # [B, L]
+    for start in range(0, len(texts), batch_size):
+        hidden, chunk_mask = encode_chunk(texts[start : start + batch_size])
+        stop = start + len(hidden)
+        tokens[start:stop] = hidden
+        mask[start:stop] = chunk_mask
+    tokens *= mask[..., None]
+    return TextEncoding(tokens=tokens, mask=mask, pooled=mean_pool(tokens, mask))
 
 
 def mean_pool(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:

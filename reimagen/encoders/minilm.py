@@ -32,7 +32,7 @@ import numpy as np
 
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.io import UnsafeFileError, first_line, load_json
-from reimagen.encoders.base import CachingEncoder, check_positive, mean_pool
+from reimagen.encoders.base import CachingEncoder, check_positive, encode_in_chunks
 
 MODEL_MAX_POSITIONS = 512
 # Weights in the checkpoint that the per-token encoder does not use.
@@ -102,34 +102,31 @@ class MiniLMEncoder(CachingEncoder):
         return self._tokenizer, self._model
 
     def _encode_new(self, texts: list[str]) -> TextEncoding:
+        return encode_in_chunks(texts, self._encode_chunk, batch_size=self.batch_size,
+                                max_length=self.max_length, dim=self.dim)
+
+    def _encode_chunk(self, chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Hidden states [b, L, D] float32 and attention mask [b, L] bool of ≤ batch_size texts."""
         import torch
 
         tokenizer, model = self._load()
-        tokens = np.zeros((len(texts), self.max_length, self.dim), np.float32)  # [B, L, D]
-        mask = np.zeros((len(texts), self.max_length), bool)  # [B, L]
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
-            if self.pack:  # pre-tokenized ids, plain-torch BERT (reimagen.encoders.minilm_pack)
-                ids, attention = (torch.from_numpy(a) for a in tokenizer(chunk))
-                attention = attention.long()
-                with torch.inference_mode():
-                    hidden = model.model(ids.to(self.device), attention.to(self.device))
-            else:
-                chunk = tokenizer.encode_batch(chunk)
-                ids = torch.tensor([c.ids for c in chunk], dtype=torch.long)  # [b, L]
-                attention = torch.tensor([c.attention_mask for c in chunk], dtype=torch.long)
-                with torch.inference_mode():
-                    hidden = model(
-                        input_ids=ids.to(self.device),
-                        attention_mask=attention.to(self.device),
-                        token_type_ids=torch.zeros_like(ids).to(self.device),
-                    ).last_hidden_state  # [b, L, D]
-            self.model_calls += 1
-            stop = start + len(chunk)
-            tokens[start:stop] = hidden.float().cpu().numpy()
-            mask[start:stop] = attention.numpy().astype(bool)
-        tokens *= mask[..., None]  # padding positions are zeros, not the model's pad states
-        return TextEncoding(tokens=tokens, mask=mask, pooled=mean_pool(tokens, mask))
+        if self.pack:  # pre-tokenized ids, plain-torch BERT (reimagen.encoders.minilm_pack)
+            ids, attention = (torch.from_numpy(a) for a in tokenizer(chunk))
+            attention = attention.long()
+            with torch.inference_mode():
+                hidden = model.model(ids.to(self.device), attention.to(self.device))
+        else:
+            encoded = tokenizer.encode_batch(chunk)
+            ids = torch.tensor([c.ids for c in encoded], dtype=torch.long)  # [b, L]
+            attention = torch.tensor([c.attention_mask for c in encoded], dtype=torch.long)
+            with torch.inference_mode():
+                hidden = model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    token_type_ids=torch.zeros_like(ids).to(self.device),
+                ).last_hidden_state  # [b, L, D]
+        self.model_calls += 1
+        return hidden.float().cpu().numpy(), attention.numpy().astype(bool)
 
 
 def _load_tokenizer(folder: Path, max_length: int):

@@ -145,6 +145,8 @@ class MiniLMPack:
 
 
 def _lite_modules():
+    # layout: two small nn.Module classes built inside a function, so importing this module loads
+    # no torch; split, each would need the same lazy import.
     import torch
     from torch import nn
     from torch.nn import functional as F

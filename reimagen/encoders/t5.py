@@ -39,7 +39,7 @@ import numpy as np
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.io import UnsafeFileError, first_line, load_json, load_safetensors_metadata
-from reimagen.encoders.base import CachingEncoder, check_positive, mean_pool
+from reimagen.encoders.base import CachingEncoder, check_positive, encode_in_chunks
 
 ENV = "REIMAGEN_T5_PATH"
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # either is enough
@@ -104,25 +104,24 @@ class T5Encoder(CachingEncoder):
         return self._tokenizer, self._model
 
     def _encode_new(self, texts: list[str]) -> TextEncoding:
+        return encode_in_chunks(texts, self._encode_chunk, batch_size=self.batch_size,
+                                max_length=self.max_length, dim=self.dim)
+
+    def _encode_chunk(self, chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Hidden states [b, L, D] float32 (after T5's final layer norm), mask [b, L] bool."""
         import torch
 
         tokenizer, model = self._load()
-        tokens = np.zeros((len(texts), self.max_length, self.dim), np.float32)  # [B, L, D]
-        mask = np.zeros((len(texts), self.max_length), bool)  # [B, L]
-        for start in range(0, len(texts), self.batch_size):
-            chunk = tokenizer(texts[start : start + self.batch_size], padding="max_length",
-                              truncation=True, max_length=self.max_length, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = model(input_ids=chunk["input_ids"].to(self.device),
-                               attention_mask=chunk["attention_mask"].to(self.device),
-                               ).last_hidden_state  # [b, L, D], after T5's final layer norm
-            self.model_calls += 1
-            stop = start + len(hidden)
-            tokens[start:stop] = hidden.float().cpu().numpy()
-            mask[start:stop] = chunk["attention_mask"].numpy().astype(bool)
+        encoded = tokenizer(chunk, padding="max_length", truncation=True,
+                            max_length=self.max_length, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(input_ids=encoded["input_ids"].to(self.device),
+                           attention_mask=encoded["attention_mask"].to(self.device),
+                           ).last_hidden_state  # [b, L, D]
+        self.model_calls += 1
+        mask = encoded["attention_mask"].numpy().astype(bool)
         mask[:, 0] = True  # an empty text keeps one token (T5 appends </s>; else its pad state)
-        tokens *= mask[..., None]  # padding positions are zeros, not the model's pad states
-        return TextEncoding(tokens=tokens, mask=mask, pooled=mean_pool(tokens, mask))
+        return hidden.float().cpu().numpy(), mask
 
 
 # ---- the folder: checked on construction (cheap), loaded on the first encode ------------------

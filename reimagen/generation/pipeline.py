@@ -20,6 +20,7 @@ import attrs
 import numpy as np
 
 from reimagen.core import registry
+from reimagen.core.checks import check_k
 from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.interfaces import (
@@ -193,7 +194,8 @@ class Pipeline:
         b (initial, per-step, SR augmentation) is drawn from (seed, indices[b]) alone, so a
         prompt list split into batches with their global indices gives the same images."""
         prompts = check_prompts(prompts)
-        k = _check_k(k, self.retriever is not None or neighbor_rows is not None)
+        k = check_k(k)
+        _check_neighbor_source(k, self.retriever is not None or neighbor_rows is not None)
         sampling = self.sampling if sampling is None else sampling
         if not isinstance(sampling, SamplingConfig):
             raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
@@ -289,13 +291,10 @@ def check_prompts(prompts) -> tuple[str, ...]:
     return prompts
 
 
-def _check_k(k, can_have_neighbors: bool) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+def _check_neighbor_source(k: int, can_have_neighbors: bool) -> None:
     if k and not can_have_neighbors:
         raise ValueError(f"k={k} needs a retriever or neighbor_rows; this pipeline has no "
                          "retriever (pass k=0 for no retrieval)")
-    return int(k)
 
 
 def _check_neighbor_rows(neighbor_rows, batch: int, k: int) -> np.ndarray:

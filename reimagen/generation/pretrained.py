@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reimagen.core import registry
+from reimagen.core.checks import check_k
 from reimagen.diffusion.sampling_config import SamplingConfig
 
 # Shipped cascades by name: their stages (weights/<stage>.safetensors), lowest resolution first.
@@ -57,10 +58,16 @@ def from_pretrained(folder: str | Path | None = None, *, stages: Sequence[str] =
     (names, ranges, the files' headers) before a network is loaded; the networks are loaded
     before an index is built."""
     from reimagen.generation.cascade import Cascade, Stage
-    from reimagen.generation.shipped import DEFAULT_RETRIEVER, SR_NEIGHBORS, load_stage
+    from reimagen.generation.shipped import (
+        DEFAULT_RETRIEVER,
+        MAX_NEIGHBORS,
+        MAX_NEIGHBORS_WHY,
+        SR_NEIGHBORS,
+        load_stage,
+    )
 
     stages = check_stages(stages)
-    k = 0 if stages[0] == "baseline" else check_k(k)
+    k = 0 if stages[0] == "baseline" else check_k(k, high=MAX_NEIGHBORS, why=MAX_NEIGHBORS_WHY)
     retriever = DEFAULT_RETRIEVER if isinstance(retriever, str) and retriever == DEFAULT else retriever
     check_options(retriever, setting, k, encoder, backend, sampling)
     check_fit(stages, folder)
@@ -91,16 +98,6 @@ def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"stages: {','.join(stages)} is not a cascade; allowed: "
                          f"{' | '.join(CASCADES)}")
     return stages
-
-
-def check_k(k: Any) -> int:
-    """Neighbours per prompt for the shipped networks: an integer in [0, MAX_NEIGHBORS]."""
-    from reimagen.generation.shipped import MAX_NEIGHBORS
-
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_NEIGHBORS:
-        raise ValueError(f"k must be an integer in [0, {MAX_NEIGHBORS}] (the base was trained "
-                         f"with K=2), got {k!r}")
-    return k
 
 
 def check_options(retriever: Any, setting: str, k: int, encoder: str | None, backend: str,

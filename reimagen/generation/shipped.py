@@ -26,6 +26,7 @@ SR_NEIGHBORS = 1  # K the SR stage was trained with (its neighbours at 64×64 co
 # neighbour attention reads references in a regime it never saw, and its cost grows with K·F²
 # per sample, so a larger K is refused as a typo rather than run.
 MAX_NEIGHBORS = 8
+MAX_NEIGHBORS_WHY = "the base was trained with K=2"  # shown beside the range when k is refused
 STAGE_KEY = "reimagen.stage"  # safetensors metadata of an exported stage: base | baseline | sr
 
 # Retriever for generate, demo, bench, ablate and retrieve: ``hybrid`` (rank fusion of tfidf and

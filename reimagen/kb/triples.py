@@ -38,6 +38,7 @@ import attrs
 import numpy as np
 
 from reimagen.core import digests
+from reimagen.core.checks import check_k
 from reimagen.core.io import (
     atomic_save_safetensors,
     atomic_write_bytes,
@@ -147,8 +148,7 @@ def build_triples(
     total)`` is called after each batch."""
     queries = _check_queries(queries)
     exclude = _check_exclude(exclude, len(queries))
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be an int >= 0, got {k!r}")
+    k = check_k(k)
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fingerprint = kb_fingerprint or getattr(retriever, "kb_fingerprint", None)

@@ -20,17 +20,13 @@ bm25s and faiss are imported only when an index is built or loaded.
 
 from reimagen.core.hookspecs import hookimpl
 from reimagen.retrievers.bm25 import BM25Retriever
+from reimagen.retrievers.bm25_math import BM25Stats
 from reimagen.retrievers.dense import DenseRetriever
 from reimagen.retrievers.hybrid import HybridRetriever
 from reimagen.retrievers.index import IndexMismatchError, load_index, open_or_build
 from reimagen.retrievers.none import NoneRetriever
-from reimagen.retrievers.sharded import (
-    BM25Stats,
-    ShardedBM25,
-    ShardedBM25Retriever,
-    ShardedDenseIndex,
-    ShardedDenseRetriever,
-)
+from reimagen.retrievers.sharded import ShardedBM25Retriever, ShardedDenseRetriever
+from reimagen.retrievers.sharded_index import ShardedBM25, ShardedDenseIndex
 from reimagen.retrievers.tfidf import TfidfRetriever
 
 __all__ = [

@@ -4,8 +4,9 @@ A retriever indexes a *view* of a knowledge base (some of its rows, e.g. one art
 but always answers in knowledge-base row ids. :class:`ViewRetriever` owns everything that is not
 the scoring itself:
 
-* input checks, before any compute: queries are strings, ``0 <= k <= indexed docs`` (a larger
-  k is a ValueError naming both numbers), one exclusion list per query;
+* input checks, before any compute: queries are strings, ``0 <= k <= indexed docs``
+  (:func:`reimagen.core.checks.check_k`; a larger k is a ValueError naming both numbers), one
+  exclusion list per query;
 * exclusions by over-fetching: ask the index for ``k + (excluded rows in the view)`` hits, drop
   the excluded ones, keep the first k. An excluded row is never returned; if too few rows are
   left the query fails loudly instead of returning fewer than k;
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from reimagen.core.checks import check_k
 from reimagen.core.interfaces import RetrievalResult, Retriever
 from reimagen.retrievers import index as saved
 
@@ -81,16 +83,6 @@ def check_queries(queries: Sequence[str]) -> list[str]:
         if not isinstance(query, str):
             raise TypeError(f"queries must all be str; item {i} is {type(query).__name__}")
     return queries
-
-
-def check_k(k: int, n_docs: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    if k > n_docs:
-        raise ValueError(f"k={k} is larger than the {n_docs} indexed documents")
-    return int(k)
 
 
 def check_exclude(exclude, n_queries: int) -> list[Sequence[int]] | None:
@@ -216,7 +208,7 @@ class ViewRetriever(Retriever):
     def _search(self, n_queries: int, top, k: int, exclude) -> RetrievalResult:
         """The contract around ``top(n) -> (positions [Q, n], scores [Q, n])``."""
         view = self._require_view()
-        k = check_k(k, len(view))
+        k = check_k(k, docs=len(view))  # 0 allowed: an empty result
         exclude = check_exclude(exclude, n_queries)
         if k == 0 or n_queries == 0:
             return _empty(n_queries, k)
