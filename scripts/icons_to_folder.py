@@ -5,7 +5,7 @@
     reimagen kb build --source folder --folder DIR --out KB --resolution 32
 
 Each icon becomes one record: ``images/<name>.png`` (RGBA, ``--size`` px, rendered from its SVG
-with resvg, as the emoji artists are: reimagen.kb.emoji_source) and the caption
+with resvg, as the emoji artists are: reimagen.kb.emoji_artists) and the caption
 ``"<caption prefix> <name in words>"``, e.g. "flat colour icon: alarm clock" for
 ``alarm-clock``. Aliases (other names of the same drawing) are skipped: a duplicate image would
 only be excluded as a neighbour anyway. Icons are written in name order; ``--limit N`` keeps the

@@ -50,7 +50,8 @@ def training_texts(kb_folder: Path, data: dict | None) -> tuple[list[str], list[
     from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.training.contract import TrainConfig
     from reimagen.kb.splits import load_split
-    from reimagen.training.data import DataConfig, EmojiBatchSource
+    from reimagen.training.data import DataConfig
+    from reimagen.training.emoji_batches import EmojiBatchSource
     from reimagen.encoders.hash import HashEncoder
 
     kb = KnowledgeBase.open(kb_folder, verify=False)

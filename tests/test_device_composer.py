@@ -18,13 +18,14 @@ from test_training_data import encoder, kb, split  # noqa: F401  (the same 16-en
 from reimagen.backends.torch.scene_composer import DeviceBatchSource
 from reimagen.backends.torch.trainer import Trainer, model_kwargs
 from reimagen.cli.main import main
-from reimagen.training.checkpoint import latest_checkpoint, read_checkpoint
-from reimagen.training.prefetch import compact_batch
-from reimagen.diffusion.schedule import CosineSchedule
-from reimagen.training.contract import TrainConfig
 from reimagen.core.unet_config import PRESETS
-from reimagen.training import data as td
+from reimagen.diffusion.schedule import CosineSchedule
 from reimagen.encoders.table import EncodingTable
+from reimagen.training import data as td
+from reimagen.training.checkpoint import latest_checkpoint, read_checkpoint
+from reimagen.training.contract import TrainConfig
+from reimagen.training.emoji_batches import EmojiBatchSource
+from reimagen.training.prefetch import compact_batch
 
 STEPS = range(4)
 # (seed, batch, K, DataConfig): the default recipe; every example with an augmented true
@@ -47,8 +48,8 @@ def triples(tmp_path_factory):
 def make_source(kb, split, encoder, triples, case: str, image_size: int = 32, steps: int = 100):  # noqa: F811
     seed, batch, k, data = CASES[case]
     config = TrainConfig(batch_size=batch, neighbors=k, seed=seed, steps=steps)
-    return td.EmojiBatchSource(kb, split, encoder, config, data, image_size=image_size,
-                               cache_dir=triples)
+    return EmojiBatchSource(kb, split, encoder, config, data, image_size=image_size,
+                            cache_dir=triples)
 
 
 @pytest.fixture(scope="module", params=list(CASES))

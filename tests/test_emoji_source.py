@@ -15,19 +15,21 @@ import pytest
 from PIL import Image
 
 from reimagen.core import registry
+from reimagen.kb import emoji_artists as ea
+from reimagen.kb import emoji_entities as ee
+from reimagen.kb import emoji_source as es
 from reimagen.kb.builder import build_from_source
 from reimagen.kb.knowledge_base import KnowledgeBase
 from reimagen.kb.records import Entity, KnowledgeBaseError
-from reimagen.kb import emoji_source as es
 
-HAVE_NOTO = es.NOTO_FONT.is_file()
-HAVE_FLUENT = es.fluent_dir() is not None
-HAVE_EMOJI_TEST = es.EMOJI_TEST.is_file()
+HAVE_NOTO = ea.NOTO_FONT.is_file()
+HAVE_FLUENT = ea.fluent_dir() is not None
+HAVE_EMOJI_TEST = ee.EMOJI_TEST.is_file()
 
 
 @pytest.fixture(scope="module")
 def entities() -> list[Entity]:
-    return es.load_entities()
+    return ee.load_entities()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_entity_set(entities):
     assert 1850 <= len(entities) <= 1950  # DESIGN §8: ~1,914 fully-qualified, no variants
     assert len({e.name for e in entities}) == len(entities)
     assert len({e.codepoints for e in entities}) == len(entities)
-    forbidden = es.SKIN_TONES | es.HAIR
+    forbidden = ee.SKIN_TONES | ee.HAIR
     assert not any(set(e.emoji) & forbidden for e in entities)
     for e in entities:
         assert e.codepoints == e.codepoints.lower() and "fe0f" not in e.codepoints.split("-")
@@ -76,41 +78,41 @@ def test_groups_from_emoji_test(by_name, entities):
 
 
 def test_groups_absent_file(tmp_path):
-    entities = es.load_entities(emoji_test=tmp_path / "missing.txt")
+    entities = ee.load_entities(emoji_test=tmp_path / "missing.txt")
     assert {e.group for e in entities} == {"unknown"}
     assert sum(e.is_flag for e in entities) > 250  # flags still known from their code points
 
 
 def test_name_helpers():
-    assert es.clean_name(":Japanese_“here”_button:") == "Japanese “here” button"
-    assert es.codepoints_of("❇️") == "2747"
-    assert es.is_flag_sequence("🇯🇵") and not es.is_flag_sequence("🍎")
+    assert ee.clean_name(":Japanese_“here”_button:") == "Japanese “here” button"
+    assert ee.codepoints_of("❇️") == "2747"
+    assert ee.is_flag_sequence("🇯🇵") and not ee.is_flag_sequence("🍎")
 
 
 def test_select_entities(entities):
-    subset = es.select_entities(entities, limit=20)
+    subset = ee.select_entities(entities, limit=20)
     assert len(subset) == 20 and len({e.group for e in subset}) >= 4  # spread, not the first 20
-    picked = es.select_entities(entities, names=["red apple", "flag Japan"])
+    picked = ee.select_entities(entities, names=["red apple", "flag Japan"])
     assert [e.name for e in picked] == ["red apple", "flag Japan"]
     with pytest.raises(KnowledgeBaseError, match="unknown entities \\['green dragon fruit'\\]"):
-        es.select_entities(entities, names=["green dragon fruit"])
+        ee.select_entities(entities, names=["green dragon fruit"])
     with pytest.raises(KnowledgeBaseError, match="limit must be a positive integer"):
-        es.select_entities(entities, limit=0)
+        ee.select_entities(entities, limit=0)
 
 
 # ------------------------------------------------------------------ artists
 def test_twemoji_coverage(entities):
     """Cheap (no rendering): the target style covers the entity set (goal >= 1,800)."""
-    twemoji = es.Twemoji()
+    twemoji = ea.Twemoji()
     covered = sum(e.codepoints in twemoji.files for e in entities)
     assert covered >= 1800
 
 
 def test_file_names_match_however_padded():
     """OpenMoji names files "0023-FE0F-20E3.svg", Twemoji "23-20e3.png": both are found."""
-    assert es.normalize_codepoints("0023-FE0F-20E3") == "23-20e3"
-    assert es.normalize_codepoints("not-hex") is None
-    openmoji = es.OpenMoji()
+    assert ee.normalize_codepoints("0023-FE0F-20E3") == "23-20e3"
+    assert ee.normalize_codepoints("not-hex") is None
+    openmoji = ea.OpenMoji()
     assert openmoji.files["23-20e3"].name == "0023-FE0F-20E3.svg"
     assert openmoji.files["a9"].name.upper() == "00A9.SVG"
 
@@ -126,7 +128,7 @@ ARTIST_NAMES = (
 
 @pytest.mark.parametrize("name", ARTIST_NAMES)
 def test_artist_renders_and_reports_missing(name, by_name):
-    artist = es.ARTIST_CLASSES[name](size=48)
+    artist = ea.ARTIST_CLASSES[name](size=48)
     picture = artist.render(by_name["red apple"])
     assert picture.mode == "RGBA" and picture.size == (48, 48)
     assert _alpha_area(picture) > 0.3 * 48 * 48  # a drawing, not an empty canvas
@@ -141,14 +143,14 @@ def test_artist_renders_and_reports_missing(name, by_name):
 
 
 def test_twemoji_png_is_stored_byte_for_byte(by_name):
-    artist = es.Twemoji()  # 72: the package's native size
+    artist = ea.Twemoji()  # 72: the package's native size
     path = artist.files["1f34e"]
     assert artist.encoded(by_name["red apple"]) == path.read_bytes()
 
 
 def test_relative_size_is_kept(by_name):
-    """A small square stays smaller than a large one after framing (see emoji_source._fit)."""
-    openmoji = es.OpenMoji(size=48)
+    """A small square stays smaller than a large one after framing (see emoji_artists._fit)."""
+    openmoji = ea.OpenMoji(size=48)
     small = _alpha_area(openmoji.render(by_name["black small square"]))
     large = _alpha_area(openmoji.render(by_name["black large square"]))
     assert small < 0.5 * large
@@ -156,7 +158,7 @@ def test_relative_size_is_kept(by_name):
 
 @pytest.mark.skipif(not HAVE_FLUENT, reason="npm @iconify-json/fluent-emoji-flat not installed")
 def test_fluent_alias_is_mirrored_parent():
-    fluent = es.Fluent(size=64)
+    fluent = ea.Fluent(size=64)
     alias = fluent.aliases["backhand-index-pointing-right"]
     assert alias == {"parent": "backhand-index-pointing-left", "hFlip": True}
     left = np.asarray(fluent._rasterize(svg_string=fluent.svg("backhand-index-pointing-left")))
@@ -168,13 +170,13 @@ def test_fluent_alias_is_mirrored_parent():
 
 def test_make_artists_errors(monkeypatch):
     with pytest.raises(KnowledgeBaseError, match="artists= must be distinct names from twemoji"):
-        es.make_artists(["twemoji", "picasso"])
-    monkeypatch.setenv(es.FLUENT_ENV, "/nonexistent")
-    monkeypatch.setattr(es.paths, "source_checkout", lambda: None)
+        ea.make_artists(["twemoji", "picasso"])
+    monkeypatch.setenv(ea.FLUENT_ENV, "/nonexistent")
+    monkeypatch.setattr(ea.paths, "source_checkout", lambda: None)
     monkeypatch.setenv("REIMAGEN_HOME", "/nonexistent")
     with pytest.raises(KnowledgeBaseError, match="fluent artist not installed"):
-        es.make_artists(["fluent"])
-    assert "fluent" not in [a.name for a in es.make_artists(None)]  # optional: skipped
+        ea.make_artists(["fluent"])
+    assert "fluent" not in [a.name for a in ea.make_artists(None)]  # optional: skipped
     source = es.EmojiSource(names=["red apple"], processes=1)
     assert "fluent" not in source.artists and "not installed" in source.skipped["fluent"]
     assert source.info()["artists_skipped"] == source.skipped

@@ -80,7 +80,8 @@ def test_random_scenes_use_legible_colours_and_every_position(composer):
 
 def test_target_drawings_match_the_knowledge_base_packing():
     from reimagen.kb.image_pack import pack_rgba
-    from reimagen.kb.emoji_source import Twemoji, load_entities
+    from reimagen.kb.emoji_artists import Twemoji
+    from reimagen.kb.emoji_entities import load_entities
 
     apple = next(e for e in load_entities() if e.name == "red apple")
     _, drawings = ev.target_drawings(["red apple"])

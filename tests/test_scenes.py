@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reimagen.core.config import ConfigError
-from reimagen.kb.image_pack import pack_rgba
 from reimagen.kb import scenes as sc
-from reimagen.kb.emoji_source import Twemoji, load_entities
+from reimagen.kb.emoji_artists import Twemoji
+from reimagen.kb.emoji_entities import load_entities
+from reimagen.kb.image_pack import pack_rgba
 
 # Round, wide (flags), thin and diagonal drawings, and ones that share colours with backgrounds.
 DRAWN = [

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from reimagen.kb.builder import build_from_source
 from reimagen.kb import splits as sp
-from reimagen.kb.emoji_source import EMOJI_TEST, EmojiSource, is_flag_sequence, load_entities
+from reimagen.kb.builder import build_from_source
+from reimagen.kb.emoji_entities import EMOJI_TEST, is_flag_sequence, load_entities
+from reimagen.kb.emoji_source import EmojiSource
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_partition_is_disjoint_and_complete_over_eligible_entities(split):
 def test_eligibility_needs_twemoji_and_openmoji():
     entities = load_entities()
     eligible = {e.name for e in sp.eligible_entities(entities)}
-    from reimagen.kb.emoji_source import OpenMoji, Twemoji
+    from reimagen.kb.emoji_artists import OpenMoji, Twemoji
 
     twemoji, openmoji = Twemoji(), OpenMoji()
     for entity in entities:

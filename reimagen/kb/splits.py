@@ -190,7 +190,8 @@ class EntitySplit:
 
 def eligible_entities(entities=None) -> list:
     """Entities that Twemoji and OpenMoji both draw, in ``load_entities()`` order."""
-    from reimagen.kb.emoji_source import OpenMoji, Twemoji, load_entities
+    from reimagen.kb.emoji_artists import OpenMoji, Twemoji
+    from reimagen.kb.emoji_entities import load_entities
 
     entities = load_entities() if entities is None else list(entities)
     artists = (Twemoji(), OpenMoji())  # = ELIGIBILITY_ARTISTS
@@ -199,7 +200,7 @@ def eligible_entities(entities=None) -> list:
 
 def category_of(entity) -> str:
     """Reporting category from the emoji group (emoji-test.txt; emoji-data as a fallback)."""
-    from reimagen.kb.emoji_source import is_flag_sequence
+    from reimagen.kb.emoji_entities import is_flag_sequence
 
     if is_flag_sequence(entity.emoji):
         return "flags"
@@ -228,7 +229,7 @@ def generate_split(entities=None, params: SplitParams = SplitParams()) -> Entity
     Unseen = version ≥ min_unseen_version, then ``unseen_flags`` random older flags, then
     random other entities up to ``unseen_fraction``. Seen entities get a random Zipf rank;
     the first half of the ranking is frequent, the rest rare."""
-    from reimagen.kb.emoji_source import is_flag_sequence
+    from reimagen.kb.emoji_entities import is_flag_sequence
 
     eligible = eligible_entities(entities)
     rng = np.random.default_rng(params.seed)

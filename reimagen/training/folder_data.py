@@ -19,7 +19,7 @@ neighbours come from the same training split (it is not in that index, so it nev
 itself; byte-identical duplicates in the training split are excluded too).
 
 ``FolderBatchSource.batch(step)`` is a pure function of (TrainConfig.seed, step), like the emoji
-source (reimagen.training.data), so a resumed run sees the batches an uninterrupted one
+source (reimagen.training.emoji_batches), so a resumed run sees the batches an uninterrupted one
 would. Draw order of a step: example indices, then draw_diffusion_inputs (t, ε, the text and
 neighbour drops of TrainConfig.p_drop_text / p_drop_neighbors), then for the SR stage the
 augmentation level and noise. Captions hold no entity name to drop: the text dropout is the
@@ -44,8 +44,8 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.core.interfaces import TextEncoding
+from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.kb.records import KnowledgeBaseError
 from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 
@@ -272,7 +272,7 @@ class FolderBatchSource:
 
     def _add_lowres(self, rng, batch: Batch, rows: np.ndarray) -> Batch:
         """SR inputs: the record at lowres_size, upsampled to the stage's size, corrupted at
-        a ~ U[0, max_aug_level] (same draws as reimagen.training.data.SRBatchSource)."""
+        a ~ U[0, max_aug_level] (same draws as reimagen.training.emoji_batches.SRBatchSource)."""
         up = resize_bilinear(self.images(rows, self.lowres_size), self.image_size)  # [B, S, S, 3]
         level = rng.uniform(0.0, self.data.max_aug_level, size=batch.size).astype(np.float32)
         noise = rng.standard_normal(up.shape, dtype=np.float32)

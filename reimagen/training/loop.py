@@ -11,8 +11,9 @@ Shared here, so the two backends cannot drift apart:
   and loss_weighting), on the host, so both backends weight the same rows the same way;
 * the host-side input maths: x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε (:func:`noisy_inputs`, Eq. 1), so
   both backends train on the same numbers, and the batch checks (:func:`check_batch`);
-* the run loop (:meth:`TrainLoop.run`): progress bar, JSON-lines log with running means,
-  checkpoint cadence, the resume checks and the "stopped before the update" message.
+* the run loop (:meth:`TrainLoop.run`): progress bar, JSON-lines log with running means
+  (:mod:`reimagen.training.run_log`), checkpoint cadence, the resume checks and the "stopped
+  before the update" message.
 
 numpy only: no framework is imported here (tests/test_core_imports.py).
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,13 +31,14 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.training import checkpoint as ckpt
-from reimagen.training.rewind import rewind
-from reimagen.training import prefetch
 from reimagen.core.config import ConfigError
-from reimagen.diffusion.schedule import CosineSchedule
-from reimagen.training.contract import Batch, BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training import checkpoint as ckpt
+from reimagen.training import prefetch
+from reimagen.training.contract import Batch, BatchSource, TrainConfig
+from reimagen.training.rewind import rewind
+from reimagen.training.run_log import JsonlLog, Window, start_log
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -321,57 +322,23 @@ class TrainLoop(abc.ABC):
 
     def run(self) -> TrainResult:
         """Train until ``config.steps`` updates, checkpointing every ``checkpoint_every``."""
-        from tqdm.auto import tqdm
-
-        config = self.config
         start_step = self.step
-        log = JsonlLog(self.run_dir / LOG_FILE)
-        log.write({"event": "start", "step": start_step, "resumed": self.checkpoint is not None})
-        if self.resume_skipped:
-            log.write({"event": "resume-fallback", "step": start_step,
-                       "skipped": self.resume_skipped})
-        if self.rewound is not None:
-            log.write({"event": "rewind", "step": start_step, **self.rewound})
-        if self.resume_changes:  # e.g. a lower lr after a divergence: {"lr": [old, new]}
-            log.write({"event": "config-change", "step": start_step,
-                       "changes": self.resume_changes})
-        bar = tqdm(
-            total=config.steps,
-            initial=start_step,
-            disable=not self.progress,
-            unit="step",
-            dynamic_ncols=True,
+        log = start_log(
+            self.run_dir / LOG_FILE,
+            start_step,
+            resumed=self.checkpoint is not None,
+            skipped=self.resume_skipped,
+            rewound=self.rewound,
+            changes=self.resume_changes,
         )
-        loss, window, started = self.last_loss, Window(), time.perf_counter()
+        bar = self._progress_bar(start_step)
+        started = time.perf_counter()
         stream = prefetch.batches(
-            self.source, start_step, config.steps, workers=self.workers, compact=self.workers > 0
+            self.source, start_step, self.config.steps, workers=self.workers,
+            compact=self.workers > 0,
         )
         with self._loop_context(), contextlib.closing(stream):  # closing: stops the workers
-            tick = time.perf_counter()
-            for batch in stream:
-                if self.step == start_step:  # one-line errors before any update
-                    check_batch(batch, self.model_config, config)
-                loss, grad_norm = self.train_step(batch)
-                now = time.perf_counter()
-                window.add(loss, grad_norm, config.batch_size, now - tick)
-                tick = now
-                bar.update(1)
-                if self.callback is not None:
-                    self.callback(self.step, loss)
-                out_of_time = self.time_limit is not None and now - started > self.time_limit
-                last = self.step == config.steps or out_of_time
-                if self.step % config.log_every == 0 or last:
-                    record = window.flush(self.step, learning_rate(config, self.step - 1))
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
-                    )
-                    log.write(record)
-                if self.step % config.checkpoint_every == 0 or last:
-                    folder = self.save(loss).name
-                    log.write({"event": "checkpoint", "step": self.step, "folder": folder})
-                if out_of_time:
-                    log.write({"event": "time-limit", "step": self.step, "seconds": now - started})
-                    break
+            loss = self._train_stream(stream, start_step, log, bar, started)
         bar.close()
         seconds = time.perf_counter() - started
         done = self.step - start_step
@@ -381,41 +348,47 @@ class TrainLoop(abc.ABC):
             checkpoint=self.checkpoint,
             model=self.model,
             ema=self.ema,
-            images_per_second=done * config.batch_size / seconds if done else 0.0,
+            images_per_second=done * self.config.batch_size / seconds if done else 0.0,
         )
 
+    def _progress_bar(self, start_step: int):
+        from tqdm.auto import tqdm
 
-class Window:
-    """Running means between two log lines."""
+        return tqdm(total=self.config.steps, initial=start_step, disable=not self.progress,
+                    unit="step", dynamic_ncols=True)
 
-    def __init__(self):
-        self.losses, self.norms, self.images, self.seconds = [], [], 0, 0.0
+    def _train_stream(self, stream, start_step: int, log: JsonlLog, bar, started: float) -> float:
+        """One update per batch of ``stream`` until it ends or the time limit passes; returns
+        the last loss (the resumed one when no update ran)."""
+        loss, window, tick = self.last_loss, Window(), time.perf_counter()
+        for batch in stream:
+            if self.step == start_step:  # one-line errors before any update
+                check_batch(batch, self.model_config, self.config)
+            loss, grad_norm = self.train_step(batch)
+            now = time.perf_counter()
+            window.add(loss, grad_norm, self.config.batch_size, now - tick)
+            tick = now
+            bar.update(1)
+            if self.callback is not None:
+                self.callback(self.step, loss)
+            out_of_time = self.time_limit is not None and now - started > self.time_limit
+            self._log_and_checkpoint(loss, window, log, bar, out_of_time)
+            if out_of_time:
+                log.write({"event": "time-limit", "step": self.step, "seconds": now - started})
+                break
+        return loss
 
-    def add(self, loss: float, grad_norm: float, images: int, seconds: float) -> None:
-        self.losses.append(loss)
-        self.norms.append(grad_norm)
-        self.images += images
-        self.seconds += seconds
-
-    def flush(self, step: int, lr: float) -> dict:
-        record = {
-            "step": step,
-            "loss": float(np.mean(self.losses)),
-            "grad_norm": float(np.mean(self.norms)),
-            "lr": lr,
-            "images_per_s": self.images / self.seconds if self.seconds else 0.0,
-        }
-        self.__init__()
-        return record
-
-
-class JsonlLog:
-    """Append-only JSON lines, flushed per line (a crash loses at most the line being written)."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({**record, "time": time.time()}) + "\n")
+    def _log_and_checkpoint(
+        self, loss: float, window: Window, log: JsonlLog, bar, out_of_time: bool
+    ) -> None:
+        """After an update: a log line every ``log_every`` steps and a checkpoint every
+        ``checkpoint_every``, both also at the last step (the end of the run or of its time)."""
+        config = self.config
+        last = self.step == config.steps or out_of_time
+        if self.step % config.log_every == 0 or last:
+            record = window.flush(self.step, learning_rate(config, self.step - 1))
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+            log.write(record)
+        if self.step % config.checkpoint_every == 0 or last:
+            folder = self.save(loss).name
+            log.write({"event": "checkpoint", "step": self.step, "folder": folder})

@@ -1,6 +1,6 @@
 """The emoji scene composer split for a device: resident tables + small per-step index arrays.
 
-The host composer (:class:`~reimagen.training.data.EmojiBatchSource`) fits, pastes and
+The host composer (:class:`~reimagen.training.emoji_batches.EmojiBatchSource`) fits, pastes and
 augments drawings with numpy for every batch, on the CPU. A device-side composer
 (reimagen.backends.torch.scene_composer) instead keeps everything a batch is made of resident
 where the network runs, once (:class:`SceneAtlas`), and makes each batch from a few index and
@@ -29,12 +29,9 @@ import attrs
 import numpy as np
 
 from reimagen.kb import scenes as sc
-from reimagen.training.data import (
-    NEIGHBOR_BACKGROUND,
-    EmojiBatchSource,
-    premultiplied_drawings,
-    warp_taps,
-)
+from reimagen.training.data import NEIGHBOR_BACKGROUND
+from reimagen.training.emoji_batches import EmojiBatchSource
+from reimagen.training.neighbor_augment import premultiplied_drawings, warp_taps
 
 
 @attrs.frozen
