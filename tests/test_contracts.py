@@ -73,3 +73,20 @@ def test_dead_names_are_gone():
     assert not hasattr(interfaces, "Factory")
     assert not hasattr(samplers, "get_sampler")
     assert not hasattr(unet_config, "preset")
+
+
+def test_a_plugin_on_the_old_denoisers_hook_is_refused_by_name():
+    import pluggy
+
+    from reimagen import hookimpl
+
+    class OldPlugin:
+        @hookimpl
+        def reimagen_register_denoisers(self, register):
+            register("mine", UNetConfig)
+
+    try:
+        with pytest.raises(pluggy.PluginValidationError, match="reimagen_register_denoisers"):
+            registry.reset(extra_plugins=(OldPlugin(),), autoload=False)
+    finally:
+        registry.reset()

@@ -1,10 +1,12 @@
 """Abstract interfaces of the components (DESIGN §1–§7). Framework-free.
 
 Each interface is an ``abc.ABC`` whose required methods are ``@abc.abstractmethod``: a subclass
-that misses one cannot be instantiated (TypeError naming it). Concrete classes subclass the
-interface directly. Samplers and step callbacks are plain functions, so :class:`Sampler` and
-:class:`StepCallback` are ``typing.Protocol`` signatures (checked by type checkers, not at
-run time).
+that misses one cannot be instantiated (TypeError naming it). The backends' denoisers and the
+cascade subclass their interface directly; the built-in retrievers, encoders and guidance
+strategies go through one shared base (retrievers.base.ViewRetriever, encoders.base.
+CachingEncoder, diffusion.guidance._Strategy). Samplers and step callbacks are plain functions,
+so :class:`Sampler` and :class:`StepCallback` are ``typing.Protocol`` signatures (checked by
+type checkers, not at run time).
 
 Array conventions used everywhere on the host:
   images   float32 in [-1, 1], NHWC: [B, H, W, C] with C = UNetConfig.in_channels (3, RGB, in
