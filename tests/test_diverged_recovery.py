@@ -125,7 +125,7 @@ def test_a_crash_before_latest_is_rewritten_resumes_at_the_rewound_step(run, mon
     def crash(*_):
         raise KeyboardInterrupt("killed before latest was rewritten")
 
-    monkeypatch.setattr(ckpt, "atomic_write_text", crash)
+    monkeypatch.setattr(rw, "atomic_write_text", crash)
     with pytest.raises(KeyboardInterrupt):
         rw.rewind(run, 2)
     monkeypatch.undo()
