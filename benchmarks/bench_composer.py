@@ -46,7 +46,7 @@ GOAL = 40.0  # steps/s at batch 256, cpu-base K=2 (issue #16)
 
 
 def make_source(batch: int):
-    from reimagen.cli.train import make_batch_source
+    from reimagen.training.run_setup import make_batch_source
     from reimagen.core import registry
     from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.core.paths import home

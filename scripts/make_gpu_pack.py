@@ -121,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     data = None
     if args.data:
-        from reimagen.cli.main import UserError
-        from reimagen.cli.train import parse_data_overrides
+        from reimagen.training.run_record import parse_data_overrides
+        from reimagen.training.run_setup import RunSetupError
 
         try:
             data = parse_data_overrides(args.data)
-        except UserError as err:
+        except RunSetupError as err:
             print(err, file=sys.stderr)
             return 2
     pack = args.out

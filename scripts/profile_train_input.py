@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     import torch
 
     from reimagen.backends.torch.trainer import Trainer, model_kwargs, resolve_device
-    from reimagen.cli.train import make_batch_source
+    from reimagen.training.run_setup import make_batch_source
     from reimagen.training import prefetch
     from reimagen.core.io import atomic_write_text
     from reimagen.kb.knowledge_base import KnowledgeBase

@@ -64,7 +64,8 @@ if [ "$ENCODER" = minilm ]; then  # the pool's table once, before the stages rac
   OMP_NUM_THREADS=${ENCODE_THREADS:-$(nproc)} "$PY" - "$KB" "${DATA:-}" <<'PYEOF' || exit 1
 import sys, time
 from pathlib import Path
-from reimagen.cli.train import make_batch_source, parse_data_overrides
+from reimagen.training.run_record import parse_data_overrides
+from reimagen.training.run_setup import make_batch_source
 from reimagen.core import registry
 from reimagen.kb.knowledge_base import KnowledgeBase
 from reimagen.training.contract import TrainConfig

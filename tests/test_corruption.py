@@ -160,7 +160,7 @@ def encoding_table(folder: Path) -> Artifact:
 
 
 def run_facts_file(run: Path) -> Artifact:
-    from reimagen.cli.train import RUN_FILE, run_facts
+    from reimagen.training.run_record import RUN_FILE, run_facts
 
     run_facts(run, "hash", {"p_same_style": 0.75})
     path = run / RUN_FILE

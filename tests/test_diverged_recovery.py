@@ -164,7 +164,7 @@ def test_cli_passes_resume_from_and_keep_to_the_trainer(run, monkeypatch):
     the loop tested above)."""
     from reimagen.backends.torch import BACKEND
     from reimagen.cli import common
-    from reimagen.cli import train as cli
+    from reimagen.training import run_setup
     from reimagen.cli.main import main
     from reimagen.training import folder_data as folder_training
 
@@ -177,8 +177,8 @@ def test_cli_passes_resume_from_and_keep_to_the_trainer(run, monkeypatch):
     monkeypatch.setattr(BACKEND, "train", spy)
     monkeypatch.setattr(common, "open_kb", lambda *a, **k: None)
     monkeypatch.setattr(folder_training, "is_collection", lambda kb: False)  # the emoji path
-    monkeypatch.setattr(cli, "check_training_kb", lambda *a: None)
-    monkeypatch.setattr(cli, "make_batch_source", lambda *a: None)
+    monkeypatch.setattr(run_setup, "check_training_kb", lambda *a: None)
+    monkeypatch.setattr(run_setup, "make_batch_source", lambda *a: None)
     argv = ["train", "--preset", "tiny", "--run-dir", str(run), "--encoder", "hash",
             "--resume-from", "2", "--keep", "5", "--lr", str(LOWER_LR)]
     assert main(argv) == 0

@@ -118,7 +118,7 @@ def toy_kb(tmp_path_factory):
 
 
 def _cpu_source(kb_folder: Path, pack: Path | None, monkeypatch):
-    from reimagen.cli.train import make_batch_source
+    from reimagen.training.run_setup import make_batch_source
     from reimagen.core import registry
     from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.training.contract import TrainConfig

@@ -172,7 +172,7 @@ def test_weights_say_which_encoder_they_were_trained_with(tmp_path):
 def test_exports_record_their_recipe_and_lineage(tmp_path):
     """An export says how it was made (issue #15): encoder, TrainConfig, DataConfig, steps and
     the examples seen, added to those its --init-from weights record."""
-    from reimagen.cli.train import _export
+    from reimagen.training.export import export_stage as _export
     from reimagen.core import registry
     from reimagen.training.data import DataConfig
 
@@ -223,8 +223,8 @@ def test_cuda_without_a_gpu_is_refused():
 
 
 def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
-    from reimagen.cli.main import UserError
-    from reimagen.cli.train import RUN_FILE, parse_data_overrides, run_facts
+    from reimagen.training.run_record import RUN_FILE, parse_data_overrides, run_facts
+    from reimagen.training.run_setup import RunSetupError
     from reimagen.training.data import DataConfig
 
     run_dir = tmp_path / "run"
@@ -238,10 +238,10 @@ def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
     assert started == ("minilm", DataConfig(p_same_style=0.75, p_drop_name=1.0))
     assert run_facts(run_dir, None, None) == started  # a resume without the flags keeps both
     assert run_facts(run_dir, None, {"p_drop_name": 1.0, "p_same_style": 0.75}) == started
-    with pytest.raises(UserError, match="--encoder hash: the run in .* was trained with "
+    with pytest.raises(RunSetupError, match="--encoder hash: the run in .* was trained with "
                                         "--encoder minilm"):
         run_facts(run_dir, "hash", None)
-    with pytest.raises(UserError, match=r"--data: the run in .* was trained with another "
+    with pytest.raises(RunSetupError, match=r"--data: the run in .* was trained with another "
                                         r"recipe \(p_drop_name=1.0, p_same_style=0.75\)"):
         run_facts(run_dir, None, {})
     # a run.json from before the recipe was recorded (and before run.json.sha256) ran the defaults
@@ -259,17 +259,17 @@ def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
     ],
 )
 def test_bad_data_overrides_are_named_in_one_line(text, message):
-    from reimagen.cli.main import UserError
-    from reimagen.cli.train import parse_data_overrides
+    from reimagen.training.run_record import parse_data_overrides
+    from reimagen.training.run_setup import RunSetupError
 
-    with pytest.raises(UserError) as err:
+    with pytest.raises(RunSetupError) as err:
         parse_data_overrides(text)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_train_cli_refuses_bad_or_changed_recipes_before_any_work(tmp_path, capsys):
     from reimagen.cli.main import main
-    from reimagen.cli.train import RUN_FILE
+    from reimagen.training.run_record import RUN_FILE
 
     run_dir = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--steps", "1", "--run-dir", str(run_dir)]

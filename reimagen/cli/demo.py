@@ -98,46 +98,31 @@ def _prompts(names, split):
 def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
     from reimagen.cli.progress import bar, sampling_steps, step_callback
     from reimagen.core.io import atomic_path
-    from reimagen.generation.pretrained import from_pretrained
     from reimagen.generation.contact_sheet import SheetRow, make_sheet, neighbor_tiles
-    from reimagen.generation.shipped import DEFAULT_SAMPLING, available_stages
+    from reimagen.generation.pretrained import load_comparison
+    from reimagen.generation.shipped import DEFAULT_SAMPLING
 
-    stages = available_stages()
-    if "base" not in stages:
-        raise UserError("no shipped base weights (reimagen/assets/weights/base.safetensors); "
-                        "train them with `reimagen train --stage base --export`")
-    with_sr = "sr" in stages
     sampling = DEFAULT_SAMPLING["base"]
     if args.steps is not None:
         sampling = sampling.replace(steps=args.steps)
-
-    def cascade(first, k, first_sampling):  # the front door, as reimagen.load("default")
-        return from_pretrained(stages=(first, "sr") if with_sr else (first,), kb=kb, k=k,
-                               setting=args.setting, sampling=first_sampling)
-
-    retrieving = cascade("base", args.k, sampling)
-    if "baseline" in stages:
-        label = "no retrieval (baseline)"
-        plain = cascade("baseline", 0, None)
-    else:
-        label = "no retrieval (K=0)"
-        plain = cascade("base", 0, sampling.replace(guidance="joint"))
-    total = sampling_steps(retrieving) + sampling_steps(plain)
+    # the front door, as reimagen.load("default"): with and without retrieval
+    pair = load_comparison(kb=kb, k=args.k, setting=args.setting, sampling=sampling)
+    total = sampling_steps(pair.retrieving) + sampling_steps(pair.plain)
     with bar(total, "sampling") as progress:
-        with_retrieval = retrieving.generate(prompts, seed=args.seed,
-                                             callback=step_callback(progress))
-        without = plain.generate(prompts, seed=args.seed, callback=step_callback(progress))
+        with_retrieval = pair.retrieving.generate(prompts, seed=args.seed,
+                                                  callback=step_callback(progress))
+        without = pair.plain.generate(prompts, seed=args.seed, callback=step_callback(progress))
 
     rows = []
     for b, (prompt, name, tier) in enumerate(zip(prompts, names, tiers)):
         images = (
             (f"Re-Imagen K={args.k}", with_retrieval[-1].images[b]),
-            (label, without[-1].images[b]),
+            (pair.plain_label, without[-1].images[b]),
         )
         neighbors = neighbor_tiles(kb, with_retrieval[0].neighbor_rows[b])
         rows.append(SheetRow(prompt=f"[{tier}] {prompt}", images=images, neighbors=neighbors))
     with atomic_path(out) as tmp:
         make_sheet(rows).save(tmp, format="PNG")
     seconds = sum(g.seconds for g in (*with_retrieval, *without))
-    print(f"wrote {out} ({len(prompts)} prompts, {'base+sr' if with_sr else 'base only'}, "
+    print(f"wrote {out} ({len(prompts)} prompts, {'base+sr' if pair.with_sr else 'base only'}, "
           f"sampling {seconds:.1f} s)")

@@ -115,16 +115,14 @@ def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: 
     micro-batches, and (rank 0) write."""
     from reimagen.cli.progress import bar, sampling_steps, step_callback
     from reimagen.generation.distributed import generate_distributed, micro_batches, shard_indices
-    from reimagen.generation.pretrained import from_pretrained
-    from reimagen.generation.contact_sheet import SheetRow, make_sheet, neighbor_tiles
+    from reimagen.generation.pretrained import load
 
     kb = open_kb(args.kb)
     # the first stage's size: the SR stage reuses its rows (one, upsampled from a smaller KB)
     check_kb_fits(kb, "--kb", image_size=configs[stages[0]].image_size if k else 0, k=k,
                   setting=args.setting)
-    cascade = from_pretrained(stages=stages, kb=kb, retriever=args.retriever,
-                              setting=args.setting, k=k, encoder=args.encoder,
-                              backend=args.backend, sampling=sampling)
+    cascade = load(stages=stages, kb=kb, retriever=args.retriever, setting=args.setting, k=k,
+                   encoder=args.encoder, backend=args.backend, sampling=sampling)
     batches = len(shard_indices(len(micro_batches(len(args.prompts), args.batch_size, world)),
                                 rank, world))  # this process's micro-batches
     started = time.perf_counter()
@@ -135,13 +133,25 @@ def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: 
     seconds = time.perf_counter() - started
     if rank != 0:  # rank 0 gathered every image and writes the outputs
         return 0
+    sheet_path = _write_outputs(out, stages, results, kb, args.prompts)
+    nfe = sum(r.nfe for r in results)
+    print(f"wrote {out}, {sheet_path} and one image per stage ({', '.join(stages)})")
+    print(f"{len(args.prompts)} prompt(s), {nfe} network evaluations per sample, {seconds:.1f} s"
+          + (f", {world} processes" if world > 1 else ""))
+    return 0
+
+
+def _write_outputs(out: Path, stages: tuple[str, ...], results, kb, prompts) -> Path:
+    """x.<stage>.png per stage, x.png (the last stage's), and the contact sheet x.sheet.png:
+    each prompt's images beside its retrieved neighbours (paper Fig. 4); the sheet's path."""
+    from reimagen.generation.contact_sheet import SheetRow, make_sheet, neighbor_tiles
 
     for name, result in zip(stages, results):
         _save(out.with_suffix(f".{name}.png"), np.concatenate(list(result.images), axis=1))
     final = results[-1]
     _save(out, np.concatenate(list(final.images), axis=1))
     rows = []
-    for b, prompt in enumerate(args.prompts):
+    for b, prompt in enumerate(prompts):
         images = tuple((f"{name} {r.images.shape[1]}px", r.images[b])
                        for name, r in zip(stages, results))
         neighbors = neighbor_tiles(kb, results[0].neighbor_rows[b], results[0].neighbor_scores[b])
@@ -149,11 +159,7 @@ def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: 
     sheet_path = out.with_suffix(".sheet.png")
     with atomic_path(sheet_path) as tmp:
         make_sheet(rows).save(tmp, format="PNG")
-    nfe = sum(r.nfe for r in results)
-    print(f"wrote {out}, {sheet_path} and one image per stage ({', '.join(stages)})")
-    print(f"{len(args.prompts)} prompt(s), {nfe} network evaluations per sample, {seconds:.1f} s"
-          + (f", {world} processes" if world > 1 else ""))
-    return 0
+    return sheet_path
 
 
 def _join(distributed: bool) -> tuple[int, int]:

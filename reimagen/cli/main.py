@@ -33,6 +33,7 @@ USER_ERRORS = (
     ("reimagen.core.digests", "IntegrityError"),  # a file that fails its checksum
     ("reimagen.core.io", "UnsafeFileError"),  # not a safetensors file
     ("reimagen.training.checkpoint", "CheckpointError"),
+    ("reimagen.training.run_setup", "RunSetupError"),  # a training run that cannot start as asked
     ("reimagen.generation.shipped", "WeightsError"),  # wrong stage / preset, non-finite weights
     ("reimagen.generation.cascade", "CascadeError"),
     ("reimagen.kb.splits", "SplitError"),

@@ -196,17 +196,52 @@ class Pipeline:
         prompts = check_prompts(prompts)
         k = check_k(k)
         _check_neighbor_source(k, self.retriever is not None or neighbor_rows is not None)
-        sampling = self.sampling if sampling is None else sampling
-        if not isinstance(sampling, SamplingConfig):
-            raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+        sampling = _check_sampling(self.sampling if sampling is None else sampling)
         indices = _check_indices(indices, len(prompts))
-        if lowres is not None and not self.lowres_size:
-            raise ValueError("lowres only applies to a super-resolution stage; this pipeline is a "
-                             f"{self.image_size}px base stage (pass lowres=None)")
+        self._check_lowres_given(lowres)
         sampler = registry.get("sampler", sampling.sampler)  # unknown names fail before compute
         guidance = make_guidance(sampling)
         thresholding = make_thresholding(sampling)
         start = time.perf_counter()
+        # 1. retrieve (Fig. 2, left): KB rows [B, K] of each prompt's neighbours, their scores
+        rows, scores = self._neighbors(prompts, k, neighbor_rows)
+        # 2. encode: prompt c_p tokens [B, L, D]; neighbours c_n as images [B, K, H, W, 3] in
+        #    [-1, 1] and caption tokens [B, K, L, D]
+        text, nb_images, nb_text = self._encode(prompts, rows)
+        # 3. sample: x_T ~ N(0, I) per (seed, index), denoised by ε(x_t, t | c_p, c_n) under
+        #    the guidance of Eq. 5 (joint) or Eq. 6 (text / neighbour weights, interleaved)
+        size = self.image_size
+        noise = SamplerNoise.draw_per_sample(seed, indices, (size, size, 3), sampling.steps)
+        denoiser = self._denoiser(text, nb_images, nb_text, lowres, sampling.aug_level, seed,
+                                  indices)
+        result = sampler(
+            denoiser, guidance, noise, steps=sampling.steps, thresholding=thresholding,
+            callback=callback,
+        )
+        # 4. image: x̂0 [B, H, W, 3] in [-1, 1] -> uint8
+        return Generation(
+            prompts=prompts, images=to_uint8(denoiser.to_numpy(result.x0)), neighbor_rows=rows,
+            neighbor_scores=scores, nfe=result.nfe, seconds=time.perf_counter() - start,
+            variants_per_step=result.variants_per_step,
+        )
+
+    def _check_lowres_given(self, lowres) -> None:
+        if lowres is not None and not self.lowres_size:
+            raise ValueError("lowres only applies to a super-resolution stage; this pipeline is a "
+                             f"{self.image_size}px base stage (pass lowres=None)")
+
+    def _denoiser(self, text, nb_images, nb_text, lowres, aug_level: float, seed: int, indices):
+        """The backend's ε(x_t, t | c_p, c_n) over this batch; a super-resolution stage also
+        conditioned on the noise-augmented upsampled ``lowres`` (Imagen §2.5)."""
+        conditioning = {}
+        if self.lowres_size:
+            conditioning = self._lowres_conditioning(lowres, aug_level, seed, indices)
+        return self.backend.make_denoiser(self.model, text, nb_images, nb_text, **conditioning)
+
+    def _neighbors(self, prompts: tuple[str, ...], k: int,
+                   neighbor_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(KB rows [B, K] int64, scores [B, K]): retrieved, or ``neighbor_rows`` as given
+        (scores NaN: nothing was scored)."""
         if neighbor_rows is None:
             found = self.retrieve(prompts, k)
             rows, scores = found.ids, found.scores
@@ -214,6 +249,11 @@ class Pipeline:
             rows = _check_neighbor_rows(neighbor_rows, len(prompts), k)
             scores = np.full(rows.shape, np.nan, dtype=np.float32)
         self._check_kb(rows.shape[1])
+        return rows, scores
+
+    def _encode(self, prompts: tuple[str, ...], rows: np.ndarray):
+        """(prompt TextEncoding [B, L, D], neighbour images [B, K, H, W, 3], neighbour
+        captions TextEncoding [B, K, L, D]); K = 0 gives empty neighbour arrays."""
         size = self.image_size
         text = self.encoder.encode(list(prompts))
         if rows.shape[1]:
@@ -222,26 +262,7 @@ class Pipeline:
         else:
             nb_images = np.zeros((len(prompts), 0, size, size, 3), np.float32)
             nb_text = _empty_neighbor_text(text, len(prompts))
-        noise = SamplerNoise.draw_per_sample(seed, indices, (size, size, 3), sampling.steps)
-        conditioning = {}
-        if self.lowres_size:
-            conditioning = self._lowres_conditioning(lowres, sampling.aug_level, seed, indices)
-        denoiser = self.backend.make_denoiser(self.model, text, nb_images, nb_text, **conditioning)
-        result = sampler(
-            denoiser, guidance, noise, steps=sampling.steps, thresholding=thresholding,
-            callback=callback,
-        )
-        images = to_uint8(denoiser.to_numpy(result.x0))
-        return Generation(
-            prompts=prompts,
-            images=images,
-            neighbor_rows=rows,
-            neighbor_scores=scores,
-            nfe=result.nfe,
-            seconds=time.perf_counter() - start,
-            variants_per_step=result.variants_per_step,
-        )
-
+        return text, nb_images, nb_text
 
     def _check_kb(self, k: int) -> None:
         """Neighbour images come from the KB (resized to this network's size: a KB stored
@@ -295,6 +316,12 @@ def _check_neighbor_source(k: int, can_have_neighbors: bool) -> None:
     if k and not can_have_neighbors:
         raise ValueError(f"k={k} needs a retriever or neighbor_rows; this pipeline has no "
                          "retriever (pass k=0 for no retrieval)")
+
+
+def _check_sampling(sampling) -> SamplingConfig:
+    if not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    return sampling
 
 
 def _check_neighbor_rows(neighbor_rows, batch: int, k: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reimagen.core import registry
 from reimagen.core.checks import check_k
@@ -31,16 +31,55 @@ ENCODER_RETRIEVERS = ("dense", "hybrid")  # retrievers that take a text encoder 
 DEFAULT = "default"  # retriever="default": reimagen.generation.shipped.DEFAULT_RETRIEVER, read at call time
 
 
-def load(name: str = "default", *, kb: Any = None, retriever: Any = DEFAULT,
-         setting: str = "same-style", k: int = 2, encoder: str | None = None,
-         backend: str = "torch"):
+def load(name: str = "default", *, stages: Sequence[str] | None = None, kb: Any = None,
+         retriever: Any = DEFAULT, setting: str = "same-style", k: int = 2,
+         encoder: str | None = None, backend: str = "torch",
+         sampling: SamplingConfig | None = None):
     """The shipped cascade ``name`` (one of PRETRAINED: "default" is base + SR) with each
-    stage's tuned sampling (reimagen.generation.shipped.DEFAULT_SAMPLING); the other arguments as
-    :func:`from_pretrained`."""
+    stage's tuned sampling (reimagen.generation.shipped.DEFAULT_SAMPLING). ``stages``: other
+    shipped stages instead of ``name``'s (one of CASCADES, e.g. ("baseline",), as ``reimagen
+    generate --stages`` asks); ``sampling``: the first stage's settings instead of its tuned
+    ones; the other arguments as :func:`from_pretrained`. ``reimagen generate`` and ``reimagen
+    demo`` (:func:`load_comparison`) load their cascades here."""
     if not isinstance(name, str) or name not in PRETRAINED:
         raise ValueError(f"name must be one of {', '.join(PRETRAINED)}; got {name!r}")
-    return from_pretrained(None, stages=PRETRAINED[name], kb=kb, retriever=retriever,
-                           setting=setting, k=k, encoder=encoder, backend=backend)
+    return from_pretrained(None, stages=PRETRAINED[name] if stages is None else stages, kb=kb,
+                           retriever=retriever, setting=setting, k=k, encoder=encoder,
+                           backend=backend, sampling=sampling)
+
+
+class Comparison(NamedTuple):
+    """The shipped cascades that draw the same prompts with and without retrieval (paper
+    Fig. 4/6, ``reimagen demo``)."""
+
+    retrieving: Any  # Cascade: the Re-Imagen base (+ SR when shipped), K neighbours
+    plain: Any  # Cascade: the no-retrieval baseline (+ SR) when shipped, else the base at K=0
+    plain_label: str  # "no retrieval (baseline)" | "no retrieval (K=0)"
+    with_sr: bool  # the SR stage is shipped: both cascades end in it
+
+
+def load_comparison(*, kb: Any = None, k: int = 2, setting: str = "same-style",
+                    sampling: SamplingConfig | None = None) -> Comparison:
+    """:class:`Comparison` of the shipped stages found (reimagen.generation.shipped.
+    available_stages); ``sampling``: the base stage's (default: its tuned ones). Without a
+    shipped baseline, the base network itself samples with K=0 and joint guidance (Eq. 5:
+    interleaved guidance, Eq. 6, needs neighbours)."""
+    from reimagen.generation.shipped import DEFAULT_SAMPLING, available_stages
+
+    found = available_stages()
+    if "base" not in found:
+        raise FileNotFoundError("no shipped base weights (reimagen/assets/weights/base."
+                                "safetensors); train them with `reimagen train --stage base "
+                                "--export`")
+    sr = ("sr",) if "sr" in found else ()
+    sampling = DEFAULT_SAMPLING["base"] if sampling is None else sampling
+    retrieving = load(stages=("base", *sr), kb=kb, k=k, setting=setting, sampling=sampling)
+    if "baseline" in found:
+        plain = load(stages=("baseline", *sr), kb=kb, k=0, setting=setting)
+        return Comparison(retrieving, plain, "no retrieval (baseline)", bool(sr))
+    plain = load(stages=("base", *sr), kb=kb, k=0, setting=setting,
+                 sampling=sampling.replace(guidance="joint"))
+    return Comparison(retrieving, plain, "no retrieval (K=0)", bool(sr))
 
 
 def from_pretrained(folder: str | Path | None = None, *, stages: Sequence[str] = ("base", "sr"),
