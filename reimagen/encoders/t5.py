@@ -12,7 +12,7 @@ folder; nothing is ever downloaded:
                                                                    pooled = mean over mask, L2
 
 D is the model's ``d_model`` (4096 for T5-XXL, the paper presets' text width); a training run
-sets ``UNetConfig.text_dim`` from it (reimagen/cli/train.py). The folder holds ``config.json``
+sets ``UNetConfig.text_dim`` from it (reimagen/training/run_setup.py). The folder holds ``config.json``
 (model_type "t5"), the weights as safetensors (``model.safetensors``, or shards beside
 ``model.safetensors.index.json``; a pickled ``pytorch_model.bin`` is refused) and the tokenizer
 (``tokenizer.json``; a folder with only ``spiece.model`` needs the sentencepiece package).
