@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reimagen.bench.entitybench import wilson_interval
+from reimagen.bench.significance import wilson_interval
 from reimagen.core.io import atomic_write_bytes, atomic_write_text
 
 METRICS = ("faithful", "entity_top1", "entity_top5", "aligned")  # aligned: the text alignment

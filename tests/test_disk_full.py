@@ -196,7 +196,7 @@ def bench_writer() -> Writer:
     """reimagen bench's outputs (results.json, results.md, prompts.jsonl, grid PNGs)."""
     import json
 
-    from reimagen.cli.bench import write_outputs
+    from reimagen.bench.result_files import write_outputs
 
     def write(disk, seed):
         rng = np.random.default_rng(seed)

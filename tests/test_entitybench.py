@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 
 from reimagen.bench import entitybench as eb
-from reimagen.bench.evaluator import Evaluator, read_meta, target_drawings
+from reimagen.bench import prompt_sets as ps
+from reimagen.bench import scoring, tables
+from reimagen.bench.evaluator import Evaluator, read_meta
+from reimagen.bench.scene_composer import target_drawings
+from reimagen.bench.significance import fisher_greater, wilson_interval
 from reimagen.cli.main import main
 from reimagen.kb import scenes as sc
 from reimagen.kb.splits import load_split
@@ -45,9 +49,9 @@ def split():
     return load_split()
 
 
-def _prompt(split, name, background, position, size) -> eb.BenchPrompt:
+def _prompt(split, name, background, position, size) -> ps.BenchPrompt:
     scene = sc.Scene(entity=name, background=background, position=position, size=size)
-    return eb.BenchPrompt(
+    return ps.BenchPrompt(
         prompt=sc.prompt(scene, 0),
         scene=scene,
         tier=split.tier(name),
@@ -66,8 +70,8 @@ def test_a_composite_against_its_own_truth_is_faithful_and_a_wrong_prompt_is_not
         truth.append(_prompt(split, name, COLOUR[name], "center", "large"))
         images.append(sc.compose(drawing, truth[-1].scene, 32))
     images = np.stack(images)
-    right = eb.score_images(judge, truth, images)
-    for metric in eb.METRICS:
+    right = scoring.score_images(judge, truth, images)
+    for metric in scoring.METRICS:
         assert right[metric].all(), metric
     assert right["predicted"] == NAMES
 
@@ -78,7 +82,7 @@ def test_a_composite_against_its_own_truth_is_faithful_and_a_wrong_prompt_is_not
         _prompt(split, NAMES[2], truth[2].scene.background, "center", "small"),  # size only
         _prompt(split, NAMES[4], truth[3].scene.background, "center", "large"),  # entity only
     ]
-    scored = eb.score_images(judge, wrong, images[:4])
+    scored = scoring.score_images(judge, wrong, images[:4])
     np.testing.assert_array_equal(scored["background"], [False, True, True, True])
     np.testing.assert_array_equal(scored["position"], [True, False, True, True])
     np.testing.assert_array_equal(scored["size"], [True, True, False, True])
@@ -91,14 +95,14 @@ def test_summarise_counts_and_means_by_tier_and_category(split):
     frequent = split.frequent[:2]
     unseen = split.unseen[:1]
     prompts = [_prompt(split, n, "blue", "center", "large") for n in (*frequent, *unseen)]
-    scores = {m: np.array([True, False, True]) for m in eb.METRICS}
+    scores = {m: np.array([True, False, True]) for m in scoring.METRICS}
     scores["aligned"] = np.array([True, True, False])
-    summary = eb.summarise(prompts, scores)
+    summary = scoring.summarise(prompts, scores)
     # summarise reports rates rounded to 4 decimals: half a unit of the 4th decimal is the bound.
     assert summary["all"]["n"] == 3
     assert summary["all"]["faithful"] == pytest.approx(2 / 3, rel=0, abs=5e-5)
     assert summary["all"]["aligned"] == pytest.approx(2 / 3, rel=0, abs=5e-5)
-    assert summary["tier/frequent"] == {"n": 2, **{m: 0.5 for m in eb.METRICS}, "aligned": 1.0}
+    assert summary["tier/frequent"] == {"n": 2, **{m: 0.5 for m in scoring.METRICS}, "aligned": 1.0}
     assert summary["tier/unseen"]["n"] == 1 and summary["tier/unseen"]["faithful"] == 1.0
     assert "tier/rare" not in summary
     categories = {p.category for p in prompts}
@@ -110,9 +114,9 @@ def test_summarise_counts_and_means_by_tier_and_category(split):
 
 
 def test_default_prompts_are_a_pure_function_of_the_seed(known, split):
-    one = eb.default_prompts(3, seed=5, known=known)
-    assert one == eb.default_prompts(3, seed=5, known=known)
-    assert one != eb.default_prompts(3, seed=6, known=known)
+    one = ps.default_prompts(3, seed=5, known=known)
+    assert one == ps.default_prompts(3, seed=5, known=known)
+    assert one != ps.default_prompts(3, seed=6, known=known)
     assert [p.tier for p in one] == ["frequent"] * 3 + ["rare"] * 3 + ["unseen"] * 3
     _, drawings = target_drawings([p.entity for p in one])
     for p, drawing in zip(one, drawings):
@@ -137,14 +141,14 @@ GOOD = {
 
 def test_read_prompts_parses_a_valid_file(tmp_path, known, split):
     path = _write(tmp_path / "p.jsonl", [GOOD, "", {**GOOD, "entity": "dragon"}])
-    prompts = eb.read_prompts(path, known)
+    prompts = ps.read_prompts(path, known)
     assert [p.entity for p in prompts] == ["red apple", "dragon"]
     assert prompts[0].scene == sc.Scene(
         entity="red apple", background="blue", position="top left", size="small"
     )
     assert prompts[1].tier == split.tier("dragon")
-    eb.write_prompts(tmp_path / "again.jsonl", prompts)  # the writer's output reads back
-    assert eb.read_prompts(tmp_path / "again.jsonl", known) == prompts
+    ps.write_prompts(tmp_path / "again.jsonl", prompts)  # the writer's output reads back
+    assert ps.read_prompts(tmp_path / "again.jsonl", known) == prompts
 
 
 @pytest.mark.parametrize(
@@ -170,8 +174,8 @@ def test_read_prompts_parses_a_valid_file(tmp_path, known, split):
 )
 def test_read_prompts_rejects_a_bad_line_naming_it(tmp_path, known, line, message):
     path = _write(tmp_path / "p.jsonl", [GOOD, "", line, GOOD])  # the bad line is line 3
-    with pytest.raises(eb.PromptFileError, match=message) as caught:
-        eb.read_prompts(path, known)
+    with pytest.raises(ps.PromptFileError, match=message) as caught:
+        ps.read_prompts(path, known)
     assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
 
 
@@ -266,7 +270,7 @@ def test_bench_writes_the_table_on_a_tiny_run(tiny, tmp_path, capsys):
     assert [p["predicted"] for p in ceiling["per_prompt"]] == NAMES[:3]
     for row in blob["rows"][1:]:
         assert row["metrics"]["all"]["n"] == 3 and len(row["per_prompt"]) == 3
-        assert all(0.0 <= row["metrics"]["all"][m] <= 1.0 for m in eb.METRICS)
+        assert all(0.0 <= row["metrics"]["all"][m] <= 1.0 for m in scoring.METRICS)
         assert row["nfe"] == 2 * 2 and row["seconds"] > 0  # interleaved / joint: 2 passes
         # the tiny KB holds every prompt's entity, drawn by two artists: retrieval finds it
         assert row["k"] == 0 or row["neighbor_recall"] == 1.0
@@ -278,7 +282,7 @@ def test_bench_writes_the_table_on_a_tiny_run(tiny, tmp_path, capsys):
     assert unseen.count("/1 = ") == 2 * 5 and "| - | - |" in unseen
     assert "| faithful frequent | faithful rare | faithful unseen |" in markdown
     assert len(list(out.glob("grid_*.png"))) == 6  # one per row
-    assert eb.read_prompts(out / "prompts.jsonl", frozenset(NAMES))[0].entity == NAMES[0]
+    assert ps.read_prompts(out / "prompts.jsonl", frozenset(NAMES))[0].entity == NAMES[0]
 
 
 def test_ablate_quick_writes_tables_and_plots(tiny, tmp_path, capsys):
@@ -356,33 +360,33 @@ def test_bench_images_depend_on_the_seed_and_not_on_the_batch_size(tiny, judge, 
 def test_wilson_interval_matches_known_values_and_brackets_the_rate():
     # z²/(n+z²) for 0 of 10 (float64, a handful of operations: 1e-15 relative); the 5-of-10 values
     # are published to 5 decimals, so half a unit of the 5th decimal is the bound.
-    assert eb.wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), rel=1e-15, abs=0)
-    assert eb.wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), rel=0, abs=5e-6)
-    assert eb.wilson_interval(96, 96)[1] == 1.0 and eb.wilson_interval(96, 96)[0] > 0.96
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), rel=1e-15, abs=0)
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), rel=0, abs=5e-6)
+    assert wilson_interval(96, 96)[1] == 1.0 and wilson_interval(96, 96)[0] > 0.96
     for n in (1, 7, 96, 333):
         for hits in range(0, n + 1, max(1, n // 9)):
-            lo, hi = eb.wilson_interval(hits, n)
+            lo, hi = wilson_interval(hits, n)
             assert 0.0 <= lo <= hits / n <= hi <= 1.0
-    assert all(np.isnan(eb.wilson_interval(0, 0)))
+    assert all(np.isnan(wilson_interval(0, 0)))
 
 
 def test_one_tier_alone_gives_that_tiers_prompts_of_the_full_set(known, split):
-    full = eb.default_prompts(3, seed=5, known=known, split=split)
-    unseen = eb.default_prompts(3, seed=5, known=known, split=split, tiers=("unseen",))
+    full = ps.default_prompts(3, seed=5, known=known, split=split)
+    unseen = ps.default_prompts(3, seed=5, known=known, split=split, tiers=("unseen",))
     assert unseen == [p for p in full if p.tier == "unseen"] and len(unseen) == 3
     with pytest.raises(ValueError, match="tiers must be a non-empty subset of frequent, rare"):
-        eb.default_prompts(3, known=known, split=split, tiers=("common",))
+        ps.default_prompts(3, known=known, split=split, tiers=("common",))
 
 
 def test_fisher_one_sided_matches_the_hypergeometric_tail():
     # 3 of 4 vs 0 of 4: the 4 tables with >= 3 pooled successes in row 1, C(4,3)·C(4,0)/C(8,3)
     # A ratio of small integer binomial products: exact up to the final division's rounding.
-    assert eb.fisher_greater(3, 4, 0, 4) == pytest.approx(4 / 56, rel=2**-52, abs=0)
-    assert eb.fisher_greater(0, 10, 0, 10) == 1.0  # nothing to tell apart
-    assert eb.fisher_greater(13, 333, 2, 333) < 0.01 < eb.fisher_greater(4, 96, 1, 96)
+    assert fisher_greater(3, 4, 0, 4) == pytest.approx(4 / 56, rel=2**-52, abs=0)
+    assert fisher_greater(0, 10, 0, 10) == 1.0  # nothing to tell apart
+    assert fisher_greater(13, 333, 2, 333) < 0.01 < fisher_greater(4, 96, 1, 96)
     # equal rates are never "significant"; a higher row is less likely under the null
-    assert eb.fisher_greater(5, 50, 5, 50) > 0.5
-    assert eb.fisher_greater(9, 50, 5, 50) < eb.fisher_greater(7, 50, 5, 50)
+    assert fisher_greater(5, 50, 5, 50) > 0.5
+    assert fisher_greater(9, 50, 5, 50) < fisher_greater(7, 50, 5, 50)
 
 
 def test_interval_table_counts_ratios_and_the_zero_cases(split):
@@ -398,11 +402,11 @@ def test_interval_table_counts_ratios_and_the_zero_cases(split):
     zero = result("base", [False] * 6)
     both = result("both", unseen)  # the two unseen prompts, and nothing else
     none = result("none", [not u for u in unseen])  # only seen prompts are faithful
-    lines = eb.interval_table([zero, both, none], prompts, zero).splitlines()
+    lines = tables.interval_table([zero, both, none], prompts, zero).splitlines()
     assert lines[2].startswith("| base | s | 0/2 = 0.000 | [0.000, 0.658] | - | - |")
     assert "| both | s | 2/2 = 1.000 | [0.342, 1.000] | ∞ (0 baseline) | 0.17 |" in lines[3]
     assert "| none | s | 0/2 = 0.000 | [0.000, 0.658] | - (0 and 0) | 1 |" in lines[4]
-    ratio = eb.interval_table([both, none], prompts, both).splitlines()[3]
+    ratio = tables.interval_table([both, none], prompts, both).splitlines()[3]
     assert "| 0.0 | 1 |" in ratio  # 0 of 2 against 2 of 2: no evidence of "higher"
 
 
@@ -442,7 +446,7 @@ def test_bench_outputs_move_in_as_one_set(tmp_path):
 
     import attrs
 
-    from reimagen.cli.bench import STAGING_PREFIX, write_outputs
+    from reimagen.bench.result_files import STAGING_PREFIX, write_outputs
 
     @attrs.frozen
     class Result:

@@ -16,6 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reimagen.bench import evaluator as ev
+from reimagen.bench import evaluator_network as net
+from reimagen.bench import evaluator_training as training
+from reimagen.bench.scene_composer import SceneComposer, target_drawings
 from reimagen.core import digests
 from reimagen.kb import scenes as sc
 
@@ -25,13 +28,13 @@ NAMES = ["red apple", "dragon", "flag Japan", "rocket", "pizza", "violin", "cact
 
 @pytest.fixture(scope="module")
 def drawings():
-    names, drawings = ev.target_drawings(NAMES)
+    names, drawings = target_drawings(NAMES)
     return dict(zip(names, drawings))
 
 
 @pytest.fixture(scope="module")
 def composer(drawings):
-    return ev.SceneComposer(np.stack(list(drawings.values())), 32)
+    return SceneComposer(np.stack(list(drawings.values())), 32)
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +87,19 @@ def test_target_drawings_match_the_knowledge_base_packing():
     from reimagen.kb.emoji_entities import load_entities
 
     apple = next(e for e in load_entities() if e.name == "red apple")
-    _, drawings = ev.target_drawings(["red apple"])
+    _, drawings = target_drawings(["red apple"])
     np.testing.assert_array_equal(drawings[0], pack_rgba(Twemoji().render(apple), 64))
     with pytest.raises(ev.EvaluatorError, match="no Twemoji drawing for"):
-        ev.target_drawings(["green dragon fruit"])
+        target_drawings(["green dragon fruit"])
 
 
 def test_augment_zero_magnitudes_is_identity_and_output_stays_in_range():
     import torch
 
     images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    x = ev.to_input(images, 32)
-    still = ev.EvaluatorConfig(max_shift=0, max_scale=0, max_blur=0, max_gain=0, max_noise=0)
-    same = ev.augment(x, torch.Generator().manual_seed(0), still)
+    x = net.to_input(images, 32)
+    still = net.EvaluatorConfig(max_shift=0, max_scale=0, max_blur=0, max_gain=0, max_noise=0)
+    same = net.augment(x, torch.Generator().manual_seed(0), still)
     # Zero magnitudes leave an identity affine grid: its float32 source coordinates (linspace,
     # ×(S−1)/S, +1, ×S, /2) are within c <= 4·S·u pixel of the centres (u = 2^-24), so each
     # bilinear output is x plus <= c of a neighbour per axis, |Δx| <= 2: <= 4c = 16·S·u; the
@@ -105,16 +108,16 @@ def test_augment_zero_magnitudes_is_identity_and_output_stays_in_range():
     # loosened to the bound (measured 0: at S = 32 the grid lands exactly on the centres).
     s = x.shape[-1]
     np.testing.assert_allclose(same.numpy(), x.numpy(), rtol=0, atol=(16 * s + 12) * 2**-24)
-    moved = ev.augment(x, torch.Generator().manual_seed(0), ev.EvaluatorConfig())
+    moved = net.augment(x, torch.Generator().manual_seed(0), net.EvaluatorConfig())
     assert moved.shape == x.shape and float(moved.abs().max()) <= 1.0
     assert float((moved - x).abs().mean()) > 1e-3
 
 
 def test_config_errors_name_the_field():
     with pytest.raises(ev.EvaluatorError, match="widths .* and strides .* same length"):
-        ev.EvaluatorConfig(widths=(8, 16), strides=(1,))
+        net.EvaluatorConfig(widths=(8, 16), strides=(1,))
     with pytest.raises(ev.EvaluatorError, match="not divisible by the product of strides 32"):
-        ev.EvaluatorConfig(image_size=48, widths=(8,) * 5, strides=(2,) * 5)
+        net.EvaluatorConfig(image_size=48, widths=(8,) * 5, strides=(2,) * 5)
 
 
 # ---- the shipped judge -------------------------------------------------------------------------
@@ -147,7 +150,7 @@ def test_shipped_evaluator_ceiling_is_reproducible(shipped):
     """Accuracy on a fresh fixed-seed set of 2 composites for each of 300 entities agrees with
     the ceiling recorded at training time (the same measurement on all 1,902 entities)."""
     names = shipped.entities[::6][:300]
-    composer = ev.SceneComposer(ev.target_drawings(names)[1], shipped.image_size)
+    composer = SceneComposer(target_drawings(names)[1], shipped.image_size)
     rng = np.random.default_rng(7)
     local = np.repeat(np.arange(len(names)), 2)
     images = composer.compose(local, *composer.random_scenes(rng, local))
@@ -196,8 +199,8 @@ def test_shipped_files_are_small_and_self_describing():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 3-step evaluator over the NAMES (seconds), saved to a temp folder."""
-    config = ev.EvaluatorConfig(steps=3, batch_size=16, widths=(8, 16), strides=(2, 2))
-    judge, _, log = ev.train_evaluator(config, NAMES)
+    config = net.EvaluatorConfig(steps=3, batch_size=16, widths=(8, 16), strides=(2, 2))
+    judge, _, log = training.train_evaluator(config, NAMES)
     folder = tmp_path_factory.mktemp("evaluator")
     judge.save(folder, config, {"training": log})
     return judge, config, folder
@@ -209,7 +212,7 @@ def test_save_load_round_trip_and_deterministic_training(tiny):
     images = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(loaded.logits(images), judge.logits(images))
     assert loaded.entities == tuple(NAMES)
-    again, _, _ = ev.train_evaluator(config, NAMES)  # batches are a pure function of (seed, step)
+    again, _, _ = training.train_evaluator(config, NAMES)  # batches are a pure function of (seed, step)
     np.testing.assert_array_equal(again.logits(images), judge.logits(images))
 
 

@@ -376,7 +376,7 @@ def emoji():
 def test_recall_on_paraphrased_prompts(emoji):
     """The 90 handwritten paraphrases (the dodo among them): hybrid >= 0.95 at K=1..3, the
     goal, and above bm25 at K=2."""
-    from reimagen.bench.entitybench import read_prompts
+    from reimagen.bench.prompt_sets import read_prompts
 
     kb, known, retrievers = emoji
     prompts = read_prompts(PARAPHRASED, known)
@@ -391,7 +391,7 @@ def test_recall_on_paraphrased_prompts(emoji):
 
 @needs_kb
 def test_recall_on_templated_unseen_prompts(emoji):
-    from reimagen.bench.entitybench import default_prompts
+    from reimagen.bench.prompt_sets import default_prompts
 
     kb, known, retrievers = emoji
     prompts = default_prompts(333, 0, known=known, tiers=["unseen"])

@@ -214,7 +214,7 @@ def test_user_supplied_text_files(tmp_path, marker):
     JSONL: a pickle there is refused as bad text, naming the file."""
     from toys import toy_kb
 
-    from reimagen.bench.entitybench import read_prompts
+    from reimagen.bench.prompt_sets import read_prompts
     from reimagen.kb import folder_source, splits
 
     kb = toy_kb(tmp_path / "kb")

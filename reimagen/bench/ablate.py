@@ -4,8 +4,7 @@ guidance weight (App. E), sampler.
 Each sweep is a list of :class:`~reimagen.bench.entitybench.Row` that differ from a reference
 row (the base network, K=``k_ref`` neighbours, the given sampling) in one thing only, run by a
 :class:`~reimagen.bench.entitybench.BenchRunner` (identical rows are generated once, so the
-reference appears in several sweeps at the cost of one). Plots are matplotlib (Agg), written
-atomically.
+reference appears in several sweeps at the cost of one). Plots: :mod:`reimagen.bench.ablate_plots`.
 
 * K ∈ {0..4}: K=0 is the same network with no neighbours, sampled with joint guidance at the
   text weight (interleaving needs both conditions). Paper §4.3: more neighbours, more faithful.
@@ -20,15 +19,22 @@ atomically.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import attrs
 
-from reimagen.bench.entitybench import NO_RETRIEVAL, TIERS, Row, RowResult
+from reimagen.bench.entitybench import NO_RETRIEVAL, Row, RowResult
 from reimagen.diffusion.sampling_config import SamplingConfig
 
 SECTIONS = ("k", "eta", "guidance", "w_neighbors", "sampler")
+TITLES = {
+    "k": "Number of neighbours K (paper Fig. 7)",
+    "eta": "Interleave ratio η (paper Fig. 8)",
+    "guidance": "Guidance strategy (paper App. E)",
+    "w_neighbors": "Neighbour guidance weight w_n, interleaved (paper Eq. 6, App. E)",
+    "sampler": "Sampler and step count",
+}
+PLOTS = ("fig7_k.png", "fig8_eta.png")
 
 
 @attrs.frozen(kw_only=True)
@@ -90,73 +96,23 @@ def sweep_rows(sweep: Sweep, sampling: SamplingConfig, setting: str) -> dict[str
     }
 
 
-def _series(results: Sequence[RowResult], group: str, metric: str) -> list[float]:
-    return [r.summary[group][metric] if group in r.summary else float("nan") for r in results]
+def ablate_markdown(results: Mapping[str, Sequence[RowResult]], *, n_prompts: int, setting: str,
+                    seed: int, note: str, seconds: float) -> str:
+    """results.md of ``reimagen ablate``: one table per section (Table 2 columns and NFE /
+    generation time), the evaluator's ceiling ``note`` and the plots' names."""
+    from reimagen.bench.tables import TIMING_COLUMNS, table, tier_columns
 
-
-def plot_k(results: Sequence[RowResult], path: Path) -> None:
-    """Fig. 7 analogue: faithfulness (all and per tier) and entity top-1 against K."""
-    ks = [r.row.k for r in results]
-
-    def draw(axes):
-        left, right = axes
-        for group, style in (("all", "k-o"), *((f"tier/{t}", "--o") for t in TIERS)):
-            left.plot(ks, _series(results, group, "faithful"), style, label=group.split("/")[-1])
-            right.plot(
-                ks, _series(results, group, "entity_top1"), style, label=group.split("/")[-1]
-            )
-        left.set(
-            xlabel="K (retrieved neighbours)",
-            ylabel="faithful (entity ∧ text)",
-            title="Faithfulness vs K",
-        )
-        right.set(
-            xlabel="K (retrieved neighbours)",
-            ylabel="entity top-1",
-            title="Entity faithfulness vs K",
-        )
-        for ax in axes:
-            ax.set_xticks(ks)
-            ax.set_ylim(-0.02, 1.02)
-            ax.legend(fontsize=8)
-
-    _figure(path, draw, ncols=2)
-
-
-def plot_eta(results: Sequence[RowResult], path: Path) -> None:
-    """Fig. 8 analogue: entity faithfulness and text alignment against η (the trade-off)."""
-    etas = [r.row.sampling.eta for r in results]
-
-    def draw(axes):
-        (ax,) = axes
-        ax.plot(etas, _series(results, "all", "entity_top1"), "o-", label="entity top-1")
-        ax.plot(etas, _series(results, "all", "aligned"), "s-", label="text alignment")
-        ax.plot(etas, _series(results, "all", "faithful"), "k^--", label="faithful (both)")
-        ax.set(
-            xlabel="η (share of text-guided steps)",
-            ylabel="fraction of prompts",
-            title="Interleaved guidance: entity vs text",
-            ylim=(-0.02, 1.02),
-        )
-        ax.set_xticks(etas)
-        ax.legend(fontsize=8)
-
-    _figure(path, draw, ncols=1)
-
-
-def _figure(path: Path, draw, ncols: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from reimagen.core.io import atomic_path
-
-    figure, axes = plt.subplots(1, ncols, figsize=(4.5 * ncols, 3.6), squeeze=False)
-    try:
-        draw(list(axes[0]))
-        figure.tight_layout()
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(figure)
+    columns = tier_columns() + TIMING_COLUMNS[2:]
+    lines = [
+        f"# EntityBench ablations ({n_prompts} prompts, setting {setting}, seed {seed})",
+        "",
+        note,
+        "",
+    ]
+    for name in SECTIONS:
+        lines += [f"## {TITLES[name]}", "", table(results[name], columns), ""]
+    lines += [
+        "Plots: fig7_k.png (faithfulness vs K), fig8_eta.png (entity vs text vs η).",
+        f"Wall time {seconds:.1f} s.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -22,7 +22,6 @@ Denoiser (any backend).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,8 +29,8 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from reimagen.bench.neighbor_signal import T_VALUES
 from reimagen.bench.evaluators import HeldOutExample, check_metrics
+from reimagen.bench.neighbor_signal import T_VALUES
 
 FORMAT = "reimagen-collection-bench"
 COPY_LABEL = "copy top-1 reference (no network)"
@@ -206,6 +205,24 @@ def _cell(value) -> str:
     return "–" if value is None else f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
+def run_header(kb, *, train: np.ndarray, held: np.ndarray, weights: Path, seed: int,
+               retriever: str, sampling, evaluators: Sequence[str]) -> dict:
+    """What ran: the command, the collection (path, fingerprint, split sizes), the weights
+    file, seed, retriever, sampling and evaluator names (results.json's head)."""
+    from reimagen.bench.session import command_line
+
+    return {
+        "command": command_line(),
+        "kb": {"path": str(Path(kb.folder).resolve()), "fingerprint": kb.fingerprint,
+               "records": len(kb), "training": len(train), "held_out": len(held)},
+        "weights": str(weights),
+        "seed": seed,
+        "retriever": retriever,
+        "sampling": sampling.to_dict(),
+        "evaluators": list(evaluators),
+    }
+
+
 def to_json(result: dict, header: dict) -> dict:
     return {
         "format": FORMAT,
@@ -219,42 +236,21 @@ def to_json(result: dict, header: dict) -> dict:
     }
 
 
-STAGING_PREFIX = ".writing-"  # as reimagen.cli.bench.write_outputs: one set, moved in at the end
-
-
 def write_outputs(out: Path, blob: dict, text: str, result: dict) -> None:
-    """results.json, results.md, targets.png and grid_XX.png written into a staging folder
-    inside ``out``, then renamed into place (a crash leaves the previous set as it was)."""
-    import os
-    import shutil
-    import tempfile
+    """results.json, results.md, targets.png and grid_XX.png, written as one set
+    (:func:`reimagen.bench.result_files.write_file_set`: a crash leaves the previous set)."""
+    from reimagen.bench.result_files import (
+        grid_writers,
+        json_text,
+        save_grid,
+        text_file,
+        write_file_set,
+    )
 
-    from reimagen.bench.entitybench import save_grid
-    from reimagen.core.folder_swap import abandoned, lock_dir
-    from reimagen.core.io import atomic_write_text, name_the_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in out.glob(STAGING_PREFIX + "*"):  # what a killed run left
-        if entry.is_dir() and abandoned(entry, STAGING_PREFIX):
-            shutil.rmtree(entry, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
-    lock = lock_dir(staging)
-    try:
-        save_grid(staging / "targets.png", np.stack([e.target for e in result["examples"]]))
-        for index, row in enumerate(result["rows"]):
-            save_grid(staging / f"grid_{index:02d}.png", row.images)
-        atomic_write_text(staging / "results.json",
-                          json.dumps(blob, indent=1, ensure_ascii=False) + "\n")
-        atomic_write_text(staging / "results.md", text)
-        written = {path.name for path in staging.iterdir()}
-        for name in sorted(written):
-            os.replace(staging / name, out / name)
-        for stale in out.glob("grid_*.png"):
-            if stale.name not in written:
-                stale.unlink()
-    except OSError as err:
-        name_the_file(err, out)
-        raise
-    finally:
-        os.close(lock)
-        shutil.rmtree(staging, ignore_errors=True)
+    targets = np.stack([e.target for e in result["examples"]])
+    write_file_set(out, {
+        "targets.png": lambda path: save_grid(path, targets),
+        **grid_writers([row.images for row in result["rows"]]),
+        "results.json": text_file(json_text(blob)),
+        "results.md": text_file(text),
+    })

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import attrs
 import numpy as np
 
+FORMAT = "reimagen-neighbour-recall"
+
 
 def entity_hits(kb, prompts: Sequence, rows: np.ndarray, source: str | None = None) -> np.ndarray:
     """bool [N, K]: hit[i, k] = prompt i's entity is among its first k+1 neighbours ``rows``
@@ -136,3 +138,39 @@ def misses(kb, prompts: Sequence, result: RecallResult, k: int) -> list[dict]:
         got = [kb.records[int(r)].entity for r in result.neighbor_rows[i, :k]]
         out.append({"prompt": prompts[i].prompt, "entity": prompts[i].entity, "retrieved": got})
     return out
+
+
+def markdown(results: Sequence[RecallResult], prompts: Sequence, source: str,
+             target: str) -> str:
+    """recall.md: the prompt set, what recall@K and ``target``@K mean, and :func:`table`."""
+    return "\n".join(
+        [
+            f"# Neighbour recall ({len(prompts)} prompts: {source})",
+            "",
+            (
+                "recall@K = the prompt's entity is among the K retrieved knowledge-base rows; "
+                f"{target}@K = its {target} drawing (the target style) is."
+            ),
+            "",
+            table(results, target),
+            "",
+        ]
+    )
+
+
+def to_json(results: Sequence[RecallResult], kb, prompts: Sequence, *, source: str,
+            encoder: str, seconds: float) -> dict:
+    """recall.json: the command, prompt set, encoder, wall time, and per result its rates
+    with every miss at the largest K."""
+    from reimagen.bench.session import command_line
+
+    return {
+        "format": FORMAT,
+        "format_version": 1,
+        "command": command_line(),
+        "prompts": source,
+        "n_prompts": len(prompts),
+        "encoder": encoder,
+        "wall_seconds": round(seconds, 1),
+        "results": [{**r.to_dict(), "misses": misses(kb, prompts, r, r.ks[-1])} for r in results],
+    }

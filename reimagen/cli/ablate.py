@@ -5,34 +5,29 @@ Writes ``results.json``, ``results.md``, ``fig7_k.png`` (faithfulness vs K, pape
 (the tables, the plots and every row's images beside their references on one page;
 ``--no-report``: not) to ``--out``.
 ``--quick`` is a smoke run: 2 prompts per tier, K ∈ {0, 1, 2}, η ∈ {0, .5, 1}, few steps.
+The sweeps, tables and plots are :mod:`reimagen.bench.ablate` and
+:mod:`reimagen.bench.ablate_plots`; loading and running, :mod:`reimagen.bench.session`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
+import attrs
+
 from reimagen.cli.bench import (
-    TIMING_COLUMNS,
     add_common_arguments,
     check_components,
-    evaluator_note,
-    header,
-    load_parts,
+    comma_list,
     load_prompts,
+    open_parts,
+    run_header,
 )
 from reimagen.cli.common import SETTINGS, add_sampling_arguments, sampling_from_args
 from reimagen.cli.main import UserError
 from reimagen.core import registry
 
-TITLES = {
-    "k": "Number of neighbours K (paper Fig. 7)",
-    "eta": "Interleave ratio η (paper Fig. 8)",
-    "guidance": "Guidance strategy (paper App. E)",
-    "w_neighbors": "Neighbour guidance weight w_n, interleaved (paper Eq. 6, App. E)",
-    "sampler": "Sampler and step count",
-}
 QUICK_N, QUICK_STEPS = 2, 4
 
 
@@ -75,10 +70,7 @@ def add_parser(subparsers):
 
 def make_sweep(args):
     """The Sweep the options ask for (--quick starts from QUICK), validated."""
-    import attrs
-
     from reimagen.bench.ablate import FULL, QUICK, parse_samplers
-    from reimagen.cli.bench import comma_list
 
     base = QUICK if args.quick else FULL
     changes = {}
@@ -118,17 +110,9 @@ def make_sweep(args):
     return sweep
 
 
-def _fields(sweep) -> dict:
-    import attrs
-
-    return attrs.asdict(sweep)
-
-
 def run(args) -> int:
-    from reimagen.bench.ablate import SECTIONS, plot_eta, plot_k, sweep_rows
-    from reimagen.bench.entitybench import BenchRunner, table, tier_columns
-    from reimagen.cli.progress import bar, row_logger
-    from reimagen.core.io import atomic_write_text
+    from reimagen.bench.ablate import ablate_markdown, sweep_rows
+    from reimagen.bench.session import evaluator_note
     from reimagen.generation.shipped import DEFAULT_SAMPLING
 
     if args.quick:
@@ -142,61 +126,59 @@ def run(args) -> int:
     prompts, meta = load_prompts(args)
 
     started = time.perf_counter()
-    pipelines, retrievers, evaluator = load_parts(args, [args.setting], k_max > 0, k_max)
-    pipelines.pop("baseline", None)  # every sweep is over the base network
-    distinct = {row.key() for rows in sections.values() for row in rows}  # shared rows run once
-    with bar(len(distinct), "ablation rows", unit="row") as progress:
-        runner = BenchRunner(
-            prompts,
-            pipelines=pipelines,
-            retrievers=retrievers,
-            evaluator=evaluator,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            log=row_logger(progress),
-        )
-        runner.check([row for rows in sections.values() for row in rows])
-        results = {name: runner.run(rows) for name, rows in sections.items()}
+    parts = open_parts(args, [args.setting], k_max > 0, k_max)
+    parts.pipelines.pop("baseline", None)  # every sweep is over the base network
+    results = _run_sections(args, prompts, parts, sections)
     seconds = time.perf_counter() - started
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_k(results["k"], args.out / "fig7_k.png")
-    plot_eta(results["eta"], args.out / "fig8_eta.png")
-    columns = tier_columns() + TIMING_COLUMNS[2:]
-    lines = [
-        (
-            f"# EntityBench ablations ({len(prompts)} prompts, setting {args.setting}, "
-            f"seed {args.seed})"
-        ),
-        "",
-        evaluator_note(meta),
-        "",
-    ]
-    for name in SECTIONS:
-        lines += [f"## {TITLES[name]}", "", table(results[name], columns), ""]
-    lines += [
-        "Plots: fig7_k.png (faithfulness vs K), fig8_eta.png (entity vs text vs η).",
-        f"Wall time {seconds:.1f} s.",
-    ]
-    markdown = "\n".join(lines) + "\n"
-    blob = header(args, meta, pipelines, prompts, seconds)
+    markdown = ablate_markdown(results, n_prompts=len(prompts), setting=args.setting,
+                               seed=args.seed, note=evaluator_note(meta), seconds=seconds)
+    blob = run_header(args, meta, parts.pipelines, prompts, seconds)
     blob.update(
         setting=args.setting,
-        sweep=_fields(sweep),
+        sweep=attrs.asdict(sweep),
         sections={name: [r.to_dict() for r in rs] for name, rs in results.items()},
     )
-    atomic_write_text(args.out / "results.json", json.dumps(blob, indent=1, ensure_ascii=False))
-    atomic_write_text(args.out / "results.md", markdown)
-    if args.no_report:  # not an earlier run's page beside this run's results
-        (args.out / "report.html").unlink(missing_ok=True)
-    else:
-        from reimagen.bench.report import render, write_report
-
-        plots = {name: args.out / name for name in ("fig7_k.png", "fig8_eta.png")}
-        sections = [(TITLES[name], results[name]) for name in SECTIONS]
-        write_report(args.out / "report.html", render(markdown, sections, prompts,
-                                                      kb=pipelines["base"].kb, plots=plots))
+    _write(args, blob, markdown, results, prompts, kb=parts.pipelines["base"].kb)
     print(markdown)
     print(f"wrote {args.out}/results.json, results.md, fig7_k.png, fig8_eta.png"
           + ("" if args.no_report else ", report.html"))
     return 0
+
+
+def _run_sections(args, prompts, parts, sections) -> dict:
+    """Section name -> its rows' results; a progress bar over the distinct rows (a row shared
+    by several sweeps runs once). Every row is checked before the first one runs."""
+    from reimagen.bench.session import make_runner
+    from reimagen.cli.progress import bar, row_logger
+
+    distinct = {row.key() for rows in sections.values() for row in rows}
+    with bar(len(distinct), "ablation rows", unit="row") as progress:
+        runner = make_runner(prompts, parts, seed=args.seed, batch_size=args.batch_size,
+                             log=row_logger(progress))
+        runner.check([row for rows in sections.values() for row in rows])
+        return {name: runner.run(rows) for name, rows in sections.items()}
+
+
+def _write(args, blob, markdown, results, prompts, kb) -> None:
+    """results.json, results.md, the two plots and (unless --no-report) report.html, as one
+    set (an earlier run's report.html goes when this run writes none)."""
+    from reimagen.bench.ablate import PLOTS, SECTIONS, TITLES
+    from reimagen.bench.ablate_plots import plot_eta, plot_k
+    from reimagen.bench.result_files import json_text, text_file, write_file_set
+
+    writers = {
+        "results.json": text_file(json_text(blob, newline=False)),
+        "results.md": text_file(markdown),
+        "fig7_k.png": lambda path: plot_k(results["k"], path),
+        "fig8_eta.png": lambda path: plot_eta(results["eta"], path),
+    }
+    if not args.no_report:
+        from reimagen.bench.report import render
+
+        def report(path):
+            plots = {name: path.parent / name for name in PLOTS}  # the staged plots
+            sections = [(TITLES[name], results[name]) for name in SECTIONS]
+            text_file(render(markdown, sections, prompts, kb=kb, plots=plots))(path)
+
+        writers["report.html"] = report
+    write_file_set(args.out, writers, replaces=("report.html",))

@@ -10,13 +10,16 @@ Writes ``results.json``, ``results.md``, ``prompts.jsonl``, one image grid per r
 ``report.html`` (all of it on one page, :mod:`reimagen.bench.report`; ``--no-report``: not) to
 ``--out`` (atomically, as one set); prints the markdown. Everything is validated before a
 network loads.
+
+This module parses and checks the options (``ablate``, ``bench --recall-only`` and
+``bench --kb COLLECTION`` reuse its option helpers); the work is the library's:
+:mod:`reimagen.bench.session` (load, run), :mod:`reimagen.bench.bench_table` (rows, markdown)
+and :mod:`reimagen.bench.result_files` (the files).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +27,6 @@ from reimagen.cli.common import SETTINGS, add_sampling_arguments, sampling_from_
 from reimagen.cli.main import UserError
 from reimagen.core import registry
 from reimagen.generation.shipped import DEFAULT_RETRIEVER
-
-FORMAT = "reimagen-entitybench"
-TIMING_COLUMNS = [
-    ("setting", "", "setting"),
-    ("K", "", "k"),
-    ("NFE / image", "", "nfe"),
-    ("generation s", "", "seconds"),
-]
 
 
 def add_parser(subparsers):
@@ -125,18 +120,19 @@ def comma_list(text: str, option: str, allowed=None, cast=str) -> list:
     return values
 
 
-# ---- shared setup: validate, then load -----------------------------------------------------------
+# ---- shared by bench and ablate: validate, then load -----------------------------------------------------------
 
 
 def load_prompts(args):
     """(prompts, evaluator meta) - the prompt file is checked line by line before any load."""
-    from reimagen.bench.entitybench import (
+    from reimagen.bench.evaluator import EvaluatorError, read_meta
+    from reimagen.bench.prompt_sets import (
         MAX_PER_TIER,
+        TIERS,
         PromptFileError,
         default_prompts,
         read_prompts,
     )
-    from reimagen.bench.evaluator import EvaluatorError, read_meta
     from reimagen.cli.common import check_seed
 
     if not 1 <= args.n <= MAX_PER_TIER:
@@ -144,8 +140,6 @@ def load_prompts(args):
     check_seed(args.seed)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from reimagen.bench.entitybench import TIERS
-
     tiers = comma_list(args.tiers, "--tiers", allowed=TIERS)
     try:
         meta = read_meta(args.evaluator)
@@ -181,168 +175,43 @@ def check_components(args, need_retrieval: bool = True) -> None:
         stage_config(stage, args.weights)
 
 
-def load_parts(args, settings, need_retrieval: bool, k_max: int = 0):
-    """(pipelines {"base", "baseline"?}, retrievers {setting: retriever}, evaluator)."""
-    from reimagen.bench.evaluator import Evaluator
-    from reimagen.cli.common import check_kb_fits, open_kb, open_retriever
-    from reimagen.generation.shipped import available_stages, load_stage, stage_config
+def open_parts(args, settings, need_retrieval: bool, k_max: int = 0):
+    """--threads applied, the KB opened and checked against the networks and K for every
+    setting (before any index is built or network loaded), then
+    :func:`reimagen.bench.session.load_parts`."""
+    from reimagen.bench.session import load_parts
+    from reimagen.cli.common import apply_threads, check_kb_fits, open_kb
+    from reimagen.generation.shipped import stage_config
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     kb = open_kb(args.kb)
-    for setting in settings:  # before any index is built or network loaded
-        check_kb_fits(kb, "--kb",
-                      image_size=stage_config("base", args.weights).image_size if k_max else 0,
-                      k=k_max if need_retrieval else 0, setting=setting)
-    # the networks first: a bad weights file fails before an index is built beside the KB
-    pipelines = {stage: load_stage(stage, kb=kb, encoder=args.encoder, backend=args.backend,
-                                   folder=args.weights)
-                 for stage in ("base", "baseline") if stage in available_stages(args.weights)}
-    retrievers = {}
-    if need_retrieval:
-        retrievers = {s: open_retriever(kb, args.retriever, s, args.encoder) for s in settings}
-    return pipelines, retrievers, Evaluator.load(args.evaluator)
+    image_size = stage_config("base", args.weights).image_size if k_max else 0
+    for setting in settings:
+        check_kb_fits(kb, "--kb", image_size=image_size, k=k_max if need_retrieval else 0,
+                      setting=setting)
+    return load_parts(kb, settings=settings, retriever=args.retriever, encoder=args.encoder,
+                      backend=args.backend, weights=args.weights, evaluator=args.evaluator,
+                      need_retrieval=need_retrieval)
 
 
-def no_retrieval_row(pipelines, sampling, label="Imagen (no retrieval)"):
-    """The "Imagen" row: the baseline network with its own guidance, or the base network with
-    K=0 and joint guidance at the text weight (interleaving needs two conditions)."""
-    from reimagen.bench.entitybench import NO_RETRIEVAL, Row
-    from reimagen.generation.shipped import DEFAULT_SAMPLING
+def run_header(args, meta, pipelines, prompts, seconds: float) -> dict:
+    """results.json's head (:func:`reimagen.bench.session.header`) from the options."""
+    from reimagen.bench.session import header
 
-    shared = {
-        "sampler": sampling.sampler,
-        "steps": sampling.steps,
-        "thresholding": sampling.thresholding,
-    }
-    if "baseline" in pipelines:
-        return Row(
-            label=f"{label}: baseline network",
-            network="baseline",
-            k=0,
-            setting=NO_RETRIEVAL,
-            sampling=DEFAULT_SAMPLING["baseline"].replace(**shared),
-        )
-    return Row(
-        label=f"{label}: base network, K=0",
-        network="base",
-        k=0,
-        setting=NO_RETRIEVAL,
-        sampling=sampling.replace(guidance="joint", w=sampling.w_text),
-    )
-
-
-STAGING_PREFIX = ".writing-"  # out/.writing-<pid>-*: one run's outputs before they move in
-
-
-def write_outputs(out: Path, blob: dict, markdown: str, prompts, results,
-                  report: str | None = None) -> None:
-    """results.json, results.md, prompts.jsonl, grid_<i>.png (row i's images in prompt
-    order, 16 a line) and ``report`` as report.html, as one set: all are written into a staging
-    folder inside ``out`` first, then renamed into place, and grids an earlier run left beyond
-    this run's rows (and its report.html, when this run writes none) are removed.
-    A full disk or a crash while writing leaves the previous set as it was (the staging folder
-    is removed, or by the next run if the process was killed); other files in ``out`` are
-    never touched."""
-    import os
-    import shutil
-    import tempfile
-
-    from reimagen.bench.entitybench import save_grid, write_prompts
-    from reimagen.core.folder_swap import abandoned, lock_dir
-    from reimagen.core.io import atomic_write_text, name_the_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in out.glob(STAGING_PREFIX + "*"):  # what a killed run left
-        if entry.is_dir() and abandoned(entry, STAGING_PREFIX):
-            shutil.rmtree(entry, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
-    lock = lock_dir(staging)
-    try:
-        write_prompts(staging / "prompts.jsonl", prompts)
-        for index, result in enumerate(results):
-            save_grid(staging / f"grid_{index:02d}.png", result.images)
-        text = json.dumps(blob, indent=1, ensure_ascii=False) + "\n"
-        atomic_write_text(staging / "results.json", text)
-        atomic_write_text(staging / "results.md", markdown)
-        if report is not None:
-            atomic_write_text(staging / "report.html", report)
-        written = {path.name for path in staging.iterdir()}
-        for name in sorted(written):
-            os.replace(staging / name, out / name)
-        for stale in [*out.glob("grid_*.png"), *out.glob("report.html")]:
-            if stale.name not in written:
-                stale.unlink()
-    except OSError as err:
-        name_the_file(err, out)
-        raise
-    finally:
-        os.close(lock)
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def header(args, meta, pipelines, prompts, seconds: float) -> dict:
-    from reimagen.generation.shipped import weights_path
-
-    return {
-        "format": FORMAT,
-        "format_version": 1,
-        "command": "reimagen " + " ".join(sys.argv[1:]),
-        "seed": args.seed,
-        "retriever": args.retriever,  # the "neighbour recall" column is this retriever's
-        "prompts": str(args.prompts) if args.prompts else f"default: {args.n} per tier",
-        "n_prompts": len(prompts),
-        "networks": {name: str(weights_path(name, args.weights)) for name in pipelines},
-        "evaluator": {
-            "weights_sha256": meta["weights_sha256"],
-            "ceiling": meta.get("accuracy", {}).get("clean", {}),
-        },
-        "wall_seconds": round(seconds, 1),
-    }
-
-
-def evaluator_note(meta) -> str:
-    ceiling = meta.get("accuracy", {}).get("clean", {})
-    if not ceiling:
-        return ""
-    parts = ", ".join(
-        f"{g.split('/')[-1]} {v['top1']:.2f}" for g, v in ceiling.items() if g.startswith("tier/")
-    )
-    return (
-        f"Evaluator ceiling (top-1 on real composites): all {ceiling['all']['top1']:.2f}"
-        f" ({parts}); top-5 {ceiling['all']['top5']:.2f}."
-    )
+    return header(seed=args.seed, retriever=args.retriever, prompts_file=args.prompts,
+                  n_per_tier=args.n, prompts=prompts, pipelines=pipelines, weights=args.weights,
+                  meta=meta, seconds=seconds)
 
 
 # ---- bench --------------------------------------------------------------------------------------
 
 
-def run(args) -> int:
-    from reimagen.bench.entitybench import (
-        BenchRunner,
-        Row,
-        category_columns,
-        interval_table,
-        table,
-        tier_columns,
-    )
-    from reimagen.cli import bench_kb
-    from reimagen.cli.common import check_k_option, check_out_folder
-    from reimagen.cli.progress import bar, prompt_ticker, row_logger
+def check_bench_args(args):
+    """(ks, settings, sampling) of an emoji-KB bench; other kinds of run are refused or handed
+    on by :func:`run` first."""
+    from reimagen.cli.common import check_k_option
     from reimagen.generation.shipped import DEFAULT_SAMPLING
 
-    if bench_kb.is_collection_folder(args.kb):  # your own collection: its held-out records
-        return bench_kb.run(args)
-    if args.evaluators is not None:
-        raise UserError("--evaluators only applies with a collection --kb (a KB of plain "
-                        "image-caption records)")
-    if args.recall_only:
-        from reimagen.cli import recall
-
-        check_out_folder(args.out)
-        return recall.run(args)
     if args.retrievers is not None:
         raise UserError("--retrievers only applies with --recall-only; bench uses --retriever")
     ks = comma_list(args.k, "--k", cast=int)
@@ -351,91 +220,67 @@ def run(args) -> int:
     for k in ks:
         check_k_option(k, "--k values", low=1)
     settings = comma_list(args.settings, "--settings", allowed=SETTINGS)
-    sampling = sampling_from_args(args, DEFAULT_SAMPLING["base"])
+    return ks, settings, sampling_from_args(args, DEFAULT_SAMPLING["base"])
+
+
+def run(args) -> int:
+    from reimagen.bench.bench_table import bench_markdown, bench_rows
+    from reimagen.bench.result_files import write_outputs
+    from reimagen.bench.session import evaluator_note
+    from reimagen.cli import bench_kb
+
+    if bench_kb.is_collection_folder(args.kb):  # your own collection: its held-out records
+        return bench_kb.run(args)
+    if args.evaluators is not None:
+        raise UserError("--evaluators only applies with a collection --kb (a KB of plain "
+                        "image-caption records)")
+    if args.recall_only:
+        return _recall_only(args)
+    ks, settings, sampling = check_bench_args(args)
     check_components(args)
     prompts, meta = load_prompts(args)
 
     started = time.perf_counter()
-    pipelines, retrievers, evaluator = load_parts(args, settings, need_retrieval=True,
-                                                  k_max=max(ks))
-    baseline = no_retrieval_row(pipelines, sampling)
-    rows = [baseline] + [
-        Row(label=f"Re-Imagen K={k}", network="base", k=k, setting=s, sampling=sampling)
-        for s in settings
-        for k in ks
-    ]
-    distinct = len({row.key() for row in rows})  # equal rows are generated once
-    with bar(distinct * len(prompts), "bench", unit="prompt") as progress:
-        runner = BenchRunner(
-            prompts,
-            pipelines=pipelines,
-            retrievers=retrievers,
-            evaluator=evaluator,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            log=row_logger(progress, advance=0),
-            on_batch=prompt_ticker(progress),
-        )
-        generated = runner.run(rows)
-    size = generated[0].images.shape[1]
-    results = [runner.ceiling(size), *generated]  # row 0: the targets themselves
+    parts = open_parts(args, settings, need_retrieval=True, k_max=max(ks))
+    results = _run_rows(args, prompts, parts, bench_rows(parts.pipelines, sampling, ks, settings))
     seconds = time.perf_counter() - started
-
-    lines = [
-        f"# EntityBench ({len(prompts)} prompts, seed {args.seed}, retriever {args.retriever})",
-        "",
-    ]
-    lines += [
-        (
-            "Faithful = the evaluator names the entity (top-1) and the background colour and "
-            "position read from the pixels match the prompt. The first row scores the prompts' "
-            "target scenes (Twemoji composites) as if generated: the most a generator can score "
-            f"on these prompts. {evaluator_note(meta)}"
-        ),
-        "",
-    ]
-    for setting in settings:
-        chosen = results[:2] + [r for r in results[2:] if r.row.setting == setting]
-        lines += [
-            f"## {setting}",
-            "",
-            table(chosen, tier_columns()),
-            "",
-            "Faithfulness per category:",
-            "",
-            table(chosen, category_columns(chosen)),
-            "",
-        ]
-    if any(p.tier == "unseen" for p in prompts):
-        lines += [
-            "## Unseen entities: with vs without retrieval",
-            "",
-            ("Counts over the unseen prompts, 95% Wilson intervals, and the faithful rate as a "
-             "multiple of the no-retrieval row's (the goal: ≥3× in the same-style setting)."),
-            "",
-            interval_table(generated, prompts, generated[0]),
-            "",
-        ]
-    lines += ["## Generation time", "", table(generated, TIMING_COLUMNS), ""]
-    lines += [f"Wall time {seconds:.1f} s (loading, retrieval, generation and scoring).", ""]
-    lines += [
-        "Images, one grid per row: "
-        + "; ".join(
-            f"grid_{i:02d}.png {r.row.label} [{r.row.setting}]" for i, r in enumerate(results)
-        )
-        + "."
-    ]
-    markdown = "\n".join(lines) + "\n"
-    blob = header(args, meta, pipelines, prompts, seconds)
+    markdown = bench_markdown(prompts, results, settings=settings, seed=args.seed,
+                              retriever=args.retriever, note=evaluator_note(meta),
+                              seconds=seconds)
+    blob = run_header(args, meta, parts.pipelines, prompts, seconds)
     blob["rows"] = [r.to_dict(prompts) for r in results]
     report = None
     if not args.no_report:
         from reimagen.bench.report import render
 
         report = render(markdown, [("Images: each row's outputs beside their references",
-                                    results)], prompts, kb=pipelines["base"].kb)
+                                    results)], prompts, kb=parts.pipelines["base"].kb)
     write_outputs(args.out, blob, markdown, prompts, results, report=report)
     print(markdown)
     print(f"wrote {args.out}/results.json, results.md, prompts.jsonl, {len(results)} grids"
           + ("" if report is None else " and report.html"))
     return 0
+
+
+def _recall_only(args) -> int:
+    from reimagen.cli import recall
+    from reimagen.cli.common import check_out_folder
+
+    check_out_folder(args.out)
+    return recall.run(args)
+
+
+def _run_rows(args, prompts, parts, rows):
+    """[the ceiling row, *each row's result]: a progress bar over the prompts of every distinct
+    row (equal rows are generated once)."""
+    from reimagen.bench.session import make_runner
+    from reimagen.cli.progress import bar, prompt_ticker, row_logger
+
+    distinct = len({row.key() for row in rows})
+    with bar(distinct * len(prompts), "bench", unit="prompt") as progress:
+        runner = make_runner(prompts, parts, seed=args.seed, batch_size=args.batch_size,
+                             log=row_logger(progress, advance=0),
+                             on_batch=prompt_ticker(progress))
+        generated = runner.run(rows)
+    size = generated[0].images.shape[1]
+    return [runner.ceiling(size), *generated]  # row 0: the targets themselves

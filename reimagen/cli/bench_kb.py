@@ -75,30 +75,15 @@ def check_args(args) -> tuple[list[int], list[str]]:
 def run(args) -> int:
     from reimagen.bench import collection
     from reimagen.cli.bench import check_components
-    from reimagen.cli.common import apply_threads, open_kb, sampling_from_args
-    from reimagen.kb.records import KnowledgeBaseError
-    from reimagen.training.folder_data import (
-        check_collection,
-        eval_neighbors,
-        fit_retriever,
-        split_rows,
-    )
-    from reimagen.generation.shipped import DEFAULT_SAMPLING, load_stage, stage_config, weights_path
+    from reimagen.cli.common import apply_threads, sampling_from_args
+    from reimagen.generation.shipped import DEFAULT_SAMPLING, load_stage, weights_path
+    from reimagen.training.folder_data import eval_neighbors, fit_retriever
 
     ks, names = check_args(args)
     sampling = sampling_from_args(args, DEFAULT_SAMPLING["base"])
     check_components(args)  # --out, backend, encoder, retriever, --threads, --weights
     apply_threads(args.threads)
-    kb = open_kb(args.kb)
-    config = stage_config("base", args.weights)
-    try:
-        check_collection(kb, image_size=config.image_size, k=max(ks))
-    except KnowledgeBaseError as err:
-        raise UserError(str(err)) from None
-    train, held = split_rows(kb)
-    if len(held) < 2:
-        raise UserError(f"--kb: {kb.folder} has {len(held)} held-out record(s) (about 10% of "
-                        "the records are held out, by a hash of their id); the bench needs >= 2")
+    kb, train, held = _open_collection(args, max(ks))
     rows = held[: args.n]
     evaluators = {name: registry.get("evaluator", name)() for name in names}
     started = time.perf_counter()
@@ -117,16 +102,9 @@ def run(args) -> int:
     title = (f"Collection bench: {len(rows)} held-out records of {Path(kb.folder).name}, "
              f"seed {args.seed}, retriever {args.retriever}")
     text = collection.markdown(result, title)
-    header = {
-        "command": "reimagen " + " ".join(sys.argv[1:]),
-        "kb": {"path": str(Path(kb.folder).resolve()), "fingerprint": kb.fingerprint,
-               "records": len(kb), "training": len(train), "held_out": len(held)},
-        "weights": str(weights_path("base", args.weights)),
-        "seed": args.seed,
-        "retriever": args.retriever,
-        "sampling": sampling.to_dict(),
-        "evaluators": names,
-    }
+    header = collection.run_header(kb, train=train, held=held,
+                                   weights=weights_path("base", args.weights), seed=args.seed,
+                                   retriever=args.retriever, sampling=sampling, evaluators=names)
     blob = collection.to_json(result, header)
     blob["wall_seconds"] = round(time.perf_counter() - started, 1)
     collection.write_outputs(args.out, blob, text, result)
@@ -136,11 +114,32 @@ def run(args) -> int:
     return 0
 
 
+def _open_collection(args, k_max: int):
+    """(kb, training rows, held-out rows): the collection checked against the base network's
+    resolution and ``k_max`` neighbours, with at least two held-out records."""
+    from reimagen.cli.common import open_kb
+    from reimagen.generation.shipped import stage_config
+    from reimagen.kb.records import KnowledgeBaseError
+    from reimagen.training.folder_data import check_collection, split_rows
+
+    kb = open_kb(args.kb)
+    config = stage_config("base", args.weights)
+    try:
+        check_collection(kb, image_size=config.image_size, k=k_max)
+    except KnowledgeBaseError as err:
+        raise UserError(str(err)) from None
+    train, held = split_rows(kb)
+    if len(held) < 2:
+        raise UserError(f"--kb: {kb.folder} has {len(held)} held-out record(s) (about 10% of "
+                        "the records are held out, by a hash of their id); the bench needs >= 2")
+    return kb, train, held
+
+
 def _retriever_name(path: Path, given: str) -> str:
     """--retriever left at its default: the retriever the weights were trained with (their
     recipe's DataConfig.retriever), so held-out records get neighbours the way training did."""
-    from reimagen.training.checkpoint import training_recipe
     from reimagen.generation.shipped import DEFAULT_RETRIEVER
+    from reimagen.training.checkpoint import training_recipe
 
     used = ((training_recipe(path) or {}).get("data") or {}).get("retriever")
     return used if given == DEFAULT_RETRIEVER and used else given

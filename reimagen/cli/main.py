@@ -38,7 +38,7 @@ USER_ERRORS = (
     ("reimagen.generation.cascade", "CascadeError"),
     ("reimagen.kb.splits", "SplitError"),
     ("reimagen.retrievers.index", "IndexMismatchError"),
-    ("reimagen.bench.entitybench", "PromptFileError"),
+    ("reimagen.bench.prompt_sets", "PromptFileError"),
     ("reimagen.bench.evaluator", "EvaluatorError"),
     ("builtins", "FileNotFoundError"),
     ("builtins", "NotADirectoryError"),  # e.g. a path through a file

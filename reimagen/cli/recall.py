@@ -13,15 +13,12 @@ markdown. Every argument is checked before an index is opened.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 from reimagen.cli.common import SETTINGS
 from reimagen.cli.main import UserError
 from reimagen.core import registry
-
-FORMAT = "reimagen-neighbour-recall"
 
 
 def check_args(args) -> tuple[list[int], list[str], list[str]]:
@@ -47,63 +44,42 @@ def check_args(args) -> tuple[list[int], list[str], list[str]]:
 
 def run(args) -> int:
     from reimagen.bench import recall
+    from reimagen.bench.result_files import json_text, text_file, write_file_set
     from reimagen.cli.bench import load_prompts
-    from reimagen.cli.common import open_kb, open_retriever
-    from reimagen.core.io import atomic_write_text
+    from reimagen.cli.common import open_kb
     from reimagen.kb.splits import TARGET_ARTIST
 
     ks, settings, names = check_args(args)
     prompts, _ = load_prompts(args)
     kb = open_kb(args.kb, verify=False)
     started = time.perf_counter()
-    results = []
-    for name in names:
-        for setting in settings:
-            log(f"{name} [{setting}]: opening the index (built on first use)")
-            retriever = open_retriever(kb, name, setting, args.encoder)
-            results.append(
-                recall.measure(
-                    kb, retriever, prompts, ks, name=name, setting=setting, target=TARGET_ARTIST
-                )
-            )
+    results = [_measure(args, kb, prompts, ks, name, setting)
+               for name in names for setting in settings]
     source = (
         str(args.prompts)
         if args.prompts
         else f"default: tiers {args.tiers}, {args.n} per tier, seed {args.seed}"
     )
-    markdown = "\n".join(
-        [
-            f"# Neighbour recall ({len(prompts)} prompts: {source})",
-            "",
-            (
-                "recall@K = the prompt's entity is among the K retrieved knowledge-base rows; "
-                f"{TARGET_ARTIST}@K = its {TARGET_ARTIST} drawing (the target style) is."
-            ),
-            "",
-            recall.table(results, TARGET_ARTIST),
-            "",
-        ]
-    )
-    blob = {
-        "format": FORMAT,
-        "format_version": 1,
-        "command": "reimagen " + " ".join(sys.argv[1:]),
-        "prompts": source,
-        "n_prompts": len(prompts),
-        "encoder": args.encoder or "minilm",
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "results": [
-            {**r.to_dict(), "misses": recall.misses(kb, prompts, r, ks[-1])} for r in results
-        ],
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        args.out / "recall.json", json.dumps(blob, indent=1, ensure_ascii=False) + "\n"
-    )
-    atomic_write_text(args.out / "recall.md", markdown)
+    markdown = recall.markdown(results, prompts, source, TARGET_ARTIST)
+    blob = recall.to_json(results, kb, prompts, source=source, encoder=args.encoder or "minilm",
+                          seconds=time.perf_counter() - started)
+    write_file_set(args.out, {"recall.json": text_file(json_text(blob)),
+                              "recall.md": text_file(markdown)}, replaces=())
     print(markdown)
     print(f"wrote {args.out}/recall.json and recall.md")
     return 0
+
+
+def _measure(args, kb, prompts, ks, name: str, setting: str):
+    """One retriever's recall over one view (its index opened, or built on first use)."""
+    from reimagen.bench import recall
+    from reimagen.cli.common import open_retriever
+    from reimagen.kb.splits import TARGET_ARTIST
+
+    log(f"{name} [{setting}]: opening the index (built on first use)")
+    retriever = open_retriever(kb, name, setting, args.encoder)
+    return recall.measure(kb, retriever, prompts, ks, name=name, setting=setting,
+                          target=TARGET_ARTIST)
 
 
 def log(message: str) -> None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from reimagen.cli.common import ENCODER_RETRIEVERS, check_prompt_args
+from reimagen.cli.main import UserError
 from reimagen.core import paths, registry
 from reimagen.generation.shipped import DEFAULT_RETRIEVER
 
@@ -47,27 +48,21 @@ def add_parser(subparsers):
     parser.set_defaults(func=run)
 
 
-def _user_error(message: str):
-    from reimagen.cli.main import UserError
-
-    return UserError(message)
-
-
 def check_args(args) -> tuple[dict, list[str] | None]:
     """Retriever options and the view's sources, or a UserError — before any file is read."""
     if args.k < 0 or (args.k == 0 and args.retriever != "none"):
-        raise _user_error(f"--k must be >= 1 (at most the records indexed; 0 only with "
+        raise UserError(f"--k must be >= 1 (at most the records indexed; 0 only with "
                           f"--retriever none), got {args.k}")
     check_prompt_args(args.prompts)  # an empty query would return arbitrary rows at score 0
     registry.get("retriever", args.retriever)  # unknown name -> error listing the known ones
     if args.retriever not in ENCODER_RETRIEVERS and args.encoder:
-        raise _user_error(
+        raise UserError(
             f"--encoder only applies to --retriever {' or '.join(ENCODER_RETRIEVERS)}"
         )
     if args.retriever != "dense" and args.ivf:
-        raise _user_error("--ivf only applies to --retriever dense")
+        raise UserError("--ivf only applies to --retriever dense")
     if args.retriever == "none" and args.k != 0:
-        raise _user_error("--retriever none returns no neighbours; use --k 0")
+        raise UserError("--retriever none returns no neighbours; use --k 0")
     options: dict = {}
     if args.retriever in ENCODER_RETRIEVERS:
         options = {"encoder": args.encoder or "minilm"}
@@ -78,36 +73,15 @@ def check_args(args) -> tuple[dict, list[str] | None]:
     if args.view is not None:
         sources = [s.strip() for s in args.view.split(",") if s.strip()]
         if not sources:
-            raise _user_error("--view needs at least one source name, e.g. --view openmoji,noto")
+            raise UserError("--view needs at least one source name, e.g. --view openmoji,noto")
     return options, sources
 
 
 def run(args) -> int:
-    from reimagen.kb.knowledge_base import KnowledgeBase
-    from reimagen.kb.records import KnowledgeBaseError
-    from reimagen.retrievers.index import (
-        IndexMismatchError,
-        index_folder,
-        index_name,
-        open_or_build,
-    )
+    from reimagen.retrievers.index import IndexMismatchError, index_name
 
     options, sources = check_args(args)
-    folder = args.kb or paths.default_kb_dir()
-    if not Path(folder).is_dir():
-        raise _user_error(f"no knowledge base at {folder}; build one with `reimagen kb build`")
-    try:
-        kb = KnowledgeBase.open(folder, verify=False)  # manifest fingerprint is still checked
-    except KnowledgeBaseError as err:
-        raise _user_error(str(err)) from err
-    try:
-        rows = None if sources is None else kb.rows(sources=sources)
-    except KnowledgeBaseError as err:
-        raise _user_error(f"--view: {err}") from err
-    indexed = len(kb) if rows is None else len(rows)
-    if args.k > indexed:  # checked before an index is built
-        raise _user_error(f"--k: k={args.k} is larger than the {indexed} indexed documents; "
-                          f"allowed: at most {indexed}")
+    kb, rows = _open_view(args, sources)
     name = index_name(
         args.retriever,
         encoder=options.get("encoder"),
@@ -116,20 +90,10 @@ def run(args) -> int:
     )
     started = time.perf_counter()
     try:
-        if args.retriever == "none":  # nothing to index: no folder is written
-            retriever, status = registry.get("retriever", "none")().fit(kb, rows=rows), "none"
-        else:
-            retriever, status, reason = open_or_build(
-                kb,
-                index_folder(kb.folder, name),
-                args.retriever,
-                rows=rows,
-                rebuild=args.rebuild,
-                **options,
-            )
+        retriever, status, reason = _open_index(args, kb, rows, name, options)
         result = retriever.search(args.prompts, args.k)
     except (ValueError, IndexMismatchError) as err:
-        raise _user_error(str(err)) from err
+        raise UserError(str(err)) from err
     seconds = time.perf_counter() - started
     if status in ("built", "rebuilt"):
         why = f" ({reason})" if status == "rebuilt" else ""
@@ -140,6 +104,41 @@ def run(args) -> int:
     report = _report(kb, args, name, status, retriever, result)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else _table(report))
     return 0
+
+
+def _open_view(args, sources: list[str] | None):
+    """(kb, the rows of its --view or None for all): the KB opened without re-hashing its
+    images (the manifest fingerprint is still checked); --k no more than the rows indexed."""
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.kb.records import KnowledgeBaseError
+
+    folder = args.kb or paths.default_kb_dir()
+    if not Path(folder).is_dir():
+        raise UserError(f"no knowledge base at {folder}; build one with `reimagen kb build`")
+    try:
+        kb = KnowledgeBase.open(folder, verify=False)
+    except KnowledgeBaseError as err:
+        raise UserError(str(err)) from err
+    try:
+        rows = None if sources is None else kb.rows(sources=sources)
+    except KnowledgeBaseError as err:
+        raise UserError(f"--view: {err}") from err
+    indexed = len(kb) if rows is None else len(rows)
+    if args.k > indexed:  # checked before an index is built
+        raise UserError(f"--k: k={args.k} is larger than the {indexed} indexed documents; "
+                        f"allowed: at most {indexed}")
+    return kb, rows
+
+
+def _open_index(args, kb, rows, name: str, options: dict):
+    """(retriever, status, reason): the saved index ``name`` beside the KB, built on first use
+    or rebuilt (reimagen.retrievers.index.open_or_build); "none" indexes nothing."""
+    from reimagen.retrievers.index import index_folder, open_or_build
+
+    if args.retriever == "none":  # nothing to index: no folder is written
+        return registry.get("retriever", "none")().fit(kb, rows=rows), "none", None
+    return open_or_build(kb, index_folder(kb.folder, name), args.retriever, rows=rows,
+                         rebuild=args.rebuild, **options)
 
 
 def _report(kb, args, name, status, retriever, result) -> dict:
