@@ -377,7 +377,7 @@ CASES = [
     (["train", "--stage", "nope"], "argument --stage: invalid choice: 'nope'"),
     (
         ["train", "--preset", "nope", "--run-dir", "{t}/run"],
-        "unknown denoiser 'nope'; known denoiser names: cpu-base, cpu-base-pos, paper-64,",
+        "unknown preset 'nope'; known preset names: cpu-base, cpu-base-pos, paper-64,",
     ),
     (
         ["train", "--steps", "0", "--run-dir", "{t}/run"],
