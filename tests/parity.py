@@ -58,7 +58,7 @@ ZERO_GRAD_TOL = 1e-5
 
 def analytically_zero_grads(torch_module: torch.nn.Module) -> set[str]:
     """Keys of parameters whose gradient is zero in exact arithmetic (see ZERO_GRAD_TOL)."""
-    from reimagen.backends.torch.layers import NeighborAttention, SelfAttention
+    from reimagen.backends.torch.attention import NeighborAttention, SelfAttention
 
     return {
         f"{name}.to_k.bias" if name else "to_k.bias"

@@ -29,10 +29,10 @@ from reimagen.backends.torch.trainer import Trainer as TorchTrainer
 from reimagen.core import registry
 from reimagen.core.interfaces import SamplerNoise, TextEncoding
 from reimagen.core.io import UnsafeFileError
-from reimagen.diffusion.samplers import ddim
-from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS
 from reimagen.diffusion.guidance import InterleavedGuidance
+from reimagen.diffusion.samplers import ddim
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 
 TINY = PRESETS["tiny"]
 L = 5
@@ -251,7 +251,7 @@ def test_resume_across_backends(tmp_path):
     saved = ckpt.read_checkpoint(ckpt.latest_checkpoint(run))
     _assert_same(convert.state_dict(jax_trainer.model), saved.model)
     _assert_same(convert.state_dict(jax_trainer.ema), saved.ema)
-    from reimagen.backends.jax.trainer import optimizer_to_numpy
+    from reimagen.backends.jax.checkpoint import optimizer_to_numpy
 
     _assert_same(optimizer_to_numpy(jax_trainer.opt_state), saved.optimizer)
     result = jax_trainer.run()

@@ -35,25 +35,27 @@ from parity import (
     shared_weights,
 )
 
+from reimagen.backends.jax import attention as ja
 from reimagen.backends.jax import convert
 from reimagen.backends.jax import layers as jl
 from reimagen.backends.jax import unet as ju
+from reimagen.backends.jax.checkpoint import optimizer_to_numpy as jax_optimizer_state
 from reimagen.backends.jax.denoiser import JaxDenoiser
 from reimagen.backends.jax.trainer import Trainer as JaxTrainer
-from reimagen.backends.jax.trainer import optimizer_to_numpy as jax_optimizer_state
+from reimagen.backends.torch import attention as ta
 from reimagen.backends.torch import layers as tl
 from reimagen.backends.torch import unet as tu
 from reimagen.backends.torch.checkpoint import optimizer_to_numpy as torch_optimizer_state
 from reimagen.backends.torch.denoiser import TorchDenoiser
 from reimagen.backends.torch.trainer import Trainer as TorchTrainer
 from reimagen.core.interfaces import SamplerNoise, TextEncoding
+from reimagen.core.unet_config import PRESETS
+from reimagen.diffusion.guidance import STRATEGIES
 from reimagen.diffusion.samplers import SAMPLERS
 from reimagen.diffusion.schedule import CosineSchedule
 from reimagen.diffusion.thresholding import Thresholding
-from reimagen.training.loop import training_levels
 from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
-from reimagen.core.unet_config import PRESETS
-from reimagen.diffusion.guidance import STRATEGIES
+from reimagen.training.loop import training_levels
 
 TINY = PRESETS["tiny"]
 # Layer norm, neighbour attention at two resolutions (one inside the UStack), an SR stage.
@@ -189,8 +191,8 @@ def _layer_case(name: str, rng):
         )
     if name == "self-attention":
         return (
-            tl.SelfAttention(32, c),
-            skeleton(jl.SelfAttention, 32, c),
+            ta.SelfAttention(32, c),
+            skeleton(ja.SelfAttention, 32, c),
             lambda m: lambda x: nhwc(m(nchw(x))),
             lambda j, x: j(x),
             {"x": x},
@@ -200,8 +202,8 @@ def _layer_case(name: str, rng):
         text["mask"][1] = False  # a dropped text: attends to the null token only
         inputs = {"x": x, "tokens": text["tokens"], "mask": text["mask"]}
         return (
-            tl.CrossAttention(32, c),
-            skeleton(jl.CrossAttention, 32, c),
+            ta.CrossAttention(32, c),
+            skeleton(ja.CrossAttention, 32, c),
             lambda m: lambda x, tokens, mask: nhwc(m(nchw(x), tokens, mask)),
             lambda j, x, tokens, mask: j(x, tokens, mask),
             inputs,
@@ -224,8 +226,8 @@ def _layer_case(name: str, rng):
             return j(x, j.project(features), use_neighbors)
 
         return (
-            tl.NeighborAttention(32, cfg, 8),
-            skeleton(jl.NeighborAttention, 32, cfg, 8),
+            ta.NeighborAttention(32, cfg, 8),
+            skeleton(ja.NeighborAttention, 32, cfg, 8),
             torch_fn,
             jax_fn,
             inputs,
@@ -388,7 +390,7 @@ def test_dstack(seed):
         return nhwc(h), [nhwc(s) for s in skips], {r: nhwc(f) for r, f in levels.items()}
 
     def jax_fn(model, x, t, tokens, mask, pooled, use_text):
-        cond = model.conditioning(t, ju.TextInputs(tokens, mask, pooled), use_text, None)
+        cond = model._conditioning(t, ju.TextInputs(tokens, mask, pooled), use_text, None)
         return model.dstack(x, cond)
 
     errors = check_parity(
@@ -439,7 +441,7 @@ def test_ustack(seed):
         return nhwc(torch_model.ustack(nchw(h), skip_list, cond, cache, use_neighbors))
 
     def jax_fn(model, h, t, tokens, mask, pooled, use_text, use_neighbors, **arrays):
-        cond = model.conditioning(t, ju.TextInputs(tokens, mask, pooled), use_text, None)
+        cond = model._conditioning(t, ju.TextInputs(tokens, mask, pooled), use_text, None)
         cache = ju.NeighborCache(k, {r: (arrays[f"k{r}"], arrays[f"v{r}"]) for r in (16, 8)})
         skip_list = [arrays[f"skip{i}"] for i in range(len(skip_shapes))]
         return model.ustack(h, skip_list, cond, cache, use_neighbors)

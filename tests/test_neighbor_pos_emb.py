@@ -17,7 +17,7 @@ import torch
 from test_torch_trainer import TINY, SyntheticSource, config
 
 from reimagen.backends.torch import checkpoint as ckpt
-from reimagen.backends.torch.layers import NeighborAttention
+from reimagen.backends.torch.attention import NeighborAttention
 from reimagen.backends.torch.trainer import Trainer
 from reimagen.backends.torch.unet import NeighborInputs, TextInputs, build_unet
 from reimagen.core.config import ConfigError

@@ -1,4 +1,4 @@
-"""bf16 training attends in float32 on the CPU (layers.attend): the CPU SDPA kernel's bf16
+"""bf16 training attends in float32 on the CPU (attention.attend): the CPU SDPA kernel's bf16
 backward ran 4-10x slower than its fp32 one (docs/results/profile.md). Autocast casts the inputs
 of scaled_dot_product_attention to bf16 again unless it is switched off around the call, so the
 test looks at the dtype the kernel itself receives, below autocast."""

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch import distributed as dist
-from reimagen.backends.torch.trainer import Trainer, rank_step_seed, shard_batch, step_seed
+from reimagen.backends.torch.distributed import rank_step_seed, shard_batch
+from reimagen.backends.torch.trainer import Trainer, step_seed
 from reimagen.cli.main import main as cli_main
 
 HERE = Path(__file__).resolve().parent

@@ -12,13 +12,14 @@ that disagrees raises :class:`KeyMismatchError` naming the keys. Transposes are 
 torch -> JAX -> torch returns bit-identical arrays. The functions work on any module of the
 tree (a single ResBlock as well as the whole U-Net), which is what the per-module parity tests
 use. Nothing here imports torch except :func:`from_torch` / :func:`to_torch`, lazily.
+
+JAX only: a torch module's ``state_dict`` already is the canonical layout, so the torch backend
+needs no converter. Weights files and optimizer state are ``checkpoint.py`` (both backends).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -28,7 +29,6 @@ from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from reimagen.backends.jax.layers import Conv2d
 from reimagen.backends.jax.unet import ReImagenUNet
-from reimagen.training import checkpoint as _checkpoint
 from reimagen.core.unet_config import UNetConfig
 
 OIHW_TO_HWIO = (2, 3, 1, 0)  # torch conv kernel [out, in, kh, kw] -> [kh, kw, in, out]
@@ -116,40 +116,6 @@ def skeleton(config: UNetConfig) -> ReImagenUNet:
 def unet_from_state_dict(config: UNetConfig, state: Mapping[str, np.ndarray]) -> ReImagenUNet:
     """A JAX U-Net for ``config`` holding the torch-layout weights ``state``."""
     return load_state_dict(skeleton(config), state)
-
-
-# ---- safetensors files (the same files the torch backend writes) -------------------------------
-
-FORMAT, CONFIG_KEY = _checkpoint.FORMAT, _checkpoint.CONFIG_KEY  # the file format both share
-
-
-def save_model(
-    model: ReImagenUNet, path: str | Path, dtype: str = "float32", metadata: dict | None = None
-) -> Path:
-    """One self-describing safetensors file, the same as the torch backend's ``save_model``:
-    canonical keys and layouts, the UNetConfig (plus ``metadata``) in the metadata.
-    ``dtype="float16"`` halves the file (shipped weights); loading casts back to float32."""
-    from reimagen.core.io import atomic_save_safetensors
-
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
-    path = Path(path)
-    tensors = {k: v.astype(dtype) for k, v in state_dict(model).items()}
-    atomic_save_safetensors(path, tensors, _checkpoint.weights_metadata(model.config.to_json(), metadata))
-    return path
-
-
-def load_weights_file(source: str | Path) -> ReImagenUNet:
-    """A safetensors weights file (from either backend, float32 or float16) -> a float32 JAX
-    U-Net; refuses non-safetensors files (never unpickles) and files without the UNetConfig
-    metadata."""
-    from reimagen.training.checkpoint import read_weights
-
-    tensors, metadata = read_weights(source)  # checked against its sha256
-    if CONFIG_KEY not in metadata:
-        raise KeyMismatchError(f"{source} has no {CONFIG_KEY!r} metadata; not a reimagen U-Net")
-    config = UNetConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
-    return unet_from_state_dict(config, tensors)
 
 
 # ---- live torch modules ------------------------------------------------------------------------

@@ -19,8 +19,7 @@ Layout and conventions (the torch twin runs NCHW channels_last, physically the s
 The layers are written here rather than taken from ``eqx.nn`` because ``eqx.nn.Conv2d`` and
 ``eqx.nn.GroupNorm`` act on one channels-first sample (CHW) and are vmapped; the U-Net runs on
 batched NHWC arrays, which is one ``lax.conv_general_dilated`` call and two reductions.
-Attention is ``jax.nn.dot_product_attention`` (the library's fused op), in its [N, L, heads, hd]
-layout, which is a free reshape of [N, L, C].
+The three attentions are in ``attention.py``.
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from reimagen.diffusion.time_features import TWO_PI, turn_rates
 from reimagen.core.unet_config import UNetConfig
+from reimagen.diffusion.time_features import TWO_PI, turn_rates
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -45,37 +44,6 @@ def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
     turns = t.astype(jnp.float32)[:, None] * rates[None, :]  # [N, half]
     angles = TWO_PI * (turns - jnp.floor(turns))  # [N, half], in [0, 2π)
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)  # [N, dim]
-
-
-def to_tokens(x: jax.Array) -> jax.Array:
-    """[N, H, W, C] -> [N, H·W, C]."""
-    n, h, w, c = x.shape
-    return x.reshape(n, h * w, c)
-
-
-def from_tokens(tokens: jax.Array, height: int, width: int) -> jax.Array:
-    """[N, H·W, C] -> [N, H, W, C]."""
-    n, _, c = tokens.shape
-    return tokens.reshape(n, height, width, c)
-
-
-def split_heads(x: jax.Array, heads: int) -> jax.Array:
-    """[N, L, heads·hd] -> [N, L, heads, hd] (the layout of ``jax.nn.dot_product_attention``)."""
-    n, length, width = x.shape
-    return x.reshape(n, length, heads, width // heads)
-
-
-def merge_heads(x: jax.Array) -> jax.Array:
-    """[N, L, heads, hd] -> [N, L, heads·hd]."""
-    n, length, heads, hd = x.shape
-    return x.reshape(n, length, heads * hd)
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None):
-    """Multi-head softmax(q·kᵀ/√hd)·v. q [N, Lq, h, hd], k/v [N, Lk, h, hd], key_mask [N, Lk]
-    bool (True = attend). Returns [N, Lq, h, hd]."""
-    mask = None if key_mask is None else key_mask[:, None, None, :]  # [N, 1, 1, Lk]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5)
 
 
 def _uniform(rng: np.random.Generator | None, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -90,7 +58,7 @@ def _uniform(rng: np.random.Generator | None, shape: tuple[int, ...], fan_in: in
     return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32))
 
 
-def _normal(rng: np.random.Generator | None, shape: tuple[int, ...], std: float) -> jax.Array:
+def normal_init(rng: np.random.Generator | None, shape: tuple[int, ...], std: float) -> jax.Array:
     if rng is None:
         return jnp.zeros(shape, jnp.float32)
     return jnp.asarray((rng.standard_normal(shape) * std).astype(np.float32))
@@ -283,126 +251,3 @@ class Upsample(eqx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
-
-
-class SelfAttention(eqx.Module):
-    """Residual multi-head self-attention over the H·W positions of a feature map."""
-
-    norm: Norm
-    to_q: Linear
-    to_k: Linear
-    to_v: Linear
-    to_out: Linear
-    heads: int = eqx.field(static=True)
-
-    def __init__(self, width: int, config: UNetConfig, *, rng: np.random.Generator | None):
-        self.heads = width // config.head_dim
-        self.norm = Norm(width, config)
-        self.to_q, self.to_k, self.to_v, self.to_out = (
-            Linear(width, width, rng=rng) for _ in range(4)
-        )
-
-    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C]
-        tokens = to_tokens(self.norm(x))  # [N, H·W, C]
-        q, k, v = (split_heads(f(tokens), self.heads) for f in (self.to_q, self.to_k, self.to_v))
-        out = self.to_out(merge_heads(attend(q, k, v)))  # [N, H·W, C]
-        return x + from_tokens(out, x.shape[1], x.shape[2])
-
-
-class CrossAttention(eqx.Module):
-    """Residual multi-head attention from image positions to the text token states (Imagen).
-
-    A learned null key/value (``null_k``, ``null_v`` [C]) is always attendable, so a row whose
-    text is dropped (all tokens masked) attends to the null token only.
-    """
-
-    norm: Norm
-    to_q: Linear
-    to_k: Linear
-    to_v: Linear
-    null_k: jax.Array
-    null_v: jax.Array
-    to_out: Linear
-    heads: int = eqx.field(static=True)
-
-    def __init__(self, width: int, config: UNetConfig, *, rng: np.random.Generator | None):
-        self.heads = width // config.head_dim
-        self.norm = Norm(width, config)
-        self.to_q = Linear(width, width, rng=rng)
-        self.to_k = Linear(config.text_dim, width, rng=rng)
-        self.to_v = Linear(config.text_dim, width, rng=rng)
-        self.null_k = _normal(rng, (width,), 0.02)
-        self.null_v = _normal(rng, (width,), 0.02)
-        self.to_out = Linear(width, width, rng=rng)
-
-    def __call__(self, x: jax.Array, text: jax.Array, key_mask: jax.Array) -> jax.Array:
-        """x [N, H, W, C]; text [N, L, D]; key_mask [N, L] bool (False = padding or dropped)."""
-        n = x.shape[0]
-        q = split_heads(self.to_q(to_tokens(self.norm(x))), self.heads)  # [N, H·W, h, hd]
-        null_k = jnp.broadcast_to(self.null_k.astype(text.dtype), (n, 1, self.null_k.shape[0]))
-        null_v = jnp.broadcast_to(self.null_v.astype(text.dtype), (n, 1, self.null_v.shape[0]))
-        k = split_heads(jnp.concatenate([null_k, self.to_k(text)], axis=1), self.heads)
-        v = split_heads(jnp.concatenate([null_v, self.to_v(text)], axis=1), self.heads)
-        mask = jnp.concatenate([jnp.ones((n, 1), bool), key_mask], axis=1)  # [N, 1+L]
-        out = self.to_out(merge_heads(attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)))
-        return x + from_tokens(out, x.shape[1], x.shape[2])
-
-
-class NeighborAttention(eqx.Module):
-    """Paper Fig. 3: f' = f + Attn(f(x_t, c_p, t), f(c_n, 0)), gated per row.
-
-    Queries come from the noisy image's feature map [N, F, F, C]; keys/values from all K·F·F
-    positions of the K neighbours' DStack features [N, K·F·F, C]. ``project`` turns neighbour
-    features into keys/values once per sample (they do not depend on t). The branch is zeroed
-    for rows with ``use_neighbors`` False, so those rows compute exactly the K=0 network.
-    """
-
-    norm: Norm
-    norm_ctx: LayerNorm
-    to_q: Linear
-    to_k: Linear
-    to_v: Linear
-    to_out: Linear
-    pos_q: jax.Array | None  # UNetConfig.neighbor_pos_emb: [F·F, C], zero at the start
-    pos_k: jax.Array | None
-    heads: int = eqx.field(static=True)
-
-    def __init__(
-        self,
-        width: int,
-        config: UNetConfig,
-        resolution: int | None = None,
-        *,
-        rng: np.random.Generator | None,
-    ):
-        self.heads = width // config.head_dim
-        self.norm = Norm(width, config)
-        self.norm_ctx = LayerNorm(width, config.norm_eps)  # per neighbour position
-        self.to_q, self.to_k, self.to_v, self.to_out = (
-            Linear(width, width, rng=rng) for _ in range(4)
-        )
-        self.pos_q = self.pos_k = None
-        if config.neighbor_pos_emb:
-            self.pos_q = jnp.zeros((resolution * resolution, width), jnp.float32)
-            self.pos_k = jnp.zeros((resolution * resolution, width), jnp.float32)
-
-    def project(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Neighbour features [N, K·F·F, C] -> (k, v), each [N, K·F·F, h, hd]."""
-        ctx = self.norm_ctx(features)
-        k = self.to_k(ctx)  # [N, K·F·F, C]
-        if self.pos_k is not None:  # K references, each F·F positions in row-major order
-            k = k + jnp.tile(self.pos_k, (features.shape[1] // self.pos_k.shape[0], 1)).astype(
-                k.dtype
-            )
-        return split_heads(k, self.heads), split_heads(self.to_v(ctx), self.heads)
-
-    def __call__(self, x: jax.Array, kv: tuple[jax.Array, jax.Array], use_neighbors: jax.Array):
-        """x [N, F, F, C]; kv from ``project``; use_neighbors [N] bool."""
-        k, v = kv
-        q = self.to_q(to_tokens(self.norm(x)))  # [N, F·F, C]
-        if self.pos_q is not None:
-            q = q + self.pos_q.astype(q.dtype)
-        q = split_heads(q, self.heads)  # [N, F·F, h, hd]
-        out = self.to_out(merge_heads(attend(q, k.astype(q.dtype), v.astype(q.dtype))))
-        branch = from_tokens(out, x.shape[1], x.shape[2])  # [N, F, F, C]
-        return x + jnp.where(use_neighbors[:, None, None, None], branch, 0.0).astype(x.dtype)

@@ -11,9 +11,11 @@ weights and batch gives the same loss and weights on both backends (tests/test_j
 The schedule functions (``learning_rate``, ``ema_decay``), the host-side input maths, the run
 loop and the checkpoint layout/commit protocol are the backend-neutral ones in
 :mod:`reimagen.training.loop` and :mod:`reimagen.training.checkpoint`, shared with the torch
-trainer: one copy cannot drift. Checkpoints use the same folder layout and files (model/ema/optimizer safetensors in canonical torch keys, state.json, ``latest``), so a
-run started on one backend resumes on the other. Dropout (off in every preset) draws its mask
-from ``jax.random`` and is the one thing the backends cannot share.
+trainer: one copy cannot drift. Checkpoints use the same folder layout and files
+(model/ema/optimizer safetensors in canonical torch keys, state.json, ``latest``; this backend's
+side is ``checkpoint.py``), so a run started on one backend resumes on the other. Dropout (off
+in every preset) draws its mask from ``jax.random`` and is the one thing the backends cannot
+share.
 
 Data parallelism (``Trainer(..., data_parallel=True)`` or ``mesh=``): the batch is split over a
 1-D ``"batch"`` device mesh and the state replicated (:mod:`reimagen.backends.jax.sharding`);
@@ -35,13 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reimagen.backends.jax import convert
+from reimagen.backends.jax import checkpoint as ckpt
 from reimagen.backends.jax import sharding as shd
 from reimagen.backends.jax.denoiser import cast_floats
 from reimagen.backends.jax.unet import NeighborInputs, ReImagenUNet, TextInputs, build_unet
-from reimagen.training import checkpoint as ckpt
 from reimagen.core.config import ConfigError
+from reimagen.core.unet_config import UNetConfig
 from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.contract import Batch, BatchSource, TrainConfig
 from reimagen.training.loop import (  # noqa: F401  (re-exported for this module's callers)
     ADAM_BETAS,
     ADAM_EPS,
@@ -54,8 +57,6 @@ from reimagen.training.loop import (  # noqa: F401  (re-exported for this module
     step_seed,
     training_levels,
 )
-from reimagen.training.contract import Batch, BatchSource, TrainConfig
-from reimagen.core.unet_config import UNetConfig
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), at most 1
 
@@ -174,42 +175,6 @@ def train_step(
     return model, ema, opt_state, loss, grad_norm
 
 
-# ---- optimizer state <-> the torch checkpoint layout ------------------------------------------
-
-
-def optimizer_to_numpy(opt_state) -> dict[str, np.ndarray]:
-    """AdamW state -> {"<param key>.exp_avg" | ".exp_avg_sq" | ".step"}, torch's layout."""
-    adam = opt_state.inner_state[0]
-    step = np.asarray(float(adam.count), np.float32)
-    out = {}
-    for slot, tree in (("exp_avg", adam.mu), ("exp_avg_sq", adam.nu)):
-        for key, value in convert.state_dict(tree).items():
-            out[f"{key}.{slot}"] = value
-    for key in convert.state_dict(adam.mu):
-        out[f"{key}.step"] = step
-    return out
-
-
-def optimizer_from_numpy(opt_state, tensors: dict[str, np.ndarray], source: Path):
-    """Rebuild the AdamW state from a checkpoint written by either backend."""
-    adam = opt_state.inner_state[0]
-    slots = {}
-    for slot in ("exp_avg", "exp_avg_sq"):
-        suffix = f".{slot}"
-        state = {k[: -len(suffix)]: v for k, v in tensors.items() if k.endswith(suffix)}
-        try:
-            slots[slot] = convert.load_state_dict(adam.mu, state)
-        except convert.KeyMismatchError as err:
-            raise ckpt.CheckpointError(f"{source}: optimizer {slot}: {err}") from None
-    # one count per parameter; the files hold it as shape (1,) (io saves 0-d arrays as 1-d)
-    steps = {float(np.asarray(v).reshape(-1)[0]) for k, v in tensors.items() if k.endswith(".step")}
-    if len(steps) != 1:
-        raise ckpt.CheckpointError(f"{source}: optimizer step counts disagree: {sorted(steps)}")
-    count = jnp.asarray(int(steps.pop()), jnp.int32)
-    adam = adam._replace(count=count, mu=slots["exp_avg"], nu=slots["exp_avg_sq"])
-    return opt_state._replace(count=count, inner_state=(adam, *opt_state.inner_state[1:]))
-
-
 # ---- the trainer -------------------------------------------------------------------------------
 
 
@@ -308,12 +273,11 @@ class Trainer(TrainLoop):
         }
 
     def _load_state(self, saved: ckpt.Checkpoint) -> None:
-        try:
-            self.model = convert.load_state_dict(self.model, saved.model)
-            self.ema = convert.load_state_dict(self.ema, saved.ema)
-        except convert.KeyMismatchError as err:
-            raise ckpt.CheckpointError(f"{saved.folder}: {err}") from None
-        self.opt_state = optimizer_from_numpy(self.opt_state, saved.optimizer, saved.folder)
+        folder = saved.folder
+        self.model = ckpt.load_weights(self.model, saved.model, folder / ckpt.MODEL_FILE)
+        self.ema = ckpt.load_weights(self.ema, saved.ema, folder / ckpt.EMA_FILE)
+        optimizer_file = folder / ckpt.OPTIM_FILE
+        self.opt_state = ckpt.load_optimizer(self.opt_state, saved.optimizer, optimizer_file)
         if self.mesh is not None:
             self._replicate_state()
 
@@ -366,8 +330,8 @@ class Trainer(TrainLoop):
     # ---- the loop ------------------------------------------------------------------------
 
     def _host_arrays(self) -> tuple[dict, dict, dict]:
-        weights, ema = convert.state_dict(self.model), convert.state_dict(self.ema)
-        return weights, ema, optimizer_to_numpy(self.opt_state)
+        weights, ema = ckpt.weights_to_numpy(self.model), ckpt.weights_to_numpy(self.ema)
+        return weights, ema, ckpt.optimizer_to_numpy(self.opt_state)
 
 
 # The module-level entry point: train(model_config, train_config, batch_source, run_dir,

@@ -26,18 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reimagen.backends.jax.layers import (
-    Conv2d,
-    CrossAttention,
-    Downsample,
-    Linear,
-    NeighborAttention,
-    Norm,
-    ResBlock,
-    SelfAttention,
-    TimeMLP,
-    Upsample,
+from reimagen.backends.jax.attention import CrossAttention, NeighborAttention, SelfAttention
+from reimagen.backends.jax.blocks import (
+    DownLevel,
+    MidBlock,
+    UpLevel,
+    down_stack,
+    split_keys,
+    up_stack,
 )
+from reimagen.backends.jax.layers import Conv2d, Linear, Norm, ResBlock, TimeMLP
 from reimagen.core.unet_config import UNetConfig
 
 
@@ -82,71 +80,12 @@ class NeighborCache(eqx.Module):
         return NeighborCache(self.k, kv)
 
 
-class Block(eqx.Module):
-    """One U-Net block: a ResBlock, then self-attention and cross-attention where configured."""
-
-    res: ResBlock
-    self_attn: SelfAttention | None
-    cross_attn: CrossAttention | None
-
-    def __init__(self, in_channels: int, out_channels: int, resolution: int, config, *, rng):
-        self.res = ResBlock(in_channels, out_channels, config, rng=rng)
-        self.self_attn = (
-            SelfAttention(out_channels, config, rng=rng)
-            if resolution in config.self_attn_resolutions
-            else None
-        )
-        self.cross_attn = (
-            CrossAttention(out_channels, config, rng=rng)
-            if resolution in config.cross_attn_resolutions
-            else None
-        )
-
-    def __call__(self, x, emb, text, key_mask, *, key=None):
-        x = self.res(x, emb, key=key)
-        if self.self_attn is not None:
-            x = self.self_attn(x)
-        if self.cross_attn is not None:
-            x = self.cross_attn(x, text, key_mask)
-        return x
-
-
-class DownLevel(eqx.Module):
-    blocks: tuple[Block, ...]
-    downsample: Downsample | None
-
-
-class UpLevel(eqx.Module):
-    blocks: tuple[Block, ...]
-    upsample: Upsample | None
-
-
-class MidBlock(eqx.Module):
-    """res1 → (self-attn, cross-attn where configured at F) → res2, at the bottleneck."""
-
-    block: Block
-    res2: ResBlock
-
-    def __init__(self, channels: int, config: UNetConfig, *, rng: np.random.Generator | None):
-        self.block = Block(channels, channels, config.feature_size, config, rng=rng)
-        self.res2 = ResBlock(channels, channels, config, rng=rng)
-
-    def __call__(self, x, emb, text, key_mask, *, key=None):
-        k1, k2 = _split(key, 2)
-        return self.res2(self.block(x, emb, text, key_mask, key=k1), emb, key=k2)
-
-
-class Conditioning(NamedTuple):
+class _Conditioning(NamedTuple):
     """Per-row conditioning of one DStack/UStack pass (N rows)."""
 
     emb: jax.Array  # [N, time_dim]
     text: jax.Array  # [N, L, D]
     key_mask: jax.Array  # [N, L] bool
-
-
-def _split(key, n: int):
-    """n dropout keys, or n Nones when there is no key (inference)."""
-    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 class ReImagenUNet(eqx.Module):
@@ -182,37 +121,11 @@ class ReImagenUNet(eqx.Module):
             c.in_channels + c.cond_image_channels, widths[0], 3, padding=1, rng=rng
         )
 
-        # DStack: the ADM layout of the torch twin (skip after the stem, each block, each
-        # downsample); the UStack consumes the skips in reverse with one extra block per level.
-        skip_channels = [widths[0]]
-        ch = widths[0]
-        down = []
-        for level, (res, width) in enumerate(zip(c.resolutions, widths)):
-            blocks = []
-            for _ in range(c.num_res_blocks):
-                blocks.append(Block(ch, width, res, c, rng=rng))
-                ch = width
-                skip_channels.append(ch)
-            downsample = None
-            if level < len(widths) - 1:
-                downsample = Downsample(ch, rng=rng)
-                skip_channels.append(ch)
-            down.append(DownLevel(tuple(blocks), downsample))
+        # DStack, middle block, UStack (ADM layout; the UStack consumes the skips in reverse)
+        down, skip_channels, ch = down_stack(c, rng=rng)
         self.down = tuple(down)
-
         self.mid = MidBlock(ch, c, rng=rng)
-
-        up: list[UpLevel | None] = [None] * len(widths)
-        for level in reversed(range(len(widths))):
-            res, width = c.resolutions[level], widths[level]
-            blocks = []
-            for _ in range(c.num_res_blocks + 1):
-                blocks.append(Block(ch + skip_channels.pop(), width, res, c, rng=rng))
-                ch = width
-            upsample = Upsample(ch, rng=rng) if level > 0 else None
-            up[level] = UpLevel(tuple(blocks), upsample)
-        self.up = tuple(up)
-
+        self.up = tuple(up_stack(c, ch, skip_channels, rng=rng))
         self.neighbor_attn = {
             str(r): NeighborAttention(widths[c.resolutions.index(r)], c, r, rng=rng)
             for r in c.neighbor_attn_resolutions
@@ -222,7 +135,7 @@ class ReImagenUNet(eqx.Module):
 
     # ---- conditioning ------------------------------------------------------------------------
 
-    def conditioning(self, t, text: TextInputs, use_text, aug_level) -> Conditioning:
+    def _conditioning(self, t, text: TextInputs, use_text, aug_level) -> _Conditioning:
         """emb = MLP(sin(t)) + use_text·W·pooled (+ MLP(sin(aug)) for SR); text mask gated."""
         dtype = self.text_pool.weight.dtype
         emb = self.time_mlp(t)  # [N, time_dim]
@@ -231,13 +144,13 @@ class ReImagenUNet(eqx.Module):
         if self.aug_mlp is not None:
             emb = emb + self.aug_mlp(aug_level)
         key_mask = text.mask & use_text[:, None]  # [N, L]
-        return Conditioning(emb, text.tokens.astype(dtype), key_mask)
+        return _Conditioning(emb, text.tokens.astype(dtype), key_mask)
 
     # ---- the two stacks ----------------------------------------------------------------------
 
-    def dstack(self, x, cond: Conditioning, *, key=None):
+    def dstack(self, x, cond: _Conditioning, *, key=None):
         """x [N, H, W, Cin] -> (f [N, F, F, C], skips, {r: level output [N, r, r, C_r]})."""
-        keys = iter(_split(key, sum(len(level.blocks) for level in self.down)))
+        keys = iter(split_keys(key, sum(len(level.blocks) for level in self.down)))
         h = self.conv_in(x)
         skips = [h]
         levels = {}
@@ -251,9 +164,9 @@ class ReImagenUNet(eqx.Module):
                 skips.append(h)
         return h, skips, levels
 
-    def ustack(self, h, skips, cond: Conditioning, neighbors, use_neighbors, *, key=None):
+    def ustack(self, h, skips, cond: _Conditioning, neighbors, use_neighbors, *, key=None):
         """Decoder from f' [N, F, F, C] and the DStack skips to the output features."""
-        keys = iter(_split(key, sum(len(level.blocks) for level in self.up)))
+        keys = iter(split_keys(key, sum(len(level.blocks) for level in self.up)))
         skips = list(skips)
         for level in reversed(range(len(self.up))):
             up = self.up[level]
@@ -262,12 +175,12 @@ class ReImagenUNet(eqx.Module):
                 h = block(h, cond.emb, cond.text, cond.key_mask, key=next(keys))
             res = self.config.resolutions[level]
             if level < len(self.up) - 1:  # the bottleneck's attention sits before `mid`
-                h = self.neighbor_attend(h, res, neighbors, use_neighbors)
+                h = self._neighbor_attend(h, res, neighbors, use_neighbors)
             if up.upsample is not None:
                 h = up.upsample(h)
         return h
 
-    def neighbor_attend(self, h, res: int, neighbors: NeighborCache | None, use_neighbors):
+    def _neighbor_attend(self, h, res: int, neighbors: NeighborCache | None, use_neighbors):
         key = str(res)
         if key not in self.neighbor_attn or neighbors is None or neighbors.k == 0:
             return h  # no neighbours at all (or no row uses them): the K=0 network
@@ -311,7 +224,7 @@ class ReImagenUNet(eqx.Module):
         if k == 0:
             return NeighborCache(0, {})
         x, t, text, use_text, aug = self._neighbor_rows(images, TextInputs(tokens, mask, pooled))
-        _, _, levels = self.dstack(x, self.conditioning(t, text, use_text, aug))
+        _, _, levels = self.dstack(x, self._conditioning(t, text, use_text, aug))
         return self._project_neighbors(levels, b, k)
 
     # ---- forward -----------------------------------------------------------------------------
@@ -344,29 +257,37 @@ class ReImagenUNet(eqx.Module):
         x_in = self._stem_input(x, lowres)  # [B, H, W, Cin]
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
         aug = self._aug_input(aug_level, b)
-        kd, ku, km = _split(key, 3)
+        kd, ku, km = split_keys(key, 3)
         if neighbors is not None and neighbors.images.shape[1] > 0:
-            k = neighbors.images.shape[1]
-            nx, nt, ntext, nuse, naug = self._neighbor_rows(neighbors.images, neighbors.text)
-            cond = self.conditioning(
-                jnp.concatenate([t, nt]),
-                TextInputs(*(jnp.concatenate([a, n]) for a, n in zip(text, ntext))),
-                jnp.concatenate([use_text, nuse]),
-                None if aug is None else jnp.concatenate([aug, naug]),
+            h, skips, cond, cache = self._joint_dstack(
+                x_in, t, text, use_text, aug, neighbors, key=kd
             )
-            h, skips, levels = self.dstack(
-                jnp.concatenate([x_in, nx.astype(x_in.dtype)]), cond, key=kd
-            )
-            cache = self._project_neighbors({r: f[b:] for r, f in levels.items()}, b, k)
-            h, skips = h[:b], [s[:b] for s in skips]
-            cond = Conditioning(cond.emb[:b], cond.text[:b], cond.key_mask[:b])
         else:
-            cond = self.conditioning(t, text, use_text, aug)
+            cond = self._conditioning(t, text, use_text, aug)
             h, skips, _ = self.dstack(x_in, cond, key=kd)
-        h = self.neighbor_attend(h, self.config.feature_size, cache, use_neighbors)
+        h = self._neighbor_attend(h, self.config.feature_size, cache, use_neighbors)
         h = self.mid(h, cond.emb, cond.text, cond.key_mask, key=km)
         h = self.ustack(h, skips, cond, cache, use_neighbors, key=ku)
         return self.conv_out(jax.nn.silu(self.norm_out(h)))  # [B, H, W, C]
+
+    def _joint_dstack(self, x_in, t, text: TextInputs, use_text, aug, neighbors, *, key=None):
+        """ONE DStack pass over the B noisy rows and their B·K neighbour rows (t=0, own text),
+        as in torch. Returns the noisy rows' (f, skips, conditioning) and the neighbours'
+        keys/values (a NeighborCache)."""
+        b, k = x_in.shape[0], neighbors.images.shape[1]
+        nx, nt, ntext, nuse, naug = self._neighbor_rows(neighbors.images, neighbors.text)
+        cond = self._conditioning(
+            jnp.concatenate([t, nt]),
+            TextInputs(*(jnp.concatenate([a, n]) for a, n in zip(text, ntext))),
+            jnp.concatenate([use_text, nuse]),
+            None if aug is None else jnp.concatenate([aug, naug]),
+        )
+        h, skips, levels = self.dstack(
+            jnp.concatenate([x_in, nx.astype(x_in.dtype)]), cond, key=key
+        )
+        cache = self._project_neighbors({r: f[b:] for r, f in levels.items()}, b, k)
+        cond = _Conditioning(cond.emb[:b], cond.text[:b], cond.key_mask[:b])
+        return h[:b], [s[:b] for s in skips], cond, cache
 
     def _stem_input(self, x, lowres):
         if self.config.is_super_resolution:

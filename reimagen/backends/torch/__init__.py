@@ -1,14 +1,20 @@
 """PyTorch backend (DESIGN §4, §9): the Re-Imagen U-Net, its denoiser, trainer and checkpoints.
 
-Modules (the JAX backend mirrors them file for file):
-  layers.py      norms, ResBlock, self/cross/neighbour attention
-  unet.py        ReImagenUNet (DStack, neighbour attention, UStack), NeighborCache
-  denoiser.py    TorchDenoiser: one batched call per step over V condition variants
-  trainer.py     ε-MSE training with AdamW, EMA, clipping, bf16, bit-identical resume
-  checkpoint.py  safetensors + JSON checkpoints, atomic commit, pickle-free loading
-  compiled.py    compile_unet: torch.compile of the forward, an option (no twin: JAX jits)
+Modules (the JAX backend has a twin of the same name for each, except where marked; the
+table in ``reimagen/backends/__init__.py`` says why):
+  layers.py          norms, TimeMLP, ResBlock, Downsample/Upsample
+  attention.py       self-, cross- and neighbour attention
+  blocks.py          Block, DStack/UStack levels, MidBlock, down_stack/up_stack
+  unet.py            ReImagenUNet (DStack, neighbour attention, UStack), NeighborCache
+  denoiser.py        TorchDenoiser: one batched call per step over V condition variants
+  trainer.py         ε-MSE training with AdamW, EMA, clipping, bf16, bit-identical resume
+  checkpoint.py      weights and AdamW state <-> safetensors checkpoints, pickle-free loading
+  distributed.py     torchrun process group, collectives, which rows a rank trains on
+  compiled.py        torch only: compile_unet, torch.compile of the forward (an option)
+  scene_composer.py  torch only: scene batches composed on the training device
 
-``BACKEND`` is what the registry's "torch" entry returns.
+``BACKEND`` is what the registry's "torch" entry returns. The exports match the JAX backend's
+name for name, with Torch in place of Jax.
 """
 
 from __future__ import annotations

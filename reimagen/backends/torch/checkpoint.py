@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from reimagen.backends.torch.unet import ReImagenUNet, build_unet
+from reimagen.core.io import atomic_save_safetensors, load_safetensors  # noqa: F401 (re-exported)
+from reimagen.core.unet_config import UNetConfig
 from reimagen.training.checkpoint import (  # noqa: F401  (re-exported: the shared layout and readers)
     ADAM_SLOTS,
     CHECKPOINTS,
@@ -41,8 +43,6 @@ from reimagen.training.checkpoint import (  # noqa: F401  (re-exported: the shar
     step_dir_name,
     weights_metadata,
 )
-from reimagen.core.io import atomic_save_safetensors, load_safetensors  # noqa: F401 (re-exported)
-from reimagen.core.unet_config import UNetConfig
 
 # ---- model weights -----------------------------------------------------------------------------
 

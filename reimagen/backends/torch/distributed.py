@@ -32,6 +32,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from reimagen.core.interfaces import TextEncoding
+from reimagen.training.contract import Batch
+from reimagen.training.loop import step_seed
+
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -203,12 +207,47 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+# ---- which rows a rank trains on ---------------------------------------------------------------
+
+
+def check_world_size(batch_size: int, world_size: int) -> None:
+    """The global batch splits evenly over the ranks (one-line ValueError)."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"TrainConfig.batch_size={batch_size} must be divisible by the world size "
+            f"{world_size} (torchrun processes)"
+        )
+
+
+def shard_batch(batch: Batch, rank: int, world_size: int) -> Batch:
+    """Rows [rank·b, (rank+1)·b) of a global batch, b = batch.size / world_size."""
+    check_world_size(batch.size, world_size)
+    b = batch.size // world_size
+    rows = slice(rank * b, (rank + 1) * b)
+
+    def take(value):  # every Batch field is per-row: an array, a TextEncoding or None
+        if value is None:
+            return None
+        return value.take(rows) if isinstance(value, TextEncoding) else value[rows]
+
+    return attrs.evolve(
+        batch, **{field.name: take(getattr(batch, field.name)) for field in attrs.fields(Batch)}
+    )
+
+
+def rank_step_seed(seed: int, step: int, rank: int) -> int:
+    """The dropout seed of one rank at one step, a pure function of (seed, step, rank); rank 0
+    (and a single process) uses :func:`step_seed`, so one-process runs keep their numbers."""
+    return (step_seed(seed, step) + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
 __all__ = [
     "ENV_VARS",
     "ProcessInfo",
     "all_gather_ints",
     "backend_for",
     "barrier",
+    "check_world_size",
     "comm_device",
     "gather_ints",
     "init",
@@ -217,6 +256,8 @@ __all__ = [
     "mean",
     "rank",
     "rank_device",
+    "rank_step_seed",
+    "shard_batch",
     "shutdown",
     "world_size",
 ]

@@ -26,11 +26,17 @@ import numpy as np
 import torch
 
 from reimagen.backends.torch.unet import NeighborInputs, TextInputs
-from reimagen.training import step_workers
 from reimagen.core.interfaces import TextEncoding
 from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training import step_workers
 from reimagen.training.contract import Batch
-from reimagen.training.scene_atlas import SceneAtlas, ScenePlanner, StepArrays, TextTable, build_atlas
+from reimagen.training.scene_atlas import (
+    SceneAtlas,
+    ScenePlanner,
+    StepArrays,
+    TextTable,
+    build_atlas,
+)
 
 
 def _tensor(array: np.ndarray, device) -> torch.Tensor:

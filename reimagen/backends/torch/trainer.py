@@ -40,7 +40,6 @@ import os
 import warnings
 from pathlib import Path
 
-import attrs
 import numpy as np
 import torch
 
@@ -48,8 +47,9 @@ from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch import distributed as dist
 from reimagen.backends.torch.denoiser import autocast, text_inputs
 from reimagen.backends.torch.unet import NeighborInputs, build_unet
-from reimagen.core.interfaces import TextEncoding
+from reimagen.core.unet_config import UNetConfig, grows_position_tables
 from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training.contract import Batch, BatchSource, TrainConfig
 from reimagen.training.loop import (  # noqa: F401  (re-exported for this module's callers)
     ADAM_BETAS,
     ADAM_EPS,
@@ -65,8 +65,6 @@ from reimagen.training.loop import (  # noqa: F401  (re-exported for this module
     step_seed,
     training_levels,
 )
-from reimagen.training.contract import Batch, BatchSource, TrainConfig
-from reimagen.core.unet_config import UNetConfig, grows_position_tables
 
 # ---- host batch -> tensors ---------------------------------------------------------------------
 
@@ -126,40 +124,6 @@ def weighted_mse(eps: torch.Tensor, noise: torch.Tensor, weights: np.ndarray | N
         return torch.mean((eps - noise) ** 2)
     per_row = torch.mean((eps - noise) ** 2, dim=tuple(range(1, eps.ndim)))  # [B]
     return torch.mean(torch.from_numpy(weights).to(per_row.device) * per_row)
-
-
-# ---- data parallel -----------------------------------------------------------------------------
-
-
-def check_world_size(batch_size: int, world_size: int) -> None:
-    """The global batch splits evenly over the ranks (one-line ValueError)."""
-    if batch_size % world_size:
-        raise ValueError(
-            f"TrainConfig.batch_size={batch_size} must be divisible by the world size "
-            f"{world_size} (torchrun processes)"
-        )
-
-
-def shard_batch(batch: Batch, rank: int, world_size: int) -> Batch:
-    """Rows [rank·b, (rank+1)·b) of a global batch, b = batch.size / world_size."""
-    check_world_size(batch.size, world_size)
-    b = batch.size // world_size
-    rows = slice(rank * b, (rank + 1) * b)
-
-    def take(value):  # every Batch field is per-row: an array, a TextEncoding or None
-        if value is None:
-            return None
-        return value.take(rows) if isinstance(value, TextEncoding) else value[rows]
-
-    return attrs.evolve(
-        batch, **{field.name: take(getattr(batch, field.name)) for field in attrs.fields(Batch)}
-    )
-
-
-def rank_step_seed(seed: int, step: int, rank: int) -> int:
-    """The dropout seed of one rank at one step, a pure function of (seed, step, rank); rank 0
-    (and a single process) uses :func:`step_seed`, so one-process runs keep their numbers."""
-    return (step_seed(seed, step) + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
 
 
 # ---- the trainer -------------------------------------------------------------------------------
@@ -229,9 +193,10 @@ class Trainer(TrainLoop):
                 "own step and the others would wait for it forever)"
             )
         if not dist.is_initialized():
-            check_world_size(train_config.batch_size, int(os.environ.get("WORLD_SIZE") or 1))
+            world = int(os.environ.get("WORLD_SIZE") or 1)
+            dist.check_world_size(train_config.batch_size, world)
         info = dist.init(device)
-        check_world_size(train_config.batch_size, info.world_size)
+        dist.check_world_size(train_config.batch_size, info.world_size)
         return info.device
 
     def _wrap_ddp(self) -> None:
@@ -333,7 +298,7 @@ class Trainer(TrainLoop):
         Distributed: ``batch`` is the global batch; this rank trains on its rows, and the
         loss returned is the global mean."""
         if self.distributed:
-            batch = shard_batch(batch, self.rank, self.world_size)
+            batch = dist.shard_batch(batch, self.rank, self.world_size)
         batch, weights = training_levels(batch, self.config, self.schedule)
         kwargs = model_kwargs(batch, self.schedule, self.device)
         noise = to_device(torch.as_tensor(batch.noise), self.device)
@@ -341,7 +306,7 @@ class Trainer(TrainLoop):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # all devices' generators
-        torch.manual_seed(rank_step_seed(self.config.seed, self.step, self.rank))
+        torch.manual_seed(dist.rank_step_seed(self.config.seed, self.step, self.rank))
         with autocast(self.dtype, self.device):
             eps = self.network(**kwargs)
         loss = weighted_mse(eps.float(), noise, weights)  # paper Eq. 2, ε-prediction

@@ -29,16 +29,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from reimagen.backends.torch.layers import (
-    CrossAttention,
-    Downsample,
-    NeighborAttention,
-    Norm,
-    ResBlock,
-    SelfAttention,
-    TimeMLP,
-    Upsample,
-)
+from reimagen.backends.torch.attention import CrossAttention, NeighborAttention, SelfAttention
+from reimagen.backends.torch.blocks import MidBlock, down_stack, up_stack
+from reimagen.backends.torch.layers import Norm, ResBlock, TimeMLP
 from reimagen.core.unet_config import UNetConfig
 
 
@@ -81,58 +74,6 @@ class NeighborCache(NamedTuple):
         return NeighborCache(self.k, kv)
 
 
-class Block(nn.Module):
-    """One U-Net block: a ResBlock, then self-attention and cross-attention where configured."""
-
-    def __init__(self, in_channels: int, out_channels: int, resolution: int, config: UNetConfig):
-        super().__init__()
-        self.res = ResBlock(in_channels, out_channels, config)
-        self.self_attn = (
-            SelfAttention(out_channels, config)
-            if resolution in config.self_attn_resolutions
-            else None
-        )
-        self.cross_attn = (
-            CrossAttention(out_channels, config)
-            if resolution in config.cross_attn_resolutions
-            else None
-        )
-
-    def forward(self, x: Tensor, emb: Tensor, text: Tensor, key_mask: Tensor) -> Tensor:
-        x = self.res(x, emb)
-        if self.self_attn is not None:
-            x = self.self_attn(x)
-        if self.cross_attn is not None:
-            x = self.cross_attn(x, text, key_mask)
-        return x
-
-
-class DownLevel(nn.Module):
-    def __init__(self, blocks: list[Block], downsample: Downsample | None):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.downsample = downsample
-
-
-class UpLevel(nn.Module):
-    def __init__(self, blocks: list[Block], upsample: Upsample | None):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.upsample = upsample
-
-
-class MidBlock(nn.Module):
-    """res1 → (self-attn, cross-attn where configured at F) → res2, at the bottleneck."""
-
-    def __init__(self, channels: int, config: UNetConfig):
-        super().__init__()
-        self.block = Block(channels, channels, config.feature_size, config)
-        self.res2 = ResBlock(channels, channels, config)
-
-    def forward(self, x: Tensor, emb: Tensor, text: Tensor, key_mask: Tensor) -> Tensor:
-        return self.res2(self.block(x, emb, text, key_mask), emb)
-
-
 class _Conditioning(NamedTuple):
     """Per-row conditioning of one DStack/UStack pass (N rows)."""
 
@@ -159,36 +100,11 @@ class ReImagenUNet(nn.Module):
         self.text_pool = nn.Linear(c.text_dim, c.time_dim)
         self.conv_in = nn.Conv2d(c.in_channels + c.cond_image_channels, widths[0], 3, padding=1)
 
-        # DStack: num_res_blocks blocks per level, a skip after the stem, each block and each
-        # downsample (ADM layout); the UStack consumes them in reverse with one extra block.
-        skip_channels = [widths[0]]
-        ch = widths[0]
-        down = []
-        for level, (res, width) in enumerate(zip(c.resolutions, widths)):
-            blocks = []
-            for _ in range(c.num_res_blocks):
-                blocks.append(Block(ch, width, res, c))
-                ch = width
-                skip_channels.append(ch)
-            downsample = None
-            if level < len(widths) - 1:
-                downsample = Downsample(ch)
-                skip_channels.append(ch)
-            down.append(DownLevel(blocks, downsample))
+        # DStack, middle block, UStack (ADM layout; the UStack consumes the skips in reverse)
+        down, skip_channels, ch = down_stack(c)
         self.down = nn.ModuleList(down)
-
         self.mid = MidBlock(ch, c)
-
-        up: list[UpLevel | None] = [None] * len(widths)
-        for level in reversed(range(len(widths))):
-            res, width = c.resolutions[level], widths[level]
-            blocks = []
-            for _ in range(c.num_res_blocks + 1):
-                blocks.append(Block(ch + skip_channels.pop(), width, res, c))
-                ch = width
-            up[level] = UpLevel(blocks, Upsample(ch) if level > 0 else None)
-        self.up = nn.ModuleList(up)
-
+        self.up = nn.ModuleList(up_stack(c, ch, skip_channels))
         self.neighbor_attn = nn.ModuleDict(
             {
                 str(r): NeighborAttention(widths[c.resolutions.index(r)], c, r)
@@ -361,18 +277,7 @@ class ReImagenUNet(nn.Module):
         t = t.float().expand(b) if t.dim() == 0 else t.float()
         aug = self._aug_input(aug_level, b, x.device)
         if neighbors is not None and neighbors.images.shape[1] > 0:
-            k = neighbors.images.shape[1]
-            nx, nt, ntext, nuse, naug = self._neighbor_rows(neighbors.images, neighbors.text)
-            cond = self._conditioning(
-                torch.cat([t, nt]),
-                TextInputs(*(torch.cat([a, n]) for a, n in zip(text, ntext))),
-                torch.cat([use_text, nuse]),
-                None if aug is None else torch.cat([aug, naug]),
-            )
-            h, skips, levels = self.dstack(torch.cat([x_in, nx.to(x_in.dtype)]), cond)
-            cache = self._project_neighbors({r: f[b:] for r, f in levels.items()}, b, k)
-            h, skips = h[:b], [s[:b] for s in skips]
-            cond = _Conditioning(cond.emb[:b], cond.text[:b], cond.key_mask[:b])
+            h, skips, cond, cache = self._joint_dstack(x_in, t, text, use_text, aug, neighbors)
         else:
             cond = self._conditioning(t, text, use_text, aug)
             h, skips, _ = self.dstack(x_in, cond)
@@ -381,6 +286,31 @@ class ReImagenUNet(nn.Module):
         h = self.ustack(h, skips, cond, cache, use_neighbors)
         eps = self.conv_out(torch.nn.functional.silu(self.norm_out(h)))  # [B, C, H, W]
         return eps.permute(0, 2, 3, 1)  # NHWC
+
+    def _joint_dstack(
+        self,
+        x_in: Tensor,
+        t: Tensor,
+        text: TextInputs,
+        use_text: Tensor,
+        aug: Tensor | None,
+        neighbors: NeighborInputs,
+    ) -> tuple[Tensor, list[Tensor], _Conditioning, NeighborCache]:
+        """ONE DStack pass over the B noisy rows and their B·K neighbour rows (t=0, own text):
+        the same function for both, and the gradient reaches the DStack through both. Returns
+        the noisy rows' (f, skips, conditioning) and the neighbours' keys/values."""
+        b, k = x_in.shape[0], neighbors.images.shape[1]
+        nx, nt, ntext, nuse, naug = self._neighbor_rows(neighbors.images, neighbors.text)
+        cond = self._conditioning(
+            torch.cat([t, nt]),
+            TextInputs(*(torch.cat([a, n]) for a, n in zip(text, ntext))),
+            torch.cat([use_text, nuse]),
+            None if aug is None else torch.cat([aug, naug]),
+        )
+        h, skips, levels = self.dstack(torch.cat([x_in, nx.to(x_in.dtype)]), cond)
+        cache = self._project_neighbors({r: f[b:] for r, f in levels.items()}, b, k)
+        cond = _Conditioning(cond.emb[:b], cond.text[:b], cond.key_mask[:b])
+        return h[:b], [s[:b] for s in skips], cond, cache
 
     def _stem_input(self, x: Tensor, lowres: Tensor | None) -> Tensor:
         if self.config.is_super_resolution:
