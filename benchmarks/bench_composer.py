@@ -46,10 +46,10 @@ GOAL = 40.0  # steps/s at batch 256, cpu-base K=2 (issue #16)
 
 
 def make_source(batch: int):
-    from reimagen.training.run_setup import make_batch_source
     from reimagen.core import registry
-    from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.core.paths import home
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.training.run_setup import make_batch_source
 
     folder = home() / "kb" / "emoji"
     if not (folder / "kb.json").is_file():
@@ -67,9 +67,13 @@ def timed(fn, *args):
 
 
 def same(host, device) -> bool:
-    pairs = [(host.images, device.images), (host.neighbor_images, device.neighbor_images),
-             (host.noise, device.noise), (host.text.tokens, device.text.tokens),
-             (host.neighbor_text.tokens, device.neighbor_text.tokens)]
+    pairs = [
+        (host.images, device.images),
+        (host.neighbor_images, device.neighbor_images),
+        (host.noise, device.noise),
+        (host.text.tokens, device.text.tokens),
+        (host.neighbor_text.tokens, device.neighbor_text.tokens),
+    ]
     return all(torch.equal(torch.from_numpy(np.asarray(a)), b) for a, b in pairs)
 
 
@@ -188,7 +192,8 @@ def overlap_times(planner, arrays, rounds: int, ops: int) -> dict[str, list[floa
     streams = {
         "serial": lambda: step_workers.ordered(Ready(arrays), 0, rounds + 2, workers=1),
         "threaded": lambda: step_workers.threaded(
-            step_workers.ordered(Ready(arrays), 0, rounds + 2, workers=1)),
+            step_workers.ordered(Ready(arrays), 0, rounds + 2, workers=1)
+        ),
         "drawn": lambda: step_workers.threaded(planner.batch(s) for s in range(rounds + 2)),
     }
     for name, make in streams.items():
@@ -220,8 +225,8 @@ def trainer_process(source, planner, rounds: int, ops: int) -> dict:
     device path's step arrays) and, on the host path, making the network inputs (x_t in float64
     on the host, the text to float32); and the bytes each path copies to the device."""
     from reimagen.backends.torch.trainer import model_kwargs
-    from reimagen.training.prefetch import compact_batch
     from reimagen.diffusion.schedule import CosineSchedule
+    from reimagen.training.prefetch import compact_batch
 
     host, arrays = compact_batch(source.batch(1)), planner.batch(1)
     inputs = model_kwargs(host, CosineSchedule())
@@ -253,32 +258,44 @@ def main() -> int:
     source.warm()
     atlas = build_atlas(source)
     planner, scenes = ScenePlanner(source, atlas), DeviceSceneComposer(atlas, "cpu")
-    print(f"setup {time.perf_counter() - start:.0f} s: {len(source.entities)} drawings, "
-          f"{len(source.view)} neighbour rows, pool {len(source.pool)}; torch threads "
-          f"{torch.get_num_threads()}, {args.rounds} rounds round-robin")
+    print(
+        f"setup {time.perf_counter() - start:.0f} s: {len(source.entities)} drawings, "
+        f"{len(source.view)} neighbour rows, pool {len(source.pool)}; torch threads "
+        f"{torch.get_num_threads()}, {args.rounds} rounds round-robin"
+    )
     print("\nms per batch, median / min of the rounds (1 thread, CPU tensors)")
-    print(f"{'batch':>5} {'host':>17} {'device (plan+compose)':>22} {'plan':>17} "
-          f"{'compose':>17} {'host/device':>12} {'host/plan':>10}")
+    print(
+        f"{'batch':>5} {'host':>17} {'device (plan+compose)':>22} {'plan':>17} "
+        f"{'compose':>17} {'host/device':>12} {'host/plan':>10}"
+    )
     results = {}
     for b in sizes:
         t = results[b] = measure(source, planner, scenes, b, args.rounds)
         med = {k: statistics.median(v) for k, v in t.items()}
-        print(f"{b:>5} {summary(t['host']):>17} {summary(t['device']):>22} "
-              f"{summary(t['plan']):>17} {summary(t['compose']):>17} "
-              f"{med['host'] / med['device']:>11.2f}× {med['host'] / med['plan']:>9.2f}×")
+        print(
+            f"{b:>5} {summary(t['host']):>17} {summary(t['device']):>22} "
+            f"{summary(t['plan']):>17} {summary(t['compose']):>17} "
+            f"{med['host'] / med['device']:>11.2f}× {med['host'] / med['plan']:>9.2f}×"
+        )
     flops, ops = network_step_counts(source)
     source.config = attrs.evolve(source.config, batch_size=sizes[-1])
     trainer = trainer_process(source, planner, args.rounds, ops.kernels)
     print(f"\ntrainer process per step at batch {source.config.batch_size}, ms median / min")
-    print(f"  host path: receive a compacted batch {summary(trainer['pipe host'])}, network "
-          f"inputs on the host {summary(trainer['inputs host'])}; "
-          f"{trainer['bytes host'] / 2**20:.1f} MiB to the device")
-    print(f"  device path: receive the step arrays {summary(trainer['pipe device'])}; "
-          f"{trainer['bytes device'] / 2**20:.1f} MiB to the device")
-    print(f"  device path, receive + {ops.kernels} tiny CPU ops (a stand-in for launching the "
-          f"step): serial {summary(trainer['overlap serial'])}, reader thread "
-          f"{summary(trainer['overlap threaded'])}, drawn in a thread "
-          f"{summary(trainer['overlap drawn'])}, the ops alone {summary(trainer['overlap ops'])}")
+    print(
+        f"  host path: receive a compacted batch {summary(trainer['pipe host'])}, network "
+        f"inputs on the host {summary(trainer['inputs host'])}; "
+        f"{trainer['bytes host'] / 2**20:.1f} MiB to the device"
+    )
+    print(
+        f"  device path: receive the step arrays {summary(trainer['pipe device'])}; "
+        f"{trainer['bytes device'] / 2**20:.1f} MiB to the device"
+    )
+    print(
+        f"  device path, receive + {ops.kernels} tiny CPU ops (a stand-in for launching the "
+        f"step): serial {summary(trainer['overlap serial'])}, reader thread "
+        f"{summary(trainer['overlap threaded'])}, drawn in a thread "
+        f"{summary(trainer['overlap drawn'])}, the ops alone {summary(trainer['overlap ops'])}"
+    )
     arrays = planner.batch(0)
     with OpCount() as compose_ops:
         scenes.compose(arrays)
@@ -297,10 +314,14 @@ def project(results, trainer, flops_per_example, ops: OpCount, compose_ops: OpCo
     # what the trainer thread still waits for, beyond its own ops: received, or drawn in a thread
     exposed = {k: max(tm[f"overlap {k}"] - tm["overlap ops"], 0.0) for k in ("threaded", "drawn")}
     step_flops = flops_per_example * b
-    print(f"\nProjection for an H100-class GPU at batch {b}, cpu-base K=2 -- NOT measured on a "
-          "GPU; this CPU's costs, counted FLOPs and kernels")
-    print(f"  network step: {step_flops / 1e12:.2f} TFLOP (fwd+bwd), {ops.kernels} kernels "
-          f"(+{ops.views} views) in eager mode; the device composer adds {compose_ops.kernels}")
+    print(
+        f"\nProjection for an H100-class GPU at batch {b}, cpu-base K=2 -- NOT measured on a "
+        "GPU; this CPU's costs, counted FLOPs and kernels"
+    )
+    print(
+        f"  network step: {step_flops / 1e12:.2f} TFLOP (fwd+bwd), {ops.kernels} kernels "
+        f"(+{ops.views} views) in eager mode; the device composer adds {compose_ops.kernels}"
+    )
     flop_bound = 0.25 * H100_BF16_DENSE / step_flops
     print(f"  FLOP bound at 25% of the bf16 dense peak: {flop_bound:.0f} steps/s")
     paths = {
@@ -313,11 +334,15 @@ def project(results, trainer, flops_per_example, ops: OpCount, compose_ops: OpCo
         trainer_bound = 1.0 / (receive + launches)
         worker_bound = float("inf") if work is None else 12 / work
         projected = min(worker_bound, trainer_bound, flop_bound)
-        print(f"  {name:>17}: 12 workers ≤ {worker_bound:5.0f}, trainer ≤ {trainer_bound:4.0f} "
-              f"(waits {receive * 1e3:.1f} ms + launches {launches * 1e3:.1f} ms at "
-              f"{LAUNCH_S * 1e6:.0f} µs) -> {projected:4.0f} steps/s (goal {GOAL:.0f})")
-    print(f"  (the H100 runs logged ~{H100_HOST_BOUND:.0f} steps/s with the host composer and 12 "
-          "workers; device receive = what the reader thread leaves exposed, measured above)")
+        print(
+            f"  {name:>17}: 12 workers ≤ {worker_bound:5.0f}, trainer ≤ {trainer_bound:4.0f} "
+            f"(waits {receive * 1e3:.1f} ms + launches {launches * 1e3:.1f} ms at "
+            f"{LAUNCH_S * 1e6:.0f} µs) -> {projected:4.0f} steps/s (goal {GOAL:.0f})"
+        )
+    print(
+        f"  (the H100 runs logged ~{H100_HOST_BOUND:.0f} steps/s with the host composer and 12 "
+        "workers; device receive = what the reader thread leaves exposed, measured above)"
+    )
 
 
 if __name__ == "__main__":

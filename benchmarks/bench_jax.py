@@ -11,7 +11,7 @@ timing; the result is waited for with ``block_until_ready``); the torch step is 
 ``TorchDenoiser`` call under ``inference_mode``. Both are timed in one interleaved loop, so
 the machine's state is the same for both, as median wall time and median CPU time of this
 process (on a shared machine CPU time is the fairer number). Also: JAX with K=0, for the
-neighbour-cache overhead (DESIGN §10: close to 1).
+neighbour-cache overhead (docs/design.md §10: close to 1).
 
 Threads: ``REIMAGEN_BENCH_THREADS`` (default: each library's default, all cores). With 1,
 torch and XLA:CPU both run one thread; use it on a busy machine, where torch's OpenMP threads

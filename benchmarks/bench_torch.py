@@ -3,7 +3,7 @@
     .venv/bin/python -m pytest benchmarks/bench_torch.py --benchmark-only -p no:randomly
     .venv/bin/python benchmarks/bench_torch.py            # the same numbers as one table
 
-What is measured (DESIGN §10, the PyTorch issue, issue 16):
+What is measured (docs/design.md §10, the PyTorch issue, issue 16):
   * training images/s at batch 64 for the ``small`` preset (8.6M parameters, 32×32), fp32 and
     bf16 autocast, with K=2 neighbours (the Re-Imagen path: 3 DStack rows per example) and K=0
     (the text-only U-Net, the size the peers measure: ``make bench-peers`` times them beside us);
@@ -36,8 +36,8 @@ from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch.trainer import Trainer
 from reimagen.backends.torch.unet import TextInputs
 from reimagen.core.interfaces import TextEncoding
-from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import roofline  # benchmarks/roofline.py, beside this file

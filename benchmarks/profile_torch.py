@@ -232,9 +232,7 @@ def bucket_cpu_s(r: dict, bucket: str) -> float:
 
 
 def summary_table(results: dict, peak: dict) -> str:
-    head = (
-        "| case | step CPU ms | GFLOP | " + " | ".join(ORDER) + " | GEMM GFLOP/s (% of peak) |"
-    )
+    head = "| case | step CPU ms | GFLOP | " + " | ".join(ORDER) + " | GEMM GFLOP/s (% of peak) |"
     lines = [head, "|---" * (4 + len(ORDER)) + "|"]
     for label, r in results.items():
         total = sum(r["seconds"].values())

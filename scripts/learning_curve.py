@@ -47,8 +47,12 @@ def read_point(point: dict, k: int, setting: str, tier: str) -> dict:
         raise SystemExit(f"{point['results']}: no row {label!r} [{setting}]")
     metrics = rows[0]["metrics"][f"tier/{tier}"]
     n = int(metrics["n"])
-    out = {"label": point["label"], "examples": int(point["examples"]), "n": n,
-           "results": point["results"]}
+    out = {
+        "label": point["label"],
+        "examples": int(point["examples"]),
+        "n": n,
+        "results": point["results"],
+    }
     for name in METRICS:
         hits = round(metrics[name] * n)
         out[name] = (hits / n, *wilson_interval(hits, n))
@@ -77,16 +81,17 @@ def markdown(points: list[dict], fit: dict, k: int, setting: str, tier: str) -> 
     lines = [
         f"# Learning curve: {tier} entities, Re-Imagen K={k}, {setting}",
         "",
-        ("Examples seen by the weights (their whole lineage) against the EntityBench rates, "
-         "95% Wilson intervals."),
+        (
+            "Examples seen by the weights (their whole lineage) against the EntityBench rates, "
+            "95% Wilson intervals."
+        ),
         "",
         "| weights | examples | prompts | faithful | entity top-1 | entity top-5 | text aligned |",
         "|---|---:|---:|---|---|---|---|",
     ]
     for p in points:
         cells = [f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in (p[m] for m in METRICS)]
-        lines.append(f"| {p['label']} | {p['examples']:,} | {p['n']} | " + " | ".join(cells)
-                     + " |")
+        lines.append(f"| {p['label']} | {p['examples']:,} | {p['n']} | " + " | ".join(cells) + " |")
     lines += ["", "## Projection", ""]
     if fit["examples_for_goal"] is None:
         lines.append(
@@ -146,13 +151,16 @@ def main(argv=None) -> int:
     if not 0.0 < args.goal < 1.0:
         parser.error(f"--goal must be in (0, 1), got {args.goal}")
     specs = json.loads(args.points.read_text())
-    points = sorted((read_point(p, args.k, args.setting, args.tier) for p in specs),
-                    key=lambda p: p["examples"])
+    points = sorted(
+        (read_point(p, args.k, args.setting, args.tier) for p in specs), key=lambda p: p["examples"]
+    )
     fit = project(points, args.goal)
     text = markdown(points, fit, args.k, args.setting, args.tier)
     atomic_write_text(args.out.with_suffix(".md"), text)
-    atomic_write_text(args.out.with_suffix(".json"),
-                      json.dumps({"points": points, "projection": fit}, indent=1) + "\n")
+    atomic_write_text(
+        args.out.with_suffix(".json"),
+        json.dumps({"points": points, "projection": fit}, indent=1) + "\n",
+    )
     plot(points, args.out.with_suffix(".png"), args.k, args.setting, args.tier)
     print(text)
     return 0

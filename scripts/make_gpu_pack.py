@@ -47,18 +47,19 @@ MARGIN = 2 * 2**20
 def training_texts(kb_folder: Path, data: dict | None) -> tuple[list[str], list[str]]:
     """(pool prompts, training-view captions): every text `reimagen train` encodes with this
     KB and recipe (the pool does not depend on K; captions are the training view's)."""
+    from reimagen.encoders.hash import HashEncoder
     from reimagen.kb.knowledge_base import KnowledgeBase
-    from reimagen.training.contract import TrainConfig
     from reimagen.kb.splits import load_split
+    from reimagen.training.contract import TrainConfig
     from reimagen.training.data import DataConfig
     from reimagen.training.emoji_batches import EmojiBatchSource
-    from reimagen.encoders.hash import HashEncoder
 
     kb = KnowledgeBase.open(kb_folder, verify=False)
     # K=2: the base stage's triples are loaded (built, if this recipe has none yet: the GPU
     # machine cannot build them) so that they travel in kb/triples/
-    source = EmojiBatchSource(kb, load_split(), HashEncoder(), TrainConfig(neighbors=2),
-                              DataConfig.from_dict(data or {}))
+    source = EmojiBatchSource(
+        kb, load_split(), HashEncoder(), TrainConfig(neighbors=2), DataConfig.from_dict(data or {})
+    )
     captions = [kb.records[int(r)].text for r in source.view]
     return list(source.pool.prompts), captions
 
@@ -66,8 +67,11 @@ def training_texts(kb_folder: Path, data: dict | None) -> tuple[list[str], list[
 def tree_bytes() -> int:
     """Bytes of what a device call sends besides carried paths: tracked and untracked, not
     ignored files."""
-    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others",
-                          "--exclude-standard"], check=True, capture_output=True).stdout
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout
     names = {n for n in out.decode().split("\0") if n}
     return sum((ROOT / n).stat().st_size for n in names if (ROOT / n).is_file())
 
@@ -100,24 +104,45 @@ def split_parts(pack: Path, size: int) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / ".gpupack",
-                        help="pack folder (default .gpupack, git-ignored)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / ".gpupack",
+        help="pack folder (default .gpupack, git-ignored)",
+    )
     parser.add_argument("--kb", type=Path, default=None, help="default: <home>/kb/emoji")
-    parser.add_argument("--data", default=None, metavar="KEY=VALUE,...",
-                        help="the recipe overrides train_gpu.sh will pass (DATA): the pool "
-                        "prompts depend on pool_size, pool_seed, p_drop_name, p_large_centred")
-    parser.add_argument("--no-minilm", dest="minilm", action="store_false",
-                        help="leave out the MiniLM pack (hash runs only)")
-    parser.add_argument("--no-src", dest="src", action="store_false",
-                        help="no source snapshot (tests: run the working tree's scripts)")
-    parser.add_argument("--part-mib", type=float, default=None,
-                        help="cut into parts of this size (default: the room one call leaves "
-                        "beside the repo's files, when the pack does not fit whole)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="the recipe overrides train_gpu.sh will pass (DATA): the pool "
+        "prompts depend on pool_size, pool_seed, p_drop_name, p_large_centred",
+    )
+    parser.add_argument(
+        "--no-minilm",
+        dest="minilm",
+        action="store_false",
+        help="leave out the MiniLM pack (hash runs only)",
+    )
+    parser.add_argument(
+        "--no-src",
+        dest="src",
+        action="store_false",
+        help="no source snapshot (tests: run the working tree's scripts)",
+    )
+    parser.add_argument(
+        "--part-mib",
+        type=float,
+        default=None,
+        help="cut into parts of this size (default: the room one call leaves "
+        "beside the repo's files, when the pack does not fit whole)",
+    )
     args = parser.parse_args(argv)
     source = args.kb or home() / "kb" / "emoji"
     if not (source / "kb.json").is_file():
-        print(f"--kb: no knowledge base at {source}: run `reimagen kb build` first",
-              file=sys.stderr)
+        print(
+            f"--kb: no knowledge base at {source}: run `reimagen kb build` first", file=sys.stderr
+        )
         return 1
     data = None
     if args.data:
@@ -139,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(source / name, target / name)
     for triples in (source / "triples").glob("*.safetensors"):
         shutil.copy2(triples, target / "triples" / triples.name)
-    with open(source / "images.npy", "rb") as raw, gzip.open(target / "images.npy.gz", "wb", 6) as packed:
+    with (
+        open(source / "images.npy", "rb") as raw,
+        gzip.open(target / "images.npy.gz", "wb", 6) as packed,
+    ):
         shutil.copyfileobj(raw, packed, 1 << 20)
     shutil.rmtree(pack / "minilm", ignore_errors=True)
     if args.minilm:
@@ -147,23 +175,28 @@ def main(argv: list[str] | None = None) -> int:
 
         prompts, captions = texts
         config = export_pack(pack / "minilm", prompts + captions)
-        print(f"minilm pack: {len(set(prompts))} distinct pool prompts + {len(captions)} "
-              f"captions, {config['vocab_rows']} vocabulary rows")
+        print(
+            f"minilm pack: {len(set(prompts))} distinct pool prompts + {len(captions)} "
+            f"captions, {config['vocab_rows']} vocabulary rows"
+        )
     snapshot = pack / "src"
     shutil.rmtree(snapshot, ignore_errors=True)
     if args.src:
         # Not the shipped weights (40 MB): training does not read them, and they travel anyway
         # as tracked files (INIT=$PWD/reimagen/assets/weights/...).
         paths = ["reimagen", "scripts", ":(exclude)reimagen/assets/weights"]
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", *paths],
-                                 check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "HEAD", *paths], check=True, capture_output=True
+        ).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(snapshot, filter="data")
     total = sum(p.stat().st_size for p in pack.rglob("*") if p.is_file())
     tree = tree_bytes()
     room = UPLOAD - tree - MARGIN
-    print(f"packed {pack} ({total / 2**20:.1f} MiB); the repo's files travel too "
-          f"({tree / 2**20:.1f} MiB): room for {room / 2**20:.1f} MiB per call")
+    print(
+        f"packed {pack} ({total / 2**20:.1f} MiB); the repo's files travel too "
+        f"({tree / 2**20:.1f} MiB): room for {room / 2**20:.1f} MiB per call"
+    )
     if args.part_mib is None and total <= room:
         print(f"fits one call: carry [{pack.name}]")
         return 0
@@ -173,14 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     folders = split_parts(pack, size)
     rel = pack.relative_to(ROOT) if pack.is_relative_to(ROOT) else pack
-    print(f"cut into {len(folders)} parts of <= {size / 2**20:.1f} MiB; one call each, back to "
-          "back on the warm machine (it goes back 30 s after a call):")
+    print(
+        f"cut into {len(folders)} parts of <= {size / 2**20:.1f} MiB; one call each, back to "
+        "back on the warm machine (it goes back 30 s after a call):"
+    )
     for folder in folders[:-1]:
-        print(f"  run carry=[{rel}/parts/{folder.name}] command: "
-              f"bash scripts/gpu_ferry.sh receive {rel}/parts/{folder.name}")
-    print(f"  run carry=[{rel}/parts/{folders[-1].name}] command: "
-          f"bash scripts/gpu_ferry.sh receive {rel}/parts/{folders[-1].name} && "
-          f"PACK=$(bash scripts/gpu_ferry.sh unpack) && ... bash $PACK/src/scripts/train_gpu.sh")
+        print(
+            f"  run carry=[{rel}/parts/{folder.name}] command: "
+            f"bash scripts/gpu_ferry.sh receive {rel}/parts/{folder.name}"
+        )
+    print(
+        f"  run carry=[{rel}/parts/{folders[-1].name}] command: "
+        f"bash scripts/gpu_ferry.sh receive {rel}/parts/{folders[-1].name} && "
+        f"PACK=$(bash scripts/gpu_ferry.sh unpack) && ... bash $PACK/src/scripts/train_gpu.sh"
+    )
     return 0
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from reimagen.core import digests
 from reimagen.core.io import load_safetensors
-from reimagen.kb.knowledge_base import KnowledgeBase
 from reimagen.core.paths import default_kb_dir
 from reimagen.generation.shipped import STAGES, weights_path
+from reimagen.kb.knowledge_base import KnowledgeBase
 
 
 def median_ms(action: Callable[[], object], runs: int = 5) -> float:
@@ -44,18 +44,27 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for stage in STAGES:
         path = weights_path(stage)
-        row(f"weights {stage}.safetensors", size_mb([path]),
+        row(
+            f"weights {stage}.safetensors",
+            size_mb([path]),
             median_ms(lambda path=path: digests.verify_safetensors(path)),
-            median_ms(lambda path=path: load_safetensors(path, check=False)))
+            median_ms(lambda path=path: load_safetensors(path, check=False)),
+        )
     kb_dir = default_kb_dir()
     files = [kb_dir / name for name in ("kb.json", "manifest.jsonl", "entities.json", "images.npy")]
-    row("emoji KB: SHA256SUMS (every open)", size_mb(files),
+    row(
+        "emoji KB: SHA256SUMS (every open)",
+        size_mb(files),
         median_ms(lambda: digests.verify_sums(kb_dir)),
-        median_ms(lambda: KnowledgeBase.open(kb_dir, verify=False)))
+        median_ms(lambda: KnowledgeBase.open(kb_dir, verify=False)),
+    )
     kb = KnowledgeBase.open(kb_dir, verify=False)
     pngs = [kb_dir / r.image for r in kb.records]
-    row(f"emoji KB: {len(pngs)} PNGs (verify=True only)", size_mb(pngs),
-        median_ms(lambda: [digests.sha256_file(p) for p in pngs], runs=3))
+    row(
+        f"emoji KB: {len(pngs)} PNGs (verify=True only)",
+        size_mb(pngs),
+        median_ms(lambda: [digests.sha256_file(p) for p in pngs], runs=3),
+    )
     for folder in [*sorted((kb_dir / "indexes").glob("*")), *(kb_dir / "encodings").glob("*")]:
         names = digests.files_under(folder, skip=(digests.SUMS,))
         if (folder / digests.SUMS).is_file():
@@ -64,8 +73,12 @@ def main() -> None:
         else:  # written before checksums: time the hashing SHA256SUMS would cost
             paths = [folder / n for n in names]
             check = median_ms(lambda paths=paths: [digests.sha256_file(p) for p in paths], runs=3)
-            row(f"{folder.parent.name}/{folder.name} (hashing; no SUMS yet)",
-                size_mb([folder / n for n in names]), check)
+            row(
+                f"{folder.parent.name}/{folder.name} (hashing; no SUMS yet)",
+                size_mb([folder / n for n in names]),
+                check,
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -60,24 +60,35 @@ def main(argv=None) -> int:
     import torch
 
     from reimagen.backends.torch.trainer import Trainer, model_kwargs, resolve_device
-    from reimagen.training.run_setup import make_batch_source
-    from reimagen.training import prefetch
     from reimagen.core.io import atomic_write_text
-    from reimagen.kb.knowledge_base import KnowledgeBase
-    from reimagen.diffusion.schedule import CosineSchedule
-    from reimagen.training.contract import TrainConfig
     from reimagen.core.unet_config import PRESETS
+    from reimagen.diffusion.schedule import CosineSchedule
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.training import prefetch
+    from reimagen.training.contract import TrainConfig
+    from reimagen.training.run_setup import make_batch_source
 
     device = resolve_device(args.device)
     kb = KnowledgeBase.open(args.kb, verify=False)
-    config = TrainConfig(steps=10**6, batch_size=args.batch, neighbors=args.k, lr=1e-4,
-                         warmup_steps=0, checkpoint_every=10**6)
+    config = TrainConfig(
+        steps=10**6,
+        batch_size=args.batch,
+        neighbors=args.k,
+        lr=1e-4,
+        warmup_steps=0,
+        checkpoint_every=10**6,
+    )
     model_config = PRESETS["cpu-base"]
     source = make_batch_source("base", kb, "hash", config, model_config)
     source.warm()
     n, b = args.steps, args.batch
-    out: dict = {"device": device, "batch": b, "k": args.k, "workers": args.workers,
-                 "torch": torch.__version__}
+    out: dict = {
+        "device": device,
+        "batch": b,
+        "k": args.k,
+        "workers": args.workers,
+        "torch": torch.__version__,
+    }
     if device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(device)
 
@@ -112,8 +123,15 @@ def main(argv=None) -> int:
     # loop: a real run (the first log window includes the pool's start)
     with tempfile.TemporaryDirectory() as run_dir:
         loop_config = config.replace(steps=fill + n, log_every=fill + n)
-        result = Trainer(model_config, loop_config, source, run_dir, device=device,
-                         progress=False, workers=args.workers).run()
+        result = Trainer(
+            model_config,
+            loop_config,
+            source,
+            run_dir,
+            device=device,
+            progress=False,
+            workers=args.workers,
+        ).run()
         out["loop_images_per_s"] = result.images_per_second
 
     for part in ("compose", "stream", "convert", "step"):

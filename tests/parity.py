@@ -1,4 +1,4 @@
-"""The one torch <-> JAX parity helper (DESIGN §10; STYLE.md "Two backends without drift").
+"""The one torch <-> JAX parity helper (docs/design.md §10; STYLE.md "Two backends without drift").
 
 Shared numpy inputs go to both backends, both run, and the outputs are compared by relative
 error ``max|a − b| / max|b|`` (JAX against torch). With ``grads=True`` the helper also

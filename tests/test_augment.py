@@ -12,10 +12,16 @@ def test_resize_matches_torch_bilinear(h, size):
     rng = np.random.default_rng(h * size)
     images = rng.standard_normal((2, h, h, 3)).astype(np.float32)
     ours = resize_bilinear(images, size)
-    ref = F.interpolate(
-        torch.from_numpy(images).permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
-        align_corners=False,
-    ).permute(0, 2, 3, 1).numpy()
+    ref = (
+        F.interpolate(
+            torch.from_numpy(images).permute(0, 3, 1, 2),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+        )
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
     # Each output: 4 taps, weights in [0, 1] summing to 1, float32 on both sides (the weights may
     # round differently): <= ~10 roundings of max|x|, 10 * 2^-24 * max|x| (2.4e-6; measured 8.9e-7).
     np.testing.assert_allclose(ours, ref, rtol=0, atol=10 * 2**-24 * np.abs(images).max())

@@ -25,8 +25,8 @@ from reimagen.backends.torch.unet import ReImagenUNet
 from reimagen.cli.main import main
 from reimagen.core.config import ConfigError
 from reimagen.core.io import UnsafeFileError
-from reimagen.kb.records import KnowledgeBaseError
 from reimagen.core.registry import RegistryError
+from reimagen.kb.records import KnowledgeBaseError
 from reimagen.kb.splits import SplitError
 
 SHIPPED_SR = "reimagen/assets/weights/sr.safetensors"
@@ -883,10 +883,19 @@ def test_rejected_in_one_line_before_any_work(
 
 def test_the_matrix_covers_every_command():
     commands = {c[0][0] if c[0][0] != "kb" or len(c[0]) < 2 else f"kb {c[0][1]}" for c in CASES}
-    assert commands >= {"generate", "demo", "components", "presets", "kb build", "kb info",
-                        "retrieve", "train", "bench", "ablate"}
+    assert commands >= {
+        "generate",
+        "demo",
+        "components",
+        "presets",
+        "kb build",
+        "kb info",
+        "retrieve",
+        "train",
+        "bench",
+        "ablate",
+    }
     assert len(CASES) >= 166
-
 
 
 # ---- the public Python entry points: (id, call(ctx), exception type, a substring of its message).
@@ -899,152 +908,396 @@ API_CASES = [
     ("load k big", lambda c: reimagen.load(k=100), ValueError, "k must be an integer in [0, 8]"),
     ("load k str", lambda c: reimagen.load(k="2"), ValueError, "k must be an integer in [0, 8]"),
     ("load k float", lambda c: reimagen.load(k=2.0), ValueError, "k must be an integer in [0, 8]"),
-    ("load backend", lambda c: reimagen.load(backend="tpu"), RegistryError, "unknown backend 'tpu'"),
+    (
+        "load backend",
+        lambda c: reimagen.load(backend="tpu"),
+        RegistryError,
+        "unknown backend 'tpu'",
+    ),
     ("load setting", lambda c: reimagen.load(setting="x"), ValueError, "setting must be one of"),
     ("load retriever", lambda c: reimagen.load(retriever="x"), RegistryError, "unknown retriever"),
     ("load encoder", lambda c: reimagen.load(encoder="x"), RegistryError, "unknown encoder 'x'"),
-    ("load kb missing", lambda c: reimagen.load(kb=c.t / "missing"), FileNotFoundError,
-     "kb: no knowledge base at {t}/missing"),
-    ("load kb file", lambda c: reimagen.load(kb=c.t / "afile"), FileNotFoundError,
-     "kb: no knowledge base at {t}/afile"),
-    ("load kb damaged", lambda c: reimagen.load(kb=c.t / "badkb"), KnowledgeBaseError,
-     "{t}/badkb/SHA256SUMS: missing"),
+    (
+        "load kb missing",
+        lambda c: reimagen.load(kb=c.t / "missing"),
+        FileNotFoundError,
+        "kb: no knowledge base at {t}/missing",
+    ),
+    (
+        "load kb file",
+        lambda c: reimagen.load(kb=c.t / "afile"),
+        FileNotFoundError,
+        "kb: no knowledge base at {t}/afile",
+    ),
+    (
+        "load kb damaged",
+        lambda c: reimagen.load(kb=c.t / "badkb"),
+        KnowledgeBaseError,
+        "{t}/badkb/SHA256SUMS: missing",
+    ),
     ("load kb type", lambda c: reimagen.load(kb=5), TypeError, "kb must be a KnowledgeBase or"),
-    ("load none k2", lambda c: reimagen.load(retriever="none", k=2), ValueError,
-     "retriever 'none' retrieves no neighbours; use k=0"),
-    ("from_pretrained missing", lambda c: Pipeline.from_pretrained(c.t / "missing.safetensors"),
-     FileNotFoundError, "weights not found: {t}/missing.safetensors"),
-    ("from_pretrained text file", lambda c: Pipeline.from_pretrained(c.t / "afile"),
-     UnsafeFileError, "{t}/afile is not a valid safetensors file"),
-    ("from_pretrained not weights",
-     lambda c: Pipeline.from_pretrained(c.t / "notweights.safetensors"), UnsafeFileError,
-     "{t}/notweights.safetensors is not a valid safetensors file"),
-    ("from_pretrained empty folder", lambda c: Pipeline.from_pretrained(c.t / "emptydir"),
-     FileNotFoundError, "no model.safetensors or checkpoints/latest in {t}/emptydir"),
-    ("from_pretrained None", lambda c: Pipeline.from_pretrained(None), TypeError,
-     "weights must be a path"),
-    ("from_pretrained backend", lambda c: Pipeline.from_pretrained(c.weights, backend="tpu"),
-     RegistryError, "unknown backend 'tpu'"),
-    ("from_pretrained encoder", lambda c: Pipeline.from_pretrained(c.weights, encoder="x"),
-     RegistryError, "unknown encoder 'x'"),
-    ("from_pretrained retriever",
-     lambda c: Pipeline.from_pretrained(c.weights, kb=c.kb.folder, retriever="x"), RegistryError,
-     "unknown retriever 'x'"),
-    ("from_pretrained setting", lambda c: Pipeline.from_pretrained(
-        c.weights, kb=c.kb.folder, retriever="bm25", setting="x"), SplitError,
-     "setting must be one of same-style, cross-style"),
-    ("from_pretrained kb missing", lambda c: Pipeline.from_pretrained(c.weights, kb=c.t / "no"),
-     FileNotFoundError, "kb: no knowledge base at {t}/no"),
-    ("from_pretrained retriever no kb",
-     lambda c: Pipeline.from_pretrained(c.weights, retriever="bm25"), ValueError,
-     "retriever 'bm25' needs a knowledge base; pass kb"),
-    ("generate bare str", lambda c: c.pipe.generate("x", k=0), TypeError,
-     "prompts must be a sequence of strings, not a single string"),
+    (
+        "load none k2",
+        lambda c: reimagen.load(retriever="none", k=2),
+        ValueError,
+        "retriever 'none' retrieves no neighbours; use k=0",
+    ),
+    (
+        "from_pretrained missing",
+        lambda c: Pipeline.from_pretrained(c.t / "missing.safetensors"),
+        FileNotFoundError,
+        "weights not found: {t}/missing.safetensors",
+    ),
+    (
+        "from_pretrained text file",
+        lambda c: Pipeline.from_pretrained(c.t / "afile"),
+        UnsafeFileError,
+        "{t}/afile is not a valid safetensors file",
+    ),
+    (
+        "from_pretrained not weights",
+        lambda c: Pipeline.from_pretrained(c.t / "notweights.safetensors"),
+        UnsafeFileError,
+        "{t}/notweights.safetensors is not a valid safetensors file",
+    ),
+    (
+        "from_pretrained empty folder",
+        lambda c: Pipeline.from_pretrained(c.t / "emptydir"),
+        FileNotFoundError,
+        "no model.safetensors or checkpoints/latest in {t}/emptydir",
+    ),
+    (
+        "from_pretrained None",
+        lambda c: Pipeline.from_pretrained(None),
+        TypeError,
+        "weights must be a path",
+    ),
+    (
+        "from_pretrained backend",
+        lambda c: Pipeline.from_pretrained(c.weights, backend="tpu"),
+        RegistryError,
+        "unknown backend 'tpu'",
+    ),
+    (
+        "from_pretrained encoder",
+        lambda c: Pipeline.from_pretrained(c.weights, encoder="x"),
+        RegistryError,
+        "unknown encoder 'x'",
+    ),
+    (
+        "from_pretrained retriever",
+        lambda c: Pipeline.from_pretrained(c.weights, kb=c.kb.folder, retriever="x"),
+        RegistryError,
+        "unknown retriever 'x'",
+    ),
+    (
+        "from_pretrained setting",
+        lambda c: Pipeline.from_pretrained(
+            c.weights, kb=c.kb.folder, retriever="bm25", setting="x"
+        ),
+        SplitError,
+        "setting must be one of same-style, cross-style",
+    ),
+    (
+        "from_pretrained kb missing",
+        lambda c: Pipeline.from_pretrained(c.weights, kb=c.t / "no"),
+        FileNotFoundError,
+        "kb: no knowledge base at {t}/no",
+    ),
+    (
+        "from_pretrained retriever no kb",
+        lambda c: Pipeline.from_pretrained(c.weights, retriever="bm25"),
+        ValueError,
+        "retriever 'bm25' needs a knowledge base; pass kb",
+    ),
+    (
+        "generate bare str",
+        lambda c: c.pipe.generate("x", k=0),
+        TypeError,
+        "prompts must be a sequence of strings, not a single string",
+    ),
     ("generate no prompts", lambda c: c.pipe.generate([], k=0), ValueError, "prompts is empty"),
     ("generate empty", lambda c: c.pipe.generate([""], k=0), ValueError, "prompt 0 is ''"),
     ("generate blank", lambda c: c.pipe.generate(["x", "  "], k=0), ValueError, "prompt 1 is '  '"),
     ("generate int prompt", lambda c: c.pipe.generate([1], k=0), ValueError, "prompt 0 is 1"),
-    ("generate None prompt", lambda c: c.pipe.generate([None], k=0), ValueError, "prompt 0 is None"),
-    ("generate huge", lambda c: c.pipe.generate(["x" * 5000], k=0), ValueError,
-     "prompt 0 has 5,000 characters; allowed: at most 1,000"),
-    ("generate k<0", lambda c: c.rpipe.generate(["x"], k=-1), ValueError,
-     "k must be an integer >= 0, got -1"),
-    ("generate k > KB", lambda c: c.rpipe.generate(["x"], k=7), ValueError,
-     "k=7 is larger than the 6 indexed documents"),
-    ("generate k huge", lambda c: c.rpipe.generate(["x"], k=100), ValueError,
-     "k=100 is larger than the 6 indexed documents"),
-    ("generate k str", lambda c: c.rpipe.generate(["x"], k="2"), ValueError,
-     "k must be an integer >= 0, got '2'"),
-    ("generate k float", lambda c: c.rpipe.generate(["x"], k=1.5), ValueError,
-     "k must be an integer >= 0, got 1.5"),
-    ("generate k bool", lambda c: c.rpipe.generate(["x"], k=True), ValueError,
-     "k must be an integer >= 0, got True"),
-    ("generate k no retriever", lambda c: c.pipe.generate(["x"], k=2), ValueError,
-     "k=2 needs a retriever or neighbor_rows"),
-    ("generate sampling str", lambda c: c.pipe.generate(["x"], k=0, sampling="ddpm"), TypeError,
-     "sampling must be a SamplingConfig, got str"),
-    ("generate sampler", lambda c: c.pipe.generate(["x"], k=0, sampling=SamplingConfig(
-        sampler="x")), RegistryError, "unknown sampler 'x'"),
-    ("generate guidance", lambda c: c.pipe.generate(["x"], k=0, sampling=SamplingConfig(
-        guidance="x")), RegistryError, "unknown guidance 'x'"),
-    ("SamplingConfig steps", lambda c: SamplingConfig(steps=0), ConfigError,
-     "SamplingConfig.steps must be in [1, 100000], got 0"),
-    ("SamplingConfig eta", lambda c: SamplingConfig(eta=2.0), ConfigError,
-     "SamplingConfig.eta must be in [0.0, 1.0], got 2.0"),
-    ("SamplingConfig w nan", lambda c: SamplingConfig(w=float("nan")), ConfigError,
-     "SamplingConfig.w must be in [1.0, inf], got nan"),
-    ("generate seed<0", lambda c: c.pipe.generate(["x"], k=0, seed=-1), ValueError,
-     "seed must be an integer >= 0, got -1"),
-    ("generate seed str", lambda c: c.pipe.generate(["x"], k=0, seed="a"), ValueError,
-     "seed must be an integer >= 0, got 'a'"),
-    ("generate seed float", lambda c: c.pipe.generate(["x"], k=0, seed=1.5), ValueError,
-     "seed must be an integer >= 0, got 1.5"),
-    ("generate rows shape", lambda c: c.pipe.generate(
-        ["x"], k=2, neighbor_rows=np.zeros((1, 3), np.int64)), ValueError,
-     "neighbor_rows must have shape [1, 2] ([B, K]), got [1, 3]"),
-    ("generate rows dtype", lambda c: c.pipe.generate(
-        ["x"], k=2, neighbor_rows=np.zeros((1, 2))), ValueError,
-     "neighbor_rows must be integer KB rows, got dtype float64"),
-    ("generate rows range", lambda c: c.pipe.generate(
-        ["x"], k=2, neighbor_rows=np.array([[0, 99]])), KnowledgeBaseError,
-     "row 99 out of range: this KB has rows 0..5"),
-    ("generate rows negative", lambda c: c.pipe.generate(
-        ["x"], k=2, neighbor_rows=np.array([[0, -1]])), KnowledgeBaseError,
-     "row -1 out of range: this KB has rows 0..5"),
-    ("generate indices length", lambda c: c.pipe.generate(["x"], k=0, indices=[0, 1]),
-     ValueError, "indices must give one index per prompt (1), got 2"),
-    ("generate indices negative", lambda c: c.pipe.generate(["x"], k=0, indices=[-1]),
-     ValueError, "indices must be integers >= 0, got -1"),
-    ("generate indices str", lambda c: c.pipe.generate(["x"], k=0, indices=["a"]), ValueError,
-     "indices must be integers >= 0, got 'a'"),
-    ("generate indices float", lambda c: c.pipe.generate(["x"], k=0, indices=[0.5]), ValueError,
-     "indices must be integers >= 0, got 0.5"),
-    ("generate indices twice", lambda c: c.pipe.generate(["x", "y"], k=0, indices=[1, 1]),
-     ValueError, "indices must be distinct, got [1, 1]"),
-    ("generate lowres on a base stage", lambda c: c.pipe.generate(
-        ["x"], k=0, lowres=np.zeros((1, 8, 8, 3), np.float32)), ValueError,
-     "lowres only applies to a super-resolution stage"),
-    ("sr generate no lowres", lambda c: c.sr.generate(["x"], k=0), ValueError,
-     "lowres images are required by a super-resolution stage"),
-    ("sr generate lowres shape", lambda c: c.sr.generate(
-        ["x"], k=0, lowres=np.zeros((1, 4, 4, 3), np.float32)), ValueError,
-     "lowres must have shape [1, 8, 8, 3] ([B, h, w, 3]), got [1, 4, 4, 3]"),
-    ("sr generate lowres dtype", lambda c: c.sr.generate(
-        ["x"], k=0, lowres=np.zeros((1, 8, 8, 3), np.uint8)), ValueError,
-     "lowres must be floats in [-1, 1], got dtype uint8"),
-    ("sr generate lowres nan", lambda c: c.sr.generate(
-        ["x"], k=0, lowres=np.full((1, 8, 8, 3), np.nan, np.float32)), ValueError,
-     "lowres must be finite floats in [-1, 1], got NaN or Inf"),
+    (
+        "generate None prompt",
+        lambda c: c.pipe.generate([None], k=0),
+        ValueError,
+        "prompt 0 is None",
+    ),
+    (
+        "generate huge",
+        lambda c: c.pipe.generate(["x" * 5000], k=0),
+        ValueError,
+        "prompt 0 has 5,000 characters; allowed: at most 1,000",
+    ),
+    (
+        "generate k<0",
+        lambda c: c.rpipe.generate(["x"], k=-1),
+        ValueError,
+        "k must be an integer >= 0, got -1",
+    ),
+    (
+        "generate k > KB",
+        lambda c: c.rpipe.generate(["x"], k=7),
+        ValueError,
+        "k=7 is larger than the 6 indexed documents",
+    ),
+    (
+        "generate k huge",
+        lambda c: c.rpipe.generate(["x"], k=100),
+        ValueError,
+        "k=100 is larger than the 6 indexed documents",
+    ),
+    (
+        "generate k str",
+        lambda c: c.rpipe.generate(["x"], k="2"),
+        ValueError,
+        "k must be an integer >= 0, got '2'",
+    ),
+    (
+        "generate k float",
+        lambda c: c.rpipe.generate(["x"], k=1.5),
+        ValueError,
+        "k must be an integer >= 0, got 1.5",
+    ),
+    (
+        "generate k bool",
+        lambda c: c.rpipe.generate(["x"], k=True),
+        ValueError,
+        "k must be an integer >= 0, got True",
+    ),
+    (
+        "generate k no retriever",
+        lambda c: c.pipe.generate(["x"], k=2),
+        ValueError,
+        "k=2 needs a retriever or neighbor_rows",
+    ),
+    (
+        "generate sampling str",
+        lambda c: c.pipe.generate(["x"], k=0, sampling="ddpm"),
+        TypeError,
+        "sampling must be a SamplingConfig, got str",
+    ),
+    (
+        "generate sampler",
+        lambda c: c.pipe.generate(["x"], k=0, sampling=SamplingConfig(sampler="x")),
+        RegistryError,
+        "unknown sampler 'x'",
+    ),
+    (
+        "generate guidance",
+        lambda c: c.pipe.generate(["x"], k=0, sampling=SamplingConfig(guidance="x")),
+        RegistryError,
+        "unknown guidance 'x'",
+    ),
+    (
+        "SamplingConfig steps",
+        lambda c: SamplingConfig(steps=0),
+        ConfigError,
+        "SamplingConfig.steps must be in [1, 100000], got 0",
+    ),
+    (
+        "SamplingConfig eta",
+        lambda c: SamplingConfig(eta=2.0),
+        ConfigError,
+        "SamplingConfig.eta must be in [0.0, 1.0], got 2.0",
+    ),
+    (
+        "SamplingConfig w nan",
+        lambda c: SamplingConfig(w=float("nan")),
+        ConfigError,
+        "SamplingConfig.w must be in [1.0, inf], got nan",
+    ),
+    (
+        "generate seed<0",
+        lambda c: c.pipe.generate(["x"], k=0, seed=-1),
+        ValueError,
+        "seed must be an integer >= 0, got -1",
+    ),
+    (
+        "generate seed str",
+        lambda c: c.pipe.generate(["x"], k=0, seed="a"),
+        ValueError,
+        "seed must be an integer >= 0, got 'a'",
+    ),
+    (
+        "generate seed float",
+        lambda c: c.pipe.generate(["x"], k=0, seed=1.5),
+        ValueError,
+        "seed must be an integer >= 0, got 1.5",
+    ),
+    (
+        "generate rows shape",
+        lambda c: c.pipe.generate(["x"], k=2, neighbor_rows=np.zeros((1, 3), np.int64)),
+        ValueError,
+        "neighbor_rows must have shape [1, 2] ([B, K]), got [1, 3]",
+    ),
+    (
+        "generate rows dtype",
+        lambda c: c.pipe.generate(["x"], k=2, neighbor_rows=np.zeros((1, 2))),
+        ValueError,
+        "neighbor_rows must be integer KB rows, got dtype float64",
+    ),
+    (
+        "generate rows range",
+        lambda c: c.pipe.generate(["x"], k=2, neighbor_rows=np.array([[0, 99]])),
+        KnowledgeBaseError,
+        "row 99 out of range: this KB has rows 0..5",
+    ),
+    (
+        "generate rows negative",
+        lambda c: c.pipe.generate(["x"], k=2, neighbor_rows=np.array([[0, -1]])),
+        KnowledgeBaseError,
+        "row -1 out of range: this KB has rows 0..5",
+    ),
+    (
+        "generate indices length",
+        lambda c: c.pipe.generate(["x"], k=0, indices=[0, 1]),
+        ValueError,
+        "indices must give one index per prompt (1), got 2",
+    ),
+    (
+        "generate indices negative",
+        lambda c: c.pipe.generate(["x"], k=0, indices=[-1]),
+        ValueError,
+        "indices must be integers >= 0, got -1",
+    ),
+    (
+        "generate indices str",
+        lambda c: c.pipe.generate(["x"], k=0, indices=["a"]),
+        ValueError,
+        "indices must be integers >= 0, got 'a'",
+    ),
+    (
+        "generate indices float",
+        lambda c: c.pipe.generate(["x"], k=0, indices=[0.5]),
+        ValueError,
+        "indices must be integers >= 0, got 0.5",
+    ),
+    (
+        "generate indices twice",
+        lambda c: c.pipe.generate(["x", "y"], k=0, indices=[1, 1]),
+        ValueError,
+        "indices must be distinct, got [1, 1]",
+    ),
+    (
+        "generate lowres on a base stage",
+        lambda c: c.pipe.generate(["x"], k=0, lowres=np.zeros((1, 8, 8, 3), np.float32)),
+        ValueError,
+        "lowres only applies to a super-resolution stage",
+    ),
+    (
+        "sr generate no lowres",
+        lambda c: c.sr.generate(["x"], k=0),
+        ValueError,
+        "lowres images are required by a super-resolution stage",
+    ),
+    (
+        "sr generate lowres shape",
+        lambda c: c.sr.generate(["x"], k=0, lowres=np.zeros((1, 4, 4, 3), np.float32)),
+        ValueError,
+        "lowres must have shape [1, 8, 8, 3] ([B, h, w, 3]), got [1, 4, 4, 3]",
+    ),
+    (
+        "sr generate lowres dtype",
+        lambda c: c.sr.generate(["x"], k=0, lowres=np.zeros((1, 8, 8, 3), np.uint8)),
+        ValueError,
+        "lowres must be floats in [-1, 1], got dtype uint8",
+    ),
+    (
+        "sr generate lowres nan",
+        lambda c: c.sr.generate(["x"], k=0, lowres=np.full((1, 8, 8, 3), np.nan, np.float32)),
+        ValueError,
+        "lowres must be finite floats in [-1, 1], got NaN or Inf",
+    ),
     ("retrieve empty", lambda c: c.rpipe.retrieve([""], 1), ValueError, "prompt 0 is ''"),
-    ("retrieve k<0", lambda c: c.rpipe.retrieve(["x"], -1), ValueError,
-     "k must be an integer >= 0, got -1"),
-    ("retrieve k > KB", lambda c: c.rpipe.retrieve(["x"], 100), ValueError,
-     "k=100 is larger than the 6 indexed documents"),
-    ("KnowledgeBase.open missing", lambda c: KnowledgeBase.open(c.t / "missing"),
-     KnowledgeBaseError, "knowledge base folder not found: {t}/missing"),
-    ("KnowledgeBase.open file", lambda c: KnowledgeBase.open(c.t / "afile"), KnowledgeBaseError,
-     "knowledge base folder not found: {t}/afile"),
-    ("KnowledgeBase.open empty", lambda c: KnowledgeBase.open(c.t / "emptydir"),
-     KnowledgeBaseError, "{t}/emptydir/kb.json: missing"),
-    ("KnowledgeBase.open damaged", lambda c: KnowledgeBase.open(c.t / "badkb"),
-     KnowledgeBaseError, "{t}/badkb/SHA256SUMS: missing"),
-    ("KnowledgeBase.open None", lambda c: KnowledgeBase.open(None), TypeError,
-     "folder must be a knowledge-base folder (str or os.PathLike), got NoneType"),
-    ("KnowledgeBase.open int", lambda c: KnowledgeBase.open(5), TypeError,
-     "folder must be a knowledge-base folder (str or os.PathLike), got int"),
-    ("get kind", lambda c: reimagen.get("nope", "x"), RegistryError,
-     "unknown component kind 'nope'; known kinds: retriever"),
+    (
+        "retrieve k<0",
+        lambda c: c.rpipe.retrieve(["x"], -1),
+        ValueError,
+        "k must be an integer >= 0, got -1",
+    ),
+    (
+        "retrieve k > KB",
+        lambda c: c.rpipe.retrieve(["x"], 100),
+        ValueError,
+        "k=100 is larger than the 6 indexed documents",
+    ),
+    (
+        "KnowledgeBase.open missing",
+        lambda c: KnowledgeBase.open(c.t / "missing"),
+        KnowledgeBaseError,
+        "knowledge base folder not found: {t}/missing",
+    ),
+    (
+        "KnowledgeBase.open file",
+        lambda c: KnowledgeBase.open(c.t / "afile"),
+        KnowledgeBaseError,
+        "knowledge base folder not found: {t}/afile",
+    ),
+    (
+        "KnowledgeBase.open empty",
+        lambda c: KnowledgeBase.open(c.t / "emptydir"),
+        KnowledgeBaseError,
+        "{t}/emptydir/kb.json: missing",
+    ),
+    (
+        "KnowledgeBase.open damaged",
+        lambda c: KnowledgeBase.open(c.t / "badkb"),
+        KnowledgeBaseError,
+        "{t}/badkb/SHA256SUMS: missing",
+    ),
+    (
+        "KnowledgeBase.open None",
+        lambda c: KnowledgeBase.open(None),
+        TypeError,
+        "folder must be a knowledge-base folder (str or os.PathLike), got NoneType",
+    ),
+    (
+        "KnowledgeBase.open int",
+        lambda c: KnowledgeBase.open(5),
+        TypeError,
+        "folder must be a knowledge-base folder (str or os.PathLike), got int",
+    ),
+    (
+        "get kind",
+        lambda c: reimagen.get("nope", "x"),
+        RegistryError,
+        "unknown component kind 'nope'; known kinds: retriever",
+    ),
     ("get kind int", lambda c: reimagen.get(5, "x"), RegistryError, "unknown component kind 5"),
-    ("get name", lambda c: reimagen.get("sampler", "x"), RegistryError,
-     "unknown sampler 'x'; known sampler names: ddim, ddpm, dpmpp2m"),
-    ("get empty name", lambda c: reimagen.get("sampler", ""), RegistryError,
-     "unknown sampler ''; known sampler names"),
-    ("get None name", lambda c: reimagen.get("sampler", None), RegistryError,
-     "unknown sampler None; known sampler names"),
-    ("get list name", lambda c: reimagen.get("sampler", []), RegistryError,
-     "unknown sampler []; known sampler names"),
-    ("names kind", lambda c: reimagen.names("nope"), RegistryError,
-     "unknown component kind 'nope'"),
+    (
+        "get name",
+        lambda c: reimagen.get("sampler", "x"),
+        RegistryError,
+        "unknown sampler 'x'; known sampler names: ddim, ddpm, dpmpp2m",
+    ),
+    (
+        "get empty name",
+        lambda c: reimagen.get("sampler", ""),
+        RegistryError,
+        "unknown sampler ''; known sampler names",
+    ),
+    (
+        "get None name",
+        lambda c: reimagen.get("sampler", None),
+        RegistryError,
+        "unknown sampler None; known sampler names",
+    ),
+    (
+        "get list name",
+        lambda c: reimagen.get("sampler", []),
+        RegistryError,
+        "unknown sampler []; known sampler names",
+    ),
+    (
+        "names kind",
+        lambda c: reimagen.names("nope"),
+        RegistryError,
+        "unknown component kind 'nope'",
+    ),
 ]
 
 
@@ -1053,17 +1306,22 @@ def api(kb_folder, tmp_path_factory):
     from reimagen.core import registry
 
     kb = KnowledgeBase.open(kb_folder)
-    weights = export_stage(tmp_path_factory.mktemp("weights") / "base.safetensors", TINY_BASE,
-                           "base")
+    weights = export_stage(
+        tmp_path_factory.mktemp("weights") / "base.safetensors", TINY_BASE, "base"
+    )
     bm25 = registry.get("retriever", "bm25")().fit(kb)
     return types.SimpleNamespace(
-        kb=kb, weights=weights, pipe=toy_pipeline(kb, TINY_BASE),
-        rpipe=toy_pipeline(kb, TINY_BASE, retriever=bm25), sr=toy_pipeline(kb, TINY_SR),
+        kb=kb,
+        weights=weights,
+        pipe=toy_pipeline(kb, TINY_BASE),
+        rpipe=toy_pipeline(kb, TINY_BASE, retriever=bm25),
+        sr=toy_pipeline(kb, TINY_SR),
     )
 
 
-@pytest.mark.parametrize("call, error, message", [c[1:] for c in API_CASES],
-                         ids=[c[0] for c in API_CASES])
+@pytest.mark.parametrize(
+    "call, error, message", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES]
+)
 def test_python_entry_points_refuse_in_one_line(
     call, error, message, api, tmp_path, monkeypatch, no_forward
 ):

@@ -31,18 +31,44 @@ def write(path, rows):
 
 def test_compare_counts_discordant_prompts_and_skips_the_ceiling(tmp_path, capsys):
     ceiling = {"label": CEILING, "setting": "none", "per_prompt": [outcome("cat")] * 3}
-    a = [ceiling, {"label": "K=2", "setting": "same-style", "per_prompt": [
-        outcome("cat", entity_top5=True), outcome("dog", entity_top5=True), outcome("owl")]}]
-    b = [ceiling, {"label": "K=2", "setting": "same-style", "per_prompt": [
-        outcome("cat", entity_top5=True), outcome("dog"), outcome("owl", entity_top5=True)]}]
-    entries = compare.compare(compare.load_rows(write(tmp_path / "a.json", a)),
-                              compare.load_rows(write(tmp_path / "b.json", b)))
+    a = [
+        ceiling,
+        {
+            "label": "K=2",
+            "setting": "same-style",
+            "per_prompt": [
+                outcome("cat", entity_top5=True),
+                outcome("dog", entity_top5=True),
+                outcome("owl"),
+            ],
+        },
+    ]
+    b = [
+        ceiling,
+        {
+            "label": "K=2",
+            "setting": "same-style",
+            "per_prompt": [
+                outcome("cat", entity_top5=True),
+                outcome("dog"),
+                outcome("owl", entity_top5=True),
+            ],
+        },
+    ]
+    entries = compare.compare(
+        compare.load_rows(write(tmp_path / "a.json", a)),
+        compare.load_rows(write(tmp_path / "b.json", b)),
+    )
     top5 = [e for e in entries if e["metric"] == "entity_top5"]
     assert len(entries) == len(compare.METRICS) and len(top5) == 1  # no ceiling row
     assert {k: top5[0][k] for k in ("n", "a", "b", "a_only", "b_only")} == {
-        "n": 3, "a": 2, "b": 2, "a_only": 1, "b_only": 1}
-    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"),
-                         "--names", "x,y"]) == 0
+        "n": 3,
+        "a": 2,
+        "b": 2,
+        "a_only": 1,
+        "b_only": 1,
+    }
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "x,y"]) == 0
     assert "| K=2 | same-style | entity_top5 | 2/3 | 2/3 | 1 | 1 | 1 |" in capsys.readouterr().out
 
 

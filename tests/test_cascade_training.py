@@ -1,4 +1,4 @@
-"""Per-stage training (DESIGN §7): each stage trains and resumes in its own run folder; training
+"""Per-stage training (docs/design.md §7): each stage trains and resumes in its own run folder; training
 one stage never touches another's checkpoint, and the trained stages compose into a cascade."""
 
 import hashlib
@@ -9,15 +9,20 @@ import numpy as np
 from test_torch_trainer import SyntheticSource, config
 
 from reimagen.backends.torch import BACKEND
-from reimagen.generation.cascade import Cascade, Stage
 from reimagen.core import registry
+from reimagen.core.unet_config import PRESETS
 from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.diffusion.sampling_config import SamplingConfig
-from reimagen.core.unet_config import PRESETS
+from reimagen.generation.cascade import Cascade, Stage
 from reimagen.generation.pipeline import Pipeline
 
-BASE = PRESETS["tiny"].replace(image_size=8, channel_mults=(1,), self_attn_resolutions=(8,),
-                               cross_attn_resolutions=(8,), neighbor_attn_resolutions=(8,))
+BASE = PRESETS["tiny"].replace(
+    image_size=8,
+    channel_mults=(1,),
+    self_attn_resolutions=(8,),
+    cross_attn_resolutions=(8,),
+    neighbor_attn_resolutions=(8,),
+)
 SR = PRESETS["tiny"].replace(cond_image_channels=3, lowres_size=8)
 
 
@@ -67,11 +72,19 @@ def test_stage_only_training_and_resume_leave_other_stages_untouched(tmp_path):
     def pipe(run_dir):
         model = BACKEND.load_model(run_dir)
         c = model.config
-        return Pipeline(model=model, backend=BACKEND, encoder=encoder, image_size=c.image_size,
-                        lowres_size=c.lowres_size)
+        return Pipeline(
+            model=model,
+            backend=BACKEND,
+            encoder=encoder,
+            image_size=c.image_size,
+            lowres_size=c.lowres_size,
+        )
 
     fast = SamplingConfig(sampler="ddim", steps=2, guidance="none")
-    low, high = Cascade([Stage("base", pipe(base_dir), fast, k=0),
-                         Stage("sr", pipe(sr_dir), fast.replace(aug_level=0.1), k=0)]
-                        ).generate(["a red apple"], seed=0)
+    low, high = Cascade(
+        [
+            Stage("base", pipe(base_dir), fast, k=0),
+            Stage("sr", pipe(sr_dir), fast.replace(aug_level=0.1), k=0),
+        ]
+    ).generate(["a red apple"], seed=0)
     assert low.images.shape == (1, 8, 8, 3) and high.images.shape == (1, 16, 16, 3)

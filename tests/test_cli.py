@@ -13,9 +13,15 @@ from reimagen.cli.main import main
         (["generate", "x", "--eta", "2"], "eta must be in [0.0, 1.0], got 2.0"),
         (["generate", "x", "--w-text", "0.5"], "w_text must be in [1.0, inf]"),
         (["generate", "x", "--stages", "base,huge"], "--stages: unknown stage(s) ['huge']"),
-        (["generate", "x", "--backend", "tpu"], "unknown backend 'tpu'; known backend names: jax, torch"),
+        (
+            ["generate", "x", "--backend", "tpu"],
+            "unknown backend 'tpu'; known backend names: jax, torch",
+        ),
         (["generate", "x", "--k", "-1"], "--k must be an integer in [0, 8]"),
-        (["generate", "x", "--kb", "/nonexistent/kb"], "--kb: no knowledge base at /nonexistent/kb"),
+        (
+            ["generate", "x", "--kb", "/nonexistent/kb"],
+            "--kb: no knowledge base at /nonexistent/kb",
+        ),
         (["demo", "--entities", "unicorn horse"], "--entities: unknown entity name(s)"),
         (["train", "--stage", "sr", "--preset", "tiny"], "--preset tiny does not fit --stage sr"),
     ],

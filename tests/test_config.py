@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reimagen.core.config import ConfigError
-from reimagen.diffusion.schedule import CosineSchedule
 from reimagen.core.unet_config import PRESETS, UNetConfig
+from reimagen.diffusion.schedule import CosineSchedule
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from reimagen.training import checkpoint as ckpt
 from reimagen.core.unet_config import PRESETS
+from reimagen.training import checkpoint as ckpt
 
 CONFIG_JSON = PRESETS["tiny"].to_json()
 

@@ -34,17 +34,17 @@ from toys import WORDS, toy_kb
 from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch.trainer import Trainer, train
 from reimagen.bench import evaluator as ev
-from reimagen.training import checkpoint as ckpt
 from reimagen.core import digests, registry
 from reimagen.core.digests import IntegrityError
+from reimagen.core.paths import default_kb_dir
+from reimagen.core.unet_config import PRESETS
+from reimagen.encoders.table import EncodingTable
 from reimagen.kb.builder import build_knowledge_base
 from reimagen.kb.knowledge_base import KnowledgeBase
 from reimagen.kb.records import CHECKED
-from reimagen.core.paths import default_kb_dir
 from reimagen.kb.triples import build_triples, load_triples, save_triples
-from reimagen.core.unet_config import PRESETS
-from reimagen.encoders.table import EncodingTable
 from reimagen.retrievers.index import index_folder, index_name
+from reimagen.training import checkpoint as ckpt
 
 TESTS_DIR = Path(__file__).parent
 
@@ -132,16 +132,24 @@ def saved_index(kb, name: str) -> Artifact:
 
 
 def exported_weights(folder: Path) -> Artifact:
-    path = BACKEND.save_model(BACKEND.build_model(TINY, seed=0), folder / "w.safetensors",
-                              dtype="float16")
+    path = BACKEND.save_model(
+        BACKEND.build_model(TINY, seed=0), folder / "w.safetensors", dtype="float16"
+    )
     return Artifact([path], lambda: BACKEND.load_model(path))
 
 
 def checkpoint_step(run: Path, sizes: dict[str, tuple[int, ...]]) -> Artifact:
     rng = np.random.default_rng(0)
     arrays = {key: rng.standard_normal(shape, dtype=np.float32) for key, shape in sizes.items()}
-    folder = ckpt.write_checkpoint(run, 1, model=arrays, ema=arrays, optimizer=arrays,
-                                   config_json=TINY.to_json(), state={"loss": 0.5})
+    folder = ckpt.write_checkpoint(
+        run,
+        1,
+        model=arrays,
+        ema=arrays,
+        optimizer=arrays,
+        config_json=TINY.to_json(),
+        state={"loss": 0.5},
+    )
     return Artifact(folder_files(folder), lambda: ckpt.read_checkpoint(folder))
 
 
@@ -183,8 +191,12 @@ def toys(tmp_path_factory) -> dict[str, Callable[[], Artifact]]:
         "checkpoint step folder": lambda: checkpoint_step(root / "run", {"w": (64, 32), "b": (7,)}),
         "exported weights (.safetensors)": lambda: exported_weights(root),
         "KB kb.json, manifest, entities, SHA256SUMS": lambda: Artifact(
-            [kb_files["kb.json"], kb_files["manifest.jsonl"], kb_files["entities.json"],
-             kb.folder / digests.SUMS],
+            [
+                kb_files["kb.json"],
+                kb_files["manifest.jsonl"],
+                kb_files["entities.json"],
+                kb.folder / digests.SUMS,
+            ],
             lambda: open_kb(kb.folder, verify=False),
         ),
         "KB packed array (images.npy)": lambda: Artifact(
@@ -206,12 +218,22 @@ def toys(tmp_path_factory) -> dict[str, Callable[[], Artifact]]:
 
 
 TOY_KINDS = [
-    "checkpoint step folder", "exported weights (.safetensors)",
-    "KB kb.json, manifest, entities, SHA256SUMS", "KB packed array (images.npy)",
-    "KB images (PNG, open(verify=True))", "bm25 index", "tfidf index", "dense index (faiss)",
-    "hybrid index", "bm25-sharded index", "dense-sharded index (faiss)",
-    "triples (.safetensors)", "triples (.npz + .sha256)", "prompt encoding table",
-    "evaluator (shipped, a copy)", "training run facts (run.json + .sha256)",
+    "checkpoint step folder",
+    "exported weights (.safetensors)",
+    "KB kb.json, manifest, entities, SHA256SUMS",
+    "KB packed array (images.npy)",
+    "KB images (PNG, open(verify=True))",
+    "bm25 index",
+    "tfidf index",
+    "dense index (faiss)",
+    "hybrid index",
+    "bm25-sharded index",
+    "dense-sharded index (faiss)",
+    "triples (.safetensors)",
+    "triples (.npz + .sha256)",
+    "prompt encoding table",
+    "evaluator (shipped, a copy)",
+    "training run facts (run.json + .sha256)",
 ]
 
 
@@ -244,7 +266,9 @@ def test_real_size_shipped_weights(tmp_path, stage):
 
     path = tmp_path / f"{stage}.safetensors"
     shutil.copyfile(weights_path(stage), path)
-    assert not run_matrix(f"shipped {stage} weights", Artifact([path], lambda: BACKEND.load_model(path)))
+    assert not run_matrix(
+        f"shipped {stage} weights", Artifact([path], lambda: BACKEND.load_model(path))
+    )
 
 
 @pytest.mark.slow
@@ -282,15 +306,23 @@ def flip_byte(path: Path, offset: int = -100) -> None:
 
 DAMAGES = {  # what happens to a run with steps 1 and 2, latest -> step 2; (damage, resumes at)
     "flipped byte in the latest step": (
-        lambda c: flip_byte(c / "step-00000002" / "ema.safetensors"), 1),
+        lambda c: flip_byte(c / "step-00000002" / "ema.safetensors"),
+        1,
+    ),
     "truncated state.json of the latest step": (
-        lambda c: (c / "step-00000002" / "state.json").write_text("{"), 1),
+        lambda c: (c / "step-00000002" / "state.json").write_text("{"),
+        1,
+    ),
     "garbage latest": (lambda c: (c / "latest").write_bytes(b"\x00\xffgarbage"), 2),
     "latest names a missing step": (lambda c: (c / "latest").write_text("step-00000009\n"), 2),
     "deleted latest": (lambda c: (c / "latest").unlink(), 2),
     "garbage latest and a damaged step 2": (
-        lambda c: [(c / "latest").write_text("zzz"),
-                   flip_byte(c / "step-00000002" / "model.safetensors")], 1),
+        lambda c: [
+            (c / "latest").write_text("zzz"),
+            flip_byte(c / "step-00000002" / "model.safetensors"),
+        ],
+        1,
+    ),
 }
 
 
@@ -441,7 +473,10 @@ def test_rerun_cleans_what_kill_9_left(tmp_path, point):
     (folder / "indexes" / "marker").write_text("an index of the old KB")
     child = subprocess.run(
         [sys.executable, "-c", CHILD.format(tests=str(TESTS_DIR), folder=str(folder), point=point)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert leftovers(tmp_path), "the kill left nothing behind: the fault point was not reached"
@@ -466,7 +501,8 @@ def test_a_running_build_is_left_alone(tmp_path):
     staging.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(staging)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -482,6 +518,10 @@ def test_a_running_build_is_left_alone(tmp_path):
 
 
 def test_a_build_with_nothing_left_over_leaves_nothing(tmp_path):
-    build_knowledge_base([("a/0", "one", "a", "", np.zeros((8, 8, 4), np.uint8))],
-                         tmp_path / "kb", resolution=8, progress=False)
+    build_knowledge_base(
+        [("a/0", "one", "a", "", np.zeros((8, 8, 4), np.uint8))],
+        tmp_path / "kb",
+        resolution=8,
+        progress=False,
+    )
     assert leftovers(tmp_path) == []

@@ -32,12 +32,14 @@ STEPS = range(4)
 # neighbour (most slots augmented, flips and colour jitter both ways); no neighbours (baseline)
 CASES = {
     "default": (7, 16, 2, td.DataConfig(pool_size=2000)),
-    "augmented": (11, 12, 3, td.DataConfig(pool_size=2000, p_true_neighbor=1.0,
-                                            p_same_style=1.0, aug_flip=0.5)),
+    "augmented": (
+        11,
+        12,
+        3,
+        td.DataConfig(pool_size=2000, p_true_neighbor=1.0, p_same_style=1.0, aug_flip=0.5),
+    ),
     "baseline": (3, 8, 0, td.DataConfig(pool_size=2000)),
 }
-
-
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,9 @@ def triples(tmp_path_factory):
 def make_source(kb, split, encoder, triples, case: str, image_size: int = 32, steps: int = 100):  # noqa: F811
     seed, batch, k, data = CASES[case]
     config = TrainConfig(batch_size=batch, neighbors=k, seed=seed, steps=steps)
-    return EmojiBatchSource(kb, split, encoder, config, data, image_size=image_size,
-                            cache_dir=triples)
+    return EmojiBatchSource(
+        kb, split, encoder, config, data, image_size=image_size, cache_dir=triples
+    )
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -62,13 +65,17 @@ def pair(request, kb, split, encoder, triples):  # noqa: F811
 def differences(host, device) -> list[str]:
     """Fields of a device batch that are not bit-identical (values and dtype) to the host's."""
     bad = []
-    tensors = {"images": (host.images, device.images),
-               "neighbor_images": (host.neighbor_images, device.neighbor_images),
-               "noise": (host.noise, device.noise)}
+    tensors = {
+        "images": (host.images, device.images),
+        "neighbor_images": (host.neighbor_images, device.neighbor_images),
+        "noise": (host.noise, device.noise),
+    }
     for name in ("text", "neighbor_text"):
         for field in ("tokens", "mask", "pooled"):
-            tensors[f"{name}.{field}"] = (getattr(getattr(host, name), field),
-                                          getattr(getattr(device, name), field))
+            tensors[f"{name}.{field}"] = (
+                getattr(getattr(host, name), field),
+                getattr(getattr(device, name), field),
+            )
     for name, (want, got) in tensors.items():
         want = torch.from_numpy(np.asarray(want))
         if got.device.type != "cpu" or want.dtype != got.dtype or not torch.equal(want, got):
@@ -180,23 +187,29 @@ def test_a_run_may_switch_composer_on_resume(tmp_path, kb, split, encoder, tripl
     assert read_checkpoint(latest_checkpoint(tmp_path / "b")).state["composer"] == "device"
     switched = Trainer.train(model, config, host, tmp_path / "b", progress=False)
     assert read_checkpoint(latest_checkpoint(tmp_path / "b")).state["composer"] == "host"
-    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
-                                 switched.model.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), switched.model.state_dict().items()
+    ):
         assert torch.equal(a, b), name
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     changes = [r["changes"] for r in log if r.get("event") == "config-change"]
-    assert {"composer": ["device", "host"]} in [{k: v for k, v in c.items() if k == "composer"}
-                                                for c in changes]
+    assert {"composer": ["device", "host"]} in [
+        {k: v for k, v in c.items() if k == "composer"} for c in changes
+    ]
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--composer", "gpu"], ["argument --composer: invalid choice: 'gpu'", "host", "device"]),
-        (["--composer", "device", "--stage", "sr"],
-         ["--composer device: only --stage base or baseline (sr composes on the host)"]),
-        (["--composer", "device", "--backend", "jax"],
-         ["--composer device: only the torch backend, got --backend jax"]),
+        (
+            ["--composer", "device", "--stage", "sr"],
+            ["--composer device: only --stage base or baseline (sr composes on the host)"],
+        ),
+        (
+            ["--composer", "device", "--backend", "jax"],
+            ["--composer device: only the torch backend, got --backend jax"],
+        ),
     ],
 )
 def test_bad_composer_is_refused_in_one_line(argv, message, tmp_path, monkeypatch, capsys):

@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 from toys import toy_kb
 
-from reimagen.training import checkpoint as ckpt
 from reimagen.core import registry
+from reimagen.core.unet_config import PRESETS
 from reimagen.kb.builder import build_knowledge_base
 from reimagen.kb.knowledge_base import KnowledgeBase
-from reimagen.core.unet_config import PRESETS
+from reimagen.training import checkpoint as ckpt
 
 TINY = PRESETS["tiny"]
 DISK_MB = 48
@@ -47,7 +47,9 @@ def disk(tmp_path_factory) -> Path:
         pytest.skip("disk-full tests mount a tmpfs, which needs root (not on CI as non-root)")
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(folder)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
@@ -135,8 +137,9 @@ def triples_writer(suffix: str) -> Writer:
 
     def write(disk, k):
         kb = KnowledgeBase.open(disk / "kb")
-        found = build_triples(kb.texts, registry.get("retriever", "bm25")().fit(kb), k,
-                              [[r] for r in range(len(kb))])
+        found = build_triples(
+            kb.texts, registry.get("retriever", "bm25")().fit(kb), k, [[r] for r in range(len(kb))]
+        )
         save_triples(disk / path, found)
 
     def old(disk):
@@ -157,8 +160,15 @@ def checkpoint_writer() -> Writer:
 
     def write(disk, step):
         a = arrays(step)
-        ckpt.write_checkpoint(disk / "run", step, model=a, ema=a, optimizer=a,
-                              config_json=TINY.to_json(), state={"loss": 0.5})
+        ckpt.write_checkpoint(
+            disk / "run",
+            step,
+            model=a,
+            ema=a,
+            optimizer=a,
+            config_json=TINY.to_json(),
+            state={"loss": 0.5},
+        )
 
     def load(disk):
         saved, skipped = ckpt.load_resumable(disk / "run")
@@ -172,11 +182,16 @@ def export_writer() -> Writer:
     from reimagen.backends.torch import BACKEND
 
     def write(disk, seed):
-        BACKEND.save_model(BACKEND.build_model(TINY, seed=seed), disk / "w.safetensors",
-                           dtype="float16")
+        BACKEND.save_model(
+            BACKEND.build_model(TINY, seed=seed), disk / "w.safetensors", dtype="float16"
+        )
 
-    return Writer("w.safetensors", lambda disk: write(disk, 0), lambda disk: write(disk, 1),
-                  lambda disk: BACKEND.load_model(disk / "w.safetensors"))
+    return Writer(
+        "w.safetensors",
+        lambda disk: write(disk, 0),
+        lambda disk: write(disk, 1),
+        lambda disk: BACKEND.load_model(disk / "w.safetensors"),
+    )
 
 
 @attrs.frozen
@@ -213,7 +228,9 @@ def bench_writer() -> Writer:
 
 WRITERS: dict[str, Callable[[], Writer]] = {
     "kb build": lambda: Writer(
-        "kb", lambda disk: build_kb(disk / "kb", 6, 0), lambda disk: build_kb(disk / "kb", 60, 1),
+        "kb",
+        lambda disk: build_kb(disk / "kb", 6, 0),
+        lambda disk: build_kb(disk / "kb", 60, 1),
         lambda disk: KnowledgeBase.open(disk / "kb", verify=True),
     ),
     "index build (bm25)": lambda: index_writer("bm25"),
@@ -276,8 +293,10 @@ def disk_full_cases(disk: Path, writer: Writer) -> tuple[list[str], int]:
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_disk_full_keeps_the_previous_artifact(disk, name):
     failures, full = disk_full_cases(disk, WRITERS[name]())
-    print(f"\n{name}: ran out of space in {full}/{len(FREE_FRACTIONS)} cases, "
-          f"{full - len(failures)}/{full} a one-line ENOSPC with the old artifact intact")
+    print(
+        f"\n{name}: ran out of space in {full}/{len(FREE_FRACTIONS)} cases, "
+        f"{full - len(failures)}/{full} a one-line ENOSPC with the old artifact intact"
+    )
     assert not failures, f"{name}: {failures}"
     assert full >= MIN_FULL, f"{name}: the disk filled up in only {full} cases"
 
@@ -293,8 +312,16 @@ def test_the_cli_reports_a_full_disk_in_one_line(disk, capsys):
     run = disk / "run"
     train(TINY, config(1), SyntheticSource(), run, progress=False)
     export = disk / "w.safetensors"
-    argv = ["train", "--preset", "tiny", "--run-dir", str(run), "--export-only", "--export",
-            str(export)]
+    argv = [
+        "train",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run),
+        "--export-only",
+        "--export",
+        str(export),
+    ]
     assert main(argv) == 0
     kept = export.read_bytes()
     fill(disk, 0)

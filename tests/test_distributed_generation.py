@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from toys import toy_kb, toy_pipeline
 
-from reimagen.generation.cascade import Cascade, Stage
 from reimagen.cli.main import main
 from reimagen.core import registry
-from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.interfaces import SamplerNoise
 from reimagen.core.unet_config import PRESETS
+from reimagen.diffusion.sampling_config import SamplingConfig
+from reimagen.generation.cascade import Cascade, Stage
 from reimagen.generation.distributed import (
     _check_complete,
     generate_distributed,
@@ -36,8 +36,12 @@ from reimagen.generation.distributed import (
 
 PROMPTS = ["a red apple", "a robot", "a rocket in the top left", "a green cactus", "an anchor"]
 SR_CONFIG = PRESETS["tiny"].replace(
-    image_size=32, cond_image_channels=3, lowres_size=16, self_attn_resolutions=(16,),
-    cross_attn_resolutions=(16,), neighbor_attn_resolutions=(16,),
+    image_size=32,
+    cond_image_channels=3,
+    lowres_size=16,
+    self_attn_resolutions=(16,),
+    cross_attn_resolutions=(16,),
+    neighbor_attn_resolutions=(16,),
 )
 FAST = SamplingConfig(sampler="ddpm", steps=4, guidance="interleaved", eta=0.5)
 LAUNCH_TIMEOUT_S = 120
@@ -61,8 +65,12 @@ def test_micro_batches_of_every_rank_partition_the_prompts(n, batch, world):
     chunks = micro_batches(n, batch, world)
     assert chunks == micro_batches(n, batch, 1)  # the cut does not depend on the world size
     assert all(c.start % batch == 0 and 1 <= len(c) <= batch for c in chunks)
-    owned = [i for rank in range(world)
-             for c in shard_indices(len(chunks), rank, world) for i in chunks[c]]
+    owned = [
+        i
+        for rank in range(world)
+        for c in shard_indices(len(chunks), rank, world)
+        for i in chunks[c]
+    ]
     assert owned == list(range(n))
 
 
@@ -90,7 +98,8 @@ def test_sample_noise_depends_on_seed_and_global_index_only():
     tail = SamplerNoise.draw_per_sample(7, [4, 3], (4, 4, 3), steps=6)  # reversed on purpose
     np.testing.assert_array_equal(np.concatenate([head.x_T, tail.x_T[::-1]]), whole.x_T)
     np.testing.assert_array_equal(
-        np.concatenate([head.step_noise, tail.step_noise[:, ::-1]], axis=1), whole.step_noise)
+        np.concatenate([head.step_noise, tail.step_noise[:, ::-1]], axis=1), whole.step_noise
+    )
     np.testing.assert_array_equal(head.guidance_draws, whole.guidance_draws)
     other = SamplerNoise.draw_per_sample(8, range(5), (4, 4, 3), steps=6)
     assert not np.array_equal(other.x_T, whole.x_T)
@@ -116,9 +125,12 @@ def test_cascade_split_into_micro_batches_matches_one_batch_here(kb):
     torch.set_num_threads(1)
     try:
         retriever = registry.get("retriever", "bm25")().fit(kb)
-        cascade = Cascade([Stage("base", _pipeline(kb, PRESETS["tiny"], retriever=retriever), FAST, k=2),
-                           Stage("sr", _pipeline(kb, SR_CONFIG), FAST.replace(aug_level=0.1),
-                                 k=1)])
+        cascade = Cascade(
+            [
+                Stage("base", _pipeline(kb, PRESETS["tiny"], retriever=retriever), FAST, k=2),
+                Stage("sr", _pipeline(kb, SR_CONFIG), FAST.replace(aug_level=0.1), k=1),
+            ]
+        )
         whole = cascade.generate(PROMPTS, seed=3)
         split = generate_distributed(cascade, PROMPTS, 3, batch_size=2)
     finally:
@@ -150,9 +162,30 @@ def _free_port() -> int:
 
 
 def _argv(kb, out: Path) -> list[str]:
-    return ["generate", *PROMPTS, "--stages", "base,sr", "--k", "2", "--kb", str(kb.folder),
-            "--encoder", "hash", "--sampler", "ddpm", "--steps", "4", "--seed", "11",
-            "--batch-size", "2", "--threads", "1", "--out", str(out)]
+    return [
+        "generate",
+        *PROMPTS,
+        "--stages",
+        "base,sr",
+        "--k",
+        "2",
+        "--kb",
+        str(kb.folder),
+        "--encoder",
+        "hash",
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "4",
+        "--seed",
+        "11",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -160,14 +193,32 @@ def _pixels(path: Path) -> np.ndarray:
 
 
 def test_two_processes_write_the_bytes_of_one(kb, shipped, tmp_path, monkeypatch):
-    env = {**os.environ, "REIMAGEN_WEIGHTS": str(shipped), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = {
+        **os.environ,
+        "REIMAGEN_WEIGHTS": str(shipped),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+    }
     two = tmp_path / "two" / "x.png"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-              "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-              "-m", "reimagen.cli.main", *_argv(kb, two), "--distributed"]
-    done = subprocess.run(launch, check=False, env=env, capture_output=True, text=True,
-                          timeout=LAUNCH_TIMEOUT_S)
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "reimagen.cli.main",
+        *_argv(kb, two),
+        "--distributed",
+    ]
+    done = subprocess.run(
+        launch, check=False, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1 and "2 processes" in done.stdout  # rank 0 only
 
@@ -184,7 +235,7 @@ def test_two_processes_write_the_bytes_of_one(kb, shipped, tmp_path, monkeypatch
         assert a.read_bytes() == b.read_bytes(), suffix
     final = _pixels(one)  # 5 images side by side: none missing, none duplicated
     assert final.shape == (32, 32 * len(PROMPTS), 3)
-    tiles = {final[:, 32 * i: 32 * (i + 1)].tobytes() for i in range(len(PROMPTS))}
+    tiles = {final[:, 32 * i : 32 * (i + 1)].tobytes() for i in range(len(PROMPTS))}
     assert len(tiles) == len(PROMPTS)
 
 
@@ -193,6 +244,11 @@ def test_distributed_flag_outside_torchrun_is_a_one_line_error(kb, tmp_path, cap
         monkeypatch.delenv(name, raising=False)
     assert main([*_argv(kb, tmp_path / "x.png"), "--distributed"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("reimagen: error: --distributed: distributed generation needs "
-                          "torchrun's environment; RANK, WORLD_SIZE") and "\n" not in err
+    assert (
+        err.startswith(
+            "reimagen: error: --distributed: distributed generation needs "
+            "torchrun's environment; RANK, WORLD_SIZE"
+        )
+        and "\n" not in err
+    )
     assert not (tmp_path / "x.png").exists()

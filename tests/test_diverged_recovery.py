@@ -18,12 +18,12 @@ import pytest
 from test_torch_trainer import SyntheticSource, assert_same_state, config
 
 from reimagen.backends.torch.trainer import Trainer, train
-from reimagen.training import checkpoint as ckpt
-from reimagen.training import rewind as rw
 from reimagen.core.config import ConfigError
 from reimagen.core.digests import IntegrityError
-from reimagen.training.loop import RESUMABLE_CHANGES, check_resumable
 from reimagen.core.unet_config import PRESETS
+from reimagen.training import checkpoint as ckpt
+from reimagen.training import rewind as rw
+from reimagen.training.loop import RESUMABLE_CHANGES, check_resumable
 
 TINY = PRESETS["tiny"]
 LOWER_LR = 2e-4  # the recovery's lr; the runs start at config()'s 2e-3
@@ -57,8 +57,12 @@ def test_lr_warmup_and_grad_clip_may_change_on_resume(four_steps):
     saved = ckpt.read_checkpoint(ckpt.latest_checkpoint(four_steps))
     assert {"lr", "warmup_steps", "grad_clip"} <= set(RESUMABLE_CHANGES)
     changes = check_resumable(saved, TINY, config(6, lr=LOWER_LR, warmup_steps=0, grad_clip=0.5))
-    assert changes == {"steps": [4, 6], "lr": [2e-3, LOWER_LR], "warmup_steps": [2, 0],
-                       "grad_clip": [1.0, 0.5]}
+    assert changes == {
+        "steps": [4, 6],
+        "lr": [2e-3, LOWER_LR],
+        "warmup_steps": [2, 0],
+        "grad_clip": [1.0, 0.5],
+    }
     with pytest.raises(ConfigError, match="differs from the run's in seed; only steps") as err:
         check_resumable(saved, TINY, config(6, seed=4, lr=LOWER_LR))
     assert "\n" not in str(err.value)
@@ -72,8 +76,9 @@ def test_rewind_then_a_lower_lr_is_a_plain_resume_from_that_step(tmp_path, run):
     train(TINY, config(5, lr=LOWER_LR), SyntheticSource(), straight, progress=False)
     expected = ckpt.read_checkpoint(ckpt.latest_checkpoint(straight))
 
-    trainer = Trainer(TINY, config(5, lr=LOWER_LR), SyntheticSource(), run, progress=False,
-                      keep=10, resume_from=2)
+    trainer = Trainer(
+        TINY, config(5, lr=LOWER_LR), SyntheticSource(), run, progress=False, keep=10, resume_from=2
+    )
     assert trainer.step == 2
     aside = run / "checkpoints" / "rewound-2-1"
     assert sorted(p.name for p in aside.iterdir()) == ["step-00000003", "step-00000004"]
@@ -82,13 +87,21 @@ def test_rewind_then_a_lower_lr_is_a_plain_resume_from_that_step(tmp_path, run):
     assert_same_state(run, expected)
     assert ckpt.read_checkpoint(ckpt.latest_checkpoint(run)).state["train_config"]["lr"] == LOWER_LR
     [rewind] = events(run, "rewind")
-    assert rewind == {**rewind, "step": 2, "to": "step-00000002", "aside": "rewound-2-1",
-                      "moved": ["step-00000003", "step-00000004"]}
+    assert rewind == {
+        **rewind,
+        "step": 2,
+        "to": "step-00000002",
+        "aside": "rewound-2-1",
+        "moved": ["step-00000003", "step-00000004"],
+    }
     [change] = events(run, "config-change")
     assert change["step"] == 2 and change["changes"]["lr"] == [2e-3, LOWER_LR]
     # the new course wrote its own steps 3..5; the old ones are still aside
     assert [p.name for p in ckpt.step_folders(run)][:3] == [
-        "step-00000005", "step-00000004", "step-00000003"]
+        "step-00000005",
+        "step-00000004",
+        "step-00000003",
+    ]
     assert ckpt.read_checkpoint(aside / "step-00000003").state["train_config"]["lr"] == 2e-3
 
 
@@ -99,13 +112,19 @@ def test_rewinding_twice_keeps_both_asides(run):
     root = run / "checkpoints"
     assert sorted(p.name for p in root.glob("rewound-*")) == ["rewound-3-1", "rewound-3-2"]
     assert [p.name for p in ckpt.step_folders(run)] == [
-        "step-00000003", "step-00000002", "step-00000001"]
+        "step-00000003",
+        "step-00000002",
+        "step-00000001",
+    ]
 
 
 def test_a_missing_or_damaged_step_is_refused_and_nothing_moves(run):
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
-    with pytest.raises(ckpt.CheckpointError, match=r"no committed step-00000009 .*steps there: "
-                                                   r"1, 2, 3, 4") as err:
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"no committed step-00000009 .*steps there: "
+        r"1, 2, 3, 4",
+    ) as err:
         rw.rewind(run, 9)
     assert "\n" not in str(err.value)
     model = run / "checkpoints" / "step-00000002" / ckpt.MODEL_FILE
@@ -140,14 +159,21 @@ def test_a_crash_before_latest_is_rewritten_resumes_at_the_rewound_step(run, mon
 # ---- the CLI ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--resume-from", "9"], ("--resume-from 9: not a committed step of {run} (its steps: "
-                             "1, 2, 3, 4)")),
-    (["--resume-from", "2", "--distributed"], ("--resume-from cannot be combined with "
-                                              "--distributed")),
-    (["--resume-from", "2", "--export-only"], "does not combine with --export-only"),
-    (["--keep", "0"], "--keep must be in [1, 1000000]"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--resume-from", "9"],
+            ("--resume-from 9: not a committed step of {run} (its steps: 1, 2, 3, 4)"),
+        ),
+        (
+            ["--resume-from", "2", "--distributed"],
+            ("--resume-from cannot be combined with --distributed"),
+        ),
+        (["--resume-from", "2", "--export-only"], "does not combine with --export-only"),
+        (["--keep", "0"], "--keep must be in [1, 1000000]"),
+    ],
+)
 def test_cli_refuses_a_bad_rewind_in_one_line_before_any_work(run, capsys, extra, message):
     from reimagen.cli.main import main
 
@@ -164,9 +190,9 @@ def test_cli_passes_resume_from_and_keep_to_the_trainer(run, monkeypatch):
     the loop tested above)."""
     from reimagen.backends.torch import BACKEND
     from reimagen.cli import common
-    from reimagen.training import run_setup
     from reimagen.cli.main import main
     from reimagen.training import folder_data as folder_training
+    from reimagen.training import run_setup
 
     seen = {}
 
@@ -179,7 +205,20 @@ def test_cli_passes_resume_from_and_keep_to_the_trainer(run, monkeypatch):
     monkeypatch.setattr(folder_training, "is_collection", lambda kb: False)  # the emoji path
     monkeypatch.setattr(run_setup, "check_training_kb", lambda *a: None)
     monkeypatch.setattr(run_setup, "make_batch_source", lambda *a: None)
-    argv = ["train", "--preset", "tiny", "--run-dir", str(run), "--encoder", "hash",
-            "--resume-from", "2", "--keep", "5", "--lr", str(LOWER_LR)]
+    argv = [
+        "train",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run),
+        "--encoder",
+        "hash",
+        "--resume-from",
+        "2",
+        "--keep",
+        "5",
+        "--lr",
+        str(LOWER_LR),
+    ]
     assert main(argv) == 0
     assert seen["resume_from"] == 2 and seen["keep"] == 5

@@ -39,7 +39,7 @@ def by_name(entities) -> dict[str, Entity]:
 
 # ------------------------------------------------------------------ entities
 def test_entity_set(entities):
-    assert 1850 <= len(entities) <= 1950  # DESIGN §8: ~1,914 fully-qualified, no variants
+    assert 1850 <= len(entities) <= 1950  # docs/design.md §8: ~1,914 fully-qualified, no variants
     assert len({e.name for e in entities}) == len(entities)
     assert len({e.codepoints for e in entities}) == len(entities)
     forbidden = ee.SKIN_TONES | ee.HAIR

@@ -96,8 +96,9 @@ def test_hash_is_case_insensitive_order_sensitive_and_seeded():
     n, s = len(real), real.sum(0).astype(np.float64)
     reorder = (n - 1) * 2**-24 * np.linalg.norm(np.abs(real).sum(0)) / np.linalg.norm(s)
     normalise = 2 * (encoder.dim / 2 + 3) * 2**-24 * np.abs(encoding.pooled[1]).max()
-    np.testing.assert_allclose(encoding.pooled[1], encoding.pooled[2], rtol=0,
-                               atol=reorder + normalise)
+    np.testing.assert_allclose(
+        encoding.pooled[1], encoding.pooled[2], rtol=0, atol=reorder + normalise
+    )
     b = encoding.pooled[1]
     other_seed = HashEncoder(dim=32, seed=1).encode(["red apple"]).pooled[0]
     # A difference check: other seed, other random word vectors (max difference 0.60 here).

@@ -189,8 +189,8 @@ def tiny(tmp_path_factory):
     import torch
 
     from reimagen.core import registry
-    from reimagen.kb.builder import build_from_source
     from reimagen.core.unet_config import PRESETS
+    from reimagen.kb.builder import build_from_source
     from reimagen.kb.emoji_source import EmojiSource
 
     root = tmp_path_factory.mktemp("bench")
@@ -235,8 +235,10 @@ def test_bench_rejects_a_bad_prompt_file_before_generating(tiny, tmp_path, capsy
     assert main(["bench", "--settings", "training", *_common(tiny, out)]) == 2
     assert "--settings: unknown value(s) ['training']" in capsys.readouterr().err
     assert main(["bench", "--tiers", "unseen,common", *_common(tiny, out)]) == 2
-    assert ("--tiers: unknown value(s) ['common']; allowed: frequent, rare, unseen"
-            in capsys.readouterr().err)
+    assert (
+        "--tiers: unknown value(s) ['common']; allowed: frequent, rare, unseen"
+        in capsys.readouterr().err
+    )
     assert not out.exists()
 
 
@@ -313,9 +315,10 @@ def test_ablate_quick_writes_tables_and_plots(tiny, tmp_path, capsys):
     assert [r["label"] for r in blob["sections"]["k"]] == ["K=0", "K=1"]
     assert [r["sampling"]["eta"] for r in blob["sections"]["eta"]] == [0.0, 1.0]
     assert [r["nfe"] for r in blob["sections"]["guidance"]] == [2 * 4, 2 * 4]  # 2 passes/step
-    assert [(r["label"], r["sampling"]["guidance"], r["sampling"]["w_neighbors"])
-            for r in blob["sections"]["w_neighbors"]] == [
-        ("w_n=1", "interleaved", 1.0), ("w_n=7", "interleaved", 7.0)]
+    assert [
+        (r["label"], r["sampling"]["guidance"], r["sampling"]["w_neighbors"])
+        for r in blob["sections"]["w_neighbors"]
+    ] == [("w_n=1", "interleaved", 1.0), ("w_n=7", "interleaved", 7.0)]
     assert [
         (r["sampling"]["sampler"], r["sampling"]["steps"]) for r in blob["sections"]["sampler"]
     ] == [("ddpm", 2), ("dpmpp2m", 2)]
@@ -335,20 +338,31 @@ def test_bench_images_depend_on_the_seed_and_not_on_the_batch_size(tiny, judge, 
     images (up to one uint8 level of float summation order); another seed does not."""
     from reimagen.core import registry
     from reimagen.diffusion.sampling_config import SamplingConfig
-    from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.generation.shipped import load_stage
+    from reimagen.kb.knowledge_base import KnowledgeBase
 
     kb = KnowledgeBase.open(tiny / "kb")
     retriever = registry.get("retriever", "bm25")().fit(kb)
     pipe = load_stage("base", kb=kb, retriever=retriever, encoder="hash")
     prompts = [_prompt(split, name, COLOUR[name], "center", "large") for name in NAMES[:3]]
-    row = eb.Row(label="K=1", network="base", k=1, setting="same-style",
-                 sampling=SamplingConfig(steps=2, guidance="joint"))
+    row = eb.Row(
+        label="K=1",
+        network="base",
+        k=1,
+        setting="same-style",
+        sampling=SamplingConfig(steps=2, guidance="joint"),
+    )
 
     def images(batch_size, seed=0):
-        runner = eb.BenchRunner(prompts, pipelines={"base": pipe},
-                                retrievers={"same-style": retriever}, evaluator=judge,
-                                seed=seed, batch_size=batch_size, log=lambda _: None)
+        runner = eb.BenchRunner(
+            prompts,
+            pipelines={"base": pipe},
+            retrievers={"same-style": retriever},
+            evaluator=judge,
+            seed=seed,
+            batch_size=batch_size,
+            log=lambda _: None,
+        )
         return runner.run_row(row).images.astype(int)
 
     one, three = images(1), images(3)
@@ -418,19 +432,35 @@ def test_bench_weights_names_the_folder_of_stages_it_measures(tiny, tmp_path, ca
     folder = tmp_path / "candidate"
     folder.mkdir()
     shutil.copy(tiny / "weights" / "base.safetensors", folder / "base.safetensors")
-    line = {"prompt": f"a large {NAMES[0]} in the centre on {COLOUR[NAMES[0]]}",
-            "entity": NAMES[0], "background": COLOUR[NAMES[0]], "position": "center",
-            "size": "large"}
+    line = {
+        "prompt": f"a large {NAMES[0]} in the centre on {COLOUR[NAMES[0]]}",
+        "entity": NAMES[0],
+        "background": COLOUR[NAMES[0]],
+        "position": "center",
+        "size": "large",
+    }
     path = _write(tmp_path / "p.jsonl", [line])
     out = tmp_path / "out"
-    args = ["--prompts", str(path), "--k", "1", "--settings", "same-style", "--steps", "1",
-            "--weights", str(folder)]
+    args = [
+        "--prompts",
+        str(path),
+        "--k",
+        "1",
+        "--settings",
+        "same-style",
+        "--steps",
+        "1",
+        "--weights",
+        str(folder),
+    ]
     assert main(["bench", *args, *_common(tiny, out)]) == 0, capsys.readouterr().err
     blob = json.loads((out / "results.json").read_text())
     assert blob["networks"] == {"base": str(folder / "base.safetensors")}
     capsys.readouterr()
-    for bad, message in ((folder / "base.safetensors", "is not a folder"),
-                         (tmp_path, "no base network at")):
+    for bad, message in (
+        (folder / "base.safetensors", "is not a folder"),
+        (tmp_path, "no base network at"),
+    ):
         args[-1] = str(bad)
         assert main(["bench", *args, *_common(tiny, tmp_path / "out2")]) == 2
         err = capsys.readouterr().err.strip()
@@ -471,5 +501,11 @@ def test_bench_outputs_move_in_as_one_set(tmp_path):
     os.utime(dead, (0, 0))
     write(2, "second")
     assert sorted(p.name for p in out.iterdir()) == [
-        "grid_00.png", "grid_01.png", "notes.txt", "prompts.jsonl", "results.json", "results.md"]
+        "grid_00.png",
+        "grid_01.png",
+        "notes.txt",
+        "prompts.jsonl",
+        "results.json",
+        "results.md",
+    ]
     assert json.loads((out / "results.json").read_text()) == {"tag": "second"}

@@ -82,9 +82,9 @@ def test_random_scenes_use_legible_colours_and_every_position(composer):
 
 
 def test_target_drawings_match_the_knowledge_base_packing():
-    from reimagen.kb.image_pack import pack_rgba
     from reimagen.kb.emoji_artists import Twemoji
     from reimagen.kb.emoji_entities import load_entities
+    from reimagen.kb.image_pack import pack_rgba
 
     apple = next(e for e in load_entities() if e.name == "red apple")
     _, drawings = target_drawings(["red apple"])
@@ -158,6 +158,7 @@ def test_shipped_evaluator_ceiling_is_reproducible(shipped):
     top1 = np.mean([t[0] == names[i] for t, i in zip(top5, local)])
     in5 = np.mean([names[i] in t for t, i in zip(top5, local)])
     ceiling = shipped.meta["accuracy"]["clean"]["all"]
+
     # A statistical bound: both rates are binomial means, this one over n = 600 composites
     # (2 per entity: a design effect <= 2, so variance <= 2·p(1−p)/n) and the ceiling over
     # N = 7,608 (4 per entity: <= 4·p(1−p)/N); 5 standard deviations of the difference (normal
@@ -212,7 +213,9 @@ def test_save_load_round_trip_and_deterministic_training(tiny):
     images = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(loaded.logits(images), judge.logits(images))
     assert loaded.entities == tuple(NAMES)
-    again, _, _ = training.train_evaluator(config, NAMES)  # batches are a pure function of (seed, step)
+    again, _, _ = training.train_evaluator(
+        config, NAMES
+    )  # batches are a pure function of (seed, step)
     np.testing.assert_array_equal(again.logits(images), judge.logits(images))
 
 

@@ -21,21 +21,25 @@ from PIL import Image
 
 from reimagen import hookimpl
 from reimagen.backends.torch import checkpoint as ckpt
+from reimagen.bench.evaluators import HeldOutExample, centred_cosine, mse, pixel_metrics, psnr
 from reimagen.cli.main import main
 from reimagen.core import registry
 from reimagen.diffusion.augment import resize_bilinear
-from reimagen.kb.builder import build_from_source
 from reimagen.diffusion.schedule import CosineSchedule
-from reimagen.training.contract import TrainConfig
-from reimagen.training import folder_data as ft
+from reimagen.kb.builder import build_from_source
 from reimagen.kb.folder_source import FolderSource
+from reimagen.training import folder_data as ft
+from reimagen.training.contract import TrainConfig
 from reimagen.training.data import DataConfig
-from reimagen.bench.evaluators import HeldOutExample, centred_cosine, mse, pixel_metrics, psnr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-           "yellow": (230, 200, 30)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 200, 30),
+}
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 
 
@@ -43,10 +47,13 @@ def shape_mask(shape: str, size: int = 24) -> np.ndarray:
     y, x = np.mgrid[:size, :size] + 0.5
     c, r = size / 2, size * 0.38
     d = np.hypot(x - c, y - c)
-    return {"circle": d < r, "square": (abs(x - c) < 0.8 * r) & (abs(y - c) < 0.8 * r),
-            "triangle": (y > c - r) & (y < c + r) & (abs(x - c) < (y - c + r) / 2),
-            "cross": (abs(x - c) < 0.3 * r) | (abs(y - c) < 0.3 * r),
-            "ring": (d < r) & (d > 0.6 * r)}[shape]
+    return {
+        "circle": d < r,
+        "square": (abs(x - c) < 0.8 * r) & (abs(y - c) < 0.8 * r),
+        "triangle": (y > c - r) & (y < c + r) & (abs(x - c) < (y - c + r) / 2),
+        "cross": (abs(x - c) < 0.3 * r) | (abs(y - c) < 0.3 * r),
+        "ring": (d < r) & (d > 0.6 * r),
+    }[shape]
 
 
 def make_collection(folder, words=("",)) -> None:
@@ -59,8 +66,9 @@ def make_collection(folder, words=("",)) -> None:
             image = np.zeros((24, 24, 4), np.uint8)
             image[shape_mask(shape)] = (*rgb, 255)
             Image.fromarray(image, "RGBA").save(folder / f"{colour}-{shape}.png")
-            lines.append({"image": f"{colour}-{shape}.png",
-                          "text": f"a {words[0]}{colour} {shape}"})
+            lines.append(
+                {"image": f"{colour}-{shape}.png", "text": f"a {words[0]}{colour} {shape}"}
+            )
     shutil.copy(folder / "red-circle.png", folder / "red-circle-copy.png")
     lines.append({"image": "red-circle-copy.png", "text": "a red disc, the same drawing"})
     (folder / "captions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -78,15 +86,28 @@ def kb(tmp_path_factory):
 
 
 def config(**changes) -> TrainConfig:
-    base = {"steps": 4, "batch_size": 4, "neighbors": 2, "lr": 1e-3, "warmup_steps": 2,
-            "checkpoint_every": 2, "seed": 5}
+    base = {
+        "steps": 4,
+        "batch_size": 4,
+        "neighbors": 2,
+        "lr": 1e-3,
+        "warmup_steps": 2,
+        "checkpoint_every": 2,
+        "seed": 5,
+    }
     return TrainConfig(**{**base, **changes})
 
 
 def source(kb, encoder_name="hash", **options):
     encoder = registry.get("encoder", encoder_name)()
-    return ft.FolderBatchSource(kb, encoder, options.pop("config", config()),
-                                options.pop("data", None), image_size=16, **options)
+    return ft.FolderBatchSource(
+        kb,
+        encoder,
+        options.pop("config", config()),
+        options.pop("data", None),
+        image_size=16,
+        **options,
+    )
 
 
 # ---- the split and the neighbours --------------------------------------------------------------
@@ -160,7 +181,8 @@ def test_batches_are_pure_functions_of_the_step(kb):
     assert batch.images.shape == (4, 16, 16, 3) and batch.neighbor_images.shape == (4, 2, 16, 16, 3)
     assert np.array_equal(batch.images, first.images(info.rows, 16))  # the record's own image
     assert [kb.records[int(r)].text for r in info.rows] == [
-        first.prompts[int(np.flatnonzero(first.train_rows == r)[0])] for r in info.rows]
+        first.prompts[int(np.flatnonzero(first.train_rows == r)[0])] for r in info.rows
+    ]
 
 
 def test_text_and_neighbour_dropout_follow_the_train_config(kb):
@@ -193,13 +215,32 @@ def test_a_kb_too_small_or_too_coarse_is_one_line(kb):
 # ---- the command line: train, resume, export, bench --------------------------------------------
 
 
-TRAIN = ["train", "--preset", "tiny", "--batch-size", "4", "--k", "2", "--lr", "1e-3",
-         "--warmup", "2", "--checkpoint-every", "2", "--seed", "5", "--threads", "1", "--no-bf16"]
+TRAIN = [
+    "train",
+    "--preset",
+    "tiny",
+    "--batch-size",
+    "4",
+    "--k",
+    "2",
+    "--lr",
+    "1e-3",
+    "--warmup",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--seed",
+    "5",
+    "--threads",
+    "1",
+    "--no-bf16",
+]
 
 
 def train(kb_folder, run_dir, steps, *extra):
-    return main([*TRAIN, "--kb", str(kb_folder), "--run-dir", str(run_dir), "--steps", str(steps),
-                 *extra])
+    return main(
+        [*TRAIN, "--kb", str(kb_folder), "--run-dir", str(run_dir), "--steps", str(steps), *extra]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -278,32 +319,62 @@ def spy_registry():
     registry.reset()
 
 
-def test_bench_kb_writes_the_tables_and_calls_a_plugin_evaluator(kb, trained, tmp_path,
-                                                                 spy_registry, capsys):
+def test_bench_kb_writes_the_tables_and_calls_a_plugin_evaluator(
+    kb, trained, tmp_path, spy_registry, capsys
+):
     out = tmp_path / "bench"
-    argv = ["bench", "--kb", str(kb.folder), "--weights", str(trained), "--n", "3", "--k", "2",
-            "--sampler", "ddim", "--steps", "2", "--threads", "1", "--out", str(out),
-            "--evaluators", "pixel,spy"]
+    argv = [
+        "bench",
+        "--kb",
+        str(kb.folder),
+        "--weights",
+        str(trained),
+        "--n",
+        "3",
+        "--k",
+        "2",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--evaluators",
+        "pixel,spy",
+    ]
     assert main(argv) == 0
     text = (out / "results.md").read_text()
     assert "| K | right | shuffled | none | right vs shuffled |" in text
     assert "| row | target PSNR | target MSE | target corr | ref PSNR | mean brightness |" in text
     blob = json.loads((out / "results.json").read_text())
     assert [r["label"] for r in blob["rows"]] == [
-        "copy top-1 reference (no network)", "no retrieval (K=0)", "Re-Imagen K=2"]
+        "copy top-1 reference (no network)",
+        "no retrieval (K=0)",
+        "Re-Imagen K=2",
+    ]
     assert blob["kb"]["held_out"] == 3 and blob["evaluators"] == ["pixel", "spy"]
-    assert all(np.isfinite(r["mean brightness"]) and np.isfinite(r["target PSNR"])
-               for r in blob["rows"])
+    assert all(
+        np.isfinite(r["mean brightness"]) and np.isfinite(r["target PSNR"]) for r in blob["rows"]
+    )
     assert sorted(p.name for p in out.iterdir()) == [
-        "grid_00.png", "grid_01.png", "grid_02.png", "results.json", "results.md", "targets.png"]
+        "grid_00.png",
+        "grid_01.png",
+        "grid_02.png",
+        "results.json",
+        "results.md",
+        "targets.png",
+    ]
     assert len(SpyEvaluator.calls) == 3  # the copy row, K=0 and K=2
     images, examples = SpyEvaluator.calls[-1]
     held = {kb.records[int(r)].key for r in ft.split_rows(kb)[1]}
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
     assert all(isinstance(e, HeldOutExample) for e in examples)
     assert {e.key for e in examples} == held  # only held-out records are evaluated
-    assert all(e.references.shape == (2, 16, 16, 3) and not set(e.reference_keys) & held
-               for e in examples)
+    assert all(
+        e.references.shape == (2, 16, 16, 3) and not set(e.reference_keys) & held for e in examples
+    )
     copy_images, _ = SpyEvaluator.calls[0]  # the copy row shows each top-1 reference
     assert np.array_equal(copy_images, np.stack([e.references[0] for e in examples]))
     signal = blob["signal"][0]
@@ -318,8 +389,13 @@ def test_pixel_metrics_on_known_images():
     np.testing.assert_allclose(centred_cosine(a, 255 - a), -1.0)
     black, white = np.zeros((1, 4, 4, 3), np.uint8), np.full((1, 4, 4, 3), 255, np.uint8)
     assert mse(black, white)[0] == 1.0 and psnr(black, white)[0] == 0.0
-    example = HeldOutExample(key="k", text="t", target=a[0], references=np.stack([a[1], a[0]]),
-                             reference_keys=("r1", "r0"))
+    example = HeldOutExample(
+        key="k",
+        text="t",
+        target=a[0],
+        references=np.stack([a[1], a[0]]),
+        reference_keys=("r1", "r0"),
+    )
     metrics = pixel_metrics(a[:1], [example])
     assert metrics["target PSNR"] == 100.0 and metrics["ref PSNR"] == 100.0  # nearest: r0
 
@@ -332,18 +408,29 @@ def test_evaluator_is_a_registered_kind_with_the_builtin_pixel():
 # ---- bad input ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case, line, message", [
-    ("missing image", 2, "missing.png: image file not found ({f}/captions.jsonl: line 2)"),
-    ("empty caption", 2, "{f}/captions.jsonl: line 2: empty caption for image 'b.png'"),
-    ("duplicate id", 2, ("{f}/captions.jsonl: line 2: image 'a.jpg' has the record id "
-                         "'folder/a' of line 1")),
-    ("duplicate path", 3, "{f}/captions.jsonl: line 3: image 'a.png' already listed on line 1"),
-    ("non-image file", 2, "{f}/captions.jsonl: line 2: notes.txt is not an image Pillow reads"),
-    ("odd characters", 2, ("{f}/captions.jsonl: line 2: image 'a_b.png' would be stored as "
-                           "images/folder/a_b.png like line 1's")),
-])
-def test_bad_folder_is_one_line_naming_the_line(case, line, message, tmp_path, capsys,
-                                                monkeypatch):
+@pytest.mark.parametrize(
+    "case, line, message",
+    [
+        ("missing image", 2, "missing.png: image file not found ({f}/captions.jsonl: line 2)"),
+        ("empty caption", 2, "{f}/captions.jsonl: line 2: empty caption for image 'b.png'"),
+        (
+            "duplicate id",
+            2,
+            ("{f}/captions.jsonl: line 2: image 'a.jpg' has the record id 'folder/a' of line 1"),
+        ),
+        ("duplicate path", 3, "{f}/captions.jsonl: line 3: image 'a.png' already listed on line 1"),
+        ("non-image file", 2, "{f}/captions.jsonl: line 2: notes.txt is not an image Pillow reads"),
+        (
+            "odd characters",
+            2,
+            (
+                "{f}/captions.jsonl: line 2: image 'a_b.png' would be stored as "
+                "images/folder/a_b.png like line 1's"
+            ),
+        ),
+    ],
+)
+def test_bad_folder_is_one_line_naming_the_line(case, line, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("REIMAGEN_HOME", str(tmp_path / "home"))
     folder = tmp_path / "f"
     folder.mkdir()
@@ -351,17 +438,34 @@ def test_bad_folder_is_one_line_naming_the_line(case, line, message, tmp_path, c
         Image.new("RGB", (8, 8), "red").save(folder / name)
     Image.new("RGB", (8, 8), "blue").save(folder / "a.jpg")
     (folder / "notes.txt").write_text("not an image")
-    second = {"missing image": "missing.png", "empty caption": "b.png", "duplicate id": "a.jpg",
-              "duplicate path": "b.png", "non-image file": "notes.txt", "odd characters": "a_b.png"}
+    second = {
+        "missing image": "missing.png",
+        "empty caption": "b.png",
+        "duplicate id": "a.jpg",
+        "duplicate path": "b.png",
+        "non-image file": "notes.txt",
+        "odd characters": "a_b.png",
+    }
     first = "a b.png" if case == "odd characters" else "a.png"
-    lines = [{"image": first, "text": "one"},
-             {"image": second[case], "text": " " if case == "empty caption" else "two"}]
+    lines = [
+        {"image": first, "text": "one"},
+        {"image": second[case], "text": " " if case == "empty caption" else "two"},
+    ]
     if case == "duplicate path":
         lines.append({"image": "a.png", "text": "three"})
     (folder / "captions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     before = sorted(tmp_path.rglob("*"))
-    argv = ["kb", "build", "--source", "folder", "--folder", str(folder), "--out",
-            str(tmp_path / "kb"), "--quiet"]
+    argv = [
+        "kb",
+        "build",
+        "--source",
+        "folder",
+        "--folder",
+        str(folder),
+        "--out",
+        str(tmp_path / "kb"),
+        "--quiet",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"line {line}" in err, err
@@ -372,8 +476,10 @@ def test_bad_folder_is_one_line_naming_the_line(case, line, message, tmp_path, c
 def test_kb_that_is_an_unbuilt_folder_is_one_line(kb, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("REIMAGEN_HOME", str(tmp_path / "home"))
     make_collection(tmp_path / "images")  # the source folder, not a KB
-    for argv in (["train", "--kb", str(tmp_path / "images"), "--run-dir", str(tmp_path / "r")],
-                 ["bench", "--kb", str(tmp_path / "images"), "--out", str(tmp_path / "o")]):
+    for argv in (
+        ["train", "--kb", str(tmp_path / "images"), "--run-dir", str(tmp_path / "r")],
+        ["bench", "--kb", str(tmp_path / "images"), "--out", str(tmp_path / "o")],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--kb: no knowledge base at" in err, err

@@ -1,4 +1,4 @@
-"""Guidance strategies (DESIGN §5; paper Eq. 5, Eq. 6, Appendix E).
+"""Guidance strategies (docs/design.md §5; paper Eq. 5, Eq. 6, Appendix E).
 
 The formulas are checked against the paper's equations written out by hand here (not through the
 library's helpers), on random ε predictions per variant, for numpy, torch and jax arrays.

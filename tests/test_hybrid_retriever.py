@@ -22,8 +22,8 @@ from toys import FORMULA_DOCS, FORMULA_TEXTS, MemoryKB
 
 from reimagen.bench.recall import entity_hits, measure
 from reimagen.core import digests
-from reimagen.kb.builder import build_knowledge_base
 from reimagen.core.paths import default_kb_dir
+from reimagen.kb.builder import build_knowledge_base
 from reimagen.retrievers import (
     BM25Retriever,
     HybridRetriever,

@@ -46,8 +46,11 @@ def copy_source(target: Path) -> Path:
     target.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, target / name)
-    shutil.copytree(ROOT / "reimagen", target / "reimagen",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "reimagen",
+        target / "reimagen",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     return target
 
 
@@ -69,26 +72,46 @@ def test_metadata_gives_ranges_and_the_recipe_pins_them():
     requirements = [*project["dependencies"], *(r for extra in extras for r in extra)]
     assert not [r for r in requirements if "==" in r]
     assert "torch>=2.4" in project["dependencies"]
-    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert pins["torch"] == "2.13.0" and {"jax", "equinox", "optax"} <= set(pins)
     setup = (ROOT / "Makefile").read_text()
     torch_step = setup.index("-c constraints.txt torch")
     assert torch_step < setup.index('-e ".[jax,dev]"')  # torch before what depends on it
 
 
-@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None,
-                    reason="building the package offline needs setuptools in this environment")
+@pytest.mark.skipif(
+    importlib.util.find_spec("setuptools") is None,
+    reason="building the package offline needs setuptools in this environment",
+)
 def test_no_deps_install_beside_the_existing_torch_imports_and_generates(tmp_path):
     source = copy_source(tmp_path / "src")
     python = throwaway_venv(tmp_path / "venv")
-    run(sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-        "--no-index", "--no-build-isolation", str(source))
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-index",
+        "--no-build-isolation",
+        str(source),
+    )
     assert "No broken requirements found" in run(str(python), "-m", "pip", "check")
     # the example plugin's editable install here is not importable there (its import hook is a
     # .pth the path file does not run): load only the built-ins
-    env = {**os.environ, "REIMAGEN_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1",
-           "REIMAGEN_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "REIMAGEN_DISABLE_PLUGIN_AUTOLOAD": "1",
+        "OMP_NUM_THREADS": "1",
+        "REIMAGEN_HOME": str(tmp_path / "home"),
+    }
     out = run(str(python), "-c", PROBE, env=env, cwd=tmp_path)
     assert "(1, 32, 32, 3) uint8" in out and "['torch>=2.4']" in out
     components = run(str(tmp_path / "venv" / "bin" / "reimagen"), "components", env=env)

@@ -1,4 +1,4 @@
-"""Crash-safe writes (DESIGN §9): all or nothing, usual permissions, no pickle on load."""
+"""Crash-safe writes (docs/design.md §9): all or nothing, usual permissions, no pickle on load."""
 
 import os
 import pickle

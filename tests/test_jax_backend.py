@@ -1,5 +1,5 @@
 """The JAX backend as a component: the ``BACKEND`` object, the denoiser contract, checkpoints
-that load on either backend, and the training loop (DESIGN §1, §4, §9).
+that load on either backend, and the training loop (docs/design.md §1, §4, §9).
 
 Numerical agreement with torch is tests/test_jax_parity.py; here the oracles are the contract
 (shapes, call counts, one neighbour encoding per sample), exact round trips through files, a

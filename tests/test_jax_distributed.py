@@ -55,8 +55,8 @@ class Source:
 
     def batch(self, step: int):
         from reimagen.core.interfaces import TextEncoding
-        from reimagen.training.contract import Batch, draw_diffusion_inputs
         from reimagen.core.unet_config import PRESETS
+        from reimagen.training.contract import Batch, draw_diffusion_inputs
 
         tiny, k, length = PRESETS["tiny"], 2, 5
         rng = np.random.default_rng([self.seed, step])

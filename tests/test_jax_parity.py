@@ -1,4 +1,4 @@
-"""Torch <-> JAX numerical parity, on every test run (DESIGN §10).
+"""Torch <-> JAX numerical parity, on every test run (docs/design.md §10).
 
 Same weights, same numpy inputs, float32 (conftest pins the matmul precision and TF32 off):
   * each building block, the DStack, the UStack and the whole U-Net: outputs ≤1e-5 relative,

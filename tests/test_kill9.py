@@ -31,11 +31,11 @@ import numpy as np
 import pytest
 import torch
 
-from reimagen.training import checkpoint as ckpt
 from reimagen.core import registry
+from reimagen.core.unet_config import PRESETS
 from reimagen.kb.builder import build_knowledge_base
 from reimagen.kb.knowledge_base import KnowledgeBase
-from reimagen.core.unet_config import PRESETS
+from reimagen.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +60,13 @@ class Writer:
 def kb_items(n: int, seed: int):
     rng = np.random.default_rng(seed)
     for i in range(n):
-        yield (f"t/{i}", f"a drawing of thing {i}", "t", "", rng.integers(0, 255, (16, 16, 4),
-                                                                          np.uint8))
+        yield (
+            f"t/{i}",
+            f"a drawing of thing {i}",
+            "t",
+            "",
+            rng.integers(0, 255, (16, 16, 4), np.uint8),
+        )
 
 
 def build_kb(folder: Path, n: int, seed: int):
@@ -95,8 +100,10 @@ def index_writer(name: str) -> Writer:
     cls = registry.get("retriever", name)
     options = {
         "bm25": ({"k1": 1.2}, {"k1": 1.7}),
-        "dense": ({"encoder": "hash", "encoder_options": {"dim": 32}},
-                  {"encoder": "hash", "encoder_options": {"dim": 48}}),
+        "dense": (
+            {"encoder": "hash", "encoder_options": {"dim": 32}},
+            {"encoder": "hash", "encoder_options": {"dim": 48}},
+        ),
     }[name]
 
     def save(root, which):
@@ -111,7 +118,8 @@ def index_writer(name: str) -> Writer:
         loaded = cls.load(root / "index", KnowledgeBase.open(root / "kb", verify=False))
         loaded.search(["thing 7"], 2)
         return {json.dumps(o, sort_keys=True): s for s, o in zip(("old", "new"), options)}[
-            json.dumps({k: loaded.options[k] for k in options[0]}, sort_keys=True)]
+            json.dumps({k: loaded.options[k] for k in options[0]}, sort_keys=True)
+        ]
 
     return Writer(setup, lambda root: save(root, 1), state)
 
@@ -121,8 +129,9 @@ def triples_writer() -> Writer:
 
     def write(root, k):
         kb = KnowledgeBase.open(root / "kb", verify=False)
-        found = build_triples(kb.texts, registry.get("retriever", "bm25")().fit(kb), k,
-                              [[r] for r in range(len(kb))])
+        found = build_triples(
+            kb.texts, registry.get("retriever", "bm25")().fit(kb), k, [[r] for r in range(len(kb))]
+        )
         save_triples(root / "t.safetensors", found)
 
     def setup(root):
@@ -224,6 +233,7 @@ WRITERS = {
 
 # ---- the harness ------------------------------------------------------------------------------
 
+
 def _child(name: str, root: str, started) -> None:
     """The writer's process: say when the write starts, then write (until killed)."""
     torch.set_num_threads(1)
@@ -238,10 +248,18 @@ def processes():
     """forkserver with torch and this module preloaded: each writer is a separate process that
     starts in a fraction of a second."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([
-        "torch", "bm25s", "faiss", "reimagen.backends.torch.trainer", "reimagen.retrievers.bm25",
-        "reimagen.retrievers.dense", "test_torch_trainer", __name__,
-    ])
+    context.set_forkserver_preload(
+        [
+            "torch",
+            "bm25s",
+            "faiss",
+            "reimagen.backends.torch.trainer",
+            "reimagen.retrievers.bm25",
+            "reimagen.retrievers.dense",
+            "test_torch_trainer",
+            __name__,
+        ]
+    )
     return context
 
 
@@ -273,7 +291,8 @@ def run_child(processes, name: str, root: Path, delay: float | None) -> tuple[st
 
 def leftovers(root: Path) -> list[str]:
     return sorted(
-        p.relative_to(root).as_posix() for p in root.rglob(".*")
+        p.relative_to(root).as_posix()
+        for p in root.rglob(".*")
         if any(mark in p.name for mark in TEMP_MARKS)
     )
 
@@ -323,8 +342,10 @@ def kill_matrix(processes, name: str, root: Path) -> dict:
 def test_kill_9_at_random_moments(processes, tmp_path, name):
     result = kill_matrix(processes, name, tmp_path)
     counts = result["counts"]
-    print(f"\n{name}: {counts['survived']}/{counts['killed']} kills survived "
-          f"(read back old {counts['old']}, new {counts['new']}; {counts['finished first']} "
-          f"writes finished before their kill; a write takes {counts['write seconds']} s)")
+    print(
+        f"\n{name}: {counts['survived']}/{counts['killed']} kills survived "
+        f"(read back old {counts['old']}, new {counts['new']}; {counts['finished first']} "
+        f"writes finished before their kill; a write takes {counts['write seconds']} s)"
+    )
     assert not result["failures"], result["failures"][:5]
     assert counts["killed"] >= KILLS, counts

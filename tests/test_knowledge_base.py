@@ -377,7 +377,9 @@ def test_rgb_properties(tmp_path_factory, images, background):
     alpha = images[[2, 0, 1], ..., 3]
     # RGB_TOL (the one-pixel compositing bound); measured 2.0e-8 and 4.4e-8.
     np.testing.assert_allclose(
-        out[alpha == 255], images[[2, 0, 1]][alpha == 255][:, :3] / 127.5 - 1, rtol=0,
+        out[alpha == 255],
+        images[[2, 0, 1]][alpha == 255][:, :3] / 127.5 - 1,
+        rtol=0,
         atol=RGB_TOL,
     )
     np.testing.assert_allclose(

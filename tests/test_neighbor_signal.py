@@ -1,4 +1,4 @@
-"""The right-vs-wrong-neighbour ε signal (reimagen.bench.neighbor_signal, DESIGN §8).
+"""The right-vs-wrong-neighbour ε signal (reimagen.bench.neighbor_signal, docs/design.md §8).
 
 A small KB (Twemoji + OpenMoji of 6 frequent and 4 unseen entities) and a random tiny network:
 the example builder must respect the settings and never pair an entity with itself as the
@@ -14,9 +14,9 @@ import torch
 from reimagen.backends.torch.unet import build_unet
 from reimagen.bench import neighbor_signal as ns
 from reimagen.core import registry
-from reimagen.kb.builder import build_from_source
 from reimagen.core.unet_config import PRESETS
 from reimagen.kb import splits as sp
+from reimagen.kb.builder import build_from_source
 from reimagen.kb.emoji_source import EmojiSource
 
 
@@ -46,8 +46,9 @@ def test_settings_choose_the_artists(kb, split):
 
 def test_wrong_neighbours_are_another_entity(kb, split):
     rng = np.random.default_rng(1)
-    targets, prompts, right, wrong = ns.make_examples(rng, kb, split, "unseen", 12, 2,
-                                                      "cross-style")
+    targets, prompts, right, wrong = ns.make_examples(
+        rng, kb, split, "unseen", 12, 2, "cross-style"
+    )
     assert targets.shape == (12, 32, 32, 3) and -1 <= targets.min() and targets.max() <= 1
     assert len(prompts) == 12
     for r, w in zip(right, wrong):
@@ -70,12 +71,13 @@ def test_errors_depend_only_on_the_neighbours_given(kb, split):
                 param.normal_(0.0, 0.05)
     encoder = registry.get("encoder", "hash")()
     rng = np.random.default_rng(2)
-    targets, prompts, right, wrong = ns.make_examples(rng, kb, split, "frequent", 4, 2,
-                                                      "same-style")
-    first = ns.epsilon_errors(model, encoder, kb, targets, prompts,
-                              {"a": right, "b": right.copy(), "none": None})
-    second = ns.epsilon_errors(model, encoder, kb, targets, prompts,
-                               {"a": wrong, "none": None})
+    targets, prompts, right, wrong = ns.make_examples(
+        rng, kb, split, "frequent", 4, 2, "same-style"
+    )
+    first = ns.epsilon_errors(
+        model, encoder, kb, targets, prompts, {"a": right, "b": right.copy(), "none": None}
+    )
+    second = ns.epsilon_errors(model, encoder, kb, targets, prompts, {"a": wrong, "none": None})
     assert first["a"] == first["b"]  # the same rows, the same error
     assert first["none"] == second["none"]  # dropped neighbours: whatever rows are passed
     assert first["a"] != second["a"]  # a network with live neighbour paths reads them
@@ -84,14 +86,24 @@ def test_errors_depend_only_on_the_neighbours_given(kb, split):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--tiers", "frequent,common"], "--tiers: unknown ['common']; allowed: frequent, rare, unseen"),
+        (
+            ["--tiers", "frequent,common"],
+            "--tiers: unknown ['common']; allowed: frequent, rare, unseen",
+        ),
         (["--n", "0"], "--n and --k must be >= 1, got --n 0 --k 2"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_before_loading(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
-        ns.main([*argv, "--weights", str(tmp_path / "missing.safetensors"),
-                 "--json", str(tmp_path / "rows.json")])
+        ns.main(
+            [
+                *argv,
+                "--weights",
+                str(tmp_path / "missing.safetensors"),
+                "--json",
+                str(tmp_path / "rows.json"),
+            ]
+        )
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "rows.json").exists()

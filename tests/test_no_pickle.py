@@ -250,14 +250,19 @@ UNSAFE = {
 }
 # calls that unpickle unless told not to: (pattern, the keyword argument that makes them safe)
 CALLS = {
-    "np.load without allow_pickle=False": (re.compile(r"\b(np|numpy)\.load\s*\("),
-                                           re.compile(r"allow_pickle\s*=\s*False")),
-    "torch.load without weights_only=True": (re.compile(r"\btorch\.load\s*\("),
-                                             re.compile(r"weights_only\s*=\s*True")),
+    "np.load without allow_pickle=False": (
+        re.compile(r"\b(np|numpy)\.load\s*\("),
+        re.compile(r"allow_pickle\s*=\s*False"),
+    ),
+    "torch.load without weights_only=True": (
+        re.compile(r"\btorch\.load\s*\("),
+        re.compile(r"weights_only\s*=\s*True"),
+    ),
     # transformers falls back to a pickled pytorch_model.bin unless told safetensors only
     "Model.from_pretrained without use_safetensors=True": (
         re.compile(r"\b\w*Model\w*\.from_pretrained\s*\("),
-        re.compile(r"use_safetensors\s*=\s*True")),
+        re.compile(r"use_safetensors\s*=\s*True"),
+    ),
 }
 
 
@@ -294,8 +299,10 @@ def unsafe_lines(text: str) -> list[str]:
             if not safe.search(call_arguments(code, match.end() - 1)):
                 found.append((match.start(), what))
     lines = text.splitlines()
-    return [f"{code.count(chr(10), 0, at) + 1}: {what}: "
-            f"{lines[code.count(chr(10), 0, at)].strip()}" for at, what in sorted(found)]
+    return [
+        f"{code.count(chr(10), 0, at) + 1}: {what}: {lines[code.count(chr(10), 0, at)].strip()}"
+        for at, what in sorted(found)
+    ]
 
 
 def test_the_package_source_loads_nothing_unsafely():
@@ -309,24 +316,42 @@ def test_the_package_source_loads_nothing_unsafely():
     assert not found, "unsafe loading in the package:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("line", [
-    "import pickle", "from dill import loads", "x = joblib.load(p)", "pickle.loads(blob)",
-    "np.load(p, allow_pickle=True)", "np.load(p)", "torch.load(p)", "marshal.loads(b)",
-    "shelve.open(p)", "df = pd.read_pickle(p)", "np.load(str(p))\nx = f(allow_pickle=False)",
-    "torch.load(\n    p,\n    map_location='cpu',\n)",
-    "T5EncoderModel.from_pretrained(folder, local_files_only=True)",
-    "AutoModel.from_pretrained(\n    p,\n)",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "import pickle",
+        "from dill import loads",
+        "x = joblib.load(p)",
+        "pickle.loads(blob)",
+        "np.load(p, allow_pickle=True)",
+        "np.load(p)",
+        "torch.load(p)",
+        "marshal.loads(b)",
+        "shelve.open(p)",
+        "df = pd.read_pickle(p)",
+        "np.load(str(p))\nx = f(allow_pickle=False)",
+        "torch.load(\n    p,\n    map_location='cpu',\n)",
+        "T5EncoderModel.from_pretrained(folder, local_files_only=True)",
+        "AutoModel.from_pretrained(\n    p,\n)",
+    ],
+)
 def test_the_grep_catches_each_unsafe_form(line):
     assert unsafe_lines(line), line
 
 
-@pytest.mark.parametrize("line", [
-    "np.load(path, mmap_mode=None, allow_pickle=False)", "torch.load(p, weights_only=True)",
-    "# nothing is unpickled here: np.load(x)", "np.save(handle, a, allow_pickle=False)",
-    "np.load(str(p),\n        allow_pickle=False)", '"""np.load(p) in a docstring"""',
-    "T5EncoderModel.from_pretrained(\n    p, local_files_only=True, use_safetensors=True)",
-    "Pipeline.from_pretrained(p)", "AutoTokenizer.from_pretrained(p, local_files_only=True)",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "np.load(path, mmap_mode=None, allow_pickle=False)",
+        "torch.load(p, weights_only=True)",
+        "# nothing is unpickled here: np.load(x)",
+        "np.save(handle, a, allow_pickle=False)",
+        "np.load(str(p),\n        allow_pickle=False)",
+        '"""np.load(p) in a docstring"""',
+        "T5EncoderModel.from_pretrained(\n    p, local_files_only=True, use_safetensors=True)",
+        "Pipeline.from_pretrained(p)",
+        "AutoTokenizer.from_pretrained(p, local_files_only=True)",
+    ],
+)
 def test_the_grep_passes_safe_forms(line):
     assert not unsafe_lines(line), line

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from toys import toy_kb, toy_pipeline
 
-from reimagen.generation.cascade import Cascade, CascadeError, Stage
 from reimagen.core import registry
-from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.unet_config import PRESETS
+from reimagen.diffusion.sampling_config import SamplingConfig
+from reimagen.generation.cascade import Cascade, CascadeError, Stage
 
 SR_TINY = PRESETS["tiny"].replace(cond_image_channels=3, lowres_size=8)
 
@@ -56,21 +56,30 @@ def test_bad_sampler_fails_before_compute(kb):
 
 
 def test_cascade_base_then_sr(kb):
-    tiny_base = PRESETS["tiny"].replace(image_size=8, channel_mults=(1,),
-                                               self_attn_resolutions=(8,),
-                                               cross_attn_resolutions=(8,),
-                                               neighbor_attn_resolutions=(8,))
-    cascade = Cascade([
-        Stage("base", _pipeline(kb, tiny_base), FAST, k=2),
-        Stage("sr", _pipeline(kb, SR_TINY), FAST.replace(aug_level=0.1), k=1),
-    ])
+    tiny_base = PRESETS["tiny"].replace(
+        image_size=8,
+        channel_mults=(1,),
+        self_attn_resolutions=(8,),
+        cross_attn_resolutions=(8,),
+        neighbor_attn_resolutions=(8,),
+    )
+    cascade = Cascade(
+        [
+            Stage("base", _pipeline(kb, tiny_base), FAST, k=2),
+            Stage("sr", _pipeline(kb, SR_TINY), FAST.replace(aug_level=0.1), k=1),
+        ]
+    )
     low, high = cascade.generate(["an anchor"], seed=1, neighbor_rows=np.array([[5, 4]]))
     assert low.images.shape == (1, 8, 8, 3) and high.images.shape == (1, 16, 16, 3)
     np.testing.assert_array_equal(high.neighbor_rows, [[5]])  # SR reuses the base's rows
 
 
 def test_cascade_resolution_mismatch_names_both_stages(kb):
-    with pytest.raises(CascadeError, match="stage 'sr' expects 8x8 input but stage 'base' outputs 16x16"):
-        Cascade([Stage("base", _pipeline(kb, PRESETS["tiny"])), Stage("sr", _pipeline(kb, SR_TINY))])
+    with pytest.raises(
+        CascadeError, match="stage 'sr' expects 8x8 input but stage 'base' outputs 16x16"
+    ):
+        Cascade(
+            [Stage("base", _pipeline(kb, PRESETS["tiny"])), Stage("sr", _pipeline(kb, SR_TINY))]
+        )
     with pytest.raises(CascadeError, match="cannot come first"):
         Cascade([Stage("sr", _pipeline(kb, SR_TINY))])

@@ -31,10 +31,10 @@ from test_torch_unet import SAME_NETWORK_TOL
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.trainer import Trainer, model_kwargs, resolve_device, train
 from reimagen.backends.torch.unet import build_unet
-from reimagen.training import checkpoint as core_checkpoint
-from reimagen.training import prefetch
 from reimagen.core.interfaces import TextEncoding
 from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.training import checkpoint as core_checkpoint
+from reimagen.training import prefetch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -127,8 +127,9 @@ def test_bad_workers_are_refused():
 
 def test_time_limit_stops_early_and_the_resumed_run_is_bit_identical(tmp_path, reference):  # noqa: F811
     run_dir = tmp_path / "run"
-    first = train(TINY, config(N_STEPS), SyntheticSource(), run_dir, progress=False,
-                  time_limit=1e-9)
+    first = train(
+        TINY, config(N_STEPS), SyntheticSource(), run_dir, progress=False, time_limit=1e-9
+    )
     assert first.step == 1  # the limit is checked after each step
     events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert {"event": "time-limit", "step": 1}.items() <= events[-1].items()
@@ -172,19 +173,29 @@ def test_weights_say_which_encoder_they_were_trained_with(tmp_path):
 def test_exports_record_their_recipe_and_lineage(tmp_path):
     """An export says how it was made (issue #15): encoder, TrainConfig, DataConfig, steps and
     the examples seen, added to those its --init-from weights record."""
-    from reimagen.training.export import export_stage as _export
     from reimagen.core import registry
     from reimagen.training.data import DataConfig
+    from reimagen.training.export import export_stage as _export
 
-    donor = ckpt.save_model(build_unet(TINY, seed=7), tmp_path / "donor.safetensors", metadata={
-        core_checkpoint.RECIPE_KEY: json.dumps({"examples_total": 1000})})
+    donor = ckpt.save_model(
+        build_unet(TINY, seed=7),
+        tmp_path / "donor.safetensors",
+        metadata={core_checkpoint.RECIPE_KEY: json.dumps({"examples_total": 1000})},
+    )
     assert core_checkpoint.training_recipe(donor) == {"examples_total": 1000}
     train_config = config(2).replace(loss_weighting="min-snr")
-    Trainer(TINY, train_config, SyntheticSource(), tmp_path / "run", progress=False,
-            init_weights=donor).run()
+    Trainer(
+        TINY, train_config, SyntheticSource(), tmp_path / "run", progress=False, init_weights=donor
+    ).run()
     out = tmp_path / "out.safetensors"
-    _export(registry.get("backend", "torch")(), tmp_path / "run", out, "hash", "base",
-            DataConfig(p_same_style=0.75))
+    _export(
+        registry.get("backend", "torch")(),
+        tmp_path / "run",
+        out,
+        "hash",
+        "base",
+        DataConfig(p_same_style=0.75),
+    )
     recipe = core_checkpoint.training_recipe(out)
     examples = 2 * train_config.batch_size
     assert recipe["encoder"] == core_checkpoint.trained_encoder(out) == "hash"
@@ -194,8 +205,9 @@ def test_exports_record_their_recipe_and_lineage(tmp_path):
     assert recipe["init_from"] == {"path": str(donor), "examples_total": 1000}
     assert recipe["examples_total"] == 1000 + examples
     # a resume (which takes no init_weights) keeps the lineage of the run's first start
-    Trainer(TINY, train_config.replace(steps=3), SyntheticSource(), tmp_path / "run",
-            progress=False).run()
+    Trainer(
+        TINY, train_config.replace(steps=3), SyntheticSource(), tmp_path / "run", progress=False
+    ).run()
     _export(registry.get("backend", "torch")(), tmp_path / "run", out, "hash", "base")
     resumed = core_checkpoint.training_recipe(out)
     assert resumed["init_from"]["path"] == str(donor)
@@ -203,8 +215,9 @@ def test_exports_record_their_recipe_and_lineage(tmp_path):
     # initial weights that do not record their examples: the lineage's total is unknown
     plain = ckpt.save_model(build_unet(TINY, seed=7), tmp_path / "plain.safetensors")
     assert core_checkpoint.training_recipe(plain) is None
-    Trainer(TINY, config(2), SyntheticSource(), tmp_path / "run2", progress=False,
-            init_weights=plain).run()
+    Trainer(
+        TINY, config(2), SyntheticSource(), tmp_path / "run2", progress=False, init_weights=plain
+    ).run()
     _export(registry.get("backend", "torch")(), tmp_path / "run2", out, "hash", "base")
     assert core_checkpoint.training_recipe(out)["examples_total"] is None
 
@@ -223,9 +236,9 @@ def test_cuda_without_a_gpu_is_refused():
 
 
 def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
+    from reimagen.training.data import DataConfig
     from reimagen.training.run_record import RUN_FILE, parse_data_overrides, run_facts
     from reimagen.training.run_setup import RunSetupError
-    from reimagen.training.data import DataConfig
 
     run_dir = tmp_path / "run"
     # export-only writes nothing
@@ -238,11 +251,15 @@ def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
     assert started == ("minilm", DataConfig(p_same_style=0.75, p_drop_name=1.0))
     assert run_facts(run_dir, None, None) == started  # a resume without the flags keeps both
     assert run_facts(run_dir, None, {"p_drop_name": 1.0, "p_same_style": 0.75}) == started
-    with pytest.raises(RunSetupError, match="--encoder hash: the run in .* was trained with "
-                                        "--encoder minilm"):
+    with pytest.raises(
+        RunSetupError, match="--encoder hash: the run in .* was trained with --encoder minilm"
+    ):
         run_facts(run_dir, "hash", None)
-    with pytest.raises(RunSetupError, match=r"--data: the run in .* was trained with another "
-                                        r"recipe \(p_drop_name=1.0, p_same_style=0.75\)"):
+    with pytest.raises(
+        RunSetupError,
+        match=r"--data: the run in .* was trained with another "
+        r"recipe \(p_drop_name=1.0, p_same_style=0.75\)",
+    ):
         run_facts(run_dir, None, {})
     # a run.json from before the recipe was recorded (and before run.json.sha256) ran the defaults
     (run_dir / RUN_FILE).write_text('{"encoder": "hash"}\n')
@@ -253,7 +270,10 @@ def test_a_run_keeps_the_text_encoder_and_recipe_it_started_with(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("p_same_style", "--data: expected KEY=VALUE items separated by commas, got 'p_same_style'"),
+        (
+            "p_same_style",
+            "--data: expected KEY=VALUE items separated by commas, got 'p_same_style'",
+        ),
         ("p_same=0.5", "--data: DataConfig: unknown key(s) p_same; allowed: pool_size"),
         ("p_same_style=1.5", "--data: DataConfig.p_same_style must be in [0.0, 1.0], got 1.5"),
     ],

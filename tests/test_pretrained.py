@@ -6,10 +6,10 @@ import pytest
 from toys import TINY_BASE, TINY_SR, export_stage, toy_cascade
 
 import reimagen
-from reimagen.generation.cascade import Cascade, CascadeError, Stage
 from reimagen.core import registry
-from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.unet_config import PRESETS
+from reimagen.diffusion.sampling_config import SamplingConfig
+from reimagen.generation.cascade import Cascade, CascadeError, Stage
 from reimagen.generation.pipeline import Pipeline
 from reimagen.generation.shipped import DEFAULT_SAMPLING
 
@@ -34,12 +34,22 @@ def test_cascade_from_pretrained_attaches_tuned_sampling_and_draws_the_hand_buil
 
     kb = reimagen.KnowledgeBase.open(kb_dir)
     bm25 = registry.get("retriever", "bm25")().fit(kb)
-    by_hand = Cascade([
-        Stage("base", Pipeline.from_checkpoint(folder / "base.safetensors", kb=kb,
-                                               retriever=bm25), FAST, k=2),
-        Stage("sr", Pipeline.from_checkpoint(folder / "sr.safetensors", kb=kb, retriever=bm25),
-              DEFAULT_SAMPLING["sr"], k=1),
-    ])
+    by_hand = Cascade(
+        [
+            Stage(
+                "base",
+                Pipeline.from_checkpoint(folder / "base.safetensors", kb=kb, retriever=bm25),
+                FAST,
+                k=2,
+            ),
+            Stage(
+                "sr",
+                Pipeline.from_checkpoint(folder / "sr.safetensors", kb=kb, retriever=bm25),
+                DEFAULT_SAMPLING["sr"],
+                k=1,
+            ),
+        ]
+    )
     low2, high2 = by_hand.generate(["a drawing of a rocket"], seed=5)
     np.testing.assert_array_equal(low.neighbor_rows, low2.neighbor_rows)
     np.testing.assert_array_equal(low.images, low2.images)
@@ -70,17 +80,36 @@ def test_pipeline_generate_uses_its_attached_sampling(parts):
     np.testing.assert_array_equal(implicit.images, explicit.images)
 
 
-@pytest.mark.parametrize(("options", "error", "message"), [
-    ({"stages": ("sr",)}, ValueError, r"^stages: sr is not a cascade; allowed: base \| baseline"),
-    ({"stages": ("base", "huge")}, ValueError, r"^stages: unknown stage\(s\) \['huge'\]; allowed"),
-    ({"k": 9}, ValueError, r"^k must be an integer in \[0, 8\] \(the base was trained with K=2\), got 9$"),
-    ({"k": "2"}, ValueError, r"^k must be an integer in \[0, 8\]"),
-    ({"setting": "any"}, ValueError, r"^setting must be one of same-style, cross-style; got 'any'$"),
-    ({"retriever": "none"}, ValueError, r"^retriever 'none' retrieves no neighbours; use k=0"),
-    ({"retriever": "bm26"}, registry.RegistryError, r"unknown retriever 'bm26'"),
-    ({"backend": "tpu"}, registry.RegistryError, r"unknown backend 'tpu'"),
-    ({"sampling": {"steps": 2}}, TypeError, r"^sampling must be a SamplingConfig, got dict$"),
-])
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (
+            {"stages": ("sr",)},
+            ValueError,
+            r"^stages: sr is not a cascade; allowed: base \| baseline",
+        ),
+        (
+            {"stages": ("base", "huge")},
+            ValueError,
+            r"^stages: unknown stage\(s\) \['huge'\]; allowed",
+        ),
+        (
+            {"k": 9},
+            ValueError,
+            r"^k must be an integer in \[0, 8\] \(the base was trained with K=2\), got 9$",
+        ),
+        ({"k": "2"}, ValueError, r"^k must be an integer in \[0, 8\]"),
+        (
+            {"setting": "any"},
+            ValueError,
+            r"^setting must be one of same-style, cross-style; got 'any'$",
+        ),
+        ({"retriever": "none"}, ValueError, r"^retriever 'none' retrieves no neighbours; use k=0"),
+        ({"retriever": "bm26"}, registry.RegistryError, r"unknown retriever 'bm26'"),
+        ({"backend": "tpu"}, registry.RegistryError, r"unknown backend 'tpu'"),
+        ({"sampling": {"steps": 2}}, TypeError, r"^sampling must be a SamplingConfig, got dict$"),
+    ],
+)
 def test_bad_options_are_one_line_errors_before_any_load(parts, options, error, message):
     folder, kb_dir = parts
     with pytest.raises(error, match=message):
@@ -93,16 +122,22 @@ def test_missing_or_misfitting_files_name_the_file(parts, tmp_path):
         Cascade.from_pretrained(tmp_path, stages=("base", "sr"), kb=kb_dir)
     export_stage(tmp_path / "base.safetensors", PRESETS["tiny"], "base")  # 16 px
     export_stage(tmp_path / "sr.safetensors", TINY_SR, "sr")
-    with pytest.raises(CascadeError, match=r"^stages: .*sr.safetensors upsamples 8px images but "
-                                           r"stage base makes 16px ones$"):
+    with pytest.raises(
+        CascadeError,
+        match=r"^stages: .*sr.safetensors upsamples 8px images but "
+        r"stage base makes 16px ones$",
+    ):
         Cascade.from_pretrained(tmp_path, kb=kb_dir)
     with pytest.raises(FileNotFoundError, match=r"^kb: no knowledge base at .*nokb; build it"):
         Cascade.from_pretrained(folder, kb=tmp_path / "nokb")
 
 
 def test_load_refuses_an_unknown_name():
-    with pytest.raises(ValueError, match=r"^name must be one of default, base, baseline; "
-                                         r"got 'nope'$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^name must be one of default, base, baseline; "
+        r"got 'nope'$",
+    ):
         reimagen.load("nope")
 
 
@@ -113,8 +148,15 @@ def test_pipeline_from_pretrained_reads_a_run_folders_latest_ema(tmp_path):
 
     backend = registry.get("backend", "torch")()
     model, ema = (backend.state_dict(backend.build_model(TINY_SR, seed=s)) for s in (1, 2))
-    write_checkpoint(tmp_path / "run", 3, model=model, ema=ema, optimizer={},
-                     config_json=TINY_SR.to_json(), state={"step": 3})
+    write_checkpoint(
+        tmp_path / "run",
+        3,
+        model=model,
+        ema=ema,
+        optimizer={},
+        config_json=TINY_SR.to_json(),
+        state={"step": 3},
+    )
     pipe = Pipeline.from_pretrained(tmp_path / "run", encoder="hash")
     assert pipe.sampling == DEFAULT_SAMPLING["sr"] and pipe.lowres_size == 8
     loaded = pipe.backend.state_dict(pipe.model)

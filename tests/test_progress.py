@@ -10,10 +10,10 @@ import pytest
 from test_entitybench import _common, tiny  # noqa: F401 (the tiny emoji KB + network fixture)
 from toys import toy_cascade
 
-from reimagen.generation.cascade import Cascade
 from reimagen.cli.main import main
 from reimagen.cli.progress import bar, row_logger, sampling_steps, step_callback
 from reimagen.diffusion.sampling_config import SamplingConfig
+from reimagen.generation.cascade import Cascade
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def parts(tmp_path_factory):
     return toy_cascade(tmp_path_factory.mktemp("progress"))
 
 
-@pytest.mark.parametrize(("sampler", "guidance"), [
-    ("ddpm", "joint"), ("ddim", "interleaved"), ("dpmpp2m", "weighted")])
+@pytest.mark.parametrize(
+    ("sampler", "guidance"), [("ddpm", "joint"), ("ddim", "interleaved"), ("dpmpp2m", "weighted")]
+)
 def test_one_callback_per_sampler_step_and_stage(parts, sampler, guidance):
     folder, kb = parts
     first = SamplingConfig(sampler=sampler, steps=4, guidance=guidance)
@@ -37,8 +38,24 @@ def test_generate_bar_counts_every_step_of_every_micro_batch(parts, tmp_path, mo
     folder, kb = parts
     monkeypatch.setenv("REIMAGEN_WEIGHTS", str(folder))
     monkeypatch.setenv("REIMAGEN_PROGRESS", "1")  # captured stderr is not a terminal
-    argv = ["generate", "an apple", "a robot", "a rocket", "--kb", str(kb), "--retriever", "bm25",
-            "--sampler", "ddim", "--steps", "3", "--batch-size", "2", "--out", str(tmp_path / "x.png")]
+    argv = [
+        "generate",
+        "an apple",
+        "a robot",
+        "a rocket",
+        "--kb",
+        str(kb),
+        "--retriever",
+        "bm25",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "x.png"),
+    ]
     assert main(argv) == 0
     total = 2 * (3 + 15)  # 2 micro-batches × (base 3 steps + the SR stage's tuned 15)
     err = capsys.readouterr().err
@@ -69,12 +86,31 @@ def test_bar_is_silent_off_a_terminal_and_when_told(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_bench_bar_counts_the_prompts_of_every_distinct_row(tiny, tmp_path, monkeypatch,  # noqa: F811
-                                                           capsys):
+def test_bench_bar_counts_the_prompts_of_every_distinct_row(
+    tiny,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
     monkeypatch.setenv("REIMAGEN_PROGRESS", "1")
     out = tmp_path / "bench"
-    argv = ["bench", "--tiers", "unseen", "--n", "2", "--k", "1,2", "--settings", "same-style",
-            "--steps", "2", "--batch-size", "1", "--no-report", *_common(tiny, out)]
+    argv = [
+        "bench",
+        "--tiers",
+        "unseen",
+        "--n",
+        "2",
+        "--k",
+        "1,2",
+        "--settings",
+        "same-style",
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--no-report",
+        *_common(tiny, out),
+    ]
     assert main(argv) == 0
     err = capsys.readouterr().err
     total = 3 * 2  # rows: no retrieval, K=1, K=2; 2 prompts each
@@ -94,8 +130,18 @@ def test_dense_index_build_shows_the_captions_embedded(parts, monkeypatch, capsy
     _, kb = parts
     monkeypatch.setenv("REIMAGEN_PROGRESS", "1")
     monkeypatch.setattr(dense, "PROGRESS_BATCHES", 0)  # the toy KB's 6 captions: one batch
-    argv = ["retrieve", "a robot", "--retriever", "dense", "--encoder", "hash", "--k", "2",
-            "--kb", str(kb)]
+    argv = [
+        "retrieve",
+        "a robot",
+        "--retriever",
+        "dense",
+        "--encoder",
+        "hash",
+        "--k",
+        "2",
+        "--kb",
+        str(kb),
+    ]
     assert main([*argv, "--rebuild"]) == 0
     err = capsys.readouterr().err
     assert "embedding captions (hash): 100%" in err and "6/6" in err, err

@@ -25,8 +25,7 @@ def test_readme_has_the_two_commands_and_ci_calls_the_test_one():
 
 
 needs_kb_and_weights = pytest.mark.skipif(
-    not (default_kb_dir() / "kb.json").is_file() or
-    not {"base", "sr"} <= set(available_stages()),
+    not (default_kb_dir() / "kb.json").is_file() or not {"base", "sr"} <= set(available_stages()),
     reason="needs the built emoji KB (make demo) and shipped base + sr weights",
 )
 
@@ -43,12 +42,13 @@ def test_python_example_draws_what_generate_draws(tmp_path, monkeypatch, capsys)
     write the same pixels at both stages. Fast settings for both through the one place they
     read them: 2 sampling steps per stage, and bm25 for the default retriever (hybrid's first
     index build encodes 7,273 captions, ~2 min on this CPU)."""
-    from reimagen.generation import shipped as weights
     from reimagen.cli.main import main
+    from reimagen.generation import shipped as weights
 
     for stage in ("base", "sr"):
-        monkeypatch.setitem(weights.DEFAULT_SAMPLING, stage,
-                            weights.DEFAULT_SAMPLING[stage].replace(steps=2))
+        monkeypatch.setitem(
+            weights.DEFAULT_SAMPLING, stage, weights.DEFAULT_SAMPLING[stage].replace(steps=2)
+        )
     monkeypatch.setattr(weights, "DEFAULT_RETRIEVER", "bm25")
     example = python_blocks()[0]
     namespace = {}
@@ -68,5 +68,7 @@ def test_python_example_draws_what_generate_draws(tmp_path, monkeypatch, capsys)
 def test_load_refuses_an_unknown_name():
     import reimagen
 
-    with pytest.raises(ValueError, match=r"^name must be one of default, base, baseline; got 'nope'$"):
+    with pytest.raises(
+        ValueError, match=r"^name must be one of default, base, baseline; got 'nope'$"
+    ):
         reimagen.load("nope")

@@ -20,7 +20,13 @@ def fresh_registry():
 
 def test_builtin_kinds_are_the_design_kinds():
     assert set(registry.kinds()) == {
-        "retriever", "encoder", "preset", "guidance", "sampler", "backend", "source",
+        "retriever",
+        "encoder",
+        "preset",
+        "guidance",
+        "sampler",
+        "backend",
+        "source",
         "evaluator",
     }
 
@@ -72,12 +78,14 @@ def test_entry_point_plugin_discovered_end_to_end(tmp_path):
     site = tmp_path / "site"
     pkg = site / "acme_reimagen.py"
     site.mkdir()
-    pkg.write_text(textwrap.dedent('''
+    pkg.write_text(
+        textwrap.dedent("""
         from reimagen import hookimpl
         @hookimpl
         def reimagen_register_retrievers(register):
             register("acme", lambda **kw: "acme-retriever")
-    '''))
+    """)
+    )
     dist = site / "acme_reimagen-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-reimagen\nVersion: 1.0\n")
@@ -92,7 +100,9 @@ def test_entry_point_plugin_discovered_end_to_end(tmp_path):
     assert "acme" in names and made == "acme-retriever"
     # ... and the autoload switch turns entry points off.
     env_off = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
         env={**__import__("os").environ, "REIMAGEN_DISABLE_PLUGIN_AUTOLOAD": "1"},
         check=False,
     )
@@ -102,7 +112,9 @@ def test_entry_point_plugin_discovered_end_to_end(tmp_path):
 def test_components_cli_json_lists_builtins_and_example_plugin():
     out = subprocess.run(
         [sys.executable, "-m", "reimagen.cli.main", "components", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     table = json.loads(out.stdout)["components"]
     assert {"torch", "jax"} <= set(table["backend"])

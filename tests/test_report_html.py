@@ -28,8 +28,14 @@ from reimagen.bench.report import markdown_html, render, write_report
 from reimagen.cli.main import main
 from reimagen.diffusion.sampling_config import SamplingConfig
 
-CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
-                 if (path := shutil.which(name))), None)
+CHROMIUM = next(
+    (
+        path
+        for name in ("chromium", "chromium-browser", "google-chrome")
+        if (path := shutil.which(name))
+    ),
+    None,
+)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
     reason="no headless Chromium on PATH (Debian: apt-get install chromium; "
@@ -64,15 +70,31 @@ def fake_results() -> list[RowResult]:
         k = 0 if "no retrieval" in label else 2
         images = np.zeros((3, 32, 32, 3), np.uint8)
         images[:] = np.array(colours, np.uint8)[:, None, None]
-        scores = {"faithful": np.array([True, False, True]),
-                  "aligned": np.array([True, True, False]),
-                  "predicted": ["robot", "pear", "rocket"],
-                  "confidence": np.array([0.9, 0.2, 0.5])}
-        row = Row(label=label, network="base", k=k, setting="same-style" if k else "none",
-                  sampling=SamplingConfig())
-        results.append(RowResult(row=row, summary={"all": {"faithful": 2 / 3}}, scores=scores,
-                                 images=images, neighbor_rows=NEIGHBOURS[:, :k], recall=1.0,
-                                 seconds=1.0, nfe=2))
+        scores = {
+            "faithful": np.array([True, False, True]),
+            "aligned": np.array([True, True, False]),
+            "predicted": ["robot", "pear", "rocket"],
+            "confidence": np.array([0.9, 0.2, 0.5]),
+        }
+        row = Row(
+            label=label,
+            network="base",
+            k=k,
+            setting="same-style" if k else "none",
+            sampling=SamplingConfig(),
+        )
+        results.append(
+            RowResult(
+                row=row,
+                summary={"all": {"faithful": 2 / 3}},
+                scores=scores,
+                images=images,
+                neighbor_rows=NEIGHBOURS[:, :k],
+                recall=1.0,
+                seconds=1.0,
+                nfe=2,
+            )
+        )
     return results
 
 
@@ -102,7 +124,7 @@ class Parsed(HTMLParser):
 def decode_png(uri: str) -> np.ndarray:
     prefix = "data:image/png;base64,"
     assert uri.startswith(prefix), uri[:40]
-    data = base64.b64decode(uri[len(prefix):], validate=True)
+    data = base64.b64decode(uri[len(prefix) :], validate=True)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
@@ -119,15 +141,23 @@ def test_page_embeds_every_image_as_a_png_and_escapes_every_text(page, kb):
     images = [attrs["src"] for tag, attrs in parsed.tags if tag == "img"]
     assert len(images) == 3 + 3 + 3 * 2  # two rows' outputs, K=2 references for one row
     decoded = [decode_png(uri) for uri in images]
-    outputs = [image for image in decoded if image.shape == (32, 32, 3)
-               and (image == image[0, 0]).all() and tuple(image[0, 0]) in
-               {c for cs in COLOURS.values() for c in cs}]
+    outputs = [
+        image
+        for image in decoded
+        if image.shape == (32, 32, 3)
+        and (image == image[0, 0]).all()
+        and tuple(image[0, 0]) in {c for cs in COLOURS.values() for c in cs}
+    ]
     assert len(outputs) == 6
     references = [image[16, 16] for image in decoded[3:][1:3]]  # the first card's two refs
     assert [tuple(int(v) for v in r) for r in references] == reference_colours(kb)[:2]
     # nothing leaves the page: no script, no external source or link
-    external = [(tag, a) for tag, attrs in parsed.tags for a, v in attrs.items()
-                if a in ("src", "href") and not v.startswith("data:")]
+    external = [
+        (tag, a)
+        for tag, attrs in parsed.tags
+        for a, v in attrs.items()
+        if a in ("src", "href") and not v.startswith("data:")
+    ]
     assert external == [] and "<script" not in text
     words = "".join(parsed.text)
     assert PROMPTS[0] in words and "EntityBench <test> & co" in words  # shown as written
@@ -148,9 +178,17 @@ def test_markdown_tables_and_headings_become_html():
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-               "--force-device-scale-factor=1", "--no-first-run",
-               f"--user-data-dir={tmp_path / 'profile'}", *args]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, check=True)
 
 
@@ -171,15 +209,15 @@ PROBE = """<script>addEventListener("load", () => {
 
 
 @needs_chromium
-def test_chromium_loads_the_page_without_console_messages_and_decodes_every_image(
-        page, tmp_path):
+def test_chromium_loads_the_page_without_console_messages_and_decodes_every_image(page, tmp_path):
     done = chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri())
     assert ":CONSOLE" not in done.stderr, done.stderr  # no error, warning or log line
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', done.stdout)) == 12
     # a copy with a probe script: the browser itself says how many images it decoded whole
     probed = tmp_path / "probed.html"
-    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
-                      encoding="utf-8")
+    probed.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8"
+    )
     dom = chromium(tmp_path, "--dump-dom", probed.as_uri()).stdout
     assert 'data-images="12"' in dom and 'data-broken="0"' in dom, dom[:300]
 
@@ -204,11 +242,26 @@ def test_chromium_screenshot_shows_the_outputs_and_the_references(page, kb, tmp_
 # ---- the commands -----------------------------------------------------------------------------
 
 
-def test_bench_writes_report_html_with_the_set_and_no_report_removes_it(tiny, tmp_path,  # noqa: F811
-                                                                        capsys):
+def test_bench_writes_report_html_with_the_set_and_no_report_removes_it(
+    tiny,  # noqa: F811
+    tmp_path,
+    capsys,
+):
     out = tmp_path / "bench"
-    args = ["bench", "--tiers", "unseen", "--n", "2", "--k", "1", "--settings", "same-style",
-            "--steps", "2", *_common(tiny, out)]
+    args = [
+        "bench",
+        "--tiers",
+        "unseen",
+        "--n",
+        "2",
+        "--k",
+        "1",
+        "--settings",
+        "same-style",
+        "--steps",
+        "2",
+        *_common(tiny, out),
+    ]
     assert main(args) == 0, capsys.readouterr().err
     assert "report.html" in capsys.readouterr().out
     parsed = Parsed((out / "report.html").read_text(encoding="utf-8"))
@@ -224,9 +277,27 @@ def test_bench_writes_report_html_with_the_set_and_no_report_removes_it(tiny, tm
 
 def test_ablate_writes_report_html_with_its_plots(tiny, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "ablate"
-    args = ["ablate", "--quick", "--n", "1", "--tiers", "unseen", "--ks", "0,1", "--etas", "1",
-            "--guidances", "interleaved", "--samplers", "ddpm@2", "--w-neighbors-sweep", "1",
-            "--k-ref", "1", *_common(tiny, out)]
+    args = [
+        "ablate",
+        "--quick",
+        "--n",
+        "1",
+        "--tiers",
+        "unseen",
+        "--ks",
+        "0,1",
+        "--etas",
+        "1",
+        "--guidances",
+        "interleaved",
+        "--samplers",
+        "ddpm@2",
+        "--w-neighbors-sweep",
+        "1",
+        "--k-ref",
+        "1",
+        *_common(tiny, out),
+    ]
     assert main(args) == 0, capsys.readouterr().err
     parsed = Parsed((out / "report.html").read_text(encoding="utf-8"))
     figures = [a["alt"] for tag, a in parsed.tags if tag == "img" and a["alt"].startswith("fig")]

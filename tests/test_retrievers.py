@@ -192,13 +192,17 @@ def test_bm25_scores_match_the_formula():
     retriever = BM25Retriever().fit(MemoryKB(texts))
     for query in (["red", "apple"], ["apple"], ["rocket", "red", "red"], ["unseen"]):
         np.testing.assert_allclose(
-            retriever.scores(" ".join(query)), lucene_bm25(docs, query), rtol=BM25_FORMULA_RTOL,
+            retriever.scores(" ".join(query)),
+            lucene_bm25(docs, query),
+            rtol=BM25_FORMULA_RTOL,
             atol=0,
         )
     result = retriever.search(["red apple"], 5)
     np.testing.assert_allclose(
-        result.scores[0], np.sort(lucene_bm25(docs, ["red", "apple"]))[::-1],
-        rtol=BM25_FORMULA_RTOL, atol=0,
+        result.scores[0],
+        np.sort(lucene_bm25(docs, ["red", "apple"]))[::-1],
+        rtol=BM25_FORMULA_RTOL,
+        atol=0,
     )
 
 

@@ -1,4 +1,4 @@
-"""Samplers and x̂0 thresholding (DESIGN §3, §5; paper Eq. 3–4).
+"""Samplers and x̂0 thresholding (docs/design.md §3, §5; paper Eq. 3–4).
 
 The oracle: for Gaussian data x0 ~ N(μ, s²I) the ideal ε is closed form,
     E[ε | x_t] = σ_t·(x_t − α_t μ)/(α_t² s² + σ_t²),
@@ -22,9 +22,6 @@ from reimagen.core.array_ops import per_sample_quantile, quantile_last_axis, sor
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import Denoiser, SamplerNoise
 from reimagen.core.registry import RegistryError
-from reimagen.diffusion.samplers import SAMPLERS, ddim, ddpm, dpmpp2m
-from reimagen.diffusion.schedule import CosineSchedule
-from reimagen.diffusion.thresholding import Thresholding
 from reimagen.diffusion.guidance import (
     InterleavedGuidance,
     JointGuidance,
@@ -32,6 +29,9 @@ from reimagen.diffusion.guidance import (
     WeightedGuidance,
     get_guidance,
 )
+from reimagen.diffusion.samplers import SAMPLERS, ddim, ddpm, dpmpp2m
+from reimagen.diffusion.schedule import CosineSchedule
+from reimagen.diffusion.thresholding import Thresholding
 
 SCHEDULE = CosineSchedule()
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
@@ -707,7 +707,9 @@ def test_quantile_matches_numpy_linear(seed, q, size, spread):
     # perhaps in another form (it has used (1 − f)·v_lo + f·v_hi): <= 4 roundings (u = 2^-53)
     # of max|v| each side, 8·u·max|x| (measured 8.9e-16; it was rtol=1e-12, atol=1e-12).
     np.testing.assert_allclose(
-        quantile_last_axis(x, q), np.quantile(x, q, axis=-1), rtol=0,
+        quantile_last_axis(x, q),
+        np.quantile(x, q, axis=-1),
+        rtol=0,
         atol=8 * U64 * np.abs(x).max(),
     )
 

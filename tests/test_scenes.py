@@ -1,5 +1,5 @@
 """Scenes: composer geometry, prompts from templates, and the pixel readers that score text
-alignment (reimagen.kb.scenes, DESIGN §8).
+alignment (reimagen.kb.scenes, docs/design.md §8).
 
 The oracle for the readers is the composer's ground truth: for real Twemoji drawings, every
 colour × position × size a drawing is legible on must read back exactly from pixels, and the

@@ -79,8 +79,10 @@ def test_the_shipped_base_records_its_encoder_and_recipe():
     assert recipe["encoder"] == trained_encoder(path)
     assert set(recipe["train_config"]) <= set(TrainConfig().to_dict())
     assert recipe["train_config"]["neighbors"] == 2
-    assert recipe["examples_total"] >= recipe["examples"] == (
-        recipe["step"] * recipe["train_config"]["batch_size"]
+    assert (
+        recipe["examples_total"]
+        >= recipe["examples"]
+        == (recipe["step"] * recipe["train_config"]["batch_size"])
     )
 
 

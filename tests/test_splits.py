@@ -1,4 +1,4 @@
-"""EntityBench splits and knowledge-base views (reimagen.kb.splits, DESIGN §8, paper Fig. 5)."""
+"""EntityBench splits and knowledge-base views (reimagen.kb.splits, docs/design.md §8, paper Fig. 5)."""
 
 from __future__ import annotations
 

@@ -27,8 +27,21 @@ from reimagen.encoders.t5 import ENV, T5Encoder, T5FolderError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-WORDS = ("a", "of", "in", "on", "red", "blue", "apple", "robot", "rocket", "cat", "drawing",
-         "style", "emoji")
+WORDS = (
+    "a",
+    "of",
+    "in",
+    "on",
+    "red",
+    "blue",
+    "apple",
+    "robot",
+    "rocket",
+    "cat",
+    "drawing",
+    "style",
+    "emoji",
+)
 VOCAB = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
 D = 32
 L = 8
@@ -46,12 +59,23 @@ def save_tiny_t5(folder: Path, seed: int = 0) -> Path:
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(  # T5 ends every text with </s>
-        single="$A </s>", special_tokens=[("</s>", VOCAB["</s>"])])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(folder)
-    config = T5Config(vocab_size=len(VOCAB), d_model=D, d_kv=8, d_ff=64, num_layers=2,
-                      num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
-                      eos_token_id=1, decoder_start_token_id=0)
+        single="$A </s>", special_tokens=[("</s>", VOCAB["</s>"])]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(folder)
+    config = T5Config(
+        vocab_size=len(VOCAB),
+        d_model=D,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     torch.manual_seed(seed)
     T5EncoderModel(config).save_pretrained(folder, safe_serialization=True)
     return Path(folder)
@@ -87,7 +111,7 @@ def test_states_are_t5s_own_and_pooled_is_the_masked_mean(t5_dir):
         with torch.no_grad():
             states = model(input_ids=torch.tensor([row])).last_hidden_state[0].numpy()  # [n, D]
         np.testing.assert_allclose(encoding.tokens[b, : len(row)], states, atol=1e-5)
-        assert not encoding.tokens[b, len(row):].any()
+        assert not encoding.tokens[b, len(row) :].any()
         mean = states.mean(axis=0)  # pooled: the mean over real tokens, L2-normalised
         np.testing.assert_allclose(encoding.pooled[b], mean / np.linalg.norm(mean), atol=1e-5)
 
@@ -145,16 +169,18 @@ def _break(kind: str, good: Path, tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("kind", "message"), [
-    ("missing", "REIMAGEN_T5_PATH: no T5 model folder at {folder}"),
-    ("a file", "REIMAGEN_T5_PATH: no T5 model folder at {folder}"),
-    ("no config", "REIMAGEN_T5_PATH: {folder} has no config.json"),
-    ("not t5", "REIMAGEN_T5_PATH: {folder}/config.json describes a 'bert' model, not t5"),
-    ("no weights", "REIMAGEN_T5_PATH: {folder} holds no .safetensors weights"),
-    ("no tokenizer", "REIMAGEN_T5_PATH: {folder} has no tokenizer (tokenizer.json or"),
-])
-def test_a_bad_folder_is_one_line_naming_the_option(kind, message, t5_dir, tmp_path,
-                                                    monkeypatch):
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "REIMAGEN_T5_PATH: no T5 model folder at {folder}"),
+        ("a file", "REIMAGEN_T5_PATH: no T5 model folder at {folder}"),
+        ("no config", "REIMAGEN_T5_PATH: {folder} has no config.json"),
+        ("not t5", "REIMAGEN_T5_PATH: {folder}/config.json describes a 'bert' model, not t5"),
+        ("no weights", "REIMAGEN_T5_PATH: {folder} holds no .safetensors weights"),
+        ("no tokenizer", "REIMAGEN_T5_PATH: {folder} has no tokenizer (tokenizer.json or"),
+    ],
+)
+def test_a_bad_folder_is_one_line_naming_the_option(kind, message, t5_dir, tmp_path, monkeypatch):
     folder = _break(kind, t5_dir, tmp_path)
     monkeypatch.setenv(ENV, str(folder))
     with pytest.raises(T5FolderError) as err:
@@ -167,8 +193,10 @@ def test_a_bad_folder_is_one_line_naming_the_option(kind, message, t5_dir, tmp_p
 
 def test_no_folder_named(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
-    with pytest.raises(T5FolderError, match=f"^the t5 encoder needs a local model folder: set "
-                                            f"{ENV}=DIR or pass path=DIR"):
+    with pytest.raises(
+        T5FolderError,
+        match=f"^the t5 encoder needs a local model folder: set {ENV}=DIR or pass path=DIR",
+    ):
         registry.get("encoder", "t5")()
 
 
@@ -180,8 +208,11 @@ def test_a_missing_weight_is_refused_not_drawn_at_random(t5_dir, tmp_path):
     state = load_file(folder / "model.safetensors")
     del state["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(T5FolderError, match=r"lacks 1 weight\(s\) of the T5 encoder, e\.g\. "
-                                            r"encoder\.block\.1\.layer\.1\.DenseReluDense"):
+    with pytest.raises(
+        T5FolderError,
+        match=r"lacks 1 weight\(s\) of the T5 encoder, e\.g\. "
+        r"encoder\.block\.1\.layer\.1\.DenseReluDense",
+    ):
         T5Encoder(path=folder).encode(["a robot"])
 
 
@@ -207,8 +238,10 @@ def test_pickled_weights_are_refused_unread(name, t5_dir, tmp_path, monkeypatch)
         T5Encoder().encode(["a robot"])
     message = str(err.value)
     if name == "pytorch_model.bin":
-        assert message.startswith(f"{ENV}: {folder} holds pytorch_model.bin (a pickle) and no "
-                                  ".safetensors weights; refusing it"), message
+        assert message.startswith(
+            f"{ENV}: {folder} holds pytorch_model.bin (a pickle) and no "
+            ".safetensors weights; refusing it"
+        ), message
     else:
         assert message.startswith(f"{folder / name} is not a valid safetensors file"), message
     assert "\n" not in message and not marker.exists()
@@ -226,8 +259,9 @@ def emoji_kb(tmp_path_factory) -> Path:
     names = list(load_split().seen[:6])
     source = registry.get("source", "emoji")(names=names, processes=1, size=32)
     folder = tmp_path_factory.mktemp("emoji") / "kb"
-    return build_from_source(source, folder, resolution=16, progress=False,
-                             info=source.info()).folder
+    return build_from_source(
+        source, folder, resolution=16, progress=False, info=source.info()
+    ).folder
 
 
 def test_train_then_generate_with_t5(t5_dir, emoji_kb, tmp_path, monkeypatch, capsys):
@@ -238,10 +272,30 @@ def test_train_then_generate_with_t5(t5_dir, emoji_kb, tmp_path, monkeypatch, ca
 
     monkeypatch.setenv(ENV, str(t5_dir))
     weights, run = tmp_path / "weights", tmp_path / "run"
-    train = ["train", "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--k", "1",
-             "--warmup", "1", "--no-bf16", "--threads", "1", "--encoder", "t5",
-             "--kb", str(emoji_kb), "--run-dir", str(run),
-             "--export", str(weights / "base.safetensors")]
+    train = [
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--k",
+        "1",
+        "--warmup",
+        "1",
+        "--no-bf16",
+        "--threads",
+        "1",
+        "--encoder",
+        "t5",
+        "--kb",
+        str(emoji_kb),
+        "--run-dir",
+        str(run),
+        "--export",
+        str(weights / "base.safetensors"),
+    ]
     assert main(train) == 0, capsys.readouterr().err
     config, metadata = read_config(weights / "base.safetensors")
     assert config.text_dim == D  # UNetConfig.text_dim followed the encoder (the preset: 384)
@@ -250,16 +304,32 @@ def test_train_then_generate_with_t5(t5_dir, emoji_kb, tmp_path, monkeypatch, ca
 
     monkeypatch.setenv("REIMAGEN_WEIGHTS", str(weights))
     out = tmp_path / "out" / "x.png"
-    generate = ["generate", "a red robot", "--stages", "base", "--kb", str(emoji_kb), "--k", "1",
-                "--steps", "2", "--threads", "1", "--out", str(out)]
+    generate = [
+        "generate",
+        "a red robot",
+        "--stages",
+        "base",
+        "--kb",
+        str(emoji_kb),
+        "--k",
+        "1",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(generate) == 0, capsys.readouterr().err  # the weights name their encoder: t5
     assert Image.open(out).size == (16, 16)
 
     capsys.readouterr()
     assert main([*generate, "--encoder", "hash"]) == 2  # 384-dim states into a 32-dim network
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "trained on 32-dim text states; encoder 'hash' gives " \
-        "384-dim ones" in err, err
+    assert (
+        err.count("\n") == 0
+        and "trained on 32-dim text states; encoder 'hash' gives 384-dim ones" in err
+    ), err
 
 
 def test_cli_names_the_option_before_any_work(tmp_path, monkeypatch, capsys):
@@ -267,8 +337,19 @@ def test_cli_names_the_option_before_any_work(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv(ENV, str(tmp_path / "no-such-t5"))
     run = tmp_path / "run"
-    argv = ["train", "--preset", "tiny", "--steps", "1", "--encoder", "t5", "--run-dir", str(run),
-            "--kb", str(tmp_path / "no-kb")]  # the KB is never opened: the encoder fails first
+    argv = [
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "1",
+        "--encoder",
+        "t5",
+        "--run-dir",
+        str(run),
+        "--kb",
+        str(tmp_path / "no-kb"),
+    ]  # the KB is never opened: the encoder fails first
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"reimagen: error: {ENV}: no T5 model folder at {tmp_path / 'no-such-t5'}"

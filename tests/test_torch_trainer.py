@@ -1,4 +1,4 @@
-"""The PyTorch trainer and its checkpoints (paper Eq. 2; DESIGN §9).
+"""The PyTorch trainer and its checkpoints (paper Eq. 2; docs/design.md §9).
 
 Oracles: the loss of a fixed batch must fall ≥10×; resumed runs must end bit-identical to an
 uninterrupted run (model, EMA and AdamW state compared with ``np.array_equal``); processes
@@ -27,13 +27,13 @@ import torch
 from reimagen.backends.torch import BACKEND
 from reimagen.backends.torch import checkpoint as ckpt
 from reimagen.backends.torch.trainer import NonFiniteLossError, Trainer, train
-from reimagen.training import checkpoint as core_checkpoint
 from reimagen.core import digests
 from reimagen.core.config import ConfigError
 from reimagen.core.interfaces import TextEncoding
 from reimagen.core.io import UnsafeFileError
-from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 from reimagen.core.unet_config import PRESETS, UNetConfig
+from reimagen.training import checkpoint as core_checkpoint
+from reimagen.training.contract import Batch, TrainConfig, draw_diffusion_inputs
 
 TINY = PRESETS["tiny"]
 TESTS_DIR = Path(__file__).parent

@@ -1,4 +1,4 @@
-"""The EntityBench training stream (reimagen.training.emoji_batches and its parts, DESIGN §8).
+"""The EntityBench training stream (reimagen.training.emoji_batches and its parts, docs/design.md §8).
 
 A small knowledge base (Twemoji + OpenMoji drawings of 12 seen and 4 unseen entities of the
 checked-in split) and the model-free ``hash`` encoder keep this fast."""

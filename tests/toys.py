@@ -11,15 +11,20 @@ import attrs
 import numpy as np
 
 from reimagen.core import registry
-from reimagen.training.checkpoint import ENCODER_KEY
-from reimagen.kb.builder import build_knowledge_base
 from reimagen.core.unet_config import PRESETS
 from reimagen.generation.pipeline import Pipeline
 from reimagen.generation.shipped import STAGE_KEY
+from reimagen.kb.builder import build_knowledge_base
+from reimagen.training.checkpoint import ENCODER_KEY
 
 WORDS = ("apple", "robot", "rocket", "cactus", "violin", "anchor")
-TINY_BASE = PRESETS["tiny"].replace(image_size=8, channel_mults=(1,), self_attn_resolutions=(8,),
-                                    cross_attn_resolutions=(8,), neighbor_attn_resolutions=(8,))
+TINY_BASE = PRESETS["tiny"].replace(
+    image_size=8,
+    channel_mults=(1,),
+    self_attn_resolutions=(8,),
+    cross_attn_resolutions=(8,),
+    neighbor_attn_resolutions=(8,),
+)
 TINY_SR = PRESETS["tiny"].replace(cond_image_channels=3, lowres_size=8)  # 8 -> 16 px
 
 

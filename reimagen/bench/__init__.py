@@ -1,4 +1,4 @@
-"""EntityBench (DESIGN §8; paper §4.2-4.3, Table 2, Fig. 5, 7, 8, App. E).
+"""EntityBench (docs/design.md §8; paper §4.2-4.3, Table 2, Fig. 5, 7, 8, App. E).
 
 * :mod:`reimagen.bench.evaluator` - the judge: a small CNN that names the emoji in a scene,
   trained on every entity's Twemoji drawing in random scenes, shipped in reimagen/assets/evaluator

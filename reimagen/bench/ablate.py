@@ -50,8 +50,12 @@ class Sweep:
 
 
 FULL = Sweep()
-QUICK = Sweep(ks=(0, 1, 2), etas=(0.0, 0.5, 1.0), w_neighbors=(1.0, 7.0),
-              samplers=(("ddpm", 16), ("dpmpp2m", 4)))
+QUICK = Sweep(
+    ks=(0, 1, 2),
+    etas=(0.0, 0.5, 1.0),
+    w_neighbors=(1.0, 7.0),
+    samplers=(("ddpm", 16), ("dpmpp2m", 4)),
+)
 
 
 def parse_samplers(text: str) -> tuple[tuple[str, int], ...]:
@@ -96,8 +100,15 @@ def sweep_rows(sweep: Sweep, sampling: SamplingConfig, setting: str) -> dict[str
     }
 
 
-def ablate_markdown(results: Mapping[str, Sequence[RowResult]], *, n_prompts: int, setting: str,
-                    seed: int, note: str, seconds: float) -> str:
+def ablate_markdown(
+    results: Mapping[str, Sequence[RowResult]],
+    *,
+    n_prompts: int,
+    setting: str,
+    seed: int,
+    note: str,
+    seconds: float,
+) -> str:
     """results.md of ``reimagen ablate``: one table per section (Table 2 columns and NFE /
     generation time), the evaluator's ceiling ``note`` and the plots' names."""
     from reimagen.bench.tables import TIMING_COLUMNS, table, tier_columns

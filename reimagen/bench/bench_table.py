@@ -1,5 +1,5 @@
 """The rows ``reimagen bench`` runs and the markdown it writes: the paper's Table 2 / Fig. 5
-analogue (DESIGN §8).
+analogue (docs/design.md §8).
 
 Rows: the no-retrieval "Imagen" row (the shipped ``baseline`` network when there is one, else the
 base network with K=0: the label says which), then Re-Imagen with each K, for each retrieval
@@ -43,8 +43,9 @@ def no_retrieval_row(pipelines, sampling: SamplingConfig, label="Imagen (no retr
     )
 
 
-def bench_rows(pipelines, sampling: SamplingConfig, ks: Sequence[int],
-               settings: Sequence[str]) -> list[Row]:
+def bench_rows(
+    pipelines, sampling: SamplingConfig, ks: Sequence[int], settings: Sequence[str]
+) -> list[Row]:
     """The no-retrieval row, then Re-Imagen K=k on the base network per setting and k."""
     return [no_retrieval_row(pipelines, sampling)] + [
         Row(label=f"Re-Imagen K={k}", network="base", k=k, setting=s, sampling=sampling)
@@ -53,9 +54,16 @@ def bench_rows(pipelines, sampling: SamplingConfig, ks: Sequence[int],
     ]
 
 
-def bench_markdown(prompts: Sequence[BenchPrompt], results: Sequence[RowResult], *,
-                   settings: Sequence[str], seed: int, retriever: str, note: str,
-                   seconds: float) -> str:
+def bench_markdown(
+    prompts: Sequence[BenchPrompt],
+    results: Sequence[RowResult],
+    *,
+    settings: Sequence[str],
+    seed: int,
+    retriever: str,
+    note: str,
+    seconds: float,
+) -> str:
     """results.md: per setting the Table 2 columns and faithfulness per category, the unseen
     tier with vs without retrieval, generation time and the grids' names. ``results[0]`` is
     the ceiling row, ``results[1]`` the no-retrieval row; ``note``: the judge's ceiling."""
@@ -108,8 +116,10 @@ def _unseen_section(prompts: Sequence[BenchPrompt], generated: Sequence[RowResul
     return [
         "## Unseen entities: with vs without retrieval",
         "",
-        ("Counts over the unseen prompts, 95% Wilson intervals, and the faithful rate as a "
-         "multiple of the no-retrieval row's (the goal: ≥3× in the same-style setting)."),
+        (
+            "Counts over the unseen prompts, 95% Wilson intervals, and the faithful rate as a "
+            "multiple of the no-retrieval row's (the goal: ≥3× in the same-style setting)."
+        ),
         "",
         interval_table(generated, prompts, generated[0]),
         "",
@@ -120,6 +130,10 @@ def _timing_section(generated: Sequence[RowResult], seconds: float) -> list[str]
     from reimagen.bench.tables import TIMING_COLUMNS, table
 
     return [
-        "## Generation time", "", table(generated, TIMING_COLUMNS), "",
-        f"Wall time {seconds:.1f} s (loading, retrieval, generation and scoring).", "",
+        "## Generation time",
+        "",
+        table(generated, TIMING_COLUMNS),
+        "",
+        f"Wall time {seconds:.1f} s (loading, retrieval, generation and scoring).",
+        "",
     ]

@@ -46,27 +46,42 @@ class CollectionRow:
     nfe: int = 0  # network evaluations per image
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "k": self.k, "nfe": self.nfe,
-                "seconds": round(self.seconds, 3), **self.metrics}
+        return {
+            "label": self.label,
+            "k": self.k,
+            "nfe": self.nfe,
+            "seconds": round(self.seconds, 3),
+            **self.metrics,
+        }
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def held_out_examples(kb, rows: np.ndarray, neighbor_rows: np.ndarray,
-                      size: int) -> list[HeldOutExample]:
+def held_out_examples(
+    kb, rows: np.ndarray, neighbor_rows: np.ndarray, size: int
+) -> list[HeldOutExample]:
     """The evaluators' view of the held-out ``rows`` [N] and their neighbours [N, K], at
     ``size`` (targets and references on white, area-resized, as training shows them)."""
     n, k = neighbor_rows.shape
     targets = to_uint8(kb.rgb(rows, size=size))  # [N, S, S, 3]
-    refs = to_uint8(kb.rgb(neighbor_rows.reshape(-1), size=size)) if k else \
-        np.zeros((0, size, size, 3), np.uint8)
+    refs = (
+        to_uint8(kb.rgb(neighbor_rows.reshape(-1), size=size))
+        if k
+        else np.zeros((0, size, size, 3), np.uint8)
+    )
     refs = refs.reshape(n, k, size, size, 3)
-    return [HeldOutExample(key=kb.records[int(r)].key, text=kb.records[int(r)].text,
-                           target=targets[i], references=refs[i],
-                           reference_keys=tuple(kb.records[int(x)].key for x in neighbor_rows[i]))
-            for i, r in enumerate(rows)]
+    return [
+        HeldOutExample(
+            key=kb.records[int(r)].key,
+            text=kb.records[int(r)].text,
+            target=targets[i],
+            references=refs[i],
+            reference_keys=tuple(kb.records[int(x)].key for x in neighbor_rows[i]),
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def chunks(n: int, size: int) -> list[slice]:
@@ -76,8 +91,15 @@ def chunks(n: int, size: int) -> list[slice]:
 # ---- 1. the neighbour signal ---------------------------------------------------------------------
 
 
-def epsilon_signal(pipeline, kb, rows: np.ndarray, neighbor_rows: np.ndarray, *, seed: int = 0,
-                   batch_size: int = 32) -> dict[str, float]:
+def epsilon_signal(
+    pipeline,
+    kb,
+    rows: np.ndarray,
+    neighbor_rows: np.ndarray,
+    *,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, float]:
     """{right, shuffled, none: mean ε-MSE over the held-out ``rows`` and T_VALUES, gain:
     (shuffled − right) / shuffled}. ``neighbor_rows`` [N, K] with N >= 2."""
     from reimagen.diffusion.schedule import CosineSchedule
@@ -97,7 +119,8 @@ def epsilon_signal(pipeline, kb, rows: np.ndarray, neighbor_rows: np.ndarray, *,
         for name, nb in (("right", neighbor_rows[part]), ("shuffled", shuffled[part])):
             images = kb.rgb(nb.reshape(-1), size=size).reshape(*nb.shape, size, size, 3)
             bound[name] = pipeline.backend.make_denoiser(
-                pipeline.model, text, images, encode_neighbors_text(pipeline.encoder, kb, nb))
+                pipeline.model, text, images, encode_neighbors_text(pipeline.encoder, kb, nb)
+            )
         for t, noise in zip(T_VALUES, noises):
             alpha, sigma = schedule.alpha_sigma(np.float64(t))
             x_t = (alpha * targets[part] + sigma * noise[part]).astype(np.float32)  # Eq. 1
@@ -116,14 +139,26 @@ def epsilon_signal(pipeline, kb, rows: np.ndarray, neighbor_rows: np.ndarray, *,
 # ---- 2. generated images ------------------------------------------------------------------------
 
 
-def generate_row(pipeline, prompts: Sequence[str], neighbor_rows: np.ndarray, k: int, sampling,
-                 *, seed: int, batch_size: int, progress: Callable | None = None):
+def generate_row(
+    pipeline,
+    prompts: Sequence[str],
+    neighbor_rows: np.ndarray,
+    k: int,
+    sampling,
+    *,
+    seed: int,
+    batch_size: int,
+    progress: Callable | None = None,
+):
     """(images uint8 [N, S, S, 3], seconds, nfe): one image per prompt with its first ``k``
     neighbours; sample i's noise depends on (seed, i) only, so rows are comparable."""
     images, seconds, nfe = [], 0.0, 0
     for part in chunks(len(prompts), batch_size):
         found = pipeline.generate(
-            list(prompts[part]), k=k, sampling=sampling, seed=seed,
+            list(prompts[part]),
+            k=k,
+            sampling=sampling,
+            seed=seed,
             neighbor_rows=neighbor_rows[part, :k] if k else None,
             indices=list(range(part.start, part.stop)),
         )
@@ -148,35 +183,62 @@ def evaluate(images: np.ndarray, examples, evaluators: dict[str, Callable]) -> d
     for name, evaluate_one in evaluators.items():
         for key, value in check_metrics(name, evaluate_one(images, examples)).items():
             if key in metrics:
-                raise ValueError(f"evaluator {name!r}: metric {key!r} is already another "
-                                 "evaluator's column; rename it")
+                raise ValueError(
+                    f"evaluator {name!r}: metric {key!r} is already another "
+                    "evaluator's column; rename it"
+                )
             metrics[key] = value
     return metrics
 
 
-def run_bench(kb, pipeline, rows: np.ndarray, neighbor_rows: np.ndarray, *, ks: Sequence[int],
-              sampling, evaluators: dict[str, Callable], seed: int = 0, batch_size: int = 32,
-              progress: Callable[[str], Callable] | None = None) -> dict:
+def run_bench(
+    kb,
+    pipeline,
+    rows: np.ndarray,
+    neighbor_rows: np.ndarray,
+    *,
+    ks: Sequence[int],
+    sampling,
+    evaluators: dict[str, Callable],
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: Callable[[str], Callable] | None = None,
+) -> dict:
     """Measure the held-out ``rows`` [N] with their neighbours [N, max(ks)]: the signal per K
     and the generated rows. ``progress(label)`` returns a (done, total) callback."""
     started = time.perf_counter()
     size = pipeline.image_size
     examples = held_out_examples(kb, rows, neighbor_rows, size)
     prompts = [e.text for e in examples]
-    signal = [epsilon_signal(pipeline, kb, rows, neighbor_rows[:, :k], seed=seed,
-                             batch_size=batch_size) for k in ks]
+    signal = [
+        epsilon_signal(pipeline, kb, rows, neighbor_rows[:, :k], seed=seed, batch_size=batch_size)
+        for k in ks
+    ]
     copy = np.stack([e.references[0] for e in examples])
     results = [CollectionRow(COPY_LABEL, None, copy, evaluate(copy, examples, evaluators))]
     for k in (0, *ks):
         label = "no retrieval (K=0)" if k == 0 else f"Re-Imagen K={k}"
         chosen = no_retrieval_sampling(sampling) if k == 0 else sampling
         report = progress(label) if progress else None
-        images, seconds, nfe = generate_row(pipeline, prompts, neighbor_rows, k, chosen,
-                                            seed=seed, batch_size=batch_size, progress=report)
-        results.append(CollectionRow(label, k, images, evaluate(images, examples, evaluators),
-                                     seconds, nfe))
-    return {"examples": examples, "signal": signal, "rows": results,
-            "seconds": time.perf_counter() - started}
+        images, seconds, nfe = generate_row(
+            pipeline,
+            prompts,
+            neighbor_rows,
+            k,
+            chosen,
+            seed=seed,
+            batch_size=batch_size,
+            progress=report,
+        )
+        results.append(
+            CollectionRow(label, k, images, evaluate(images, examples, evaluators), seconds, nfe)
+        )
+    return {
+        "examples": examples,
+        "signal": signal,
+        "rows": results,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -186,18 +248,34 @@ def markdown(result: dict, title: str) -> str:
     rows, signal = result["rows"], result["signal"]
     columns = list(dict.fromkeys(key for row in rows for key in row.metrics))
     lines = [f"# {title}", ""]
-    lines += ["## Neighbour signal (ε-MSE, paper Eq. 2, lower is better)", "",
-              "| K | right | shuffled | none | right vs shuffled |", "|---|---|---|---|---|"]
-    lines += [f"| {s['k']} | {s['right']:.4f} | {s['shuffled']:.4f} | {s['none']:.4f} | "
-              f"{100 * s['gain']:+.1f}% |" for s in signal]
-    lines += ["", "## Generated vs held-out target", "",
-              "| row | " + " | ".join(columns) + " | NFE / image | generation s |",
-              "|---" * (len(columns) + 3) + "|"]
+    lines += [
+        "## Neighbour signal (ε-MSE, paper Eq. 2, lower is better)",
+        "",
+        "| K | right | shuffled | none | right vs shuffled |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['k']} | {s['right']:.4f} | {s['shuffled']:.4f} | {s['none']:.4f} | "
+        f"{100 * s['gain']:+.1f}% |"
+        for s in signal
+    ]
+    lines += [
+        "",
+        "## Generated vs held-out target",
+        "",
+        "| row | " + " | ".join(columns) + " | NFE / image | generation s |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
     for row in rows:
         cells = [_cell(row.metrics.get(c)) for c in columns]
         lines.append(f"| {row.label} | {' | '.join(cells)} | {row.nfe} | {row.seconds:.1f} |")
-    lines += ["", ("Images: targets.png (the held-out records), then grid_XX.png per row, in "
-                   "the table's order (row 0: the top-1 references).")]
+    lines += [
+        "",
+        (
+            "Images: targets.png (the held-out records), then grid_XX.png per row, in "
+            "the table's order (row 0: the top-1 references)."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -205,16 +283,30 @@ def _cell(value) -> str:
     return "–" if value is None else f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
-def run_header(kb, *, train: np.ndarray, held: np.ndarray, weights: Path, seed: int,
-               retriever: str, sampling, evaluators: Sequence[str]) -> dict:
+def run_header(
+    kb,
+    *,
+    train: np.ndarray,
+    held: np.ndarray,
+    weights: Path,
+    seed: int,
+    retriever: str,
+    sampling,
+    evaluators: Sequence[str],
+) -> dict:
     """What ran: the command, the collection (path, fingerprint, split sizes), the weights
     file, seed, retriever, sampling and evaluator names (results.json's head)."""
     from reimagen.bench.session import command_line
 
     return {
         "command": command_line(),
-        "kb": {"path": str(Path(kb.folder).resolve()), "fingerprint": kb.fingerprint,
-               "records": len(kb), "training": len(train), "held_out": len(held)},
+        "kb": {
+            "path": str(Path(kb.folder).resolve()),
+            "fingerprint": kb.fingerprint,
+            "records": len(kb),
+            "training": len(train),
+            "held_out": len(held),
+        },
         "weights": str(weights),
         "seed": seed,
         "retriever": retriever,
@@ -228,8 +320,10 @@ def to_json(result: dict, header: dict) -> dict:
         "format": FORMAT,
         "format_version": 1,
         **header,
-        "examples": [{"key": e.key, "text": e.text, "references": list(e.reference_keys)}
-                     for e in result["examples"]],
+        "examples": [
+            {"key": e.key, "text": e.text, "references": list(e.reference_keys)}
+            for e in result["examples"]
+        ],
         "signal": result["signal"],
         "rows": [row.to_dict() for row in result["rows"]],
         "wall_seconds": round(result["seconds"], 1),
@@ -248,9 +342,12 @@ def write_outputs(out: Path, blob: dict, text: str, result: dict) -> None:
     )
 
     targets = np.stack([e.target for e in result["examples"]])
-    write_file_set(out, {
-        "targets.png": lambda path: save_grid(path, targets),
-        **grid_writers([row.images for row in result["rows"]]),
-        "results.json": text_file(json_text(blob)),
-        "results.md": text_file(text),
-    })
+    write_file_set(
+        out,
+        {
+            "targets.png": lambda path: save_grid(path, targets),
+            **grid_writers([row.images for row in result["rows"]]),
+            "results.json": text_file(json_text(blob)),
+            "results.md": text_file(text),
+        },
+    )

@@ -39,8 +39,11 @@ def load_rows(path: Path) -> dict[tuple[str, str], dict]:
     from reimagen.bench.entitybench import CEILING
 
     blob = json.loads(Path(path).read_text())
-    return {(r["label"], r["setting"]): r for r in blob["rows"]
-            if r.get("per_prompt") and r["label"] != CEILING}
+    return {
+        (r["label"], r["setting"]): r
+        for r in blob["rows"]
+        if r.get("per_prompt") and r["label"] != CEILING
+    }
 
 
 def compare(a: dict, b: dict) -> list[dict]:
@@ -55,19 +58,33 @@ def compare(a: dict, b: dict) -> list[dict]:
             b_hits = sum(bool(p[metric]) for p in pb)
             a_only = sum(bool(x[metric]) and not y[metric] for x, y in zip(pa, pb))
             b_only = sum(bool(y[metric]) and not x[metric] for x, y in zip(pa, pb))
-            out.append({"row": key[0], "setting": key[1], "metric": metric, "n": len(pa),
-                        "a": a_hits, "b": b_hits, "a_only": a_only, "b_only": b_only,
-                        "p": sign_test(a_only, b_only)})
+            out.append(
+                {
+                    "row": key[0],
+                    "setting": key[1],
+                    "metric": metric,
+                    "n": len(pa),
+                    "a": a_hits,
+                    "b": b_hits,
+                    "a_only": a_only,
+                    "b_only": b_only,
+                    "p": sign_test(a_only, b_only),
+                }
+            )
     return out
 
 
 def markdown(entries: list[dict], names: tuple[str, str]) -> str:
     a, b = names
-    lines = [f"| row | setting | metric | {a} | {b} | {a} only | {b} only | p (sign test) |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| row | setting | metric | {a} | {b} | {a} only | {b} only | p (sign test) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for e in entries:
-        lines.append(f"| {e['row']} | {e['setting']} | {e['metric']} | {e['a']}/{e['n']} | "
-                     f"{e['b']}/{e['n']} | {e['a_only']} | {e['b_only']} | {e['p']:.3g} |")
+        lines.append(
+            f"| {e['row']} | {e['setting']} | {e['metric']} | {e['a']}/{e['n']} | "
+            f"{e['b']}/{e['n']} | {e['a_only']} | {e['b_only']} | {e['p']:.3g} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""EntityBench's judge: a small CNN that names the emoji drawn in a generated scene (DESIGN §8).
+"""EntityBench's judge: a small CNN that names the emoji drawn in a generated scene (docs/design.md §8).
 
 The paper scores EntityDrawBench with human raters (§4.2, Table 2: "faithful to both the entity
 appearance and the text description"). Here entity faithfulness is automatic: a classifier
@@ -118,7 +118,9 @@ class Evaluator:
         meta = read_meta(folder)
         weights = folder / WEIGHTS_FILE
         if rio.sha256_file(weights) != meta["weights_sha256"]:
-            raise EvaluatorIntegrityError(f"{weights}: sha256 does not match {META_FILE} (file replaced?)")
+            raise EvaluatorIntegrityError(
+                f"{weights}: sha256 does not match {META_FILE} (file replaced?)"
+            )
         tensors, _ = rio.load_safetensors(weights, check=False)  # hash checked just above
         config = EvaluatorConfig.from_dict(meta["config"])
         network = build_network(config, len(meta["entities"]))

@@ -1,4 +1,4 @@
-"""The judge's network, its config, its input and its training augmentation (DESIGN §8).
+"""The judge's network, its config, its input and its training augmentation (docs/design.md §8).
 
 Seven 3×3 conv + BatchNorm + ReLU layers (widths 16-32-32-64-64-128-128, three stride-2), global
 average pooling and a linear head over the entities: logits [B, E] from images [B, 3, S, S] in

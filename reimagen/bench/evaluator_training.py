@@ -77,9 +77,7 @@ def _train_step(network, optimiser, x, entity: np.ndarray, config: EvaluatorConf
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         features = network[:-1](x)  # [B, C] convolutions in bf16
     logits = network[-1](features.float())  # [B, E] the 1,902-way head in float32
-    loss = F.cross_entropy(
-        logits, torch.from_numpy(entity), label_smoothing=config.label_smoothing
-    )
+    loss = F.cross_entropy(logits, torch.from_numpy(entity), label_smoothing=config.label_smoothing)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()

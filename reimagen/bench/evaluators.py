@@ -85,8 +85,11 @@ def pixel_metrics(images: np.ndarray, examples) -> dict[str, float]:
         "target MSE": float(mse(images, targets).mean()),
         "target corr": float(centred_cosine(images, targets).mean()),
     }
-    nearest = [float(psnr(e.references, image[None]).max()) for image, e in
-               zip(images, examples) if len(e.references)]  # max over the K references
+    nearest = [
+        float(psnr(e.references, image[None]).max())
+        for image, e in zip(images, examples)
+        if len(e.references)
+    ]  # max over the K references
     if nearest:
         out["ref PSNR"] = float(np.mean(nearest))
     return out
@@ -95,18 +98,22 @@ def pixel_metrics(images: np.ndarray, examples) -> dict[str, float]:
 def check_metrics(name: str, metrics) -> dict[str, float]:
     """An evaluator's answer, checked: a dict of metric name -> finite float."""
     if not isinstance(metrics, dict):
-        raise TypeError(f"evaluator {name!r} returned {type(metrics).__name__}; expected a "
-                        "dict of metric name -> float")
+        raise TypeError(
+            f"evaluator {name!r} returned {type(metrics).__name__}; expected a "
+            "dict of metric name -> float"
+        )
     checked = {}
     for key, value in metrics.items():
         if not isinstance(key, str) or not key:
-            raise TypeError(f"evaluator {name!r}: metric names must be non-empty strings, got "
-                            f"{key!r}")
+            raise TypeError(
+                f"evaluator {name!r}: metric names must be non-empty strings, got {key!r}"
+            )
         try:
             checked[key] = float(value)
         except (TypeError, ValueError):
-            raise TypeError(f"evaluator {name!r}: metric {key!r} is {value!r}, not a "
-                            "number") from None
+            raise TypeError(
+                f"evaluator {name!r}: metric {key!r} is {value!r}, not a number"
+            ) from None
     return checked
 
 

@@ -1,4 +1,4 @@
-"""Does the network use its neighbours? The cheap signal of DESIGN §8: the ε-prediction error
+"""Does the network use its neighbours? The cheap signal of docs/design.md §8: the ε-prediction error
 (paper Eq. 2) on fresh scenes, with the RIGHT neighbours (renditions of the target entity),
 with WRONG ones (renditions of another entity of the same tier) and with NONE (the neighbour
 condition dropped). Long before sampled images show an entity's identity, a network that reads
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from reimagen.core.io import atomic_write_text
-from reimagen.training.contract import Batch
 from reimagen.kb import scenes as sc
 from reimagen.kb.splits import TARGET_ARTIST
+from reimagen.training.contract import Batch
 
 T_VALUES = (0.2, 0.4, 0.6, 0.8)  # diffusion times the error is averaged over
 SETTINGS = ("same-style", "cross-style")
@@ -50,8 +50,13 @@ def make_examples(rng, kb, split, tier: str, n: int, k: int, setting: str):
     """n scenes of random entities of ``tier``: targets [n, 32, 32, 3] in [-1, 1], prompts,
     right rows [n, K] and wrong rows [n, K] (another entity of the tier)."""
     in_kb = set(kb.by_entity())
-    names = [e for e in split.names(tier) if e in in_kb and len(entity_rows(kb, e, setting))
-             and len(kb.rows(sources=[TARGET_ARTIST], entities=[e]))]
+    names = [
+        e
+        for e in split.names(tier)
+        if e in in_kb
+        and len(entity_rows(kb, e, setting))
+        and len(kb.rows(sources=[TARGET_ARTIST], entities=[e]))
+    ]
     if len(names) < 2:
         raise ValueError(f"tier {tier!r} has {len(names)} entities in {kb.folder}; need >= 2")
     chosen = rng.choice(len(names), size=n)
@@ -85,7 +90,11 @@ def epsilon_errors(model, encoder, kb, targets, prompts, rows_by_condition, seed
         rows = shown if rows is None else rows
         images = kb.rgb(rows.reshape(-1), size=32).reshape(*rows.shape, 32, 32, 3)
         use = np.full(n, rows_by_condition[condition] is not None)
-        neighbors[condition] = (images.astype(np.float32), encode_neighbors_text(encoder, kb, rows), use)
+        neighbors[condition] = (
+            images.astype(np.float32),
+            encode_neighbors_text(encoder, kb, rows),
+            use,
+        )
     text = encoder.encode(prompts)
     rng = np.random.default_rng((seed, 1))
     schedule = CosineSchedule()
@@ -109,16 +118,17 @@ def epsilon_errors(model, encoder, kb, targets, prompts, rows_by_condition, seed
     return totals
 
 
-def measure(weights=None, *, tiers=("frequent", "unseen"), settings=SETTINGS, n=256, k=2,
-            seed=0) -> list[dict]:
+def measure(
+    weights=None, *, tiers=("frequent", "unseen"), settings=SETTINGS, n=256, k=2, seed=0
+) -> list[dict]:
     """Rows {tier, setting, right, wrong, none, gain} for the shipped base (or ``weights``)."""
     from reimagen.backends.torch import checkpoint as ckpt
     from reimagen.core import registry
-    from reimagen.training.checkpoint import trained_encoder
-    from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.core.paths import default_kb_dir
-    from reimagen.kb.splits import load_split
     from reimagen.generation.shipped import weights_path
+    from reimagen.kb.knowledge_base import KnowledgeBase
+    from reimagen.kb.splits import load_split
+    from reimagen.training.checkpoint import trained_encoder
 
     weights = weights or weights_path("base")
     model = ckpt.load_model(weights)
@@ -129,11 +139,19 @@ def measure(weights=None, *, tiers=("frequent", "unseen"), settings=SETTINGS, n=
         for setting in settings:
             rng = np.random.default_rng((seed, TIER_SEED[tier]))
             targets, prompts, right, wrong = make_examples(rng, kb, split, tier, n, k, setting)
-            errors = epsilon_errors(model, encoder, kb, targets, prompts,
-                                    {"right": right, "wrong": wrong, "none": None}, seed)
+            errors = epsilon_errors(
+                model,
+                encoder,
+                kb,
+                targets,
+                prompts,
+                {"right": right, "wrong": wrong, "none": None},
+                seed,
+            )
             gain = (errors["wrong"] - errors["right"]) / errors["wrong"]
-            results.append({"tier": tier, "setting": setting, "n": n, "k": k, **errors,
-                            "gain": gain})
+            results.append(
+                {"tier": tier, "setting": setting, "n": n, "k": k, **errors, "gain": gain}
+            )
     return results
 
 
@@ -159,8 +177,10 @@ def main(argv=None) -> int:
     print("| tier | setting | ε-MSE right | wrong | none | right vs wrong |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tier']} | {r['setting']} | {r['right']:.4f} | {r['wrong']:.4f} | "
-              f"{r['none']:.4f} | {100 * r['gain']:+.1f}% |")
+        print(
+            f"| {r['tier']} | {r['setting']} | {r['right']:.4f} | {r['wrong']:.4f} | "
+            f"{r['none']:.4f} | {100 * r['gain']:+.1f}% |"
+        )
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
     return 0

@@ -88,14 +88,23 @@ def default_prompts(
             drawing = drawings[len(prompts)]
             scene = sc.random_scene(rng, name, sc.legible_colours(drawing) or None)
             template = int(rng.integers(len(sc.templates_for(scene.kind))))
-            prompts.append(BenchPrompt(prompt=sc.prompt(scene, template), scene=scene,
-                                       tier=tier, category=split.category(name)))
+            prompts.append(
+                BenchPrompt(
+                    prompt=sc.prompt(scene, template),
+                    scene=scene,
+                    tier=tier,
+                    category=split.category(name),
+                )
+            )
     return prompts
 
 
 def _check_default_request(n_per_tier, tiers: Sequence[str]) -> None:
-    if (isinstance(n_per_tier, bool) or not isinstance(n_per_tier, int)
-            or not 1 <= n_per_tier <= MAX_PER_TIER):
+    if (
+        isinstance(n_per_tier, bool)
+        or not isinstance(n_per_tier, int)
+        or not 1 <= n_per_tier <= MAX_PER_TIER
+    ):
         raise ValueError(
             f"n_per_tier must be a positive integer <= {MAX_PER_TIER:,}, got {n_per_tier!r}"
         )
@@ -138,8 +147,9 @@ def read_prompts(path: str | Path, known: Collection[str], split=None) -> list[B
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise PromptFileError(f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x}); save the "
-                              "file as UTF-8") from None
+        raise PromptFileError(
+            f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x}); save the file as UTF-8"
+        ) from None
     prompts = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -175,8 +185,12 @@ def _parse_line(line: str, where: str, known: Collection[str], split) -> BenchPr
             raise PromptFileError(
                 f"{where}: unknown {field} {blob[field]!r}; allowed: {', '.join(allowed)}"
             )
-    scene = sc.Scene(entity=blob["entity"], background=blob["background"],
-                     position=blob["position"], size=blob["size"])
+    scene = sc.Scene(
+        entity=blob["entity"],
+        background=blob["background"],
+        position=blob["position"],
+        size=blob["size"],
+    )
     tier, category = _labels(scene.entity, split)
     return BenchPrompt(prompt=blob["prompt"].strip(), scene=scene, tier=tier, category=category)
 
@@ -187,8 +201,9 @@ def _check_prompt_text(prompt, where: str) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptFileError(f"{where}: prompt must be a non-empty string")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise PromptFileError(f"{where}: prompt has {len(prompt):,} characters; allowed: "
-                              f"at most {MAX_PROMPT_CHARS:,}")
+        raise PromptFileError(
+            f"{where}: prompt has {len(prompt):,} characters; allowed: at most {MAX_PROMPT_CHARS:,}"
+        )
 
 
 def _check_entity(entity, where: str, known: Collection[str]) -> None:

@@ -140,8 +140,7 @@ def misses(kb, prompts: Sequence, result: RecallResult, k: int) -> list[dict]:
     return out
 
 
-def markdown(results: Sequence[RecallResult], prompts: Sequence, source: str,
-             target: str) -> str:
+def markdown(results: Sequence[RecallResult], prompts: Sequence, source: str, target: str) -> str:
     """recall.md: the prompt set, what recall@K and ``target``@K mean, and :func:`table`."""
     return "\n".join(
         [
@@ -158,8 +157,15 @@ def markdown(results: Sequence[RecallResult], prompts: Sequence, source: str,
     )
 
 
-def to_json(results: Sequence[RecallResult], kb, prompts: Sequence, *, source: str,
-            encoder: str, seconds: float) -> dict:
+def to_json(
+    results: Sequence[RecallResult],
+    kb,
+    prompts: Sequence,
+    *,
+    source: str,
+    encoder: str,
+    seconds: float,
+) -> dict:
     """recall.json: the command, prompt set, encoder, wall time, and per result its rates
     with every miss at the largest K."""
     from reimagen.bench.session import command_line

@@ -86,7 +86,8 @@ def table_html(lines: Sequence[str]) -> str:
     parts = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"]
     for row in body:
         cells = "".join(
-            f'<td class="num">{html.escape(c)}</td>' if i < len(right) and right[i]
+            f'<td class="num">{html.escape(c)}</td>'
+            if i < len(right) and right[i]
             else f"<td>{html.escape(c)}</td>"
             for i, c in enumerate(row)
         )
@@ -108,8 +109,10 @@ def render(
     """The whole page. ``sections``: (heading, RowResult list) pairs, each result's images
     [N, H, W, 3] uint8, neighbor_rows [N, K] (rows of ``kb``) and scores; ``prompts``: N
     BenchPrompts (or strings); ``plots``: file name -> PNG bytes or a PNG path."""
-    title = next((line.lstrip("#").strip() for line in markdown.splitlines()
-                  if line.startswith("# ")), "reimagen report")
+    title = next(
+        (line.lstrip("#").strip() for line in markdown.splitlines() if line.startswith("# ")),
+        "reimagen report",
+    )
     references = ReferenceCache(kb)
     body = [markdown_html(markdown)]
     if plots:
@@ -117,10 +120,11 @@ def render(
         body.append(plots_html(plots))
     for heading, results in sections:
         body.append(f"<h2>{html.escape(heading)}</h2>")
-        body += [row_html(index, result, prompts, references)
-                 for index, result in enumerate(results)]
+        body += [
+            row_html(index, result, prompts, references) for index, result in enumerate(results)
+        ]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
@@ -138,8 +142,10 @@ def plots_html(plots: Mapping[str, bytes | Path]) -> str:
     parts = ['<div class="plots">']
     for name, data in plots.items():
         data = Path(data).read_bytes() if isinstance(data, (str, Path)) else data
-        parts.append(f'<figure><img src="{png_bytes_uri(data)}" alt="{html.escape(name)}">'
-                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
+        parts.append(
+            f'<figure><img src="{png_bytes_uri(data)}" alt="{html.escape(name)}">'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        )
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -149,16 +155,18 @@ def row_html(index: int, result, prompts: Sequence, references: ReferenceCache) 
     faithful = result.summary.get("all", {}).get("faithful")
     numbers = f" · faithful {faithful:.2f}" if faithful is not None else ""
     k = "" if f"K={row.k}" in row.label else f" · K={row.k}"
-    head = (f"<h3>{index}. {html.escape(row.label)} [{html.escape(row.setting)}]{k}"
-            f"{numbers}</h3>")
+    head = f"<h3>{index}. {html.escape(row.label)} [{html.escape(row.setting)}]{k}{numbers}</h3>"
     size = result.images.shape[1]
     references.load(result.neighbor_rows, size)  # the row's references in one KB read
     cards = [
         card_html(i, prompt, result, references.get(result.neighbor_rows[i], size))
         for i, prompt in enumerate(prompts)
     ]
-    return f'<section class="row">\n{head}\n<div class="cards">\n' + "\n".join(cards) + \
-        "\n</div>\n</section>"
+    return (
+        f'<section class="row">\n{head}\n<div class="cards">\n'
+        + "\n".join(cards)
+        + "\n</div>\n</section>"
+    )
 
 
 def card_html(i: int, prompt, result, references: Sequence[tuple[str, str]]) -> str:
@@ -180,7 +188,7 @@ def card_html(i: int, prompt, result, references: Sequence[tuple[str, str]]) -> 
 
 
 def verdict_text(scores: Mapping, i: int) -> str:
-    """"faithful ✓ · top-1 dragon (0.31) · aligned ✗": the parts the scores have."""
+    """ "faithful ✓ · top-1 dragon (0.31) · aligned ✗": the parts the scores have."""
     parts = []
     if "faithful" in scores:
         parts.append("faithful " + ("✓" if scores["faithful"][i] else "✗"))
@@ -204,8 +212,9 @@ class ReferenceCache:
         """Encode the rows (any shape) not encoded yet at ``size``."""
         if self.kb is None:
             return
-        missing = sorted({int(r) for r in np.asarray(rows).reshape(-1)
-                          if (int(r), size) not in self._uris})
+        missing = sorted(
+            {int(r) for r in np.asarray(rows).reshape(-1) if (int(r), size) not in self._uris}
+        )
         if missing:
             images = np.asarray(self.kb.rgb(missing, size))  # [n, size, size, 3] in [-1, 1]
             pixels = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
@@ -216,5 +225,7 @@ class ReferenceCache:
         if self.kb is None:
             return []
         self.load(rows, size)
-        return [(self._uris[int(r), size], self.kb.records[int(r)].text)
-                for r in np.asarray(rows).reshape(-1)]
+        return [
+            (self._uris[int(r), size], self.kb.records[int(r)].text)
+            for r in np.asarray(rows).reshape(-1)
+        ]

@@ -1,4 +1,4 @@
-"""Writing a bench run's files: image grids and the staged set of results (DESIGN §9).
+"""Writing a bench run's files: image grids and the staged set of results (docs/design.md §9).
 
 Every bench command (``bench``, ``bench --kb COLLECTION``, ``ablate``) writes its results with
 :func:`write_file_set`: each file is written into a locked staging folder inside ``out`` first
@@ -54,12 +54,15 @@ def save_grid(path: Path, images: np.ndarray, columns: int = 16, scale: int = 2)
 
 def grid_writers(image_sets: Sequence[np.ndarray]) -> dict[str, FileWriter]:
     """grid_<i>.png per image set (row i's images in prompt order, 16 a line)."""
-    return {f"grid_{index:02d}.png": (lambda path, images=images: save_grid(path, images))
-            for index, images in enumerate(image_sets)}
+    return {
+        f"grid_{index:02d}.png": (lambda path, images=images: save_grid(path, images))
+        for index, images in enumerate(image_sets)
+    }
 
 
-def write_file_set(out: Path, writers: Mapping[str, FileWriter],
-                   replaces: Sequence[str] = ("grid_*.png",)) -> None:
+def write_file_set(
+    out: Path, writers: Mapping[str, FileWriter], replaces: Sequence[str] = ("grid_*.png",)
+) -> None:
     """Write each ``writers`` entry (file name -> writer, called in order with its staging
     path: a later writer may read an earlier file) into a staging folder inside ``out``, then
     rename them all into place. Files matching a ``replaces`` pattern that this set did not
@@ -84,8 +87,9 @@ def write_file_set(out: Path, writers: Mapping[str, FileWriter],
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_outputs(out: Path, blob: dict, markdown: str, prompts, results,
-                  report: str | None = None) -> None:
+def write_outputs(
+    out: Path, blob: dict, markdown: str, prompts, results, report: str | None = None
+) -> None:
     """``reimagen bench``'s set: results.json, results.md, prompts.jsonl, grid_<i>.png per row
     (``results[i].images``) and ``report`` as report.html; grids an earlier run left beyond
     this run's rows (and its report.html, when this run writes none) are removed."""

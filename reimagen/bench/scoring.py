@@ -1,4 +1,4 @@
-"""EntityBench scoring: per-image metrics and their means by tier and category (DESIGN §8).
+"""EntityBench scoring: per-image metrics and their means by tier and category (docs/design.md §8).
 
 Paper §4.2 rates each EntityDrawBench image 1 when it is "faithful to both the entity appearance
 and the text description" (Table 2), split by frequent / infrequent entities (Fig. 5). Here both

@@ -31,27 +31,43 @@ class BenchParts:
     evaluator: Any  # reimagen.bench.evaluator.Evaluator, the judge
 
 
-def load_parts(kb, *, settings: Sequence[str], retriever: str, encoder: str | None,
-               backend: str, weights: Path | None, evaluator: Path | None,
-               need_retrieval: bool) -> BenchParts:
+def load_parts(
+    kb,
+    *,
+    settings: Sequence[str],
+    retriever: str,
+    encoder: str | None,
+    backend: str,
+    weights: Path | None,
+    evaluator: Path | None,
+    need_retrieval: bool,
+) -> BenchParts:
     """The networks first (a bad weights file fails before an index is built beside the KB),
     then one retriever per setting (its saved index, built on first use), then the judge."""
     from reimagen.bench.evaluator import Evaluator
     from reimagen.generation.pretrained import open_retriever
     from reimagen.generation.shipped import available_stages, load_stage
 
-    pipelines = {stage: load_stage(stage, kb=kb, encoder=encoder, backend=backend,
-                                   folder=weights)
-                 for stage in STAGES if stage in available_stages(weights)}
+    pipelines = {
+        stage: load_stage(stage, kb=kb, encoder=encoder, backend=backend, folder=weights)
+        for stage in STAGES
+        if stage in available_stages(weights)
+    }
     retrievers = {}
     if need_retrieval:
         retrievers = {s: open_retriever(kb, retriever, s, encoder) for s in settings}
     return BenchParts(pipelines, retrievers, Evaluator.load(evaluator))
 
 
-def make_runner(prompts: Sequence[BenchPrompt], parts: BenchParts, *, seed: int,
-                batch_size: int, log: Callable[[str], None] | None = None,
-                on_batch: Callable[[Row, int], None] | None = None) -> BenchRunner:
+def make_runner(
+    prompts: Sequence[BenchPrompt],
+    parts: BenchParts,
+    *,
+    seed: int,
+    batch_size: int,
+    log: Callable[[str], None] | None = None,
+    on_batch: Callable[[Row, int], None] | None = None,
+) -> BenchRunner:
     """A BenchRunner over ``parts`` (see its docstring for ``log`` and ``on_batch``)."""
     return BenchRunner(
         prompts,
@@ -70,9 +86,18 @@ def command_line() -> str:
     return "reimagen " + " ".join(sys.argv[1:])
 
 
-def header(*, seed: int, retriever: str, prompts_file: Path | None, n_per_tier: int,
-           prompts: Sequence[BenchPrompt], pipelines: dict, weights: Path | None,
-           meta: dict, seconds: float) -> dict:
+def header(
+    *,
+    seed: int,
+    retriever: str,
+    prompts_file: Path | None,
+    n_per_tier: int,
+    prompts: Sequence[BenchPrompt],
+    pipelines: dict,
+    weights: Path | None,
+    meta: dict,
+    seconds: float,
+) -> dict:
     """The head of results.json: what ran (command, seed, retriever, prompt set, weights files,
     the judge's hash and ceiling) and the wall time."""
     from reimagen.generation.shipped import weights_path

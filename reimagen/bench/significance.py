@@ -26,6 +26,7 @@ def fisher_greater(hits: int, n: int, base_hits: int, base_n: int) -> float:
     row gets ``hits`` or more of the pooled successes (small: the first row is higher)."""
     total, pooled = n + base_n, hits + base_hits
     denominator = math.comb(total, pooled)
-    tail = sum(math.comb(n, x) * math.comb(base_n, pooled - x)
-               for x in range(hits, min(n, pooled) + 1))
+    tail = sum(
+        math.comb(n, x) * math.comb(base_n, pooled - x) for x in range(hits, min(n, pooled) + 1)
+    )
     return tail / denominator

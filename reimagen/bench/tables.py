@@ -68,22 +68,29 @@ def category_columns(results: Sequence[RowResult]) -> list[tuple[str, str, str]]
     return [(c, f"category/{c}", "faithful") for c in categories]
 
 
-def tier_counts(result: RowResult, prompts: Sequence[BenchPrompt], tier: str,
-                metric: str = "faithful") -> tuple[int, int]:
+def tier_counts(
+    result: RowResult, prompts: Sequence[BenchPrompt], tier: str, metric: str = "faithful"
+) -> tuple[int, int]:
     """(successes, prompts) of ``metric`` over the prompts of ``tier``."""
     mask = np.array([p.tier == tier for p in prompts])
     return int(np.asarray(result.scores[metric])[mask].sum()), int(mask.sum())
 
 
-def interval_table(results: Sequence[RowResult], prompts: Sequence[BenchPrompt],
-                   baseline: RowResult, tier: str = "unseen") -> str:
+def interval_table(
+    results: Sequence[RowResult],
+    prompts: Sequence[BenchPrompt],
+    baseline: RowResult,
+    tier: str = "unseen",
+) -> str:
     """Counts, rates with 95% Wilson intervals, and the rate's ratio to the baseline row, for
     faithfulness and entity top-1 on one tier (the issue's goal: unseen, with vs without
     retrieval), and the one-sided Fisher exact p that a row's faithful rate is no higher than
     the baseline's. A ratio over a baseline of 0 successes is written as "∞ (0 baseline)" (and as
     "- (0 and 0)" when the row has none either)."""
-    head = (f"| row | setting | faithful {tier} | 95% interval | × baseline | p (> baseline) "
-            f"| entity top-1 {tier} | 95% interval |")
+    head = (
+        f"| row | setting | faithful {tier} | 95% interval | × baseline | p (> baseline) "
+        f"| entity top-1 {tier} | 95% interval |"
+    )
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
     base_hits, base_n = tier_counts(baseline, prompts, tier)
     for result in results:

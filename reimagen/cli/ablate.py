@@ -50,7 +50,9 @@ def add_parser(subparsers):
         "--guidances", default=None, help="strategies (default joint,weighted,interleaved)"
     )
     parser.add_argument(
-        "--w-neighbors-sweep", default=None, metavar="W,...",
+        "--w-neighbors-sweep",
+        default=None,
+        metavar="W,...",
         help="neighbour guidance weights w_n >= 1 (default 1,3,7,15)",
     )
     parser.add_argument(
@@ -130,8 +132,14 @@ def run(args) -> int:
     parts.pipelines.pop("baseline", None)  # every sweep is over the base network
     results = _run_sections(args, prompts, parts, sections)
     seconds = time.perf_counter() - started
-    markdown = ablate_markdown(results, n_prompts=len(prompts), setting=args.setting,
-                               seed=args.seed, note=evaluator_note(meta), seconds=seconds)
+    markdown = ablate_markdown(
+        results,
+        n_prompts=len(prompts),
+        setting=args.setting,
+        seed=args.seed,
+        note=evaluator_note(meta),
+        seconds=seconds,
+    )
     blob = run_header(args, meta, parts.pipelines, prompts, seconds)
     blob.update(
         setting=args.setting,
@@ -140,8 +148,10 @@ def run(args) -> int:
     )
     _write(args, blob, markdown, results, prompts, kb=parts.pipelines["base"].kb)
     print(markdown)
-    print(f"wrote {args.out}/results.json, results.md, fig7_k.png, fig8_eta.png"
-          + ("" if args.no_report else ", report.html"))
+    print(
+        f"wrote {args.out}/results.json, results.md, fig7_k.png, fig8_eta.png"
+        + ("" if args.no_report else ", report.html")
+    )
     return 0
 
 
@@ -153,8 +163,9 @@ def _run_sections(args, prompts, parts, sections) -> dict:
 
     distinct = {row.key() for rows in sections.values() for row in rows}
     with bar(len(distinct), "ablation rows", unit="row") as progress:
-        runner = make_runner(prompts, parts, seed=args.seed, batch_size=args.batch_size,
-                             log=row_logger(progress))
+        runner = make_runner(
+            prompts, parts, seed=args.seed, batch_size=args.batch_size, log=row_logger(progress)
+        )
         runner.check([row for rows in sections.values() for row in rows])
         return {name: runner.run(rows) for name, rows in sections.items()}
 

@@ -1,4 +1,4 @@
-"""``reimagen bench``: EntityBench, the paper's Table 2 / Fig. 5 analogue (DESIGN §8).
+"""``reimagen bench``: EntityBench, the paper's Table 2 / Fig. 5 analogue (docs/design.md §8).
 
 Rows: the no-retrieval "Imagen" row (the shipped ``baseline`` network when there is one, else the
 base network with K=0: the table says which), then Re-Imagen with each K of ``--k``, for each
@@ -53,9 +53,13 @@ def add_parser(subparsers):
         default=None,
         help="--recall-only: comma-separated retriever names (default: --retriever)",
     )
-    parser.add_argument("--evaluators", default=None, metavar="NAME,...",
-                        help="--kb COLLECTION: registered evaluators (component kind evaluator, "
-                        "reimagen.bench.evaluators) scoring the held-out outputs (default: all)")
+    parser.add_argument(
+        "--evaluators",
+        default=None,
+        metavar="NAME,...",
+        help="--kb COLLECTION: registered evaluators (component kind evaluator, "
+        "reimagen.bench.evaluators) scoring the held-out outputs (default: all)",
+    )
     add_sampling_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -70,9 +74,12 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
         help="JSONL prompt set (prompt, entity, background, position, size)",
     )
     parser.add_argument("--seed", type=int, default=0, help="prompt draw and sampling seed")
-    parser.add_argument("--tiers", default="frequent,rare,unseen",
-                        help="default prompt set: which tiers (e.g. unseen alone, --n 333 = "
-                        "every unseen entity once)")
+    parser.add_argument(
+        "--tiers",
+        default="frequent,rare,unseen",
+        help="default prompt set: which tiers (e.g. unseen alone, --n 333 = "
+        "every unseen entity once)",
+    )
     parser.add_argument("--out", type=Path, default=Path(out), help="output folder")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
     parser.add_argument(
@@ -81,15 +88,26 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
         default=None,
         help="knowledge-base folder (default: the built-in emoji KB)",
     )
-    parser.add_argument("--retriever", default=DEFAULT_RETRIEVER,
-                        help="registered retriever name (bm25: the one the weights were trained with)")
-    parser.add_argument("--encoder", default=None,
-                        help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)")
+    parser.add_argument(
+        "--retriever",
+        default=DEFAULT_RETRIEVER,
+        help="registered retriever name (bm25: the one the weights were trained with)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)",
+    )
     parser.add_argument("--backend", default="torch", help="torch | jax")
-    parser.add_argument("--weights", type=Path, default=None, metavar="FOLDER",
-                        help="a folder of exported stages: base.safetensors (a training run's "
-                        "--export) and, optionally, baseline.safetensors (default: the shipped "
-                        "weights, or $REIMAGEN_WEIGHTS)")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="a folder of exported stages: base.safetensors (a training run's "
+        "--export) and, optionally, baseline.safetensors (default: the shipped "
+        "weights, or $REIMAGEN_WEIGHTS)",
+    )
     parser.add_argument(
         "--evaluator", type=Path, default=None, help="evaluator folder (default: the shipped one)"
     )
@@ -99,9 +117,12 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
         default=0,
         help="torch CPU threads (0: all cores; 1 is much faster on a busy machine)",
     )
-    parser.add_argument("--no-report", action="store_true",
-                        help="skip report.html (the tables, each row's images beside their "
-                        "references, the plots, on one self-contained page)")
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip report.html (the tables, each row's images beside their "
+        "references, the plots, on one self-contained page)",
+    )
 
 
 def comma_list(text: str, option: str, allowed=None, cast=str) -> list:
@@ -164,8 +185,10 @@ def check_components(args, need_retrieval: bool = True) -> None:
         raise UserError("--retriever none retrieves nothing; K > 0 rows need a retriever")
     check_threads(args.threads)
     if args.weights is not None and not args.weights.is_dir():
-        raise UserError(f"--weights: {args.weights} is not a folder (it must hold "
-                        "base.safetensors, optionally baseline.safetensors)")
+        raise UserError(
+            f"--weights: {args.weights} is not a folder (it must hold "
+            "base.safetensors, optionally baseline.safetensors)"
+        )
     if "base" not in available_stages(args.weights):
         raise UserError(
             f"no base network at {weights_path('base', args.weights)}; train it with "
@@ -187,20 +210,36 @@ def open_parts(args, settings, need_retrieval: bool, k_max: int = 0):
     kb = open_kb(args.kb)
     image_size = stage_config("base", args.weights).image_size if k_max else 0
     for setting in settings:
-        check_kb_fits(kb, "--kb", image_size=image_size, k=k_max if need_retrieval else 0,
-                      setting=setting)
-    return load_parts(kb, settings=settings, retriever=args.retriever, encoder=args.encoder,
-                      backend=args.backend, weights=args.weights, evaluator=args.evaluator,
-                      need_retrieval=need_retrieval)
+        check_kb_fits(
+            kb, "--kb", image_size=image_size, k=k_max if need_retrieval else 0, setting=setting
+        )
+    return load_parts(
+        kb,
+        settings=settings,
+        retriever=args.retriever,
+        encoder=args.encoder,
+        backend=args.backend,
+        weights=args.weights,
+        evaluator=args.evaluator,
+        need_retrieval=need_retrieval,
+    )
 
 
 def run_header(args, meta, pipelines, prompts, seconds: float) -> dict:
     """results.json's head (:func:`reimagen.bench.session.header`) from the options."""
     from reimagen.bench.session import header
 
-    return header(seed=args.seed, retriever=args.retriever, prompts_file=args.prompts,
-                  n_per_tier=args.n, prompts=prompts, pipelines=pipelines, weights=args.weights,
-                  meta=meta, seconds=seconds)
+    return header(
+        seed=args.seed,
+        retriever=args.retriever,
+        prompts_file=args.prompts,
+        n_per_tier=args.n,
+        prompts=prompts,
+        pipelines=pipelines,
+        weights=args.weights,
+        meta=meta,
+        seconds=seconds,
+    )
 
 
 # ---- bench --------------------------------------------------------------------------------------
@@ -232,8 +271,9 @@ def run(args) -> int:
     if bench_kb.is_collection_folder(args.kb):  # your own collection: its held-out records
         return bench_kb.run(args)
     if args.evaluators is not None:
-        raise UserError("--evaluators only applies with a collection --kb (a KB of plain "
-                        "image-caption records)")
+        raise UserError(
+            "--evaluators only applies with a collection --kb (a KB of plain image-caption records)"
+        )
     if args.recall_only:
         return _recall_only(args)
     ks, settings, sampling = check_bench_args(args)
@@ -244,21 +284,33 @@ def run(args) -> int:
     parts = open_parts(args, settings, need_retrieval=True, k_max=max(ks))
     results = _run_rows(args, prompts, parts, bench_rows(parts.pipelines, sampling, ks, settings))
     seconds = time.perf_counter() - started
-    markdown = bench_markdown(prompts, results, settings=settings, seed=args.seed,
-                              retriever=args.retriever, note=evaluator_note(meta),
-                              seconds=seconds)
+    markdown = bench_markdown(
+        prompts,
+        results,
+        settings=settings,
+        seed=args.seed,
+        retriever=args.retriever,
+        note=evaluator_note(meta),
+        seconds=seconds,
+    )
     blob = run_header(args, meta, parts.pipelines, prompts, seconds)
     blob["rows"] = [r.to_dict(prompts) for r in results]
     report = None
     if not args.no_report:
         from reimagen.bench.report import render
 
-        report = render(markdown, [("Images: each row's outputs beside their references",
-                                    results)], prompts, kb=parts.pipelines["base"].kb)
+        report = render(
+            markdown,
+            [("Images: each row's outputs beside their references", results)],
+            prompts,
+            kb=parts.pipelines["base"].kb,
+        )
     write_outputs(args.out, blob, markdown, prompts, results, report=report)
     print(markdown)
-    print(f"wrote {args.out}/results.json, results.md, prompts.jsonl, {len(results)} grids"
-          + ("" if report is None else " and report.html"))
+    print(
+        f"wrote {args.out}/results.json, results.md, prompts.jsonl, {len(results)} grids"
+        + ("" if report is None else " and report.html")
+    )
     return 0
 
 
@@ -278,9 +330,14 @@ def _run_rows(args, prompts, parts, rows):
 
     distinct = len({row.key() for row in rows})
     with bar(distinct * len(prompts), "bench", unit="prompt") as progress:
-        runner = make_runner(prompts, parts, seed=args.seed, batch_size=args.batch_size,
-                             log=row_logger(progress, advance=0),
-                             on_batch=prompt_ticker(progress))
+        runner = make_runner(
+            prompts,
+            parts,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            log=row_logger(progress, advance=0),
+            on_batch=prompt_ticker(progress),
+        )
         generated = runner.run(rows)
     size = generated[0].images.shape[1]
     return [runner.ceiling(size), *generated]  # row 0: the targets themselves

@@ -54,11 +54,15 @@ def check_args(args) -> tuple[list[int], list[str]]:
     from reimagen.cli.common import check_k_option, check_seed
 
     if args.recall_only:
-        raise UserError("--recall-only measures entity recall on the emoji knowledge base; "
-                        f"{args.kb} is a collection (no entities)")
+        raise UserError(
+            "--recall-only measures entity recall on the emoji knowledge base; "
+            f"{args.kb} is a collection (no entities)"
+        )
     if args.prompts is not None:
-        raise UserError(f"--prompts does not apply to a collection --kb: its held-out records "
-                        f"are the prompts ({args.kb})")
+        raise UserError(
+            f"--prompts does not apply to a collection --kb: its held-out records "
+            f"are the prompts ({args.kb})"
+        )
     if args.retrievers is not None:
         raise UserError("--retrievers only applies with --recall-only; bench uses --retriever")
     ks = comma_list(args.k, "--k", cast=int)
@@ -87,30 +91,50 @@ def run(args) -> int:
     rows = held[: args.n]
     evaluators = {name: registry.get("evaluator", name)() for name in names}
     started = time.perf_counter()
-    pipeline = load_stage("base", kb=kb, encoder=args.encoder, backend=args.backend,
-                          folder=args.weights)
+    pipeline = load_stage(
+        "base", kb=kb, encoder=args.encoder, backend=args.backend, folder=args.weights
+    )
     args.retriever = _retriever_name(weights_path("base", args.weights), args.retriever)
     _note_recipe(weights_path("base", args.weights), kb, args.retriever)
     retriever = fit_retriever(kb, args.retriever, train)
     neighbors = eval_neighbors(kb, retriever, rows, max(ks))  # [N, K_max]
-    print(f"bench on {len(rows)} of {len(held)} held-out records of {kb.folder} "
-          f"({len(train):,} training records), K={','.join(map(str, ks))}", file=sys.stderr)
-    result = collection.run_bench(
-        kb, pipeline, rows, neighbors, ks=ks, sampling=sampling, evaluators=evaluators,
-        seed=args.seed, batch_size=args.batch_size, progress=_progress,
+    print(
+        f"bench on {len(rows)} of {len(held)} held-out records of {kb.folder} "
+        f"({len(train):,} training records), K={','.join(map(str, ks))}",
+        file=sys.stderr,
     )
-    title = (f"Collection bench: {len(rows)} held-out records of {Path(kb.folder).name}, "
-             f"seed {args.seed}, retriever {args.retriever}")
+    result = collection.run_bench(
+        kb,
+        pipeline,
+        rows,
+        neighbors,
+        ks=ks,
+        sampling=sampling,
+        evaluators=evaluators,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=_progress,
+    )
+    title = (
+        f"Collection bench: {len(rows)} held-out records of {Path(kb.folder).name}, "
+        f"seed {args.seed}, retriever {args.retriever}"
+    )
     text = collection.markdown(result, title)
-    header = collection.run_header(kb, train=train, held=held,
-                                   weights=weights_path("base", args.weights), seed=args.seed,
-                                   retriever=args.retriever, sampling=sampling, evaluators=names)
+    header = collection.run_header(
+        kb,
+        train=train,
+        held=held,
+        weights=weights_path("base", args.weights),
+        seed=args.seed,
+        retriever=args.retriever,
+        sampling=sampling,
+        evaluators=names,
+    )
     blob = collection.to_json(result, header)
     blob["wall_seconds"] = round(time.perf_counter() - started, 1)
     collection.write_outputs(args.out, blob, text, result)
     print(text)
-    print(f"wrote {args.out}/results.json, results.md, targets.png and "
-          f"{len(result['rows'])} grids")
+    print(f"wrote {args.out}/results.json, results.md, targets.png and {len(result['rows'])} grids")
     return 0
 
 
@@ -130,8 +154,10 @@ def _open_collection(args, k_max: int):
         raise UserError(str(err)) from None
     train, held = split_rows(kb)
     if len(held) < 2:
-        raise UserError(f"--kb: {kb.folder} has {len(held)} held-out record(s) (about 10% of "
-                        "the records are held out, by a hash of their id); the bench needs >= 2")
+        raise UserError(
+            f"--kb: {kb.folder} has {len(held)} held-out record(s) (about 10% of "
+            "the records are held out, by a hash of their id); the bench needs >= 2"
+        )
     return kb, train, held
 
 
@@ -153,21 +179,32 @@ def _note_recipe(path: Path, kb, retriever: str) -> None:
     recipe = training_recipe(path) or {}
     trained = recipe.get("kb")
     if trained is None:
-        print(f"note: {path} records no collection; its held-out split is this KB's only if "
-              "it was trained with `reimagen train --kb` on it", file=sys.stderr)
+        print(
+            f"note: {path} records no collection; its held-out split is this KB's only if "
+            "it was trained with `reimagen train --kb` on it",
+            file=sys.stderr,
+        )
     elif trained.get("fingerprint") != kb.fingerprint:
-        print(f"note: {path} was trained on {trained.get('path')} (fingerprint "
-              f"{str(trained.get('fingerprint'))[:12]}), not on this KB ({kb.fingerprint[:12]})",
-              file=sys.stderr)
+        print(
+            f"note: {path} was trained on {trained.get('path')} (fingerprint "
+            f"{str(trained.get('fingerprint'))[:12]}), not on this KB ({kb.fingerprint[:12]})",
+            file=sys.stderr,
+        )
     used = (recipe.get("data") or {}).get("retriever")
     if used and used != retriever:
-        print(f"note: {path} was trained with --retriever {used}, benched with {retriever}",
-              file=sys.stderr)
+        print(
+            f"note: {path} was trained with --retriever {used}, benched with {retriever}",
+            file=sys.stderr,
+        )
 
 
 def _progress(label: str):
     def report(done: int, total: int) -> None:
-        print(f"\r{label}: {done}/{total} images", end="" if done < total else "\n",
-              file=sys.stderr, flush=True)
+        print(
+            f"\r{label}: {done}/{total} images",
+            end="" if done < total else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return report

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from reimagen.cli.main import UserError
 from reimagen.core import registry
-from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.paths import default_kb_dir
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.generation.pretrained import ENCODER_RETRIEVERS, SETTINGS  # noqa: F401  (re-exported)
 from reimagen.generation.shipped import DEFAULT_RETRIEVER
 
@@ -23,15 +23,19 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--w-text", type=float, help="text guidance weight w_p (Eq. 6)")
     group.add_argument("--w-neighbors", type=float, help="neighbour guidance weight w_n (Eq. 6)")
     group.add_argument("--eta", type=float, help="interleave ratio η ∈ [0, 1]")
-    group.add_argument("--threshold", choices=("none", "static", "dynamic"),
-                       help="x̂0 thresholding")
+    group.add_argument("--threshold", choices=("none", "static", "dynamic"), help="x̂0 thresholding")
 
 
 def sampling_from_args(args, base: SamplingConfig) -> SamplingConfig:
     """Overlay the given command-line values on ``base``; validate names and ranges now."""
     changes = {
-        "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance, "w": args.w,
-        "w_text": args.w_text, "w_neighbors": args.w_neighbors, "eta": args.eta,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "w": args.w,
+        "w_text": args.w_text,
+        "w_neighbors": args.w_neighbors,
+        "eta": args.eta,
         "thresholding": args.threshold,
     }
     sampling = base.replace(**{k: v for k, v in changes.items() if v is not None})
@@ -41,14 +45,28 @@ def sampling_from_args(args, base: SamplingConfig) -> SamplingConfig:
 
 
 def add_kb_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kb", type=Path, default=None,
-                        help="knowledge-base folder (default: the built-in emoji KB)")
-    parser.add_argument("--retriever", default=DEFAULT_RETRIEVER,
-                        help="registered retriever name (bm25: the one the weights were trained with)")
-    parser.add_argument("--encoder", default=None,
-                        help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)")
-    parser.add_argument("--setting", default="same-style", choices=SETTINGS,
-                        help="which artists the retriever indexes (DESIGN §8)")
+    parser.add_argument(
+        "--kb",
+        type=Path,
+        default=None,
+        help="knowledge-base folder (default: the built-in emoji KB)",
+    )
+    parser.add_argument(
+        "--retriever",
+        default=DEFAULT_RETRIEVER,
+        help="registered retriever name (bm25: the one the weights were trained with)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)",
+    )
+    parser.add_argument(
+        "--setting",
+        default="same-style",
+        choices=SETTINGS,
+        help="which artists the retriever indexes (docs/design.md §8)",
+    )
 
 
 def open_kb(path: Path | None, verify: bool = True):
@@ -105,8 +123,10 @@ def _check_creatable(folder: Path, option: str) -> None:
                 raise UserError(f"{option}: cannot write in {ancestor} (permission denied)")
             return
         if ancestor.exists():  # a file where a folder has to be
-            raise UserError(f"{option}: {ancestor} is a file, not a folder; allowed: a path "
-                            "whose parents are folders (existing or new)")
+            raise UserError(
+                f"{option}: {ancestor} is a file, not a folder; allowed: a path "
+                "whose parents are folders (existing or new)"
+            )
 
 
 MAX_SEED = 2**63 - 1  # TrainConfig.seed's range; numpy seeds any integer >= 0
@@ -138,8 +158,9 @@ def check_prompt_args(prompts: list[str]) -> list[str]:
         if not prompt.strip():
             raise UserError(f"PROMPT {i} is empty; allowed: a non-blank text")
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise UserError(f"PROMPT {i} has {len(prompt):,} characters; allowed: at most "
-                            f"{MAX_PROMPT_CHARS:,}")
+            raise UserError(
+                f"PROMPT {i} has {len(prompt):,} characters; allowed: at most {MAX_PROMPT_CHARS:,}"
+            )
     return prompts
 
 
@@ -149,22 +170,30 @@ def check_kb_fits(kb, option: str, *, image_size: int, k: int, setting: str) -> 
     from reimagen.kb.splits import view_rows
 
     if kb.resolution < image_size:
-        raise UserError(f"{option}: {kb.folder} stores {kb.resolution}px images; the network "
-                        f"needs neighbours at {image_size}px (build it with --resolution "
-                        f"{image_size} or more)")
+        raise UserError(
+            f"{option}: {kb.folder} stores {kb.resolution}px images; the network "
+            f"needs neighbours at {image_size}px (build it with --resolution "
+            f"{image_size} or more)"
+        )
     if k:
         rows = len(view_rows(kb, setting))
         if k > rows:
-            raise UserError(f"--k {k} is more than the {rows} records the {setting} view of "
-                            f"{kb.folder} has; allowed: at most {rows}")
+            raise UserError(
+                f"--k {k} is more than the {rows} records the {setting} view of "
+                f"{kb.folder} has; allowed: at most {rows}"
+            )
 
 
 MAX_THREADS = 256  # a typo guard: torch would start that many OpenMP threads
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: all cores; 1 is faster on a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: all cores; 1 is faster on a busy machine)",
+    )
 
 
 def check_threads(threads: int) -> int:

@@ -19,18 +19,24 @@ from reimagen.core.paths import default_kb_dir
 
 # Unseen entities shown by default (all in the split's unseen tier; never a training target).
 DEMO_ENTITIES = ("beaver", "bell pepper", "birthday cake", "flag Germany")
-DEMO_SCENES = (("large", "center", "yellow"), ("large", "center", "cyan"),
-               ("small", "top left", "green"), ("large", "center", "pink"))
+DEMO_SCENES = (
+    ("large", "center", "yellow"),
+    ("large", "center", "cyan"),
+    ("small", "top left", "green"),
+    ("large", "center", "pink"),
+)
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "demo", help="build the KB if needed and draw unseen entities with and without retrieval",
+        "demo",
+        help="build the KB if needed and draw unseen entities with and without retrieval",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/demo.png"))
-    parser.add_argument("--entities", help="comma-separated CLDR names (default: a fixed set "
-                        "of unseen entities)")
+    parser.add_argument(
+        "--entities", help="comma-separated CLDR names (default: a fixed set of unseen entities)"
+    )
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--setting", default="same-style", choices=("same-style", "cross-style"))
     parser.add_argument("--seed", type=int, default=0)
@@ -41,8 +47,8 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from reimagen.cli.common import check_k_option, check_out_path, check_seed
-    from reimagen.kb.splits import load_split
     from reimagen.generation.shipped import DEFAULT_SAMPLING, available_stages, stage_config
+    from reimagen.kb.splits import load_split
 
     out = check_out_path(args.out)
     apply_threads(args.threads)
@@ -51,12 +57,17 @@ def run(args) -> int:
     if args.steps is not None:  # SamplingConfig says what is allowed, before the KB is built
         DEFAULT_SAMPLING["base"].replace(steps=args.steps)
     split = load_split()
-    names = ([n.strip() for n in args.entities.split(",")] if args.entities is not None
-             else list(DEMO_ENTITIES))
+    names = (
+        [n.strip() for n in args.entities.split(",")]
+        if args.entities is not None
+        else list(DEMO_ENTITIES)
+    )
     unknown = [n for n in names if n not in split]
     if unknown:
-        raise UserError(f"--entities: unknown entity name(s) {unknown} (CLDR names, e.g. "
-                        f"{', '.join(DEMO_ENTITIES[:2])})")
+        raise UserError(
+            f"--entities: unknown entity name(s) {unknown} (CLDR names, e.g. "
+            f"{', '.join(DEMO_ENTITIES[:2])})"
+        )
     for stage in available_stages():  # headers only: each file fits its stage
         stage_config(stage)
     started = time.perf_counter()
@@ -109,8 +120,9 @@ def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
     pair = load_comparison(kb=kb, k=args.k, setting=args.setting, sampling=sampling)
     total = sampling_steps(pair.retrieving) + sampling_steps(pair.plain)
     with bar(total, "sampling") as progress:
-        with_retrieval = pair.retrieving.generate(prompts, seed=args.seed,
-                                                  callback=step_callback(progress))
+        with_retrieval = pair.retrieving.generate(
+            prompts, seed=args.seed, callback=step_callback(progress)
+        )
         without = pair.plain.generate(prompts, seed=args.seed, callback=step_callback(progress))
 
     rows = []
@@ -124,5 +136,7 @@ def _generate(args, kb, prompts, names, tiers, out: Path) -> None:
     with atomic_path(out) as tmp:
         make_sheet(rows).save(tmp, format="PNG")
     seconds = sum(g.seconds for g in (*with_retrieval, *without))
-    print(f"wrote {out} ({len(prompts)} prompts, {'base+sr' if pair.with_sr else 'base only'}, "
-          f"sampling {seconds:.1f} s)")
+    print(
+        f"wrote {out} ({len(prompts)} prompts, {'base+sr' if pair.with_sr else 'base only'}, "
+        f"sampling {seconds:.1f} s)"
+    )

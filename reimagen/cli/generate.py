@@ -1,4 +1,4 @@
-"""``reimagen generate PROMPT --out x.png``: retrieve, then run the cascade (DESIGN §5, §7).
+"""``reimagen generate PROMPT --out x.png``: retrieve, then run the cascade (docs/design.md §5, §7).
 
 Writes ``x.png`` (the last stage's images side by side), ``x.<stage>.png`` for every stage, and
 ``x.sheet.png``: each image beside the retrieved neighbours it was grounded on (paper Fig. 4).
@@ -38,7 +38,8 @@ from reimagen.core.io import atomic_path
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "generate", help="generate images for prompts with retrieved references",
+        "generate",
+        help="generate images for prompts with retrieved references",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("prompts", nargs="+", metavar="PROMPT")
@@ -46,14 +47,24 @@ def add_parser(subparsers):
     parser.add_argument("--k", type=int, default=2, help="retrieved neighbours K")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="torch", help="torch | jax")
-    parser.add_argument("--stages", default="base,sr",
-                        help="comma-separated shipped stages: base or baseline, then sr")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="prompts per network batch (global micro-batches: the images do "
-                             "not depend on the number of processes)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="under torchrun: split the prompts across the processes (gloo); "
-                             "rank 0 writes the outputs")
+    parser.add_argument(
+        "--stages",
+        default="base,sr",
+        help="comma-separated shipped stages: base or baseline, then sr",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="prompts per network batch (global micro-batches: the images do "
+        "not depend on the number of processes)",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="under torchrun: split the prompts across the processes (gloo); "
+        "rank 0 writes the outputs",
+    )
     add_kb_arguments(parser)
     add_sampling_arguments(parser)
     add_threads_argument(parser)
@@ -93,8 +104,9 @@ def run(args) -> int:
     k = 0 if stages[0] == "baseline" else args.k
     registry.get("retriever", args.retriever)
     if k and args.retriever == "none":
-        raise UserError(f"--retriever none retrieves no neighbours; use --k 0, or a retriever "
-                        f"for --k {k}")
+        raise UserError(
+            f"--retriever none retrieves no neighbours; use --k 0, or a retriever for --k {k}"
+        )
     try:
         configs = check_fit(stages)  # headers only: each file fits its stage, the cascade fits
     except CascadeError as err:
@@ -109,8 +121,9 @@ def run(args) -> int:
             dist.destroy_process_group()
 
 
-def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: int,
-              world: int, configs: dict) -> int:
+def _generate(
+    args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: int, world: int, configs: dict
+) -> int:
     """Load the cascade (the front door, reimagen.load's), generate this process's
     micro-batches, and (rank 0) write."""
     from reimagen.cli.progress import bar, sampling_steps, step_callback
@@ -119,25 +132,41 @@ def _generate(args, out: Path, stages: tuple[str, ...], sampling, k: int, rank: 
 
     kb = open_kb(args.kb)
     # the first stage's size: the SR stage reuses its rows (one, upsampled from a smaller KB)
-    check_kb_fits(kb, "--kb", image_size=configs[stages[0]].image_size if k else 0, k=k,
-                  setting=args.setting)
-    cascade = load(stages=stages, kb=kb, retriever=args.retriever, setting=args.setting, k=k,
-                   encoder=args.encoder, backend=args.backend, sampling=sampling)
-    batches = len(shard_indices(len(micro_batches(len(args.prompts), args.batch_size, world)),
-                                rank, world))  # this process's micro-batches
+    check_kb_fits(
+        kb, "--kb", image_size=configs[stages[0]].image_size if k else 0, k=k, setting=args.setting
+    )
+    cascade = load(
+        stages=stages,
+        kb=kb,
+        retriever=args.retriever,
+        setting=args.setting,
+        k=k,
+        encoder=args.encoder,
+        backend=args.backend,
+        sampling=sampling,
+    )
+    batches = len(
+        shard_indices(len(micro_batches(len(args.prompts), args.batch_size, world)), rank, world)
+    )  # this process's micro-batches
     started = time.perf_counter()
     with bar(sampling_steps(cascade, batches), "sampling", show=rank == 0) as progress:
-        results = generate_distributed(cascade, args.prompts, args.seed,
-                                       batch_size=args.batch_size,
-                                       callback=step_callback(progress))
+        results = generate_distributed(
+            cascade,
+            args.prompts,
+            args.seed,
+            batch_size=args.batch_size,
+            callback=step_callback(progress),
+        )
     seconds = time.perf_counter() - started
     if rank != 0:  # rank 0 gathered every image and writes the outputs
         return 0
     sheet_path = _write_outputs(out, stages, results, kb, args.prompts)
     nfe = sum(r.nfe for r in results)
     print(f"wrote {out}, {sheet_path} and one image per stage ({', '.join(stages)})")
-    print(f"{len(args.prompts)} prompt(s), {nfe} network evaluations per sample, {seconds:.1f} s"
-          + (f", {world} processes" if world > 1 else ""))
+    print(
+        f"{len(args.prompts)} prompt(s), {nfe} network evaluations per sample, {seconds:.1f} s"
+        + (f", {world} processes" if world > 1 else "")
+    )
     return 0
 
 
@@ -152,8 +181,9 @@ def _write_outputs(out: Path, stages: tuple[str, ...], results, kb, prompts) -> 
     _save(out, np.concatenate(list(final.images), axis=1))
     rows = []
     for b, prompt in enumerate(prompts):
-        images = tuple((f"{name} {r.images.shape[1]}px", r.images[b])
-                       for name, r in zip(stages, results))
+        images = tuple(
+            (f"{name} {r.images.shape[1]}px", r.images[b]) for name, r in zip(stages, results)
+        )
         neighbors = neighbor_tiles(kb, results[0].neighbor_rows[b], results[0].neighbor_scores[b])
         rows.append(SheetRow(prompt=prompt, images=images, neighbors=neighbors))
     sheet_path = out.with_suffix(".sheet.png")

@@ -1,4 +1,4 @@
-"""``reimagen kb``: build a knowledge base and describe one (DESIGN §6, §8).
+"""``reimagen kb``: build a knowledge base and describe one (docs/design.md §6, §8).
 
     reimagen kb build                                   # every emoji × every installed artist
     reimagen kb build --source folder --folder DIR      # DIR/captions.jsonl, see folder_source

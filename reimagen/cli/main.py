@@ -15,7 +15,17 @@ import os
 import sys
 
 # Sub-command modules, in the order `reimagen --help` lists them.
-COMMANDS = ("demo", "components", "presets", "kb", "retrieve", "train", "generate", "bench", "ablate")
+COMMANDS = (
+    "demo",
+    "components",
+    "presets",
+    "kb",
+    "retrieve",
+    "train",
+    "generate",
+    "bench",
+    "ablate",
+)
 
 
 class UserError(Exception):

@@ -13,8 +13,11 @@ PAPER_PARAMS = {"paper-64": 2.5e9, "paper-sr256": 750e6, "paper-sr1024": 400e6}
 
 def add_parser(subparsers):
     parser = subparsers.add_parser("presets", help="network presets and their parameter counts")
-    parser.add_argument("--backend", action="append",
-                        help="backend(s) to count with (default: every registered one)")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        help="backend(s) to count with (default: every registered one)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=run)
 
@@ -42,7 +45,11 @@ def run(args) -> int:
     header = f"{'preset':<14}{'resolution':>12}" + "".join(f"{b:>14}" for b in backends)
     print(header + f"{'paper':>10}")
     for name, row in table.items():
-        res = f"{row['lowres_size']}→{row['image_size']}" if row["lowres_size"] else str(row["image_size"])
+        res = (
+            f"{row['lowres_size']}→{row['image_size']}"
+            if row["lowres_size"]
+            else str(row["image_size"])
+        )
         counts = "".join(f"{_human(row[b]):>14}" for b in backends)
         paper = _human(row["paper"]) if row["paper"] else "-"
         print(f"{name:<14}{res:>12}{counts}{paper:>10}")

@@ -26,8 +26,9 @@ def bar(total: int, desc: str, unit: str = "step", show: bool = True):
     a silent one (e.g. on every rank but 0)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=_disable() if show else True,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=_disable() if show else True, dynamic_ncols=True
+    )
 
 
 def sampling_steps(cascade, batches: int = 1) -> int:

@@ -29,8 +29,9 @@ def check_args(args) -> tuple[list[int], list[str], list[str]]:
     if any(k < 1 for k in ks):
         raise UserError(f"--k values must be >= 1, got {ks}")
     settings = comma_list(args.settings, "--settings", allowed=SETTINGS)
-    names = comma_list(args.retriever if args.retrievers is None else args.retrievers,
-                       "--retrievers")
+    names = comma_list(
+        args.retriever if args.retrievers is None else args.retrievers, "--retrievers"
+    )
     known = [n for n in registry.names("retriever") if n != "none"]
     bad = [n for n in names if n not in known]
     if bad:
@@ -53,18 +54,28 @@ def run(args) -> int:
     prompts, _ = load_prompts(args)
     kb = open_kb(args.kb, verify=False)
     started = time.perf_counter()
-    results = [_measure(args, kb, prompts, ks, name, setting)
-               for name in names for setting in settings]
+    results = [
+        _measure(args, kb, prompts, ks, name, setting) for name in names for setting in settings
+    ]
     source = (
         str(args.prompts)
         if args.prompts
         else f"default: tiers {args.tiers}, {args.n} per tier, seed {args.seed}"
     )
     markdown = recall.markdown(results, prompts, source, TARGET_ARTIST)
-    blob = recall.to_json(results, kb, prompts, source=source, encoder=args.encoder or "minilm",
-                          seconds=time.perf_counter() - started)
-    write_file_set(args.out, {"recall.json": text_file(json_text(blob)),
-                              "recall.md": text_file(markdown)}, replaces=())
+    blob = recall.to_json(
+        results,
+        kb,
+        prompts,
+        source=source,
+        encoder=args.encoder or "minilm",
+        seconds=time.perf_counter() - started,
+    )
+    write_file_set(
+        args.out,
+        {"recall.json": text_file(json_text(blob)), "recall.md": text_file(markdown)},
+        replaces=(),
+    )
     print(markdown)
     print(f"wrote {args.out}/recall.json and recall.md")
     return 0
@@ -78,8 +89,9 @@ def _measure(args, kb, prompts, ks, name: str, setting: str):
 
     log(f"{name} [{setting}]: opening the index (built on first use)")
     retriever = open_retriever(kb, name, setting, args.encoder)
-    return recall.measure(kb, retriever, prompts, ks, name=name, setting=setting,
-                          target=TARGET_ARTIST)
+    return recall.measure(
+        kb, retriever, prompts, ks, name=name, setting=setting, target=TARGET_ARTIST
+    )
 
 
 def log(message: str) -> None:

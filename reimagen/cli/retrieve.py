@@ -1,4 +1,4 @@
-"""``reimagen retrieve``: a prompt's nearest knowledge-base entries, with scores (DESIGN §6).
+"""``reimagen retrieve``: a prompt's nearest knowledge-base entries, with scores (docs/design.md §6).
 
     reimagen retrieve "a red apple"                         # hybrid over the whole emoji KB
     reimagen retrieve "a red apple" --k 8 --view openmoji,noto --json
@@ -51,14 +51,14 @@ def add_parser(subparsers):
 def check_args(args) -> tuple[dict, list[str] | None]:
     """Retriever options and the view's sources, or a UserError — before any file is read."""
     if args.k < 0 or (args.k == 0 and args.retriever != "none"):
-        raise UserError(f"--k must be >= 1 (at most the records indexed; 0 only with "
-                          f"--retriever none), got {args.k}")
+        raise UserError(
+            f"--k must be >= 1 (at most the records indexed; 0 only with "
+            f"--retriever none), got {args.k}"
+        )
     check_prompt_args(args.prompts)  # an empty query would return arbitrary rows at score 0
     registry.get("retriever", args.retriever)  # unknown name -> error listing the known ones
     if args.retriever not in ENCODER_RETRIEVERS and args.encoder:
-        raise UserError(
-            f"--encoder only applies to --retriever {' or '.join(ENCODER_RETRIEVERS)}"
-        )
+        raise UserError(f"--encoder only applies to --retriever {' or '.join(ENCODER_RETRIEVERS)}")
     if args.retriever != "dense" and args.ivf:
         raise UserError("--ivf only applies to --retriever dense")
     if args.retriever == "none" and args.k != 0:
@@ -125,8 +125,10 @@ def _open_view(args, sources: list[str] | None):
         raise UserError(f"--view: {err}") from err
     indexed = len(kb) if rows is None else len(rows)
     if args.k > indexed:  # checked before an index is built
-        raise UserError(f"--k: k={args.k} is larger than the {indexed} indexed documents; "
-                        f"allowed: at most {indexed}")
+        raise UserError(
+            f"--k: k={args.k} is larger than the {indexed} indexed documents; "
+            f"allowed: at most {indexed}"
+        )
     return kb, rows
 
 
@@ -137,8 +139,14 @@ def _open_index(args, kb, rows, name: str, options: dict):
 
     if args.retriever == "none":  # nothing to index: no folder is written
         return registry.get("retriever", "none")().fit(kb, rows=rows), "none", None
-    return open_or_build(kb, index_folder(kb.folder, name), args.retriever, rows=rows,
-                         rebuild=args.rebuild, **options)
+    return open_or_build(
+        kb,
+        index_folder(kb.folder, name),
+        args.retriever,
+        rows=rows,
+        rebuild=args.rebuild,
+        **options,
+    )
 
 
 def _report(kb, args, name, status, retriever, result) -> dict:

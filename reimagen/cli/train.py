@@ -33,7 +33,8 @@ from reimagen.training.run_setup import STAGE_PRESET, check_init_weights
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "train", help="train a stage of the cascade (resumable)",
+        "train",
+        help="train a stage of the cascade (resumable)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_recipe_arguments(parser)
@@ -46,80 +47,143 @@ def add_parser(subparsers):
 def _add_recipe_arguments(parser) -> None:
     """The network and the optimisation: TrainConfig's fields."""
     parser.add_argument("--stage", default="base", choices=tuple(STAGE_PRESET))
-    parser.add_argument("--preset", help="network preset (default: cpu-base for base/baseline, "
-                        "sr-small for sr)")
+    parser.add_argument(
+        "--preset", help="network preset (default: cpu-base for base/baseline, sr-small for sr)"
+    )
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--k", type=int, default=2, help="neighbours per example (base, sr)")
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--warmup", type=int, default=500,
-                        help="linear learning-rate warm-up steps")
+    parser.add_argument(
+        "--warmup", type=int, default=500, help="linear learning-rate warm-up steps"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                        help="bf16 autocast (AMX on this CPU)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast (AMX on this CPU)",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=200)
-    parser.add_argument("--loss-weighting", default="uniform", choices=("uniform", "min-snr"),
-                        help="per-row weight of the ε-MSE: uniform (paper Eq. 2) or "
-                        "min(SNR, γ)/SNR (Min-SNR-γ)")
-    parser.add_argument("--snr-gamma", type=float, default=5.0, help="γ of --loss-weighting "
-                        "min-snr")
-    parser.add_argument("--t-shift", type=float, default=1.0,
-                        help="noise-level shift s: log-SNR of the drawn t moved by −2·ln s "
-                        "(s > 1: more high-noise levels, where identity is decided)")
+    parser.add_argument(
+        "--loss-weighting",
+        default="uniform",
+        choices=("uniform", "min-snr"),
+        help="per-row weight of the ε-MSE: uniform (paper Eq. 2) or min(SNR, γ)/SNR (Min-SNR-γ)",
+    )
+    parser.add_argument(
+        "--snr-gamma", type=float, default=5.0, help="γ of --loss-weighting min-snr"
+    )
+    parser.add_argument(
+        "--t-shift",
+        type=float,
+        default=1.0,
+        help="noise-level shift s: log-SNR of the drawn t moved by −2·ln s "
+        "(s > 1: more high-noise levels, where identity is decided)",
+    )
 
 
 def _add_data_arguments(parser) -> None:
     """Where the run lives and what it trains on: run folder, KB, text encoder, data recipe."""
     parser.add_argument("--run-dir", type=Path, help="default: <home>/runs/<stage>")
-    parser.add_argument("--kb", type=Path, help="knowledge base (default: the emoji KB); a KB "
-                        "of plain image-caption records (kb build --source folder) trains on its "
-                        "own records, 10%% held out for bench --kb (docs/own-data.md)")
-    parser.add_argument("--no-verify-kb", dest="verify_kb", action="store_false",
-                        help="skip the sha256 check of every KB file (a KB copied without "
-                        "its images/ folder, e.g. to a GPU machine)")
-    parser.add_argument("--encoder", default=None,
-                        help="registered text encoder name, e.g. hash, minilm, or t5 (its "
-                        "local folder in REIMAGEN_T5_PATH) (default: the run's, else hash)")
-    parser.add_argument("--data", default=None, metavar="KEY=VALUE,...",
-                        help="training-recipe overrides, fields of reimagen.training.data."
-                        "DataConfig, e.g. p_same_style=0.75,p_drop_name=0.75 (default: the "
-                        "run's, else the DataConfig defaults)")
+    parser.add_argument(
+        "--kb",
+        type=Path,
+        help="knowledge base (default: the emoji KB); a KB "
+        "of plain image-caption records (kb build --source folder) trains on its "
+        "own records, 10%% held out for bench --kb (docs/own-data.md)",
+    )
+    parser.add_argument(
+        "--no-verify-kb",
+        dest="verify_kb",
+        action="store_false",
+        help="skip the sha256 check of every KB file (a KB copied without "
+        "its images/ folder, e.g. to a GPU machine)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        help="registered text encoder name, e.g. hash, minilm, or t5 (its "
+        "local folder in REIMAGEN_T5_PATH) (default: the run's, else hash)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="training-recipe overrides, fields of reimagen.training.data."
+        "DataConfig, e.g. p_same_style=0.75,p_drop_name=0.75 (default: the "
+        "run's, else the DataConfig defaults)",
+    )
 
 
 def _add_machine_arguments(parser) -> None:
     """Backend, device, workers, processes; initial weights."""
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--device", default="cpu", help="torch: cpu | cuda[:N] | auto")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="processes composing batches ahead (0: inline)")
-    parser.add_argument("--composer", default="host", choices=("host", "device"),
-                        help="where base/baseline scenes are composed: host (numpy, in the "
-                        "--workers) or device (tensors on --device; the workers only draw each "
-                        "step's random choices); the batches are bit-identical")
-    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
-                        help="checkpoint and stop after this many minutes (resume later)")
-    parser.add_argument("--init-from", type=Path, default=None, metavar="WEIGHTS",
-                        help="start a new run from these weights (fresh optimizer; torch)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes composing batches ahead (0: inline)"
+    )
+    parser.add_argument(
+        "--composer",
+        default="host",
+        choices=("host", "device"),
+        help="where base/baseline scenes are composed: host (numpy, in the "
+        "--workers) or device (tensors on --device; the workers only draw each "
+        "step's random choices); the batches are bit-identical",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="checkpoint and stop after this many minutes (resume later)",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="WEIGHTS",
+        help="start a new run from these weights (fresh optimizer; torch)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="torch DDP over the processes torchrun started (gloo on cpu, "
-                        "nccl on cuda); --batch-size is the global batch")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="torch DDP over the processes torchrun started (gloo on cpu, "
+        "nccl on cuda); --batch-size is the global batch",
+    )
 
 
 def _add_run_arguments(parser) -> None:
     """Checkpoints kept, rewinding, exporting."""
-    parser.add_argument("--resume-from", type=int, default=None, metavar="STEP",
-                        help="resume from this committed step instead of the latest (a run "
-                        "that diverged; pass a lower --lr): later steps are moved to "
-                        "checkpoints/rewound-STEP-N/, not deleted")
-    parser.add_argument("--keep", type=int, default=2,
-                        help="committed checkpoints kept (the newest); more leaves more steps "
-                        "to --resume-from")
-    parser.add_argument("--export", type=Path, nargs="?", const=Path("-"),
-                        help="after training, write the EMA weights to this .safetensors "
-                        "(no value: the shipped file for the stage)")
-    parser.add_argument("--export-only", action="store_true",
-                        help="only export the run's latest checkpoint, do not train")
+    parser.add_argument(
+        "--resume-from",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="resume from this committed step instead of the latest (a run "
+        "that diverged; pass a lower --lr): later steps are moved to "
+        "checkpoints/rewound-STEP-N/, not deleted",
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=2,
+        help="committed checkpoints kept (the newest); more leaves more steps to --resume-from",
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        nargs="?",
+        const=Path("-"),
+        help="after training, write the EMA weights to this .safetensors "
+        "(no value: the shipped file for the stage)",
+    )
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="only export the run's latest checkpoint, do not train",
+    )
 
 
 @attrs.frozen
@@ -159,23 +223,45 @@ def run(args) -> int:
     if args.export_only:
         return _export_only(args, backend, run_dir, export, encoder, data)
     model_config = with_text_encoder(model_config, encoder)
-    options = {**_loop_options(args, backend, model_config, preset, run_dir),
-               **_distributed_options(args, backend, config.batch_size)}
+    options = {
+        **_loop_options(args, backend, model_config, preset, run_dir),
+        **_distributed_options(args, backend, config.batch_size),
+    }
     check_composer(args, backend)
     if args.threads:  # checked above
         import torch
 
         torch.set_num_threads(args.threads)
-    return _train(args, _Plan(backend, preset, model_config, config, run_dir, export, encoder,
-                              overrides, data, options))
+    return _train(
+        args,
+        _Plan(
+            backend,
+            preset,
+            model_config,
+            config,
+            run_dir,
+            export,
+            encoder,
+            overrides,
+            data,
+            options,
+        ),
+    )
 
 
 def _train_config(args) -> TrainConfig:
     return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size,
-        neighbors=0 if args.stage == "baseline" else args.k, lr=args.lr, seed=args.seed,
-        warmup_steps=args.warmup, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
-        loss_weighting=args.loss_weighting, snr_gamma=args.snr_gamma, t_shift=args.t_shift,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        neighbors=0 if args.stage == "baseline" else args.k,
+        lr=args.lr,
+        seed=args.seed,
+        warmup_steps=args.warmup,
+        bf16=args.bf16,
+        checkpoint_every=args.checkpoint_every,
+        loss_weighting=args.loss_weighting,
+        snr_gamma=args.snr_gamma,
+        t_shift=args.t_shift,
     )
 
 
@@ -184,12 +270,15 @@ def _export_only(args, backend, run_dir: Path, export: Path | None, encoder: str
     from reimagen.training.run_record import recorded_kb
 
     if args.resume_from is not None:
-        raise UserError("--resume-from rewinds a run to train on; it does not combine with "
-                        "--export-only (which exports the latest step)")
+        raise UserError(
+            "--resume-from rewinds a run to train on; it does not combine with "
+            "--export-only (which exports the latest step)"
+        )
     if recorded_kb(run_dir) is not None:  # a collection run: never the shipped file
         export = _collection_export(args, run_dir, export)
-    return _export(backend, run_dir, export or default_export_path(args.stage), encoder,
-                   args.stage, data)
+    return _export(
+        backend, run_dir, export or default_export_path(args.stage), encoder, args.stage, data
+    )
 
 
 def _train(args, plan: _Plan) -> int:
@@ -202,15 +291,18 @@ def _train(args, plan: _Plan) -> int:
     if args.distributed and rank == 0:
         _barrier()
     config, model_config = plan.config, plan.model_config
-    print(f"training {args.stage} ({plan.preset}, "
-          f"{plan.backend.param_count(model_config) / 1e6:.2f}M params, "
-          f"K={config.neighbors}) into {plan.run_dir}")
+    print(
+        f"training {args.stage} ({plan.preset}, "
+        f"{plan.backend.param_count(model_config) / 1e6:.2f}M params, "
+        f"K={config.neighbors}) into {plan.run_dir}"
+    )
     if collection is not None:
-        print(f"collection {kb.folder}: {len(source.train_rows):,} training records, "
-              f"{len(source.held_out_rows):,} held out; neighbours {source.triples_status}")
+        print(
+            f"collection {kb.folder}: {len(source.train_rows):,} training records, "
+            f"{len(source.held_out_rows):,} held out; neighbours {source.triples_status}"
+        )
     run_facts(plan.run_dir, plan.encoder, plan.overrides, kb=collection)  # the run starts
-    result = plan.backend.train(model_config, config, source, plan.run_dir, resume=True,
-                                **options)
+    result = plan.backend.train(model_config, config, source, plan.run_dir, resume=True, **options)
     print(result)
     if export and rank == 0:
         _export(plan.backend, plan.run_dir, export, plan.encoder, args.stage, plan.data)
@@ -233,11 +325,14 @@ def _open_source(args, plan: _Plan) -> tuple:
     export, options = plan.export, plan.options
     if collection is not None:
         if args.composer != "host":
-            raise UserError("--composer device composes emoji scenes; a collection KB trains "
-                            "with --composer host")
+            raise UserError(
+                "--composer device composes emoji scenes; a collection KB trains "
+                "with --composer host"
+            )
         export = _collection_export(args, plan.run_dir, export)
-    source = build_source(args.stage, kb, collection, plan.encoder, plan.config,
-                          plan.model_config, plan.data)
+    source = build_source(
+        args.stage, kb, collection, plan.encoder, plan.config, plan.model_config, plan.data
+    )
     if collection is None:
         source, options = composed_on(args.composer, source, options)
     return kb, collection, source, options, export
@@ -265,24 +360,32 @@ def _distributed_options(args, backend, batch_size: int) -> dict:
     world = os.environ.get("WORLD_SIZE", "")
     if not args.distributed:
         if world.isdigit() and int(world) > 1:
-            raise UserError(f"WORLD_SIZE={world} (started by torchrun?): pass --distributed "
-                            "so the processes train one model together")
+            raise UserError(
+                f"WORLD_SIZE={world} (started by torchrun?): pass --distributed "
+                "so the processes train one model together"
+            )
         return {}
     if backend.name != "torch":
         raise UserError(f"--distributed: only the torch backend, got --backend {backend.name}")
     from reimagen.backends.torch import distributed
 
     if not distributed.launched() or not world.isdigit():
-        raise UserError("--distributed: RANK and WORLD_SIZE are not set; launch with "
-                        "torchrun --nproc-per-node N -m reimagen.cli.main train --distributed")
+        raise UserError(
+            "--distributed: RANK and WORLD_SIZE are not set; launch with "
+            "torchrun --nproc-per-node N -m reimagen.cli.main train --distributed"
+        )
     if args.time_limit is not None:
         raise UserError("--time-limit cannot be combined with --distributed")
     if batch_size % int(world):
-        raise UserError(f"--batch-size {batch_size} must be divisible by the world size "
-                        f"{world} (torchrun processes)")
+        raise UserError(
+            f"--batch-size {batch_size} must be divisible by the world size "
+            f"{world} (torchrun processes)"
+        )
     if args.device not in ("cpu", "cuda", "auto"):
-        raise UserError(f"--device must be cpu, cuda or auto with --distributed (rank i takes "
-                        f"cuda:LOCAL_RANK), got {args.device}")
+        raise UserError(
+            f"--device must be cpu, cuda or auto with --distributed (rank i takes "
+            f"cuda:LOCAL_RANK), got {args.device}"
+        )
     return {"distributed": True}
 
 
@@ -300,8 +403,7 @@ def _loop_options(args, backend, model_config, preset: str, run_dir: Path) -> di
     if args.init_from is not None:
         if backend.name != "torch":
             raise UserError("--init-from: only the torch backend takes initial weights")
-        options["init_weights"] = check_init_weights(args.init_from, backend, model_config,
-                                                     preset)
+        options["init_weights"] = check_init_weights(args.init_from, backend, model_config, preset)
     if args.time_limit is not None:
         options["time_limit"] = args.time_limit * 60.0
     if args.device != "cpu":
@@ -323,8 +425,9 @@ def check_composer(args, backend) -> None:
     if backend.name != "torch":
         raise UserError(f"--composer device: only the torch backend, got --backend {backend.name}")
     if args.stage == "sr":
-        raise UserError("--composer device: only --stage base or baseline (sr composes on the "
-                        "host)")
+        raise UserError(
+            "--composer device: only --stage base or baseline (sr composes on the host)"
+        )
     if args.distributed:
         raise UserError("--composer device cannot be combined with --distributed")
 
@@ -347,8 +450,10 @@ def check_resume_from(args, run_dir: Path) -> int:
     from reimagen.training.run_setup import check_resume_step
 
     if args.distributed:
-        raise UserError("--resume-from cannot be combined with --distributed: rewind in one "
-                        "process first (reimagen train --resume-from STEP --steps STEP)")
+        raise UserError(
+            "--resume-from cannot be combined with --distributed: rewind in one "
+            "process first (reimagen train --resume-from STEP --steps STEP)"
+        )
     return check_resume_step(run_dir, args.resume_from)
 
 

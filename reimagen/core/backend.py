@@ -1,4 +1,4 @@
-"""The backend interface (the registry's "backend" kind: "torch", "jax"; DESIGN §1).
+"""The backend interface (the registry's "backend" kind: "torch", "jax"; docs/design.md §1).
 
 Each backend package defines ``BACKEND``, an instance of a direct subclass of
 :class:`ModelBackend` that implements its abstract methods (the U-Net builder, the weight files
@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from reimagen.core.interfaces import Denoiser, TextEncoding
-from reimagen.training.loop import TrainLoop, TrainResult
-from reimagen.training.contract import BatchSource, TrainConfig
 from reimagen.core.unet_config import UNetConfig
+from reimagen.training.contract import BatchSource, TrainConfig
+from reimagen.training.loop import TrainLoop, TrainResult
 
 
 class ModelBackend(abc.ABC):

@@ -1,4 +1,4 @@
-"""Validation of a denoiser's bound conditions (DESIGN §5), shared by both backends.
+"""Validation of a denoiser's bound conditions (docs/design.md §5), shared by both backends.
 
 A denoiser is built for B samples with their prompts (text tokens [B, L, D]), their K retrieved
 neighbours ([B, K, H, W, C] images with [B, K, L, D] captions) and, for a super-resolution

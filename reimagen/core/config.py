@@ -1,4 +1,4 @@
-"""Frozen, validated attrs configs with a JSON round-trip (DESIGN §9).
+"""Frozen, validated attrs configs with a JSON round-trip (docs/design.md §9).
 
 Every config class is ``@config``-decorated (frozen, kw_only, slots) and gets ``from_dict`` /
 ``to_dict`` / ``to_json`` / ``from_json`` from :class:`ConfigMixin`. ``from_dict`` rejects

@@ -237,8 +237,10 @@ def stamp_file(path: str | Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2 or argv[0] not in ("stamp", "verify"):
-        print("usage: python -m reimagen.core.digests stamp|verify FILE.safetensors ...",
-              file=sys.stderr)
+        print(
+            "usage: python -m reimagen.core.digests stamp|verify FILE.safetensors ...",
+            file=sys.stderr,
+        )
         return 2
     status = 0
     for name in argv[1:]:
@@ -259,4 +261,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -1,4 +1,4 @@
-"""Folders replaced crash-safely, and the fsyncs that make a write or a rename durable (DESIGN §9).
+"""Folders replaced crash-safely, and the fsyncs that make a write or a rename durable (docs/design.md §9).
 
 A writer of a whole folder (a knowledge base, a retriever index, a benchmark's outputs) fills a
 hidden staging folder beside its target, ``.<name>.<what>-<pid>-<random>``, and
@@ -113,7 +113,9 @@ def make_locked_folder(parent: Path, prefix: str, suffix: str = "") -> tuple[Pat
     return folder, lock_dir(folder)
 
 
-def remove_abandoned(parent: Path, prefix: str, salvage: Callable[[Path], None] | None = None) -> None:
+def remove_abandoned(
+    parent: Path, prefix: str, salvage: Callable[[Path], None] | None = None
+) -> None:
     """Delete the folders ``<parent>/<prefix>*`` that killed writers left (kill -9 runs no
     cleanup), after ``salvage(folder)`` took what it holds; a live writer's are left alone."""
     for entry in sorted(parent.glob(glob.escape(prefix) + "*")):
@@ -137,8 +139,9 @@ def exchange(a: str | Path, b: str | Path) -> bool:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):  # not glibc >= 2.28 (or not Linux)
         return False
-    done = renameat2(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)),
-                     _RENAME_EXCHANGE)
+    done = renameat2(
+        _AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE
+    )
     if done == 0:
         return True
     code = ctypes.get_errno()
@@ -199,7 +202,9 @@ def _swap_by_two_renames(staging: Path, folder: Path, carry_over: CarryOver | No
 
 
 def remove_abandoned_swaps(
-    folder: Path, staging_prefix: str, marker: str | None = None,
+    folder: Path,
+    staging_prefix: str,
+    marker: str | None = None,
     carry_over: CarryOver | None = None,
 ) -> None:
     """Delete what writers of ``folder`` killed with -9 left beside it: staging folders
@@ -209,9 +214,16 @@ def remove_abandoned_swaps(
     else ``carry_over(old, folder)`` moves its extras into the new folder, as it does for a
     staging folder that holds the old folder (killed after the exchange)."""
     for prefix in (staging_prefix, aside_prefix(folder)):
-        salvage = None if marker is None else functools.partial(
-            _salvage, folder=folder, set_aside=prefix == aside_prefix(folder), marker=marker,
-            carry_over=carry_over,
+        salvage = (
+            None
+            if marker is None
+            else functools.partial(
+                _salvage,
+                folder=folder,
+                set_aside=prefix == aside_prefix(folder),
+                marker=marker,
+                carry_over=carry_over,
+            )
         )
         remove_abandoned(folder.parent, prefix, salvage)
 
@@ -237,4 +249,3 @@ def publish_entries(staging: Path, out: Path) -> set[str]:
         os.replace(staging / name, out / name)
     fsync_dir(out)
     return names
-

@@ -1,4 +1,4 @@
-"""Plugin hooks: one per component kind (DESIGN §2).
+"""Plugin hooks: one per component kind (docs/design.md §2).
 
 Every hook receives ``register(name, factory)`` and calls it once per component it provides.
 Hooks only fill the registry's plain dicts; they are never called in a sampling or training

@@ -1,4 +1,4 @@
-"""Abstract interfaces of the components (DESIGN §1–§7). Framework-free.
+"""Abstract interfaces of the components (docs/design.md §1–§7). Framework-free.
 
 Each interface is an ``abc.ABC`` whose required methods are ``@abc.abstractmethod``: a subclass
 that misses one cannot be instantiated (TypeError naming it). The backends' denoisers and the
@@ -17,7 +17,7 @@ Array conventions used everywhere on the host:
   time     t ∈ [0, 1] (t=0 clean, t=1 pure noise), float per batch element: [B].
 Backends convert to their own layout (torch NCHW channels_last, JAX NHWC) at the boundary.
 
-Condition variants (DESIGN §5) name which conditions one ε prediction sees:
+Condition variants (docs/design.md §5) name which conditions one ε prediction sees:
   full = (c_p, c_n), text = c_p only, neighbors = c_n only, none = neither.
 """
 
@@ -86,7 +86,7 @@ class RetrievalResult:
 
 
 class Retriever(abc.ABC):
-    """Text query -> top-k rows of a knowledge base (DESIGN §6)."""
+    """Text query -> top-k rows of a knowledge base (docs/design.md §6)."""
 
     name: str
 
@@ -119,7 +119,7 @@ class Denoiser(abc.ABC):
     prompts' TextEncoding [B, L, D], the neighbours [B, K, H, W, C] float32 in [-1, 1] and
     their captions' TextEncoding [B, K, L, D], and for a super-resolution stage the upsampled
     low-res image [B, H, W, C]. Neighbours go through the DStack once, at t=0, and are cached
-    (DESIGN §4). One call evaluates every requested variant in ONE batched network pass of
+    (docs/design.md §4). One call evaluates every requested variant in ONE batched network pass of
     V·B rows.
     """
 
@@ -141,7 +141,7 @@ class Denoiser(abc.ABC):
 
 
 class GuidanceStrategy(abc.ABC):
-    """Which condition variants a step needs, and how their ε predictions combine (DESIGN §5).
+    """Which condition variants a step needs, and how their ε predictions combine (docs/design.md §5).
 
     ``variants(draw)`` gets the step's host-drawn uniform number R ∈ [0, 1) (used by interleaved
     guidance; ignored by the others). ``combine`` is written once against operators that numpy,
@@ -164,13 +164,14 @@ class StepCallback(Protocol):
     """Called after step i's x̂0: (i, t_i, x_t [B, H, W, C], x̂0 [B, H, W, C] backend arrays,
     the variants evaluated)."""
 
-    def __call__(self, step: int, t: float, x: Any, x0_hat: Any, variants: tuple[str, ...]) -> None:
-        ...
+    def __call__(
+        self, step: int, t: float, x: Any, x0_hat: Any, variants: tuple[str, ...]
+    ) -> None: ...
 
 
 @attrs.frozen
 class SamplerNoise:
-    """All randomness of one sampling run, drawn on the host (DESIGN §3)."""
+    """All randomness of one sampling run, drawn on the host (docs/design.md §3)."""
 
     x_T: np.ndarray  # [B, H, W, C] initial noise
     step_noise: np.ndarray  # [steps, B, H, W, C] ancestral noise (zeros-free; unused by ddim)
@@ -215,7 +216,9 @@ def sample_generators(
     for index in indices:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
             raise ValueError(f"indices must be integers >= 0, got {index!r}")
-        out.append(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(int(index), int(stream)))))
+        out.append(
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(int(index), int(stream))))
+        )
     return out
 
 
@@ -250,7 +253,7 @@ class Sampler(Protocol):
 
 
 class Cascade(abc.ABC):
-    """An ordered list of stages (base -> SR -> SR, DESIGN §7); each its own network, sampler,
+    """An ordered list of stages (base -> SR -> SR, docs/design.md §7); each its own network, sampler,
     steps and guidance. ``generate`` returns every stage's result."""
 
     @abc.abstractmethod

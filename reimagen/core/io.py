@@ -1,4 +1,4 @@
-"""Crash-safe file writes and safe loading (DESIGN §9).
+"""Crash-safe file writes and safe loading (docs/design.md §9).
 
 Writes go to a temp file in the same folder, are fsynced, then ``os.replace``d over the target,
 so a reader sees the old file or the new one, never half of one. Nothing is loaded with pickle:
@@ -47,8 +47,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp",
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent
+    )
     fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close below, or by the kernel at a kill
     tmp_path = Path(tmp)
     try:
@@ -179,7 +180,9 @@ def _safetensors_handle(path: str | Path) -> Iterator:
         with safe_open(str(path), framework="numpy") as handle:
             yield handle
     except Exception as err:  # noqa: BLE001 (safetensors raises its own types for a bad header)
-        raise UnsafeFileError(f"{path} is not a valid safetensors file ({err}); refusing to load it")
+        raise UnsafeFileError(
+            f"{path} is not a valid safetensors file ({err}); refusing to load it"
+        )
 
 
 def load_safetensors_metadata(path: str | Path) -> dict[str, str]:

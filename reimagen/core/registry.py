@@ -1,4 +1,4 @@
-"""The component registry (DESIGN §2): pluggy hooks fill plain dicts; lookups are functions.
+"""The component registry (docs/design.md §2): pluggy hooks fill plain dicts; lookups are functions.
 
     >>> from reimagen.core import registry
     >>> registry.names("guidance")

@@ -59,7 +59,11 @@ class UNetConfig(ConfigMixin):
                 f"UNetConfig.image_size {self.image_size} is not divisible by "
                 f"2**{len(self.channel_mults) - 1} (one halving per extra channel_mults entry)"
             )
-        for name in ("self_attn_resolutions", "cross_attn_resolutions", "neighbor_attn_resolutions"):
+        for name in (
+            "self_attn_resolutions",
+            "cross_attn_resolutions",
+            "neighbor_attn_resolutions",
+        ):
             bad = [r for r in getattr(self, name) if r not in sizes]
             if bad:
                 raise ConfigError(
@@ -101,52 +105,107 @@ class UNetConfig(ConfigMixin):
 PRESETS: dict[str, UNetConfig] = {
     # Unit tests: 0.33M parameters (327,459), 16×16.
     "tiny": UNetConfig(
-        image_size=16, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
-        self_attn_resolutions=(8,), cross_attn_resolutions=(8,), neighbor_attn_resolutions=(8,),
-        head_dim=8, norm_groups=8,
+        image_size=16,
+        base_channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        self_attn_resolutions=(8,),
+        cross_attn_resolutions=(8,),
+        neighbor_attn_resolutions=(8,),
+        head_dim=8,
+        norm_groups=8,
     ),
-    # The CPU model (DESIGN §8): 32×32 base, neighbour attention at 8×8 and 16×16.
+    # The CPU model (docs/design.md §8): 32×32 base, neighbour attention at 8×8 and 16×16.
     "small": UNetConfig(
-        image_size=32, base_channels=64, channel_mults=(1, 2, 2), num_res_blocks=2,
-        self_attn_resolutions=(8,), cross_attn_resolutions=(16, 8),
-        neighbor_attn_resolutions=(16, 8), head_dim=32, norm="layer",
+        image_size=32,
+        base_channels=64,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=2,
+        self_attn_resolutions=(8,),
+        cross_attn_resolutions=(16, 8),
+        neighbor_attn_resolutions=(16, 8),
+        head_dim=32,
+        norm="layer",
     ),
-    # The trained default base (DESIGN §8): ~4× fewer FLOPs per image than `small` (0.8 vs
+    # The trained default base (docs/design.md §8): ~4× fewer FLOPs per image than `small` (0.8 vs
     # 3.0 GFLOP), so a CPU can afford the tens of thousands of steps identity needs; neighbour
     # attention at 16×16 and 8×8 lets the noisy image read a reference at two scales.
     "cpu-base": UNetConfig(
-        image_size=32, base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=2,
-        self_attn_resolutions=(8,), cross_attn_resolutions=(16, 8),
-        neighbor_attn_resolutions=(16, 8), head_dim=32, norm="layer",
+        image_size=32,
+        base_channels=32,
+        channel_mults=(1, 2, 4),
+        num_res_blocks=2,
+        self_attn_resolutions=(8,),
+        cross_attn_resolutions=(16, 8),
+        neighbor_attn_resolutions=(16, 8),
+        head_dim=32,
+        norm="layer",
     ),
     # cpu-base with position tables in its neighbour attention (identity A/B, issue #15).
     "cpu-base-pos": UNetConfig(
-        image_size=32, base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=2,
-        self_attn_resolutions=(8,), cross_attn_resolutions=(16, 8),
-        neighbor_attn_resolutions=(16, 8), head_dim=32, norm="layer", neighbor_pos_emb=True,
+        image_size=32,
+        base_channels=32,
+        channel_mults=(1, 2, 4),
+        num_res_blocks=2,
+        self_attn_resolutions=(8,),
+        cross_attn_resolutions=(16, 8),
+        neighbor_attn_resolutions=(16, 8),
+        head_dim=32,
+        norm="layer",
+        neighbor_pos_emb=True,
     ),
     # CPU super-resolution stage 32 -> 64.
     "sr-small": UNetConfig(
-        image_size=64, base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=2,
-        self_attn_resolutions=(), cross_attn_resolutions=(16,), neighbor_attn_resolutions=(16,),
-        head_dim=32, norm="layer", cond_image_channels=3, lowres_size=32,
+        image_size=64,
+        base_channels=32,
+        channel_mults=(1, 2, 4),
+        num_res_blocks=2,
+        self_attn_resolutions=(),
+        cross_attn_resolutions=(16,),
+        neighbor_attn_resolutions=(16,),
+        head_dim=32,
+        norm="layer",
+        cond_image_channels=3,
+        lowres_size=32,
     ),
     # The paper's 64× base (2.5B; Imagen-style widths with T5-XXL text states, d=4096).
     "paper-64": UNetConfig(
-        image_size=64, base_channels=512, channel_mults=(1, 2, 3, 4), num_res_blocks=3,
-        self_attn_resolutions=(32, 16, 8), cross_attn_resolutions=(32, 16, 8),
-        neighbor_attn_resolutions=(8,), head_dim=64, text_dim=4096,
+        image_size=64,
+        base_channels=512,
+        channel_mults=(1, 2, 3, 4),
+        num_res_blocks=3,
+        self_attn_resolutions=(32, 16, 8),
+        cross_attn_resolutions=(32, 16, 8),
+        neighbor_attn_resolutions=(8,),
+        head_dim=64,
+        text_dim=4096,
     ),
     # The paper's 256× (750M) and 1024× (400M) super-resolution stages.
     "paper-sr256": UNetConfig(
-        image_size=256, base_channels=128, channel_mults=(1, 2, 4, 8, 8), num_res_blocks=3,
-        self_attn_resolutions=(), cross_attn_resolutions=(32, 16), neighbor_attn_resolutions=(16,),
-        head_dim=64, text_dim=4096, cond_image_channels=3, lowres_size=64,
+        image_size=256,
+        base_channels=128,
+        channel_mults=(1, 2, 4, 8, 8),
+        num_res_blocks=3,
+        self_attn_resolutions=(),
+        cross_attn_resolutions=(32, 16),
+        neighbor_attn_resolutions=(16,),
+        head_dim=64,
+        text_dim=4096,
+        cond_image_channels=3,
+        lowres_size=64,
     ),
     "paper-sr1024": UNetConfig(
-        image_size=1024, base_channels=128, channel_mults=(1, 2, 4, 8, 8), num_res_blocks=2,
-        self_attn_resolutions=(), cross_attn_resolutions=(64,), neighbor_attn_resolutions=(),
-        head_dim=64, text_dim=4096, cond_image_channels=3, lowres_size=256,
+        image_size=1024,
+        base_channels=128,
+        channel_mults=(1, 2, 4, 8, 8),
+        num_res_blocks=2,
+        self_attn_resolutions=(),
+        cross_attn_resolutions=(64,),
+        neighbor_attn_resolutions=(),
+        head_dim=64,
+        text_dim=4096,
+        cond_image_channels=3,
+        lowres_size=256,
     ),
 }
 

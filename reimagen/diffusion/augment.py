@@ -1,4 +1,4 @@
-"""Super-resolution conditioning (Imagen §2.5, DESIGN §4, §7): upsample the low-res image, then
+"""Super-resolution conditioning (Imagen §2.5, docs/design.md §4, §7): upsample the low-res image, then
 corrupt it with Gaussian noise at an augmentation level a ∈ [0, 1] (noise-conditioning
 augmentation). The corruption uses the same cosine schedule as the diffusion itself:
     lowres_aug = α(a)·up(lowres) + σ(a)·ε,

@@ -1,7 +1,7 @@
 """Classifier-free guidance strategies for two conditions (paper Eq. 5, Eq. 6, Appendix E).
 
 Re-Imagen's network sees two conditions, the text prompt c_p and the retrieved neighbours c_n,
-and was trained with each dropped independently (DESIGN §4), so it predicts ε under four
+and was trained with each dropped independently (docs/design.md §4), so it predicts ε under four
 condition *variants*: ``full`` (c_p, c_n), ``text`` (c_p), ``neighbors`` (c_n) and ``none``.
 A strategy says which variants a step needs and how their predictions combine:
 

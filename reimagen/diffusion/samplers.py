@@ -1,4 +1,4 @@
-"""Samplers (DESIGN §3; paper Eq. 3–4): ``ddpm``, ``ddim``, ``dpmpp2m``, one shared signature.
+"""Samplers (docs/design.md §3; paper Eq. 3–4): ``ddpm``, ``ddim``, ``dpmpp2m``, one shared signature.
 
     sample(denoiser, guidance, noise, *, steps, schedule=None, thresholding=None, callback=None)
         -> SampleResult

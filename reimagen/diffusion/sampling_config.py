@@ -1,4 +1,4 @@
-"""Sampling settings of one stage (DESIGN §5, §7), validated before any network is touched."""
+"""Sampling settings of one stage (docs/design.md §5, §7), validated before any network is touched."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""The continuous-time cosine noise schedule (DESIGN §3, paper §3.1).
+"""The continuous-time cosine noise schedule (docs/design.md §3, paper §3.1).
 
 t ∈ [0, 1]; x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε. The cosine schedule ᾱ(t) = cos²(π/2·t) is written
 through its log-SNR, λ(t) = log(ᾱ/(1−ᾱ)) = −2·log tan(π/2·t), clipped to [λ_min, λ_max] so that
-both ends stay finite (t=0 is "clean", which is where neighbours are encoded, DESIGN §4).
+both ends stay finite (t=0 is "clean", which is where neighbours are encoded, docs/design.md §4).
 Pure numpy: samplers evaluate it on the host and hand scalars to the backends.
 """
 

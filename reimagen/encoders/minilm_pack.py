@@ -45,8 +45,14 @@ from reimagen.core.io import (
 
 FILES = ("texts.json", "ids.npy", "mask.npy", "weights.safetensors", "config.json")
 ENV = "REIMAGEN_MINILM_PACK"
-BERT_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
-             "layer_norm_eps", "hidden_act")
+BERT_KEYS = (
+    "hidden_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "intermediate_size",
+    "layer_norm_eps",
+    "hidden_act",
+)
 
 
 class PackMissError(KeyError):
@@ -85,12 +91,17 @@ def export_pack(folder: str | Path, texts: Sequence[str], max_length: int = 32) 
     for key in UNUSED_WEIGHTS:
         state.pop(key, None)
     state["embeddings.word_embeddings.weight"] = state["embeddings.word_embeddings.weight"][used]
-    state["embeddings.position_embeddings.weight"] = (
-        state["embeddings.position_embeddings.weight"][:max_length])
+    state["embeddings.position_embeddings.weight"] = state["embeddings.position_embeddings.weight"][
+        :max_length
+    ]
     bert = load_json(source / "config.json")
     config = {
-        "format": "reimagen-minilm-pack", "format_version": 1, "max_length": int(max_length),
-        "count": len(unique), "texts": texts_digest(unique), "vocab_rows": len(used),
+        "format": "reimagen-minilm-pack",
+        "format_version": 1,
+        "max_length": int(max_length),
+        "count": len(unique),
+        "texts": texts_digest(unique),
+        "vocab_rows": len(used),
         "source_vocab_ids_sha256": hashlib.sha256(used.astype("<i8").tobytes()).hexdigest(),
         **{key: bert[key] for key in BERT_KEYS},
     }
@@ -100,8 +111,9 @@ def export_pack(folder: str | Path, texts: Sequence[str], max_length: int = 32) 
     atomic_write_text(folder / "texts.json", json.dumps(unique, ensure_ascii=False) + "\n")
     atomic_save_npy(folder / "ids.npy", remap[ids].astype(np.int32))
     atomic_save_npy(folder / "mask.npy", mask)
-    atomic_save_safetensors(folder / "weights.safetensors",
-                            {k: np.asarray(v, np.float32) for k, v in state.items()})
+    atomic_save_safetensors(
+        folder / "weights.safetensors", {k: np.asarray(v, np.float32) for k, v in state.items()}
+    )
     atomic_write_text(folder / "config.json", json.dumps(config, indent=1, sort_keys=True) + "\n")
     digests.write_sums(folder, list(FILES))  # last: a half-written pack is never taken as whole
     return config
@@ -113,8 +125,10 @@ class MiniLMPack:
     def __init__(self, folder: str | Path, device: str = "cpu"):
         self.folder = Path(folder)
         if not (self.folder / "config.json").is_file():
-            raise FileNotFoundError(f"{ENV}: no MiniLM pack at {self.folder} (config.json missing;"
-                                    " build it with scripts/make_gpu_pack.py)")
+            raise FileNotFoundError(
+                f"{ENV}: no MiniLM pack at {self.folder} (config.json missing;"
+                " build it with scripts/make_gpu_pack.py)"
+            )
         digests.verify_sums(self.folder, required=list(FILES))
         self.config = load_json(self.folder / "config.json")
         if self.config.get("format") != "reimagen-minilm-pack":
@@ -139,7 +153,8 @@ class MiniLMPack:
             missing = [t for t, r in zip(texts, rows) if r < 0]
             raise PackMissError(
                 f"{ENV}: {len(missing)} text(s) not in the MiniLM pack {self.folder}, e.g. "
-                f"{missing[0]!r}; rebuild the pack (scripts/make_gpu_pack.py) with this KB/recipe")
+                f"{missing[0]!r}; rebuild the pack (scripts/make_gpu_pack.py) with this KB/recipe"
+            )
         rows = np.asarray(rows)
         return self.ids[rows].astype(np.int64), self.mask[rows]
 
@@ -167,8 +182,9 @@ def _lite_modules():
             q = self.query(x).view(shape).transpose(1, 2)
             k = self.key(x).view(shape).transpose(1, 2)
             v = self.value(x).view(shape).transpose(1, 2)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0,
-                                               scale=(d // heads) ** -0.5)
+            a = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=0.0, scale=(d // heads) ** -0.5
+            )
             a = a.transpose(1, 2).contiguous().reshape(b, n, d).contiguous()
             x = self.norm1(self.out(a) + x)
             return self.norm2(self.outer(F.gelu(self.inner(x))) + x)
@@ -186,7 +202,8 @@ def _lite_modules():
             self.norm = nn.LayerNorm(dim, eps=eps)
             self.layers = nn.ModuleList(
                 Layer(dim, int(config["intermediate_size"]), eps)
-                for _ in range(int(config["num_hidden_layers"])))
+                for _ in range(int(config["num_hidden_layers"]))
+            )
             self.load_state_dict(_rename(state, len(self.layers)), strict=True)
             self.requires_grad_(False)
             self.eval()
@@ -219,10 +236,16 @@ def _rename(state: dict, layers: int) -> dict:
         "norm.weight": state["embeddings.LayerNorm.weight"],
         "norm.bias": state["embeddings.LayerNorm.bias"],
     }
-    parts = {"query": "attention.self.query", "key": "attention.self.key",
-             "value": "attention.self.value", "out": "attention.output.dense",
-             "norm1": "attention.output.LayerNorm", "inner": "intermediate.dense",
-             "outer": "output.dense", "norm2": "output.LayerNorm"}
+    parts = {
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+        "out": "attention.output.dense",
+        "norm1": "attention.output.LayerNorm",
+        "inner": "intermediate.dense",
+        "outer": "output.dense",
+        "norm2": "output.LayerNorm",
+    }
     for i in range(layers):
         for mine, theirs in parts.items():
             for leaf in ("weight", "bias"):

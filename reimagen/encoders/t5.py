@@ -1,4 +1,4 @@
-"""``t5``: the paper's frozen T5 text encoder, from a folder the user names (DESIGN §2).
+"""``t5``: the paper's frozen T5 text encoder, from a folder the user names (docs/design.md §2).
 
 Imagen and Re-Imagen (§3.2) encode prompts with a frozen T5-XXL: the per-token states of its
 encoder feed the U-Net's cross-attention, and a pooled vector joins the time embedding. This
@@ -78,15 +78,18 @@ class T5Encoder(CachingEncoder):
         self.dim = config["d_model"]  # D: UNetConfig.text_dim of a network trained on it
         self.max_length = check_positive("max_length", max_length, lo=2, hi=4096)
         if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} (T5 overflows in "
-                              f"float16), got {dtype!r}")
+            raise ConfigError(
+                f"dtype must be one of {', '.join(DTYPES)} (T5 overflows in float16), got {dtype!r}"
+            )
         self.dtype = dtype
         self.batch_size = check_positive("batch_size", batch_size)
         self.device = str(device)
         self.fingerprint = folder_fingerprint(self.path)
         if fingerprint is not None and fingerprint != self.fingerprint:
-            raise T5FolderError(f"{self.option}: {self.path} holds another T5 (fingerprint "
-                                f"{self.fingerprint}) than the one asked for ({fingerprint})")
+            raise T5FolderError(
+                f"{self.option}: {self.path} holds another T5 (fingerprint "
+                f"{self.fingerprint}) than the one asked for ({fingerprint})"
+            )
         self.model_calls = 0  # batched forward passes so far
         self._tokenizer = None
         self._model = None
@@ -94,8 +97,7 @@ class T5Encoder(CachingEncoder):
     @property
     def options(self) -> dict[str, Any]:
         # path, batch_size and device do not change the encodings (beyond float rounding)
-        return {"max_length": self.max_length, "dtype": self.dtype,
-                "fingerprint": self.fingerprint}
+        return {"max_length": self.max_length, "dtype": self.dtype, "fingerprint": self.fingerprint}
 
     def _load(self):
         if self._model is None:
@@ -104,20 +106,31 @@ class T5Encoder(CachingEncoder):
         return self._tokenizer, self._model
 
     def _encode_new(self, texts: list[str]) -> TextEncoding:
-        return encode_in_chunks(texts, self._encode_chunk, batch_size=self.batch_size,
-                                max_length=self.max_length, dim=self.dim)
+        return encode_in_chunks(
+            texts,
+            self._encode_chunk,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            dim=self.dim,
+        )
 
     def _encode_chunk(self, chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Hidden states [b, L, D] float32 (after T5's final layer norm), mask [b, L] bool."""
         import torch
 
         tokenizer, model = self._load()
-        encoded = tokenizer(chunk, padding="max_length", truncation=True,
-                            max_length=self.max_length, return_tensors="pt")
+        encoded = tokenizer(
+            chunk,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         with torch.inference_mode():
-            hidden = model(input_ids=encoded["input_ids"].to(self.device),
-                           attention_mask=encoded["attention_mask"].to(self.device),
-                           ).last_hidden_state  # [b, L, D]
+            hidden = model(
+                input_ids=encoded["input_ids"].to(self.device),
+                attention_mask=encoded["attention_mask"].to(self.device),
+            ).last_hidden_state  # [b, L, D]
         self.model_calls += 1
         mask = encoded["attention_mask"].numpy().astype(bool)
         mask[:, 0] = True  # an empty text keeps one token (T5 appends </s>; else its pad state)
@@ -131,33 +144,41 @@ def check_folder(folder: str | Path | None, option: str) -> tuple[Path, dict]:
     """(the model folder, its config.json) after cheap checks (no tensor read); a bad folder
     is one line naming ``option``."""
     if not folder:
-        raise T5FolderError(f"the t5 encoder needs a local model folder: set {ENV}=DIR or pass "
-                            "path=DIR (config.json, model.safetensors, tokenizer.json); nothing "
-                            "is downloaded")
+        raise T5FolderError(
+            f"the t5 encoder needs a local model folder: set {ENV}=DIR or pass "
+            "path=DIR (config.json, model.safetensors, tokenizer.json); nothing "
+            "is downloaded"
+        )
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise T5FolderError(f"{option}: no T5 model folder at {folder}")
     if not (folder / "config.json").is_file():
-        raise T5FolderError(f"{option}: {folder} has no config.json (a T5 folder holds "
-                            "config.json, model.safetensors and tokenizer.json)")
+        raise T5FolderError(
+            f"{option}: {folder} has no config.json (a T5 folder holds "
+            "config.json, model.safetensors and tokenizer.json)"
+        )
     for path in sorted(folder.glob("*.json")):  # a pickle under a .json name: refused, named
         load_json(path)
     config = load_json(folder / "config.json")
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "t5":
-        raise T5FolderError(f"{option}: {folder}/config.json describes a {model_type!r} model, "
-                            "not t5")
+        raise T5FolderError(
+            f"{option}: {folder}/config.json describes a {model_type!r} model, not t5"
+        )
     d_model = config.get("d_model")
     if isinstance(d_model, bool) or not isinstance(d_model, int) or not 1 <= d_model <= 16384:
-        raise T5FolderError(f"{option}: {folder}/config.json: d_model must be an int in "
-                            f"[1, 16384], got {d_model!r}")
+        raise T5FolderError(
+            f"{option}: {folder}/config.json: d_model must be an int in [1, 16384], got {d_model!r}"
+        )
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise UnsafeFileError(f"{option}: {folder} holds {pickles[0]} (a pickle) and no "
-                                  ".safetensors weights; refusing it (convert the weights to "
-                                  "safetensors)")
+            raise UnsafeFileError(
+                f"{option}: {folder} holds {pickles[0]} (a pickle) and no "
+                ".safetensors weights; refusing it (convert the weights to "
+                "safetensors)"
+            )
         raise T5FolderError(f"{option}: {folder} holds no .safetensors weights")
     for path in weights:
         load_safetensors_metadata(path)  # the header only: UnsafeFileError names a non-file
@@ -208,11 +229,14 @@ def load_tokenizer(folder: Path, option: str):
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
-                                                 trust_remote_code=False)
+            return AutoTokenizer.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False
+            )
         except Exception as err:  # noqa: BLE001 (transformers raises many types for a bad folder)
-            raise T5FolderError(f"{option}: cannot load the tokenizer in {folder} "
-                                f"({type(err).__name__}: {first_line(err)})") from None
+            raise T5FolderError(
+                f"{option}: cannot load the tokenizer in {folder} "
+                f"({type(err).__name__}: {first_line(err)})"
+            ) from None
 
 
 def load_model(folder: Path, option: str, dtype: str, device: str):
@@ -225,14 +249,22 @@ def load_model(folder: Path, option: str, dtype: str, device: str):
 
         try:
             model, info = T5EncoderModel.from_pretrained(
-                str(folder), local_files_only=True, use_safetensors=True,
-                dtype=getattr(torch, dtype), output_loading_info=True)
+                str(folder),
+                local_files_only=True,
+                use_safetensors=True,
+                dtype=getattr(torch, dtype),
+                output_loading_info=True,
+            )
         except Exception as err:  # noqa: BLE001 (transformers raises many types for a bad folder)
-            raise T5FolderError(f"{option}: cannot load the T5 encoder in {folder} "
-                                f"({type(err).__name__}: {first_line(err)})") from None
+            raise T5FolderError(
+                f"{option}: cannot load the T5 encoder in {folder} "
+                f"({type(err).__name__}: {first_line(err)})"
+            ) from None
     missing = [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]
     if missing:
-        raise T5FolderError(f"{option}: {folder} lacks {len(missing)} weight(s) of the T5 "
-                            f"encoder, e.g. {missing[0]}; refusing to run them at random")
+        raise T5FolderError(
+            f"{option}: {folder} lacks {len(missing)} weight(s) of the T5 "
+            f"encoder, e.g. {missing[0]}; refusing to run them at random"
+        )
     model.requires_grad_(False)
     return model.eval().to(device)

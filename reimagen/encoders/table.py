@@ -55,7 +55,11 @@ class EncodingTable(Encoder):
 
     @classmethod
     def build_or_load(
-        cls, encoder: Encoder, texts: Sequence[str], folder: str | Path, batch: int = 256,
+        cls,
+        encoder: Encoder,
+        texts: Sequence[str],
+        folder: str | Path,
+        batch: int = 256,
         progress=None,
     ) -> EncodingTable:
         """Load the table in ``folder`` if it was built from the same encoder and texts,
@@ -111,7 +115,11 @@ class EncodingTable(Encoder):
         if min(rows, default=0) < 0:  # some text not in the table: encode those directly
             missing = [t for t, r in zip(texts, rows) if r < 0]
             direct = self.encoder.encode(missing)
-            known = self.encode([t for t, r in zip(texts, rows) if r >= 0]) if len(missing) < len(texts) else None
+            known = (
+                self.encode([t for t, r in zip(texts, rows) if r >= 0])
+                if len(missing) < len(texts)
+                else None
+            )
             return _merge(rows, known, direct)
         index = np.asarray(rows)
         return TextEncoding(
@@ -124,9 +132,12 @@ class EncodingTable(Encoder):
 def _expected(encoder: Encoder, unique: Sequence[str]) -> dict:
     """table.json of a table of ``unique`` texts encoded by ``encoder``."""
     return {
-        "encoder": encoder.name, "options": getattr(encoder, "options", {}),
-        "dim": encoder.dim, "max_length": encoder.max_length,
-        "texts": texts_digest(unique), "count": len(unique),
+        "encoder": encoder.name,
+        "options": getattr(encoder, "options", {}),
+        "dim": encoder.dim,
+        "max_length": encoder.max_length,
+        "texts": texts_digest(unique),
+        "count": len(unique),
     }
 
 

@@ -1,4 +1,4 @@
-"""A cascade of stages, base → SR → SR (paper §3.1, DESIGN §7).
+"""A cascade of stages, base → SR → SR (paper §3.1, docs/design.md §7).
 
 Each stage is a :class:`~reimagen.generation.pipeline.Pipeline` (its own network, retriever view, encoder,
 backend) with its own sampling settings and K. The base stage retrieves the neighbours once; the
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import attrs
 import numpy as np
 
-from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.interfaces import Cascade as CascadeInterface
+from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.generation.pipeline import Generation, Pipeline
 
 
@@ -51,8 +51,13 @@ class Cascade(CascadeInterface):
         return self.stages[0].pipeline.kb
 
     def generate(
-        self, prompts: Sequence[str], *, seed: int = 0, neighbor_rows: np.ndarray | None = None,
-        callback=None, indices: Sequence[int] | None = None,
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        neighbor_rows: np.ndarray | None = None,
+        callback=None,
+        indices: Sequence[int] | None = None,
     ) -> list[Generation]:
         """Every stage's Generation, lowest resolution first. ``indices`` [B]: the prompts'
         global indices (default range(B)); each sample's noise depends on (seed, its index)
@@ -64,8 +69,14 @@ class Cascade(CascadeInterface):
             lowres = None if previous is None else previous.images.astype(np.float32) / 127.5 - 1
             results.append(
                 stage.pipeline.generate(
-                    prompts, k=stage.k, sampling=stage.sampling, seed=seed + 1000 * index,
-                    neighbor_rows=rows, lowres=lowres, callback=callback, indices=indices,
+                    prompts,
+                    k=stage.k,
+                    sampling=stage.sampling,
+                    seed=seed + 1000 * index,
+                    neighbor_rows=rows,
+                    lowres=lowres,
+                    callback=callback,
+                    indices=indices,
                 )
             )
         return results

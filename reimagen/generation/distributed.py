@@ -38,8 +38,11 @@ from reimagen.generation.pipeline import Generation
 SLICED = ("neighbor_rows", "lowres")  # per-prompt keyword arguments, cut with the prompts
 # What is gathered of each stage's Generation: (field, ndim, wire dtype); fixed per field so an
 # idle rank (fewer micro-batches than processes) sends matching empty tensors.
-FIELDS = (("images", 4, np.uint8), ("neighbor_rows", 2, np.int64),
-          ("neighbor_scores", 2, np.float32))
+FIELDS = (
+    ("images", 4, np.uint8),
+    ("neighbor_rows", 2, np.int64),
+    ("neighbor_scores", 2, np.float32),
+)
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -53,8 +56,9 @@ def shard_indices(n: int, rank: int, world: int) -> range:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name} must be an integer, got {value!r}")
     if n < 0 or world < 1 or not 0 <= rank < world:
-        raise ValueError(f"need n >= 0, world >= 1, 0 <= rank < world; got n={n}, rank={rank}, "
-                         f"world={world}")
+        raise ValueError(
+            f"need n >= 0, world >= 1, 0 <= rank < world; got n={n}, rank={rank}, world={world}"
+        )
     size, extra = divmod(int(n), int(world))
     start = rank * size + min(rank, extra)
     return range(start, start + size + (1 if rank < extra else 0))
@@ -120,8 +124,12 @@ def generate_distributed(
     order = _check_complete(all_indices, len(prompts))
     out = [
         attrs.evolve(
-            template, prompts=prompts, images=images[order], neighbor_rows=rows[order],
-            neighbor_scores=scores[order], seconds=time.perf_counter() - start,
+            template,
+            prompts=prompts,
+            images=images[order],
+            neighbor_rows=rows[order],
+            neighbor_scores=scores[order],
+            seconds=time.perf_counter() - start,
         )
         for template, (images, rows, scores) in zip(_as_stages(local[0]), all_stages)
     ]
@@ -129,10 +137,13 @@ def generate_distributed(
 
 
 def _generate_chunk(model, prompts, seed, chunk: range, kwargs: dict):
-    sliced = {k: (np.asarray(v)[chunk.start:chunk.stop] if k in SLICED and v is not None else v)
-              for k, v in kwargs.items()}
-    return model.generate(list(prompts[chunk.start:chunk.stop]), seed=seed,
-                          indices=chunk, **sliced)
+    sliced = {
+        k: (np.asarray(v)[chunk.start : chunk.stop] if k in SLICED and v is not None else v)
+        for k, v in kwargs.items()
+    }
+    return model.generate(
+        list(prompts[chunk.start : chunk.stop]), seed=seed, indices=chunk, **sliced
+    )
 
 
 def _as_stages(result) -> list[Generation]:
@@ -146,8 +157,10 @@ def _merge_local(local: list) -> list[tuple[np.ndarray, ...]] | None:
         return None
     per_stage = zip(*(_as_stages(result) for result in local))
     return [
-        tuple(np.concatenate([getattr(g, name) for g in gens]).astype(dtype, copy=False)
-              for name, _, dtype in FIELDS)
+        tuple(
+            np.concatenate([getattr(g, name) for g in gens]).astype(dtype, copy=False)
+            for name, _, dtype in FIELDS
+        )
         for gens in per_stage
     ]
 
@@ -165,8 +178,12 @@ def _gather(indices: np.ndarray, stages, rank: int, world: int):
     all_stages = []
     for s in range(n_stages):
         arrays = stages[s] if stages else (None,) * len(FIELDS)
-        all_stages.append(tuple(_gather_rows(a, count, rank, world, ndim, dtype)
-                                for a, (_, ndim, dtype) in zip(arrays, FIELDS)))
+        all_stages.append(
+            tuple(
+                _gather_rows(a, count, rank, world, ndim, dtype)
+                for a, (_, ndim, dtype) in zip(arrays, FIELDS)
+            )
+        )
     dist.barrier()
     return (all_indices, all_stages) if rank == 0 else None
 
@@ -203,6 +220,8 @@ def _check_complete(indices: np.ndarray, n: int) -> np.ndarray:
     duplicated = np.flatnonzero(counts > 1).tolist()
     stray = indices[(indices < 0) | (indices >= n)].tolist()
     if missing or duplicated or stray or len(indices) != n:
-        raise RuntimeError(f"gathered samples are not range({n}): missing {missing}, "
-                           f"duplicated {duplicated}, out of range {stray}")
+        raise RuntimeError(
+            f"gathered samples are not range({n}): missing {missing}, "
+            f"duplicated {duplicated}, out of range {stray}"
+        )
     return np.argsort(indices, kind="stable")

@@ -2,7 +2,7 @@
 
     prompt ──retriever──▶ K ⟨image, text⟩ neighbours from the knowledge base
        │                         │
-       ▼ encoder                 ▼ encoder (captions) + DStack at t=0, cached once (DESIGN §4)
+       ▼ encoder                 ▼ encoder (captions) + DStack at t=0, cached once (docs/design.md §4)
     c_p tokens ──────────▶ denoiser ε(x_t, t | variant) ──sampler + guidance──▶ x̂0
 
 Every piece is looked up by registered name, so a variant is a different set of names.
@@ -21,14 +21,14 @@ import numpy as np
 
 from reimagen.core import registry
 from reimagen.core.checks import check_k
-from reimagen.diffusion.augment import noise_augment, resize_bilinear
-from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.core.interfaces import (
     RetrievalResult,
     SamplerNoise,
     TextEncoding,
     sample_generators,
 )
+from reimagen.diffusion.augment import noise_augment, resize_bilinear
+from reimagen.diffusion.sampling_config import SamplingConfig
 
 DEFAULT_SAMPLING = SamplingConfig()  # frozen, so one shared default is safe
 # Longest prompt generate() takes. The text encoders read at most max_length tokens (32 by
@@ -89,7 +89,15 @@ class Pipeline:
     """
 
     def __init__(
-        self, *, model, backend, encoder, kb=None, retriever=None, image_size: int, lowres_size=0,
+        self,
+        *,
+        model,
+        backend,
+        encoder,
+        kb=None,
+        retriever=None,
+        image_size: int,
+        lowres_size=0,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
     ):
         self.sampling = sampling
@@ -113,12 +121,14 @@ class Pipeline:
     ) -> Pipeline:
         """``encoder``: a registered name; default: the one the weights were trained with
         (their metadata, reimagen.training.checkpoint.trained_encoder)."""
-        from reimagen.training.checkpoint import trained_encoder
         from reimagen.generation.shipped import WeightsError, check_finite
+        from reimagen.training.checkpoint import trained_encoder
 
         if not isinstance(weights, (str, os.PathLike)):
-            raise TypeError(f"weights must be a path (str or os.PathLike) to a .safetensors file "
-                            f"or a run folder, got {type(weights).__name__}")
+            raise TypeError(
+                f"weights must be a path (str or os.PathLike) to a .safetensors file "
+                f"or a run folder, got {type(weights).__name__}"
+            )
         backend_impl = registry.get("backend", backend)()
         model = backend_impl.load_model(weights)  # refuses a non-safetensors file first
         try:  # NaN/Inf weights would sample all-black images without any error
@@ -129,8 +139,10 @@ class Pipeline:
         config = backend_impl.model_config(model)
         text_encoder = registry.get("encoder", encoder)()
         if text_encoder.dim != config.text_dim:  # e.g. REIMAGEN_T5_PATH names another T5 size
-            raise WeightsError(f"{weights}: trained on {config.text_dim}-dim text states; "
-                               f"encoder {encoder!r} gives {text_encoder.dim}-dim ones")
+            raise WeightsError(
+                f"{weights}: trained on {config.text_dim}-dim text states; "
+                f"encoder {encoder!r} gives {text_encoder.dim}-dim ones"
+            )
         return cls(
             model=model,
             backend=backend_impl,
@@ -212,23 +224,34 @@ class Pipeline:
         #    the guidance of Eq. 5 (joint) or Eq. 6 (text / neighbour weights, interleaved)
         size = self.image_size
         noise = SamplerNoise.draw_per_sample(seed, indices, (size, size, 3), sampling.steps)
-        denoiser = self._denoiser(text, nb_images, nb_text, lowres, sampling.aug_level, seed,
-                                  indices)
+        denoiser = self._denoiser(
+            text, nb_images, nb_text, lowres, sampling.aug_level, seed, indices
+        )
         result = sampler(
-            denoiser, guidance, noise, steps=sampling.steps, thresholding=thresholding,
+            denoiser,
+            guidance,
+            noise,
+            steps=sampling.steps,
+            thresholding=thresholding,
             callback=callback,
         )
         # 4. image: x̂0 [B, H, W, 3] in [-1, 1] -> uint8
         return Generation(
-            prompts=prompts, images=to_uint8(denoiser.to_numpy(result.x0)), neighbor_rows=rows,
-            neighbor_scores=scores, nfe=result.nfe, seconds=time.perf_counter() - start,
+            prompts=prompts,
+            images=to_uint8(denoiser.to_numpy(result.x0)),
+            neighbor_rows=rows,
+            neighbor_scores=scores,
+            nfe=result.nfe,
+            seconds=time.perf_counter() - start,
             variants_per_step=result.variants_per_step,
         )
 
     def _check_lowres_given(self, lowres) -> None:
         if lowres is not None and not self.lowres_size:
-            raise ValueError("lowres only applies to a super-resolution stage; this pipeline is a "
-                             f"{self.image_size}px base stage (pass lowres=None)")
+            raise ValueError(
+                "lowres only applies to a super-resolution stage; this pipeline is a "
+                f"{self.image_size}px base stage (pass lowres=None)"
+            )
 
     def _denoiser(self, text, nb_images, nb_text, lowres, aug_level: float, seed: int, indices):
         """The backend's ε(x_t, t | c_p, c_n) over this batch; a super-resolution stage also
@@ -238,8 +261,9 @@ class Pipeline:
             conditioning = self._lowres_conditioning(lowres, aug_level, seed, indices)
         return self.backend.make_denoiser(self.model, text, nb_images, nb_text, **conditioning)
 
-    def _neighbors(self, prompts: tuple[str, ...], k: int,
-                   neighbor_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _neighbors(
+        self, prompts: tuple[str, ...], k: int, neighbor_rows: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(KB rows [B, K] int64, scores [B, K]): retrieved, or ``neighbor_rows`` as given
         (scores NaN: nothing was scored)."""
         if neighbor_rows is None:
@@ -280,18 +304,21 @@ class Pipeline:
         lowres = np.asarray(lowres)
         want = (len(indices), self.lowres_size, self.lowres_size, 3)
         if lowres.shape != want:
-            raise ValueError(f"lowres must have shape {list(want)} ([B, h, w, 3]), got "
-                             f"{list(lowres.shape)}")
+            raise ValueError(
+                f"lowres must have shape {list(want)} ([B, h, w, 3]), got {list(lowres.shape)}"
+            )
         if not np.issubdtype(lowres.dtype, np.floating):
             raise ValueError(f"lowres must be floats in [-1, 1], got dtype {lowres.dtype}")
         if not np.isfinite(lowres).all():
             raise ValueError("lowres must be finite floats in [-1, 1], got NaN or Inf")
         lowres = lowres.astype(np.float32)
         upsampled = resize_bilinear(lowres, self.image_size)
-        noise = np.stack([
-            rng.standard_normal(upsampled.shape[1:], dtype=np.float32)
-            for rng in sample_generators(seed, indices, stream=1)
-        ])  # [B, H, W, 3]
+        noise = np.stack(
+            [
+                rng.standard_normal(upsampled.shape[1:], dtype=np.float32)
+                for rng in sample_generators(seed, indices, stream=1)
+            ]
+        )  # [B, H, W, 3]
         return {"lowres": noise_augment(upsampled, aug_level, noise), "aug_level": aug_level}
 
 
@@ -307,15 +334,18 @@ def check_prompts(prompts) -> tuple[str, ...]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt {i} is {prompt!r}; prompts must be non-empty strings")
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt {i} has {len(prompt):,} characters; allowed: at most "
-                             f"{MAX_PROMPT_CHARS:,}")
+            raise ValueError(
+                f"prompt {i} has {len(prompt):,} characters; allowed: at most {MAX_PROMPT_CHARS:,}"
+            )
     return prompts
 
 
 def _check_neighbor_source(k: int, can_have_neighbors: bool) -> None:
     if k and not can_have_neighbors:
-        raise ValueError(f"k={k} needs a retriever or neighbor_rows; this pipeline has no "
-                         "retriever (pass k=0 for no retrieval)")
+        raise ValueError(
+            f"k={k} needs a retriever or neighbor_rows; this pipeline has no "
+            "retriever (pass k=0 for no retrieval)"
+        )
 
 
 def _check_sampling(sampling) -> SamplingConfig:
@@ -328,8 +358,9 @@ def _check_neighbor_rows(neighbor_rows, batch: int, k: int) -> np.ndarray:
     """KB rows [B, k] of integer dtype (range checked by the knowledge base)."""
     rows = np.asarray(neighbor_rows)
     if rows.ndim != 2 or rows.shape[0] != batch or rows.shape[1] != k:
-        raise ValueError(f"neighbor_rows must have shape [{batch}, {k}] ([B, K]), got "
-                         f"{list(rows.shape)}")
+        raise ValueError(
+            f"neighbor_rows must have shape [{batch}, {k}] ([B, K]), got {list(rows.shape)}"
+        )
     if rows.size and not np.issubdtype(rows.dtype, np.integer):
         raise ValueError(f"neighbor_rows must be integer KB rows, got dtype {rows.dtype}")
     return rows.astype(np.int64)
@@ -342,8 +373,9 @@ def _check_indices(indices, batch: int) -> tuple[int, ...]:
     indices = tuple(indices)
     if len(indices) != batch:
         raise ValueError(f"indices must give one index per prompt ({batch}), got {len(indices)}")
-    bad = [i for i in indices
-           if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0]
+    bad = [
+        i for i in indices if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0
+    ]
     if bad:
         raise ValueError(f"indices must be integers >= 0, got {bad[0]!r}")
     if len({int(i) for i in indices}) != batch:

@@ -26,15 +26,23 @@ from reimagen.diffusion.sampling_config import SamplingConfig
 # Shipped cascades by name: their stages (weights/<stage>.safetensors), lowest resolution first.
 PRETRAINED = {"default": ("base", "sr"), "base": ("base",), "baseline": ("baseline", "sr")}
 CASCADES = ("base", "baseline", "base,sr", "baseline,sr")  # the shipped stages that fit together
-SETTINGS = ("same-style", "cross-style")  # which artists the retriever indexes (DESIGN §8)
+SETTINGS = ("same-style", "cross-style")  # which artists the retriever indexes (docs/design.md §8)
 ENCODER_RETRIEVERS = ("dense", "hybrid")  # retrievers that take a text encoder (default minilm)
 DEFAULT = "default"  # retriever="default": reimagen.generation.shipped.DEFAULT_RETRIEVER, read at call time
 
 
-def load(name: str = "default", *, stages: Sequence[str] | None = None, kb: Any = None,
-         retriever: Any = DEFAULT, setting: str = "same-style", k: int = 2,
-         encoder: str | None = None, backend: str = "torch",
-         sampling: SamplingConfig | None = None):
+def load(
+    name: str = "default",
+    *,
+    stages: Sequence[str] | None = None,
+    kb: Any = None,
+    retriever: Any = DEFAULT,
+    setting: str = "same-style",
+    k: int = 2,
+    encoder: str | None = None,
+    backend: str = "torch",
+    sampling: SamplingConfig | None = None,
+):
     """The shipped cascade ``name`` (one of PRETRAINED: "default" is base + SR) with each
     stage's tuned sampling (reimagen.generation.shipped.DEFAULT_SAMPLING). ``stages``: other
     shipped stages instead of ``name``'s (one of CASCADES, e.g. ("baseline",), as ``reimagen
@@ -43,9 +51,17 @@ def load(name: str = "default", *, stages: Sequence[str] | None = None, kb: Any 
     demo`` (:func:`load_comparison`) load their cascades here."""
     if not isinstance(name, str) or name not in PRETRAINED:
         raise ValueError(f"name must be one of {', '.join(PRETRAINED)}; got {name!r}")
-    return from_pretrained(None, stages=PRETRAINED[name] if stages is None else stages, kb=kb,
-                           retriever=retriever, setting=setting, k=k, encoder=encoder,
-                           backend=backend, sampling=sampling)
+    return from_pretrained(
+        None,
+        stages=PRETRAINED[name] if stages is None else stages,
+        kb=kb,
+        retriever=retriever,
+        setting=setting,
+        k=k,
+        encoder=encoder,
+        backend=backend,
+        sampling=sampling,
+    )
 
 
 class Comparison(NamedTuple):
@@ -58,8 +74,13 @@ class Comparison(NamedTuple):
     with_sr: bool  # the SR stage is shipped: both cascades end in it
 
 
-def load_comparison(*, kb: Any = None, k: int = 2, setting: str = "same-style",
-                    sampling: SamplingConfig | None = None) -> Comparison:
+def load_comparison(
+    *,
+    kb: Any = None,
+    k: int = 2,
+    setting: str = "same-style",
+    sampling: SamplingConfig | None = None,
+) -> Comparison:
     """:class:`Comparison` of the shipped stages found (reimagen.generation.shipped.
     available_stages); ``sampling``: the base stage's (default: its tuned ones). Without a
     shipped baseline, the base network itself samples with K=0 and joint guidance (Eq. 5:
@@ -68,24 +89,39 @@ def load_comparison(*, kb: Any = None, k: int = 2, setting: str = "same-style",
 
     found = available_stages()
     if "base" not in found:
-        raise FileNotFoundError("no shipped base weights (reimagen/assets/weights/base."
-                                "safetensors); train them with `reimagen train --stage base "
-                                "--export`")
+        raise FileNotFoundError(
+            "no shipped base weights (reimagen/assets/weights/base."
+            "safetensors); train them with `reimagen train --stage base "
+            "--export`"
+        )
     sr = ("sr",) if "sr" in found else ()
     sampling = DEFAULT_SAMPLING["base"] if sampling is None else sampling
     retrieving = load(stages=("base", *sr), kb=kb, k=k, setting=setting, sampling=sampling)
     if "baseline" in found:
         plain = load(stages=("baseline", *sr), kb=kb, k=0, setting=setting)
         return Comparison(retrieving, plain, "no retrieval (baseline)", bool(sr))
-    plain = load(stages=("base", *sr), kb=kb, k=0, setting=setting,
-                 sampling=sampling.replace(guidance="joint"))
+    plain = load(
+        stages=("base", *sr),
+        kb=kb,
+        k=0,
+        setting=setting,
+        sampling=sampling.replace(guidance="joint"),
+    )
     return Comparison(retrieving, plain, "no retrieval (K=0)", bool(sr))
 
 
-def from_pretrained(folder: str | Path | None = None, *, stages: Sequence[str] = ("base", "sr"),
-                    kb: Any = None, retriever: Any = DEFAULT, setting: str = "same-style",
-                    k: int = 2, encoder: str | None = None, backend: str = "torch",
-                    sampling: SamplingConfig | None = None):
+def from_pretrained(
+    folder: str | Path | None = None,
+    *,
+    stages: Sequence[str] = ("base", "sr"),
+    kb: Any = None,
+    retriever: Any = DEFAULT,
+    setting: str = "same-style",
+    k: int = 2,
+    encoder: str | None = None,
+    backend: str = "torch",
+    sampling: SamplingConfig | None = None,
+):
     """A Cascade of the exported ``stages`` in ``folder`` (default: the shipped weights).
 
     ``kb``: a KnowledgeBase or its folder (default: the emoji KB, when ``k`` > 0).
@@ -107,22 +143,27 @@ def from_pretrained(folder: str | Path | None = None, *, stages: Sequence[str] =
 
     stages = check_stages(stages)
     k = 0 if stages[0] == "baseline" else check_k(k, high=MAX_NEIGHBORS, why=MAX_NEIGHBORS_WHY)
-    retriever = DEFAULT_RETRIEVER if isinstance(retriever, str) and retriever == DEFAULT else retriever
+    retriever = (
+        DEFAULT_RETRIEVER if isinstance(retriever, str) and retriever == DEFAULT else retriever
+    )
     check_options(retriever, setting, k, encoder, backend, sampling)
     check_fit(stages, folder)
     kb = open_kb(kb) if kb is not None or k else None
-    pipelines = [load_stage(name, kb=kb, encoder=encoder, backend=backend, folder=folder)
-                 for name in stages]
+    pipelines = [
+        load_stage(name, kb=kb, encoder=encoder, backend=backend, folder=folder) for name in stages
+    ]
     if isinstance(retriever, str):
         retriever = open_retriever(kb, retriever, setting, encoder) if k else None
     for pipeline in pipelines:
         pipeline.retriever = retriever
     if sampling is not None:
         pipelines[0].sampling = sampling
-    return Cascade([
-        Stage(name, pipeline, pipeline.sampling, k=k if index == 0 else min(k, SR_NEIGHBORS))
-        for index, (name, pipeline) in enumerate(zip(stages, pipelines, strict=True))
-    ])
+    return Cascade(
+        [
+            Stage(name, pipeline, pipeline.sampling, k=k if index == 0 else min(k, SR_NEIGHBORS))
+            for index, (name, pipeline) in enumerate(zip(stages, pipelines, strict=True))
+        ]
+    )
 
 
 def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
@@ -134,13 +175,20 @@ def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
     if bad or not stages:
         raise ValueError(f"stages: unknown stage(s) {bad}; allowed: {', '.join(STAGES)}")
     if ",".join(stages) not in CASCADES:  # e.g. sr first, base twice, base then baseline
-        raise ValueError(f"stages: {','.join(stages)} is not a cascade; allowed: "
-                         f"{' | '.join(CASCADES)}")
+        raise ValueError(
+            f"stages: {','.join(stages)} is not a cascade; allowed: {' | '.join(CASCADES)}"
+        )
     return stages
 
 
-def check_options(retriever: Any, setting: str, k: int, encoder: str | None, backend: str,
-                  sampling: SamplingConfig | None) -> None:
+def check_options(
+    retriever: Any,
+    setting: str,
+    k: int,
+    encoder: str | None,
+    backend: str,
+    sampling: SamplingConfig | None,
+) -> None:
     """Registered names and values, before anything is read from disk."""
     registry.get("backend", backend)
     if encoder is not None:
@@ -150,8 +198,9 @@ def check_options(retriever: Any, setting: str, k: int, encoder: str | None, bac
     if isinstance(retriever, str):
         registry.get("retriever", retriever)
     if k and retriever in (None, "none"):
-        raise ValueError(f"retriever {retriever!r} retrieves no neighbours; use k=0, or a "
-                         f"retriever for k={k}")
+        raise ValueError(
+            f"retriever {retriever!r} retrieves no neighbours; use k=0, or a retriever for k={k}"
+        )
     if sampling is not None and not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
 
@@ -166,25 +215,30 @@ def check_fit(stages: Sequence[str], folder: str | Path | None = None) -> dict:
     for before, after in itertools.pairwise(stages):
         want, have = configs[after].lowres_size, configs[before].image_size
         if want != have:
-            raise CascadeError(f"stages: {weights_path(after, folder)} upsamples {want}px "
-                               f"images but stage {before} makes {have}px ones")
+            raise CascadeError(
+                f"stages: {weights_path(after, folder)} upsamples {want}px "
+                f"images but stage {before} makes {have}px ones"
+            )
     return configs
 
 
 def open_kb(kb: Any = None, verify: bool = True):
     """A KnowledgeBase as is, or the one in folder ``kb`` (default: the emoji KB)."""
-    from reimagen.kb.knowledge_base import KnowledgeBase
     from reimagen.core.paths import default_kb_dir
+    from reimagen.kb.knowledge_base import KnowledgeBase
 
     if isinstance(kb, KnowledgeBase):
         return kb
     if kb is not None and not isinstance(kb, (str, os.PathLike)):
-        raise TypeError(f"kb must be a KnowledgeBase or its folder (str or os.PathLike), got "
-                        f"{type(kb).__name__}")
+        raise TypeError(
+            f"kb must be a KnowledgeBase or its folder (str or os.PathLike), got "
+            f"{type(kb).__name__}"
+        )
     folder = Path(kb) if kb is not None else default_kb_dir()
     if not (folder / "kb.json").is_file():
-        raise FileNotFoundError(f"kb: no knowledge base at {folder}; build it with "
-                                "`reimagen kb build`")
+        raise FileNotFoundError(
+            f"kb: no knowledge base at {folder}; build it with `reimagen kb build`"
+        )
     return KnowledgeBase.open(folder, verify=verify)
 
 
@@ -201,8 +255,9 @@ def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
         raise ValueError(f"retriever {name!r} needs a knowledge base; pass kb")
     rows = view_rows(kb, setting)
     options = {"encoder": encoder or "minilm"} if name in ENCODER_RETRIEVERS else {}
-    folder = index_folder(kb.folder, index_name(name, encoder=options.get("encoder"),
-                                                view=(setting,)))
+    folder = index_folder(
+        kb.folder, index_name(name, encoder=options.get("encoder"), view=(setting,))
+    )
     found, _, _ = open_or_build(kb, folder, name, rows=rows, **options)
     return found
 
@@ -211,8 +266,8 @@ def tuned_sampling(path: str | Path) -> SamplingConfig:
     """The tuned SamplingConfig (reimagen.generation.shipped.DEFAULT_SAMPLING) of the stage a weights file
     (or run / step folder) holds: the stage an exported file names in its header, else by
     network kind, the SR stage's for a super-resolution network and the base's otherwise."""
-    from reimagen.training.checkpoint import resolve_weights
     from reimagen.generation.shipped import DEFAULT_SAMPLING, STAGE_KEY, read_config
+    from reimagen.training.checkpoint import resolve_weights
 
     config, metadata = read_config(resolve_weights(path))
     stage = metadata.get(STAGE_KEY) or ("sr" if config.is_super_resolution else "base")

@@ -1,4 +1,4 @@
-"""The shipped default cascade (DESIGN §7, §8): where its weights live and how to assemble it.
+"""The shipped default cascade (docs/design.md §7, §8): where its weights live and how to assemble it.
 
 Three self-describing safetensors files (weights + UNetConfig in the metadata) under
 ``reimagen/assets/weights/``:
@@ -57,16 +57,26 @@ DEFAULT_RETRIEVER = "hybrid"
 # `reimagen bench --tiers unseen --n 333 --k 1,2 --w-neighbors 3|15` (seed 0): K=2 same-style
 # top-1 6 -> 12 of 333.
 DEFAULT_SAMPLING = {
-    "base": SamplingConfig(sampler="dpmpp2m", steps=25, guidance="interleaved", eta=0.5,
-                           w_text=3.0, w_neighbors=15.0, thresholding="static"),
-    "baseline": SamplingConfig(sampler="dpmpp2m", steps=25, guidance="joint", w=3.0,
-                               thresholding="static"),
+    "base": SamplingConfig(
+        sampler="dpmpp2m",
+        steps=25,
+        guidance="interleaved",
+        eta=0.5,
+        w_text=3.0,
+        w_neighbors=15.0,
+        thresholding="static",
+    ),
+    "baseline": SamplingConfig(
+        sampler="dpmpp2m", steps=25, guidance="joint", w=3.0, thresholding="static"
+    ),
     "sr": SamplingConfig(sampler="dpmpp2m", steps=15, guidance="joint", w=1.5, aug_level=0.1),
 }
 
 
 def weights_dir() -> Path:
-    return Path(os.environ.get("REIMAGEN_WEIGHTS") or Path(__file__).parents[1] / "assets" / "weights")
+    return Path(
+        os.environ.get("REIMAGEN_WEIGHTS") or Path(__file__).parents[1] / "assets" / "weights"
+    )
 
 
 def weights_path(stage: str, folder: str | Path | None = None) -> Path:
@@ -80,8 +90,15 @@ def available_stages(folder: str | Path | None = None) -> list[str]:
     return [stage for stage in STAGES if weights_path(stage, folder).is_file()]
 
 
-def load_stage(stage: str, *, kb=None, retriever=None, encoder: str | None = None,
-               backend: str = "torch", folder: str | Path | None = None):
+def load_stage(
+    stage: str,
+    *,
+    kb=None,
+    retriever=None,
+    encoder: str | None = None,
+    backend: str = "torch",
+    folder: str | Path | None = None,
+):
     """A Pipeline for one shipped stage (its text encoder: the one it was trained with), with
     the stage's tuned sampling attached (``pipeline.sampling = DEFAULT_SAMPLING[stage]``).
     The file must fit the stage (stage_config) and hold finite weights; the base stage's
@@ -91,8 +108,9 @@ def load_stage(stage: str, *, kb=None, retriever=None, encoder: str | None = Non
     path = weights_path(stage, folder)
     registry.get("backend", backend)  # unknown backend -> error before loading
     stage_config(stage, folder)
-    pipeline = Pipeline.from_checkpoint(path, kb=kb, retriever=retriever, encoder=encoder,
-                                        backend=backend)
+    pipeline = Pipeline.from_checkpoint(
+        path, kb=kb, retriever=retriever, encoder=encoder, backend=backend
+    )
     if stage == "base":
         check_neighbor_attention(path, pipeline.backend, pipeline.model)
     pipeline.sampling = DEFAULT_SAMPLING[stage]
@@ -107,10 +125,10 @@ class WeightsError(ValueError):
 def read_config(path: str | Path):
     """(UNetConfig, metadata) from a weights file's header; no tensor is read. A file that is
     not safetensors is refused by reimagen.core.io (UnsafeFileError, naming it)."""
-    from reimagen.training.checkpoint import CONFIG_KEY
     from reimagen.core.config import ConfigError
     from reimagen.core.io import load_safetensors_metadata
     from reimagen.core.unet_config import UNetConfig
+    from reimagen.training.checkpoint import CONFIG_KEY
 
     metadata = load_safetensors_metadata(path)
     if CONFIG_KEY not in metadata:
@@ -118,7 +136,9 @@ def read_config(path: str | Path):
     try:
         return UNetConfig.from_dict(json.loads(metadata[CONFIG_KEY])), metadata
     except (ValueError, ConfigError) as err:  # JSONDecodeError is a ValueError
-        raise WeightsError(f"{path}: its {CONFIG_KEY!r} metadata is not a UNetConfig ({err})") from None
+        raise WeightsError(
+            f"{path}: its {CONFIG_KEY!r} metadata is not a UNetConfig ({err})"
+        ) from None
 
 
 def describe(config) -> str:
@@ -144,8 +164,9 @@ def stage_config(stage: str, folder: str | Path | None = None):
         raise WeightsError(f"{path}: exported as stage {exported_as!r}, loaded as stage {stage!r}")
     if config.is_super_resolution != (stage == "sr"):
         wanted = "a super-resolution network" if stage == "sr" else "a base network"
-        raise WeightsError(f"{path}: {describe(config)}, loaded as stage {stage!r}, which needs "
-                           f"{wanted}")
+        raise WeightsError(
+            f"{path}: {describe(config)}, loaded as stage {stage!r}, which needs {wanted}"
+        )
     return config
 
 
@@ -153,8 +174,10 @@ def check_finite(path: str | Path, state: dict[str, np.ndarray]) -> None:
     """Refuse weights with NaN or Inf: they sample an all-black image without any error."""
     bad = [key for key, value in state.items() if not np.isfinite(value).all()]
     if bad:
-        raise WeightsError(f"{path}: non-finite values (NaN or Inf) in {len(bad)} tensor(s), "
-                           f"e.g. {bad[0]}; refusing to load it")
+        raise WeightsError(
+            f"{path}: non-finite values (NaN or Inf) in {len(bad)} tensor(s), "
+            f"e.g. {bad[0]}; refusing to load it"
+        )
 
 
 def check_neighbor_attention(path: str | Path, backend, model) -> None:
@@ -172,6 +195,8 @@ def check_neighbor_attention(path: str | Path, backend, model) -> None:
     outputs = [v for k, v in state.items() if k.startswith("neighbor_attn.") and ".to_out." in k]
     trained = any(np.any(state[k]) for k in ("conv_out.weight", "conv_out.bias") if k in state)
     if trained and outputs and not any(np.any(v) for v in outputs):
-        raise WeightsError(f"{path}: its neighbour attention was never trained (all zero: a "
-                           "no-retrieval network such as the baseline); stage 'base' needs a "
-                           "network trained with neighbours")
+        raise WeightsError(
+            f"{path}: its neighbour attention was never trained (all zero: a "
+            "no-retrieval network such as the baseline); stage 'base' needs a "
+            "network trained with neighbours"
+        )

@@ -1,4 +1,4 @@
-"""Built-in knowledge-base sources (DESIGN §6, §8), registered through the ``source`` hook.
+"""Built-in knowledge-base sources (docs/design.md §6, §8), registered through the ``source`` hook.
 
 - ``emoji``: emoji entities drawn by several artists (:mod:`reimagen.kb.emoji_source`);
 - ``folder``: a folder of images with ``captions.jsonl`` (:mod:`reimagen.kb.folder_source`).

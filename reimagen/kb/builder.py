@@ -1,4 +1,4 @@
-"""Building a knowledge base folder from ⟨image, text⟩ items (DESIGN §6, §8); the layout it
+"""Building a knowledge base folder from ⟨image, text⟩ items (docs/design.md §6, §8); the layout it
 writes is described in :mod:`reimagen.kb.knowledge_base`.
 
 Building is crash-safe: everything is written into a staging folder beside the target

@@ -1,4 +1,4 @@
-"""The emoji artists (DESIGN §8): independent drawings of each entity, together the paper's
+"""The emoji artists (docs/design.md §8): independent drawings of each entity, together the paper's
 external image-text database (Re-Imagen §3, EntityDrawBench §4.2).
 
 =========  =========================================  ==========  =========================

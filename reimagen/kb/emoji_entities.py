@@ -1,4 +1,4 @@
-"""Emoji entities (DESIGN §8): which emoji the knowledge base holds and what they are called.
+"""Emoji entities (docs/design.md §8): which emoji the knowledge base holds and what they are called.
 
 An *entity* is one emoji: every fully-qualified emoji of the PyPI package ``emoji`` without a
 skin-tone or hair variant (~1,900), named by its CLDR short name, with its code points (the key

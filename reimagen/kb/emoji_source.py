@@ -1,5 +1,5 @@
 """The built-in knowledge-base source ``"emoji"``: emoji entities drawn by several artists
-(DESIGN §8), the paper's external image-text database (Re-Imagen §3, EntityDrawBench §4.2).
+(docs/design.md §8), the paper's external image-text database (Re-Imagen §3, EntityDrawBench §4.2).
 
 Entities come from :mod:`reimagen.kb.emoji_entities` (CLDR names, code points, groups); the
 drawings from the artists of :mod:`reimagen.kb.emoji_artists` (twemoji and openmoji required,
@@ -98,8 +98,11 @@ class EmojiSource:
     ):
         if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 512:
             raise KnowledgeBaseError(f"size must be an integer in [8, 512], got {size!r}")
-        if (isinstance(processes, bool) or not isinstance(processes, int)
-                or not 1 <= processes <= MAX_PROCESSES):
+        if (
+            isinstance(processes, bool)
+            or not isinstance(processes, int)
+            or not 1 <= processes <= MAX_PROCESSES
+        ):
             raise KnowledgeBaseError(
                 f"processes must be a positive integer <= {MAX_PROCESSES}, got {processes!r}"
             )

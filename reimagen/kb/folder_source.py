@@ -1,4 +1,4 @@
-"""Knowledge-base source ``"folder"``: your own images with captions (DESIGN §6).
+"""Knowledge-base source ``"folder"``: your own images with captions (docs/design.md §6).
 
 Layout: a folder with a ``captions.jsonl`` file, one JSON object per line::
 
@@ -69,14 +69,10 @@ def parse_caption_line(line: str, folder: Path, where: str) -> FolderEntry:
     except json.JSONDecodeError as err:
         raise KnowledgeBaseError(f"{where}: not JSON ({err.msg})") from None
     if not isinstance(blob, dict) or not isinstance(blob.get("image"), str):
-        raise KnowledgeBaseError(
-            f'{where}: expected {{"image": "<path>", "text": "<caption>"}}'
-        )
+        raise KnowledgeBaseError(f'{where}: expected {{"image": "<path>", "text": "<caption>"}}')
     relative = PurePosixPath(blob["image"].replace(os.sep, "/"))
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise KnowledgeBaseError(
-            f"{where}: image {blob['image']!r} must be a path inside {folder}"
-        )
+        raise KnowledgeBaseError(f"{where}: image {blob['image']!r} must be a path inside {folder}")
     text = blob.get("text")
     if not isinstance(text, str) or not text.strip():
         raise KnowledgeBaseError(f"{where}: empty caption for image {blob['image']!r}")

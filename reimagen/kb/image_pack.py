@@ -1,4 +1,4 @@
-"""Images into the packed array and back out at another size (DESIGN §6): decoding and
+"""Images into the packed array and back out at another size (docs/design.md §6): decoding and
 checking what a source gives (PIL image, encoded bytes or a uint8 array), padding to a square
 and resizing to the KB resolution (uint8 [S, S, 4] RGBA), and the area resize readers use.
 

@@ -1,4 +1,4 @@
-"""The knowledge base: ⟨image, text⟩ pairs on disk that retrievers index (DESIGN §6, §8).
+"""The knowledge base: ⟨image, text⟩ pairs on disk that retrievers index (docs/design.md §6, §8).
 
 Re-Imagen (paper §3) conditions generation on K neighbours retrieved from an external database
 of image-text pairs. Here that database is a folder, built once and then only read::
@@ -30,7 +30,7 @@ unchecked. A KB without SHA256SUMS (built before checksums) is refused: rebuild 
 
 ``fingerprint`` = sha256 of ``manifest.jsonl`` (its bytes: keys, texts, image hashes). A
 retriever index saved beside the KB records it, so an index built for another manifest is an
-error at load time instead of a silent wrong answer (DESIGN §6).
+error at load time instead of a silent wrong answer (docs/design.md §6).
 
 The package splits the work: :mod:`reimagen.kb.records` (file names, errors, Entity/Record),
 this module (:class:`KnowledgeBase`, the reader), :mod:`reimagen.kb.reader` (reading and
@@ -102,8 +102,10 @@ class KnowledgeBase:
         that images/ holds nothing else. A mismatch raises KnowledgeBaseError (an
         IntegrityError when bytes changed) naming the file."""
         if not isinstance(folder, (str, os.PathLike)):
-            raise TypeError(f"folder must be a knowledge-base folder (str or os.PathLike), got "
-                            f"{type(folder).__name__}")
+            raise TypeError(
+                f"folder must be a knowledge-base folder (str or os.PathLike), got "
+                f"{type(folder).__name__}"
+            )
         folder = Path(folder)
         if not folder.is_dir():
             raise KnowledgeBaseError(f"knowledge base folder not found: {folder}")
@@ -154,7 +156,7 @@ class KnowledgeBase:
         self, sources: Iterable[str] | None = None, entities: Iterable[str] | None = None
     ) -> np.ndarray:
         """int64 row ids (ascending) of the records from ``sources`` that draw ``entities``:
-        a *view* of the KB for a retriever to index (DESIGN §8: same-style vs cross-style).
+        a *view* of the KB for a retriever to index (docs/design.md §8: same-style vs cross-style).
         None means all; an unknown source or entity raises, listing the known ones."""
         keep = np.ones(len(self), dtype=bool)
         if sources is not None:

@@ -149,4 +149,6 @@ def verify_image_files(folder: Path, records: Sequence[Record]) -> None:
             )
     for path in sorted((folder / IMAGES).rglob("*")):
         if path not in listed and not path.is_dir():
-            raise KnowledgeBaseIntegrityError(f"{path}: extra file in {IMAGES}/ not listed in {MANIFEST}")
+            raise KnowledgeBaseIntegrityError(
+                f"{path}: extra file in {IMAGES}/ not listed in {MANIFEST}"
+            )

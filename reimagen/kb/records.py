@@ -1,4 +1,4 @@
-"""The knowledge base's on-disk names and record types (DESIGN §6, §8): the file names of a KB
+"""The knowledge base's on-disk names and record types (docs/design.md §6, §8): the file names of a KB
 folder, the errors, :class:`Entity` and :class:`Record` (one line of ``manifest.jsonl``), the
 items a build takes (:data:`KBItem`) and the source protocol that yields them. The layout itself
 is described in :mod:`reimagen.kb.knowledge_base`.
@@ -26,7 +26,7 @@ SUMS = digests.SUMS
 CHECKED = (META, MANIFEST, ENTITIES, PACKED)  # what SHA256SUMS covers (the PNGs: the manifest)
 OWN_ENTRIES = (META, MANIFEST, ENTITIES, PACKED, IMAGES, SUMS)  # the rest of a KB folder is kept
 
-# The emoji artists (DESIGN §8); ``folder`` marks a KB built from a folder of images + captions.
+# The emoji artists (docs/design.md §8); ``folder`` marks a KB built from a folder of images + captions.
 ARTISTS = ("twemoji", "openmoji", "noto", "fluent")
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MIN_RESOLUTION, MAX_RESOLUTION = 4, 1024

@@ -1,4 +1,4 @@
-"""EntityBench scenes: an entity drawn into a scene that the prompt controls (DESIGN §8).
+"""EntityBench scenes: an entity drawn into a scene that the prompt controls (docs/design.md §8).
 
 The paper's EntityDrawBench (§4.2, App. C) writes 5 prompt templates per entity category that put
 an entity "in different scenes". Here the scene is synthetic so that text alignment can be
@@ -154,7 +154,7 @@ def _article(word: str) -> str:
 def prompt(scene: Scene, template_id: int, *, name_entity: bool = True) -> str:
     """The scene written with template ``template_id`` of its kind; ``name_entity=False`` says
     "emoji" instead of the entity's name (the training recipe that forces identity through the
-    neighbours, DESIGN §8)."""
+    neighbours, docs/design.md §8)."""
     templates = TEMPLATES[scene.kind]
     if not 0 <= template_id < len(templates):
         raise ValueError(

@@ -1,5 +1,5 @@
 """EntityBench splits: which entities are trained (frequent / rare) and which are never seen,
-and which knowledge-base rows each setting may retrieve (DESIGN §8, paper §4.2, Fig. 5).
+and which knowledge-base rows each setting may retrieve (docs/design.md §8, paper §4.2, Fig. 5).
 
 The paper reports faithfulness separately for frequent and infrequent entities (Fig. 5: "top 50%
 as frequent"). Here frequency is something we *choose*: seen entities are sampled for training

@@ -1,6 +1,6 @@
 """Training triples: each training example's top-K knowledge-base neighbours, precomputed once
 (the paper's KNN-ImageText, §3.2: "text-to-text BM25 similarity to find the top-2 neighbors as
-c_n (excluding the query instance)"; DESIGN §6).
+c_n (excluding the query instance)"; docs/design.md §6).
 
     queries [N] (training captions) ──retriever.search(batch, K, exclude)──▶ ids [N, K] int64
                                                                            scores [N, K] float32

@@ -1,4 +1,4 @@
-"""Retrievers (DESIGN §6): text query -> top-k knowledge-base rows with scores.
+"""Retrievers (docs/design.md §6): text query -> top-k knowledge-base rows with scores.
 
 Registered names (API: add, never rename):
   ``bm25``   text-to-text BM25 over the captions (bm25s), the paper's training retriever;

@@ -1,4 +1,4 @@
-"""The search contract every built-in retriever shares (DESIGN §6, interfaces.Retriever).
+"""The search contract every built-in retriever shares (docs/design.md §6, interfaces.Retriever).
 
 A retriever indexes a *view* of a knowledge base (some of its rows, e.g. one artist's drawings)
 but always answers in knowledge-base row ids. :class:`ViewRetriever` owns everything that is not

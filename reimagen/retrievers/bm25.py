@@ -1,4 +1,4 @@
-"""``bm25``: text-to-text BM25 over the knowledge base's captions, on ``bm25s`` (DESIGN §6).
+"""``bm25``: text-to-text BM25 over the knowledge base's captions, on ``bm25s`` (docs/design.md §6).
 
 The paper builds its training set KNN-ImageText with "text-to-text BM25 similarity to find the
 top-2 neighbors" (§3.2), so this is the training retriever. bm25s precomputes every

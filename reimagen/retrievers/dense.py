@@ -1,4 +1,4 @@
-"""``dense``: inner product over pooled, L2-normalised text embeddings, on faiss (DESIGN §6).
+"""``dense``: inner product over pooled, L2-normalised text embeddings, on faiss (docs/design.md §6).
 
 Any registered encoder embeds the view's captions once (pooled [N, D], normalised, so the
 inner product is the cosine similarity); a query is embedded the same way and compared with all
@@ -109,8 +109,12 @@ class DenseRetriever(ViewRetriever):
 
         starts = range(0, len(texts), self.batch_size)
         parts = []
-        with bar(len(texts), f"embedding captions ({self.encoder_name})", unit="caption",
-                 show=len(starts) > PROGRESS_BATCHES) as progress:
+        with bar(
+            len(texts),
+            f"embedding captions ({self.encoder_name})",
+            unit="caption",
+            show=len(starts) > PROGRESS_BATCHES,
+        ) as progress:
             for i in starts:
                 parts.append(self.encoder.encode(texts[i : i + self.batch_size]).pooled)
                 progress.update(len(parts[-1]))
@@ -198,8 +202,10 @@ class DenseRetriever(ViewRetriever):
     def _load_files(self, folder: Path, meta: IndexMeta) -> int:
         faiss = import_faiss()
         saved_dim = (meta.encoder or {}).get("dim")
-        index = read_faiss(folder / INDEX_FILE, lambda: faiss.deserialize_index(
-            np.fromfile(folder / INDEX_FILE, dtype=np.uint8)))
+        index = read_faiss(
+            folder / INDEX_FILE,
+            lambda: faiss.deserialize_index(np.fromfile(folder / INDEX_FILE, dtype=np.uint8)),
+        )
         if saved_dim != self.dim or index.d != self.dim:
             raise IndexMismatchError(
                 f"index {folder} is stale: embedding dim {index.d} (index, recorded "

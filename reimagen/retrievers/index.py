@@ -1,5 +1,5 @@
 """Saved retriever indexes beside the knowledge base, and the checks that keep them honest
-(DESIGN §6: "a stale or mismatched index is an error, not a silent wrong answer").
+(docs/design.md §6: "a stale or mismatched index is an error, not a silent wrong answer").
 
 Layout, one folder per (retriever, encoder, view)::
 
@@ -318,4 +318,3 @@ def open_or_build(
 
 def _short(digest: str) -> str:
     return digest[:12] if isinstance(digest, str) else repr(digest)
-

@@ -1,5 +1,5 @@
 """Training checkpoints on disk, for both backends: safetensors + JSON, committed atomically
-(DESIGN §9). This module knows the folder layout and the commit protocol and moves numpy
+(docs/design.md §9). This module knows the folder layout and the commit protocol and moves numpy
 arrays only; each backend converts its tensors to and from the ``{key: np.ndarray}`` dicts
 (``reimagen/backends/torch/checkpoint.py``, ``reimagen/backends/jax/checkpoint.py``).
 
@@ -118,9 +118,9 @@ def recipe_record(state: dict, data: dict, encoder: str) -> dict:
         "examples": examples,
         "init_from": None if init is None else {"path": str(init), "examples_total": before},
         # unknown (None) when the initial weights do not record theirs
-        "examples_total": examples if init is None else (
-            None if before is None else before + examples
-        ),
+        "examples_total": examples
+        if init is None
+        else (None if before is None else before + examples),
     }
 
 
@@ -257,11 +257,15 @@ def verify_step_folder(folder: Path) -> bool:
     """Check a step folder's files against its SHA256SUMS. True: verified; False: a legacy
     folder without one (written before checksums; warned, read unverified)."""
     try:
-        digests.verify_sums(folder, required=(MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE),
-                            complete=True)
+        digests.verify_sums(
+            folder, required=(MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE), complete=True
+        )
     except MissingChecksumError:
-        LOG.warning("%s has no %s (written before reimagen checked checkpoints); reading it "
-                    "unverified", folder, digests.SUMS)
+        LOG.warning(
+            "%s has no %s (written before reimagen checked checkpoints); reading it unverified",
+            folder,
+            digests.SUMS,
+        )
         return False
     return True
 
@@ -319,7 +323,9 @@ def _refuse_non_finite(step: int, weights: dict[str, dict[str, np.ndarray]]) -> 
 
 
 def _write_step_folder(
-    partial: Path, files: dict[str, dict[str, np.ndarray]], metadata: dict[str, str],
+    partial: Path,
+    files: dict[str, dict[str, np.ndarray]],
+    metadata: dict[str, str],
     state: dict[str, Any],
 ) -> None:
     """The step's safetensors ``files`` (the weights ones with ``metadata``) and state.json
@@ -329,8 +335,9 @@ def _write_step_folder(
     partial.mkdir(parents=True)
     try:
         for name, tensors in files.items():
-            atomic_save_safetensors(partial / name, tensors,
-                                    metadata=None if name == OPTIM_FILE else metadata)
+            atomic_save_safetensors(
+                partial / name, tensors, metadata=None if name == OPTIM_FILE else metadata
+            )
         atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=2) + "\n")
         digests.write_sums(partial)  # last: a folder without it never passes for a complete one
         fsync_dir(partial, strict=True)

@@ -1,4 +1,4 @@
-"""Backend-neutral training contract: the config and the host-side batch (DESIGN §4, paper Eq. 2).
+"""Backend-neutral training contract: the config and the host-side batch (docs/design.md §4, paper Eq. 2).
 
 Every random number of a training step is drawn on the host by the data pipeline as a pure
 function of (seed, step): the targets, t ~ U[0,1], the noise ε, and the independent 10% drops of

@@ -1,4 +1,4 @@
-"""The EntityBench training recipe (DESIGN §8; paper §3.2 "KNN-ImageText"): its settings
+"""The EntityBench training recipe (docs/design.md §8; paper §3.2 "KNN-ImageText"): its settings
 (:class:`DataConfig`) and the records one step of the training stream is made of
 (:class:`BatchPlan`, the random choices; :class:`BatchInfo`, the ground truth).
 
@@ -26,7 +26,7 @@ NEIGHBOR_BACKGROUND = (255, 255, 255)  # KnowledgeBase.rgb's default: what infer
 
 @config
 class DataConfig(ConfigMixin):
-    """How scene examples and their neighbours are made (the training recipe, DESIGN §8)."""
+    """How scene examples and their neighbours are made (the training recipe, docs/design.md §8)."""
 
     pool_size: int = attrs.field(default=50_000, validator=in_range(1, 10**8))
     pool_seed: int = attrs.field(default=0, validator=in_range(0, 2**63 - 1))

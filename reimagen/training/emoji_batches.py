@@ -1,5 +1,5 @@
 """The EntityBench training stream: scene targets, prompts and K neighbours per example
-(DESIGN §8; paper §3.2 "KNN-ImageText"; Imagen's noise-conditioning augmentation for SR).
+(docs/design.md §8; paper §3.2 "KNN-ImageText"; Imagen's noise-conditioning augmentation for SR).
 
 ``EmojiBatchSource.batch(step)`` is a pure function of (TrainConfig.seed, step): every random
 choice of a step comes from ``np.random.default_rng((seed, step))``, in a fixed order, so a
@@ -11,7 +11,7 @@ with ``cache_size=0`` (the hash encoder is exact either way).
 
 Each step draws B examples from the fixed pool (reimagen.training.entity_pool) whose K
 retrieved neighbours were found once (reimagen.training.pool_triples). The recipe that forces
-identity through the neighbours (DESIGN §8, the probes): with probability ``p_true_neighbor``
+identity through the neighbours (docs/design.md §8, the probes): with probability ``p_true_neighbor``
 one neighbour slot shows the true entity, either its Twemoji drawing AUGMENTED (random scale,
 shift, flip, colour jitter: the model must redraw, not paste; reimagen.training.neighbor_augment)
 or another artist's rendition; the other slots keep the retrieved neighbours. Neighbour images

@@ -1,4 +1,4 @@
-"""The fixed pool of scene examples the EntityBench training stream draws from (DESIGN §8).
+"""The fixed pool of scene examples the EntityBench training stream draws from (docs/design.md §8).
 
 A pool of N scene examples is drawn once from the seen entities with the split's Zipf weights:
 entity, background (a colour the entity's drawing is legible on), position, size (large and
@@ -65,9 +65,7 @@ def make_pool(
     position[forced], size[forced] = 0, sc.SIZES.index("large")  # POSITIONS[0] = center
     template_pick = rng.random(n)
     named = rng.random(n) >= data.p_drop_name
-    background = np.array(
-        [_pick(colours[e], u) for e, u in zip(entity, colour_pick)], np.int8
-    )
+    background = np.array([_pick(colours[e], u) for e, u in zip(entity, colour_pick)], np.int8)
     kinds = [sc.TEMPLATES["centred" if p == 0 else "corner"] for p in position]
     template = np.array([int(u * len(k)) for u, k in zip(template_pick, kinds)], np.int8)
     pool = Pool(entity, background, position, size, template, named, prompts=())

@@ -25,8 +25,7 @@ def collection_export_path(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / f"{stage}.safetensors"
 
 
-def export_stage(backend, run_dir: Path, path: Path, encoder: str, stage: str,
-                 data=None) -> Path:
+def export_stage(backend, run_dir: Path, path: Path, encoder: str, stage: str, data=None) -> Path:
     """Write the EMA weights of the latest checkpoint in ``run_dir`` to ``path`` (float16),
     stamped with ``encoder``, ``stage`` and the run's recipe (``data``: its DataConfig)."""
     import json
@@ -47,7 +46,14 @@ def export_stage(backend, run_dir: Path, path: Path, encoder: str, stage: str,
     if recorded_kb(run_dir) is not None:  # a collection run: bench --kb reads it
         recipe["kb"] = recorded_kb(run_dir)
     # the stage it is for: load_stage refuses it under another stage's name
-    backend.save_model(model, path, dtype="float16",
-                       metadata={ENCODER_KEY: encoder, STAGE_KEY: stage,
-                                 RECIPE_KEY: json.dumps(recipe, sort_keys=True)})
+    backend.save_model(
+        model,
+        path,
+        dtype="float16",
+        metadata={
+            ENCODER_KEY: encoder,
+            STAGE_KEY: stage,
+            RECIPE_KEY: json.dumps(recipe, sort_keys=True),
+        },
+    )
     return path

@@ -99,27 +99,37 @@ def same_image_rows(kb, rows: np.ndarray) -> list[list[int]]:
 
 def kb_facts(kb) -> dict:
     """What run.json records of the collection a run trains on (a resume on another is refused)."""
-    return {"path": str(Path(kb.folder).resolve()), "fingerprint": kb.fingerprint,
-            "records": len(kb)}
+    return {
+        "path": str(Path(kb.folder).resolve()),
+        "fingerprint": kb.fingerprint,
+        "records": len(kb),
+    }
 
 
-def check_collection(kb, *, image_size: int, k: int, lowres_size: int = 0,
-                     fraction: float = HELD_OUT_FRACTION) -> None:
+def check_collection(
+    kb, *, image_size: int, k: int, lowres_size: int = 0, fraction: float = HELD_OUT_FRACTION
+) -> None:
     """The collection can feed a network of ``image_size`` with K neighbours: images stored at
     least that large, more training records than K + the largest duplicate group. One-line
     CollectionError naming the KB otherwise (before any triple or network is built)."""
     if not is_collection(kb):
-        raise CollectionError(f"--kb: {kb.folder} names entities (the emoji knowledge base); "
-                              "collection training needs a KB of plain image-caption records")
+        raise CollectionError(
+            f"--kb: {kb.folder} names entities (the emoji knowledge base); "
+            "collection training needs a KB of plain image-caption records"
+        )
     if kb.resolution < image_size:
-        raise CollectionError(f"--kb: {kb.folder} stores {kb.resolution}px images; the "
-                              f"{image_size}px network needs >= {image_size}px (rebuild it with "
-                              f"`reimagen kb build --resolution {image_size}`)")
+        raise CollectionError(
+            f"--kb: {kb.folder} stores {kb.resolution}px images; the "
+            f"{image_size}px network needs >= {image_size}px (rebuild it with "
+            f"`reimagen kb build --resolution {image_size}`)"
+        )
     train, _ = split_rows(kb, fraction)
     excluded = max((len(e) for e in same_image_rows(kb, train)), default=1)
     if len(train) < k + excluded:
-        raise CollectionError(f"--k {k}: the training split of {kb.folder} has {len(train)} "
-                              f"records; allowed: at most {max(len(train) - excluded, 0)}")
+        raise CollectionError(
+            f"--k {k}: the training split of {kb.folder} has {len(train)} "
+            f"records; allowed: at most {max(len(train) - excluded, 0)}"
+        )
     if lowres_size and lowres_size >= image_size:
         raise CollectionError(f"lowres_size {lowres_size} must be < image_size {image_size}")
 
@@ -161,14 +171,29 @@ class FolderBatchSource:
     (retriever, max_aug_level); image_size: the stage's resolution; lowres_size: > 0 for the
     super-resolution stage. ``cache_dir``: where triples go (default ``<kb>/triples``)."""
 
-    def __init__(self, kb, encoder, config: TrainConfig, data=None, *, image_size: int,
-                 lowres_size: int = 0, cache_dir: str | Path | None = None,
-                 encodings_dir: str | Path | None = None, progress: bool = False,
-                 fraction: float = HELD_OUT_FRACTION):
+    def __init__(
+        self,
+        kb,
+        encoder,
+        config: TrainConfig,
+        data=None,
+        *,
+        image_size: int,
+        lowres_size: int = 0,
+        cache_dir: str | Path | None = None,
+        encodings_dir: str | Path | None = None,
+        progress: bool = False,
+        fraction: float = HELD_OUT_FRACTION,
+    ):
         from reimagen.training.data import DataConfig
 
-        check_collection(kb, image_size=image_size, k=config.neighbors, lowres_size=lowres_size,
-                         fraction=fraction)
+        check_collection(
+            kb,
+            image_size=image_size,
+            k=config.neighbors,
+            lowres_size=lowres_size,
+            fraction=fraction,
+        )
         self.kb, self.config = kb, config
         self.data = DataConfig() if data is None else data
         self.image_size, self.lowres_size = int(image_size), int(lowres_size)
@@ -214,14 +239,17 @@ class FolderBatchSource:
         file rather than silently reusing an old one)."""
         from reimagen.kb import triples as tr
 
-        blob = json.dumps({
-            "kb": self.kb.fingerprint,
-            "rows": hashlib.sha256(self.train_rows.astype("<i8").tobytes()).hexdigest(),
-            "queries": tr.queries_hash(self.prompts),
-            "exclude": tr.exclude_hash(exclude),
-            "retriever": self.data.retriever,
-            "k": self.config.neighbors,
-        }, sort_keys=True)
+        blob = json.dumps(
+            {
+                "kb": self.kb.fingerprint,
+                "rows": hashlib.sha256(self.train_rows.astype("<i8").tobytes()).hexdigest(),
+                "queries": tr.queries_hash(self.prompts),
+                "exclude": tr.exclude_hash(exclude),
+                "retriever": self.data.retriever,
+                "k": self.config.neighbors,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _encoding_table(self, encoder, folder):
@@ -282,8 +310,10 @@ class FolderBatchSource:
         """float32 [n, size, size, 3] in [-1, 1]: KB ``rows`` on white, area-resized; rendered
         in whole blocks of IMAGE_BLOCK rows and cached as uint8 (as the emoji source does)."""
         if size not in self._images:
-            self._images[size] = (np.zeros((len(self.kb), size, size, 3), np.uint8),
-                                  np.zeros(len(self.kb), bool))
+            self._images[size] = (
+                np.zeros((len(self.kb), size, size, 3), np.uint8),
+                np.zeros(len(self.kb), bool),
+            )
         cache, have = self._images[size]
         rows = np.asarray(rows, np.int64)
         for block in np.unique(rows[~have[rows]] // IMAGE_BLOCK):
@@ -298,12 +328,17 @@ class FolderBatchSource:
         b, k = rows.shape
         length, dim = self.encoder.max_length, self.encoder.dim
         if k == 0:
-            return TextEncoding(tokens=np.zeros((b, 0, length, dim), np.float32),
-                                mask=np.zeros((b, 0, length), bool),
-                                pooled=np.zeros((b, 0, dim), np.float32))
+            return TextEncoding(
+                tokens=np.zeros((b, 0, length, dim), np.float32),
+                mask=np.zeros((b, 0, length), bool),
+                pooled=np.zeros((b, 0, dim), np.float32),
+            )
         flat = self.encoder.encode([self.kb.records[int(r)].text for r in rows.reshape(-1)])
-        return TextEncoding(tokens=flat.tokens.reshape(b, k, *flat.tokens.shape[1:]),
-                            mask=flat.mask.reshape(b, k, -1), pooled=flat.pooled.reshape(b, k, -1))
+        return TextEncoding(
+            tokens=flat.tokens.reshape(b, k, *flat.tokens.shape[1:]),
+            mask=flat.mask.reshape(b, k, -1),
+            pooled=flat.pooled.reshape(b, k, -1),
+        )
 
 
 def check_no_leak(source: FolderBatchSource) -> None:

@@ -1,4 +1,4 @@
-"""No unseen entity ever enters training (DESIGN §8): the pool samples seen entities only, the
+"""No unseen entity ever enters training (docs/design.md §8): the pool samples seen entities only, the
 retriever indexes the training view only, and the true-entity slot comes from the training
 view. :func:`check_no_leak` re-checks targets, view and triples when a source is made (a leak
 raises :class:`DataLeakError`); :func:`find_leaks` checks one batch's ground truth.

@@ -47,9 +47,7 @@ LOG_FILE = "log.jsonl"
 # cadence, and the optimizer's step size (lr, warmup_steps, grad_clip), the recovery for a run
 # that diverged (rewind to an earlier step, resume with a lower lr: README "Reliability"). Each
 # update still depends only on the state and the step, so a resumed run stays reproducible.
-RESUMABLE_CHANGES = (
-    "steps", "checkpoint_every", "log_every", "lr", "warmup_steps", "grad_clip"
-)
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "lr", "warmup_steps", "grad_clip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -293,8 +291,11 @@ class TrainLoop(abc.ABC):
         step is made the latest first."""
         if self.resume_from is not None:
             folder, moved, aside = rewind(self.run_dir, self.resume_from)
-            self.rewound = {"to": folder.name, "moved": moved,
-                            "aside": None if aside is None else aside.name}
+            self.rewound = {
+                "to": folder.name,
+                "moved": moved,
+                "aside": None if aside is None else aside.name,
+            }
         saved, self.resume_skipped = ckpt.load_resumable(self.run_dir)
         if saved is not None:
             self._restore(saved)
@@ -334,7 +335,10 @@ class TrainLoop(abc.ABC):
         bar = self._progress_bar(start_step)
         started = time.perf_counter()
         stream = prefetch.batches(
-            self.source, start_step, self.config.steps, workers=self.workers,
+            self.source,
+            start_step,
+            self.config.steps,
+            workers=self.workers,
             compact=self.workers > 0,
         )
         with self._loop_context(), contextlib.closing(stream):  # closing: stops the workers
@@ -354,8 +358,13 @@ class TrainLoop(abc.ABC):
     def _progress_bar(self, start_step: int):
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.config.steps, initial=start_step, disable=not self.progress,
-                    unit="step", dynamic_ncols=True)
+        return tqdm(
+            total=self.config.steps,
+            initial=start_step,
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
+        )
 
     def _train_stream(self, stream, start_step: int, log: JsonlLog, bar, started: float) -> float:
         """One update per batch of ``stream`` until it ends or the time limit passes; returns

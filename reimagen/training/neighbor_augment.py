@@ -1,4 +1,4 @@
-"""Augmented same-style neighbours (DESIGN §8, the recipe that forces identity through the
+"""Augmented same-style neighbours (docs/design.md §8, the recipe that forces identity through the
 neighbours): when a neighbour slot shows the target entity's own Twemoji drawing, the drawing
 is redrawn with a random scale, shift, horizontal flip and colour jitter, so the model must
 redraw the entity rather than paste it.

@@ -1,4 +1,4 @@
-"""The retrieved neighbours of the training pool (paper §3.2 "KNN-ImageText", DESIGN §8).
+"""The retrieved neighbours of the training pool (paper §3.2 "KNN-ImageText", docs/design.md §8).
 
 For each pool prompt the configured retriever (bm25 by default) over the *training view* (seen
 entities only, every artist) gives the top-K neighbours, never the example's own Twemoji

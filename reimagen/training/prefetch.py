@@ -5,7 +5,7 @@ of steps ``start, start+1, …`` can be made in any process, in any order, and h
 trainer in step order: a resumed or prefetched run trains on exactly the batches an inline one
 would. :func:`batches` is that iterator. With ``workers=0`` it calls ``source.batch(step)``
 inline; with ``workers=N`` N forked processes make them (reimagen.training.step_workers) (a GPU step is far faster
-than the host composing a batch of scenes, DESIGN §8).
+than the host composing a batch of scenes, docs/design.md §8).
 
 ``compact=True`` shrinks what crosses the process pipe, keeping the network's inputs the same:
 text and caption tokens are cut to the longest real sequence of the batch (the cut positions
@@ -85,8 +85,9 @@ def cut_text(text: TextEncoding, length: int) -> TextEncoding:
     """tokens [..., L, D] -> [..., length, D] float16, mask cut alike (positions cut are
     padding, masked out of attention)."""
     tokens = np.asarray(text.tokens)[..., :length, :].astype(np.float16)
-    return TextEncoding(tokens=tokens, mask=np.asarray(text.mask)[..., :length].copy(),
-                        pooled=text.pooled)
+    return TextEncoding(
+        tokens=tokens, mask=np.asarray(text.mask)[..., :length].copy(), pooled=text.pooled
+    )
 
 
 __all__ = ["batches", "compact_batch", "cut_text", "real_length"]

@@ -49,8 +49,13 @@ def rewind(run_dir: str | Path, step: int) -> tuple[Path, list[str], Path | None
             os.rename(path, aside / path.name)
         fsync_dir(root, strict=True)
     atomic_write_text(root / LATEST, folder.name + "\n")
-    LOG.warning("rewound %s to %s; %s moved to %s", root, folder.name,
-                ", ".join(p.name for p in later) or "nothing", aside)
+    LOG.warning(
+        "rewound %s to %s; %s moved to %s",
+        root,
+        folder.name,
+        ", ".join(p.name for p in later) or "nothing",
+        aside,
+    )
     return folder, sorted(p.name for p in later), aside
 
 

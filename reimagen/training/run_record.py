@@ -27,14 +27,16 @@ def parse_data_overrides(text: str | None) -> dict | None:
         return None
     overrides = _split_items(text)
     if not overrides:
-        raise RunSetupError(f"--data: no KEY=VALUE item in {text!r}; allowed: fields of "
-                            "DataConfig, e.g. p_same_style=0.75")
+        raise RunSetupError(
+            f"--data: no KEY=VALUE item in {text!r}; allowed: fields of "
+            "DataConfig, e.g. p_same_style=0.75"
+        )
     _check_data_overrides(overrides)
     return overrides
 
 
 def _split_items(text: str) -> dict:
-    """"a=1, b=x" -> {"a": 1, "b": "x"}; an int given for a float field becomes a float ("1"
+    """ "a=1, b=x" -> {"a": 1, "b": "x"}; an int given for a float field becomes a float ("1"
     for a probability is 1.0)."""
     import json
 
@@ -46,8 +48,9 @@ def _split_items(text: str) -> dict:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise RunSetupError(f"--data: expected KEY=VALUE items separated by commas, got "
-                                f"{item!r}")
+            raise RunSetupError(
+                f"--data: expected KEY=VALUE items separated by commas, got {item!r}"
+            )
         try:
             overrides[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -77,8 +80,13 @@ def _check_data_overrides(overrides: dict) -> None:
         raise RunSetupError(f"--data: {err}") from None
 
 
-def run_facts(run_dir: Path, encoder: str | None, data: dict | None, record: bool = True,
-              kb: dict | None | str = UNCHECKED):
+def run_facts(
+    run_dir: Path,
+    encoder: str | None,
+    data: dict | None,
+    record: bool = True,
+    kb: dict | None | str = UNCHECKED,
+):
     """(text encoder name, DataConfig) of the run in ``run_dir``. run.json records both at the
     run's first start; a resume that asks for another encoder or recipe is refused (its batches
     would differ from the ones the checkpoints were trained on). None: the recorded value, else
@@ -114,16 +122,22 @@ def _resume_facts(run_dir: Path, encoder: str | None, requested, kb):
         recorded_encoder = facts["encoder"]
         recorded_data = DataConfig.from_dict(facts.get("data", {}))
     except (ValueError, KeyError, TypeError, AttributeError) as err:  # not what we wrote
-        raise RunSetupError(f"--run-dir: {path} is damaged ({type(err).__name__}: {err}); "
-                            "move the run folder aside or restore the file") from None
+        raise RunSetupError(
+            f"--run-dir: {path} is damaged ({type(err).__name__}: {err}); "
+            "move the run folder aside or restore the file"
+        ) from None
     if encoder not in (None, recorded_encoder):
-        raise RunSetupError(f"--encoder {encoder}: the run in {run_dir} was trained with "
-                            f"--encoder {recorded_encoder}")
+        raise RunSetupError(
+            f"--encoder {encoder}: the run in {run_dir} was trained with "
+            f"--encoder {recorded_encoder}"
+        )
     if requested not in (None, recorded_data):
         recorded = recorded_data.to_dict()
         changed = sorted(k for k, v in requested.to_dict().items() if recorded[k] != v)
-        raise RunSetupError(f"--data: the run in {run_dir} was trained with another recipe "
-                            f"({', '.join(f'{k}={recorded[k]}' for k in changed)})")
+        raise RunSetupError(
+            f"--data: the run in {run_dir} was trained with another recipe "
+            f"({', '.join(f'{k}={recorded[k]}' for k in changed)})"
+        )
     if kb != UNCHECKED:
         check_run_kb(run_dir, facts.get("kb"), kb)
     return recorded_encoder, recorded_data
@@ -149,16 +163,22 @@ def check_run_kb(run_dir: Path, recorded: dict | None, kb: dict | None) -> None:
     if recorded is None and kb is None:
         return
     if recorded is None:
-        raise RunSetupError(f"--kb: the run in {run_dir} was trained on the emoji knowledge "
-                            f"base, not the collection {kb['path']}; choose another --run-dir")
+        raise RunSetupError(
+            f"--kb: the run in {run_dir} was trained on the emoji knowledge "
+            f"base, not the collection {kb['path']}; choose another --run-dir"
+        )
     if kb is None:
-        raise RunSetupError(f"--kb: the run in {run_dir} was trained on the collection "
-                            f"{recorded['path']}; pass --kb {recorded['path']}")
+        raise RunSetupError(
+            f"--kb: the run in {run_dir} was trained on the collection "
+            f"{recorded['path']}; pass --kb {recorded['path']}"
+        )
     if kb["fingerprint"] != recorded.get("fingerprint"):
-        raise RunSetupError(f"--kb: the run in {run_dir} was trained on {recorded['path']} "
-                            f"(fingerprint {str(recorded.get('fingerprint'))[:12]}), not "
-                            f"{kb['path']} (fingerprint {kb['fingerprint'][:12]}); choose "
-                            "another --run-dir")
+        raise RunSetupError(
+            f"--kb: the run in {run_dir} was trained on {recorded['path']} "
+            f"(fingerprint {str(recorded.get('fingerprint'))[:12]}), not "
+            f"{kb['path']} (fingerprint {kb['fingerprint'][:12]}); choose "
+            "another --run-dir"
+        )
 
 
 def recorded_kb(run_dir: Path) -> dict | None:

@@ -51,8 +51,10 @@ def check_init_weights(path: Path, backend, model_config, preset: str) -> Path:
             changed = sorted(k for k, v in config.to_dict().items() if fields[k] != v)
             same = [n for n in registry.names("preset") if registry.get("preset", n)() == config]
             holds = f"preset {same[0]!r}'s network" if same else describe(config)
-            raise RunSetupError(f"--init-from: {path} holds {holds} ({', '.join(changed[:3])} "
-                                f"differ); allowed: weights of --preset {preset}")
+            raise RunSetupError(
+                f"--init-from: {path} holds {holds} ({', '.join(changed[:3])} "
+                f"differ); allowed: weights of --preset {preset}"
+            )
         check_finite(path, backend.state_dict(backend.load_model(path)))
     except (UnsafeFileError, WeightsError) as err:
         raise RunSetupError(f"--init-from: {err}") from None
@@ -67,8 +69,10 @@ def check_resume_step(run_dir: Path, step: int) -> int:
     folders = step_folders(run_dir) if run_dir.is_dir() else []
     held = sorted(int(p.name.split("-")[1]) for p in folders)
     if step not in held:
-        raise RunSetupError(f"--resume-from {step}: not a committed step of {run_dir} "
-                            f"(its steps: {', '.join(map(str, held)) or 'none'})")
+        raise RunSetupError(
+            f"--resume-from {step}: not a committed step of {run_dir} "
+            f"(its steps: {', '.join(map(str, held)) or 'none'})"
+        )
     return step
 
 
@@ -78,16 +82,22 @@ def check_training_kb(kb, model_config, k: int) -> None:
     from reimagen.kb.splits import load_split, seen_entities_in, view_rows
 
     if not seen_entities_in(kb, load_split()):
-        raise RunSetupError(f"--kb: {kb.folder} has no Twemoji drawing of a seen entity; "
-                            "training needs the emoji knowledge base (reimagen kb build)")
+        raise RunSetupError(
+            f"--kb: {kb.folder} has no Twemoji drawing of a seen entity; "
+            "training needs the emoji knowledge base (reimagen kb build)"
+        )
     if kb.resolution < model_config.image_size:
-        raise RunSetupError(f"--kb: {kb.folder} stores {kb.resolution}px images; the "
-                            f"{model_config.image_size}px network needs >= "
-                            f"{model_config.image_size}px")
+        raise RunSetupError(
+            f"--kb: {kb.folder} stores {kb.resolution}px images; the "
+            f"{model_config.image_size}px network needs >= "
+            f"{model_config.image_size}px"
+        )
     rows = len(view_rows(kb, "training"))
     if k > rows - 1:  # an example never gets its own image as a neighbour
-        raise RunSetupError(f"--k {k}: the training view of {kb.folder} has {rows} rows; "
-                            f"allowed: at most {max(rows - 1, 0)}")
+        raise RunSetupError(
+            f"--k {k}: the training view of {kb.folder} has {rows} rows; "
+            f"allowed: at most {max(rows - 1, 0)}"
+        )
 
 
 def collection_facts(kb) -> dict | None:
@@ -97,16 +107,25 @@ def collection_facts(kb) -> dict | None:
     return kb_facts(kb) if is_collection(kb) else None
 
 
-def build_source(stage: str, kb, collection: dict | None, encoder_name: str,
-                 config: TrainConfig, model_config, data=None, composer: str = "host"):
+def build_source(
+    stage: str,
+    kb,
+    collection: dict | None,
+    encoder_name: str,
+    config: TrainConfig,
+    model_config,
+    data=None,
+    composer: str = "host",
+):
     """The BatchSource of the run: the emoji scene composer when ``collection`` is None
     (after check_training_kb), else the collection's records (``--composer host`` only)."""
     if collection is None:
         check_training_kb(kb, model_config, config.neighbors)
         return make_batch_source(stage, kb, encoder_name, config, model_config, data)
     if composer != "host":
-        raise RunSetupError("--composer device composes emoji scenes; a collection KB trains "
-                            "with --composer host")
+        raise RunSetupError(
+            "--composer device composes emoji scenes; a collection KB trains with --composer host"
+        )
     return make_collection_source(kb, encoder_name, config, model_config, data)
 
 
@@ -114,15 +133,27 @@ def make_collection_source(kb, encoder_name: str, config: TrainConfig, model_con
     """The FolderBatchSource of a collection KB (checks first: one line, naming the KB)."""
     from reimagen.training.folder_data import FolderBatchSource, check_collection
 
-    check_collection(kb, image_size=model_config.image_size, k=config.neighbors,
-                     lowres_size=model_config.lowres_size)
+    check_collection(
+        kb,
+        image_size=model_config.image_size,
+        k=config.neighbors,
+        lowres_size=model_config.lowres_size,
+    )
     encoder = registry.get("encoder", encoder_name)()
-    return FolderBatchSource(kb, encoder, config, data, image_size=model_config.image_size,
-                             lowres_size=model_config.lowres_size, progress=True)
+    return FolderBatchSource(
+        kb,
+        encoder,
+        config,
+        data,
+        image_size=model_config.image_size,
+        lowres_size=model_config.lowres_size,
+        progress=True,
+    )
 
 
-def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, model_config,
-                      data=None):
+def make_batch_source(
+    stage: str, kb, encoder_name: str, config: TrainConfig, model_config, data=None
+):
     """The emoji KB's BatchSource of ``stage`` (SRBatchSource for "sr"), its prompt pool
     encoded once into an EncodingTable beside the KB."""
     from reimagen.encoders.table import EncodingTable
@@ -132,17 +163,26 @@ def make_batch_source(stage: str, kb, encoder_name: str, config: TrainConfig, mo
     encoder = registry.get("encoder", encoder_name)()
     split = load_split()
     if stage == "sr":
-        source = SRBatchSource(kb, split, encoder, config, data,
-                               image_size=model_config.image_size,
-                               lowres_size=model_config.lowres_size, progress=True)
+        source = SRBatchSource(
+            kb,
+            split,
+            encoder,
+            config,
+            data,
+            image_size=model_config.image_size,
+            lowres_size=model_config.lowres_size,
+            progress=True,
+        )
     else:
-        source = EmojiBatchSource(kb, split, encoder, config, data,
-                                  image_size=model_config.image_size, progress=True)
+        source = EmojiBatchSource(
+            kb, split, encoder, config, data, image_size=model_config.image_size, progress=True
+        )
     # Every prompt comes from the fixed pool: encode them all once (a training step then
     # spends no time in the text encoder).
     folder = Path(kb.folder) / "encodings" / f"{encoder.name}-pool-{len(source.pool)}"
     source.encoder = EncodingTable.build_or_load(
-        encoder, source.pool.prompts, folder, progress=_progress("pool prompts encoded"))
+        encoder, source.pool.prompts, folder, progress=_progress("pool prompts encoded")
+    )
     return source
 
 

@@ -1,4 +1,4 @@
-"""JAX backend (DESIGN §1, §4, §9): the Re-Imagen U-Net in Equinox, its denoiser, trainer,
+"""JAX backend (docs/design.md §1, §4, §9): the Re-Imagen U-Net in Equinox, its denoiser, trainer,
 checkpoints and the weight converter. It mirrors the torch backend's package file for file,
 except where marked (the table in ``reimagen/backends/__init__.py`` says why):
 

@@ -1,5 +1,5 @@
 """Checkpoints of the JAX backend: Equinox modules and optax state <-> the numpy dicts that
-:mod:`reimagen.training.checkpoint` writes and reads (DESIGN §9). The twin of the torch
+:mod:`reimagen.training.checkpoint` writes and reads (docs/design.md §9). The twin of the torch
 backend's ``checkpoint.py``, name for name.
 
 The folder layout, the atomic commit protocol (``.partial`` -> ``step-N`` -> ``latest``), the

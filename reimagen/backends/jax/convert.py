@@ -1,4 +1,4 @@
-"""Weights between the JAX (Equinox) and PyTorch U-Nets: a path -> array mapping (DESIGN §9).
+"""Weights between the JAX (Equinox) and PyTorch U-Nets: a path -> array mapping (docs/design.md §9).
 
 The canonical layout is the torch ``state_dict``: its keys (``down.1.blocks.0.res.conv1.weight``)
 and its array layouts are what safetensors checkpoints hold, whichever backend wrote them. The

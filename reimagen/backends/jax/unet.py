@@ -1,4 +1,4 @@
-"""The Re-Imagen U-Net in JAX/Equinox (paper §3.2, Fig. 3; DESIGN §4).
+"""The Re-Imagen U-Net in JAX/Equinox (paper §3.2, Fig. 3; docs/design.md §4).
 
 The twin of the torch backend's ``unet.py``, built from the same ``UNetConfig`` into the
 same module tree with the same parameter paths (``down.1.blocks.0.cross_attn.to_k.weight``, …):
@@ -215,7 +215,7 @@ class ReImagenUNet(eqx.Module):
         return NeighborCache(k, kv)
 
     def encode_neighbors(self, images, tokens, mask, pooled) -> NeighborCache:
-        """Run the K neighbours through the DStack once, at t=0 (paper §3.2, DESIGN §4).
+        """Run the K neighbours through the DStack once, at t=0 (paper §3.2, docs/design.md §4).
 
         images [B, K, H, W, C]; tokens [B, K, L, D]; mask [B, K, L] bool; pooled [B, K, D].
         The result is reused for every sampling step and every guidance variant.

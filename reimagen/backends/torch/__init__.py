@@ -1,4 +1,4 @@
-"""PyTorch backend (DESIGN §4, §9): the Re-Imagen U-Net, its denoiser, trainer and checkpoints.
+"""PyTorch backend (docs/design.md §4, §9): the Re-Imagen U-Net, its denoiser, trainer and checkpoints.
 
 Modules (the JAX backend has a twin of the same name for each, except where marked; the
 table in ``reimagen/backends/__init__.py`` says why):

@@ -116,7 +116,7 @@ class NeighborAttention(nn.Module):
 
     Queries come from the noisy image's feature map [N, C, F, F]; keys/values from all K·F·F
     positions of the K neighbours' DStack features [N, K·F·F, C]. ``project`` turns neighbour
-    features into keys/values once per sample (they do not depend on t, DESIGN §4), so a
+    features into keys/values once per sample (they do not depend on t, docs/design.md §4), so a
     sampling step only pays for q, the attention and ``to_out``. The branch is zeroed for rows
     with ``use_neighbors`` False, so those rows compute exactly the K=0 network.
     """

@@ -1,4 +1,4 @@
-"""The U-Net's repeated parts in PyTorch (paper §3.2, Fig. 3; DESIGN §4): a block (ResBlock,
+"""The U-Net's repeated parts in PyTorch (paper §3.2, Fig. 3; docs/design.md §4): a block (ResBlock,
 then self- and cross-attention where configured), the DStack and UStack levels, the middle
 block, and the two functions that lay the levels out from a :class:`UNetConfig`.
 

@@ -1,5 +1,5 @@
 """Checkpoints of the PyTorch backend: torch tensors <-> the numpy dicts that
-:mod:`reimagen.training.checkpoint` writes and reads (DESIGN §9).
+:mod:`reimagen.training.checkpoint` writes and reads (docs/design.md §9).
 
 The folder layout, the atomic commit protocol (``.partial`` -> ``step-N`` -> ``latest``), the
 readers and the fault-injection hook live in core, shared with the JAX backend; their names are

@@ -1,6 +1,6 @@
 """The PyTorch denoiser: the U-Net bound to one batch's prompts and cached neighbours.
 
-A sampler asks for ε under several condition variants per step (DESIGN §5: e.g. interleaved
+A sampler asks for ε under several condition variants per step (docs/design.md §5: e.g. interleaved
 guidance needs ``full`` and ``text`` or ``neighbors``). :class:`TorchDenoiser` tiles the B
 samples to V·B rows with per-row ``use_text`` / ``use_neighbors`` masks
 (:func:`reimagen.core.interfaces.variant_masks`) and runs ONE network call. The K neighbours

@@ -179,8 +179,9 @@ class DeviceBatchSource:
         self.source, self.config = source, source.config
         self.workers = workers
         atlas = build_atlas(source)
-        self.planner = ScenePlanner(source, atlas, compact=workers > 0 if compact is None
-                                    else compact)
+        self.planner = ScenePlanner(
+            source, atlas, compact=workers > 0 if compact is None else compact
+        )
         self.scenes = DeviceSceneComposer(atlas, device)
         self._stream, self._next = None, None
 

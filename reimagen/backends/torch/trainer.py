@@ -107,7 +107,7 @@ def to_device(value, device: str):
 
 
 def resolve_device(device: str) -> str:
-    """"cpu", "cuda", "cuda:N" or "auto" (cuda when available) -> a torch device string."""
+    """ "cpu", "cuda", "cuda:N" or "auto" (cuda when available) -> a torch device string."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device != "cpu" and not device.startswith("cuda"):
@@ -368,4 +368,3 @@ class _deterministic:
 
     def __exit__(self, *exc):
         torch.use_deterministic_algorithms(self.previous)
-

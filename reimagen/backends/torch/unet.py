@@ -1,4 +1,4 @@
-"""The Re-Imagen U-Net in PyTorch (paper §3.2, Fig. 3; DESIGN §4).
+"""The Re-Imagen U-Net in PyTorch (paper §3.2, Fig. 3; docs/design.md §4).
 
     DStack(x_t, c_p, t)  -> f [B, C, F, F] (+ the skip activations for the UStack)
     DStack(c_n images, c_n texts, t=0) -> neighbour features per level [B, K·r·r, C_r]
@@ -234,7 +234,7 @@ class ReImagenUNet(nn.Module):
     def encode_neighbors(
         self, images: Tensor, tokens: Tensor, mask: Tensor, pooled: Tensor
     ) -> NeighborCache:
-        """Run the K neighbours through the DStack once, at t=0 (paper §3.2, DESIGN §4).
+        """Run the K neighbours through the DStack once, at t=0 (paper §3.2, docs/design.md §4).
 
         images [B, K, H, W, C]; tokens [B, K, L, D]; mask [B, K, L] bool; pooled [B, K, D].
         The result is reused for every sampling step and every guidance variant.
