@@ -39,5 +39,9 @@ bench: $(STAMP)
 bench-peers:
 	$(PYTHON) benchmarks/peers/run_peers.py
 
+# What CI runs before the tests (CONTRIBUTING.md): lint, format check, type check of reimagen/.
+LINTED := reimagen tests benchmarks scripts examples
 lint: $(STAMP)
-	$(VENV)/bin/ruff check reimagen tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
