@@ -67,3 +67,21 @@ def test_design_references_name_existing_sections():
     old = "DESIGN" + " §"  # the name of a document that was never in the repository
     stale = [str(p.relative_to(ROOT)) for p in _modules() if old in p.read_text()]
     assert not stale, f"{old!r} still cited in {stale}"
+
+
+def test_readme_layout_names_every_package():
+    """The README's Layout section lists every package of the tree (and nothing that is gone)."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") : readme.index("## Results")]
+    packages = sorted(
+        str(init.parent.relative_to(ROOT))
+        for init in PACKAGE.rglob("__init__.py")
+        if "__pycache__" not in init.parts and init.parent != PACKAGE
+    )
+    listed = set(re.findall(r"^(reimagen/[\w/]+?)/\s", layout, flags=re.MULTILINE))
+    # a parent package (reimagen/backends) counts as listed through its listed children
+    missing = [
+        p for p in packages if p not in listed and not any(n.startswith(p + "/") for n in listed)
+    ]
+    assert not missing, missing
+    assert listed <= set(packages), sorted(listed - set(packages))
