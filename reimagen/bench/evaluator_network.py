@@ -102,8 +102,8 @@ def to_input(images: np.ndarray, image_size: int):
     if h != image_size:
         f = h // image_size
         x = x.reshape(b, image_size, f, image_size, f, 3).mean(axis=(2, 4))  # area average
-    x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # [B, 3, S, S]
-    return x.contiguous(memory_format=torch.channels_last)
+    tensor = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # [B, 3, S, S]
+    return tensor.contiguous(memory_format=torch.channels_last)
 
 
 def augment(x, generator, config: EvaluatorConfig):

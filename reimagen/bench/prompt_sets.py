@@ -82,7 +82,7 @@ def default_prompts(
     split = load_split() if split is None else split
     picked = _pick_entities(n_per_tier, seed, known, split, tiers)
     _, drawings = target_drawings([name for _, _, names in picked for name in names])
-    prompts = []
+    prompts: list[BenchPrompt] = []
     for tier, rng, names in picked:
         for name in names:
             drawing = drawings[len(prompts)]
@@ -146,9 +146,9 @@ def read_prompts(path: str | Path, known: Collection[str], split=None) -> list[B
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
+        at_line = data.count(b"\n", 0, err.start) + 1
         raise PromptFileError(
-            f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x}); save the file as UTF-8"
+            f"{path}:{at_line}: not UTF-8 (byte {data[err.start]:#04x}); save the file as UTF-8"
         ) from None
     prompts = []
     for number, line in enumerate(text.splitlines(), 1):

@@ -136,7 +136,8 @@ def misses(kb, prompts: Sequence, result: RecallResult, k: int) -> list[dict]:
     out = []
     for i in np.flatnonzero(~result.hits[:, k - 1]):
         got = [kb.records[int(r)].entity for r in result.neighbor_rows[i, :k]]
-        out.append({"prompt": prompts[i].prompt, "entity": prompts[i].entity, "retrieved": got})
+        prompt = prompts[int(i)]
+        out.append({"prompt": prompt.prompt, "entity": prompt.entity, "retrieved": got})
     return out
 
 

@@ -8,6 +8,7 @@ the previous set as it was. Single files go through reimagen.core.io's atomic wr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -46,7 +47,7 @@ def save_grid(path: Path, images: np.ndarray, columns: int = 16, scale: int = 2)
         y, x = divmod(i, columns)
         sheet[y * (h + 1) : y * (h + 1) + h, x * (w + 1) : x * (w + 1) + w] = image
     picture = Image.fromarray(sheet).resize(
-        (sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST
+        (sheet.shape[1] * scale, sheet.shape[0] * scale), Image.Resampling.NEAREST
     )
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")
@@ -55,7 +56,7 @@ def save_grid(path: Path, images: np.ndarray, columns: int = 16, scale: int = 2)
 def grid_writers(image_sets: Sequence[np.ndarray]) -> dict[str, FileWriter]:
     """grid_<i>.png per image set (row i's images in prompt order, 16 a line)."""
     return {
-        f"grid_{index:02d}.png": (lambda path, images=images: save_grid(path, images))
+        f"grid_{index:02d}.png": functools.partial(save_grid, images=images)
         for index, images in enumerate(image_sets)
     }
 

@@ -15,6 +15,7 @@ halves are measured:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def score_images(evaluator, prompts: Sequence[BenchPrompt], images: np.ndarray) 
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
     top5, probs = evaluator.predict(images)
     read = [sc.read_scene(image, p.entity) for image, p in zip(images, prompts)]
-    out = {
+    out: dict[str, Any] = {
         "entity_top1": np.array([t[0] == p.entity for t, p in zip(top5, prompts)]),
         "entity_top5": np.array([p.entity in t for t, p in zip(top5, prompts)]),
         "background": np.array([r.background == p.scene.background for r, p in zip(read, prompts)]),

@@ -11,6 +11,7 @@ API the pipeline, the cascade and the CLI call. No framework is imported here.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +29,9 @@ class ModelBackend(abc.ABC):
 
     REQUIRED_ATTRIBUTES = ("name", "_denoiser_class", "_trainer_class")
     name: ClassVar[str]  # the registry name, e.g. "torch"
-    _denoiser_class: ClassVar[type[Denoiser]]  # built by make_denoiser
+    # a Denoiser subclass, built by make_denoiser; Callable: the abstract Denoiser declares no
+    # __init__, each backend's takes the arguments interfaces.Denoiser documents
+    _denoiser_class: ClassVar[Callable[..., Denoiser]]
     _trainer_class: ClassVar[type[TrainLoop]]  # run by train
 
     def __init_subclass__(cls, **kwargs):

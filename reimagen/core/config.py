@@ -12,7 +12,7 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, dataclass_transform
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, dataclass_transform
 
 import attrs
 
@@ -37,6 +37,11 @@ def config(cls: type[_T]) -> type[_T]:
 
 
 class ConfigMixin:
+    if TYPE_CHECKING:
+        # What @config's attrs.frozen adds at run time. mypy reads @config as a dataclass_transform,
+        # not as attrs, so without this attrs.asdict/fields_dict reject ConfigMixin subclasses.
+        __attrs_attrs__: ClassVar[tuple[attrs.Attribute[Any], ...]]
+
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=True, value_serializer=_serialize)
 
@@ -73,7 +78,9 @@ class ConfigMixin:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes: Any) -> typing.Self:
-        return attrs.evolve(self, **changes)
+        # cast: mypy's attrs plugin only knows classes decorated by attrs' own decorators by name,
+        # and @config (a dataclass_transform) is not one of them; attrs.frozen ran at run time.
+        return attrs.evolve(typing.cast(Any, self), **changes)
 
 
 def _serialize(inst, field, value):

@@ -216,7 +216,7 @@ def grows_position_tables(source: UNetConfig, target: UNetConfig) -> bool:
     return (
         not source.neighbor_pos_emb
         and target.neighbor_pos_emb
-        and attrs.evolve(target, neighbor_pos_emb=False) == source
+        and target.replace(neighbor_pos_emb=False) == source
     )
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 
@@ -80,7 +80,7 @@ class _Strategy(GuidanceStrategy):
     any sampling starts.
     """
 
-    name: ClassVar[str]
+    name: str  # set by each strategy class; GuidanceStrategy declares it as str
 
     def __init__(self, config: GuidanceConfig | None = None, /, **weights: float):
         if config is not None and weights:

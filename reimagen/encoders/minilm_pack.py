@@ -155,8 +155,8 @@ class MiniLMPack:
                 f"{ENV}: {len(missing)} text(s) not in the MiniLM pack {self.folder}, e.g. "
                 f"{missing[0]!r}; rebuild the pack (scripts/make_gpu_pack.py) with this KB/recipe"
             )
-        rows = np.asarray(rows)
-        return self.ids[rows].astype(np.int64), self.mask[rows]
+        index = np.asarray(rows)
+        return self.ids[index].astype(np.int64), self.mask[index]
 
 
 def _lite_modules():

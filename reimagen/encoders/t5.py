@@ -248,7 +248,8 @@ def load_model(folder: Path, option: str, dtype: str, device: str):
         from transformers import T5EncoderModel
 
         try:
-            model, info = T5EncoderModel.from_pretrained(
+            # Any: with output_loading_info=True it returns (model, info); its annotation says model
+            loaded: Any = T5EncoderModel.from_pretrained(
                 str(folder),
                 local_files_only=True,
                 use_safetensors=True,
@@ -260,6 +261,7 @@ def load_model(folder: Path, option: str, dtype: str, device: str):
                 f"{option}: cannot load the T5 encoder in {folder} "
                 f"({type(err).__name__}: {first_line(err)})"
             ) from None
+    model, info = loaded
     missing = [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]
     if missing:
         raise T5FolderError(

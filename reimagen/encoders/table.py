@@ -143,11 +143,9 @@ def _expected(encoder: Encoder, unique: Sequence[str]) -> dict:
 
 def _merge(rows: list[int], known: TextEncoding | None, direct: TextEncoding) -> TextEncoding:
     """Interleave table hits and directly encoded misses back into the callers' order."""
-    order_known = iter(range(len(known))) if known is not None else iter(())
-    order_direct = iter(range(len(direct)))
-    parts = [
-        known.take(next(order_known)) if r >= 0 else direct.take(next(order_direct)) for r in rows
-    ]
+    hits = iter([] if known is None else [known.take(i) for i in range(len(known))])
+    misses = iter([direct.take(i) for i in range(len(direct))])
+    parts = [next(hits) if r >= 0 else next(misses) for r in rows]
     return TextEncoding(
         tokens=np.stack([p.tokens for p in parts]),
         mask=np.stack([p.mask for p in parts]),

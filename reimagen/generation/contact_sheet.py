@@ -50,7 +50,9 @@ def make_sheet(rows: Sequence[SheetRow], tile: int = 128, pad: int = 8) -> Image
 
 def _tile(image: np.ndarray, size: int) -> Image.Image:
     """Nearest-neighbour upscale so the small pixels stay visible."""
-    return Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((size, size), Image.NEAREST)
+    return Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(
+        (size, size), Image.Resampling.NEAREST
+    )
 
 
 def neighbor_tiles(kb, rows, scores=None, size: int = 64) -> tuple[tuple[str, np.ndarray], ...]:

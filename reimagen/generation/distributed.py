@@ -205,10 +205,11 @@ def _gather_rows(array, count: np.ndarray, rank: int, world: int, ndim: int, dty
     if array is not None and len(array):
         padded[: len(array)] = array
     tensor = torch.from_numpy(padded)
-    bucket = [torch.zeros_like(tensor) for _ in range(world)] if rank == 0 else None
-    dist.gather(tensor, bucket, dst=0)
     if rank != 0:
+        dist.gather(tensor, None, dst=0)
         return None
+    bucket = [torch.zeros_like(tensor) for _ in range(world)]
+    dist.gather(tensor, bucket, dst=0)
     return np.concatenate([b.numpy()[: int(c)] for b, c in zip(bucket, count)])
 
 

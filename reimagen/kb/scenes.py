@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 import numpy as np
+from numpy.typing import ArrayLike
 
 from reimagen.core.config import one_of
 
@@ -379,7 +380,7 @@ def legible_colours(drawing: np.ndarray, threshold: float = LEGIBLE_DISTANCE) ->
     )
 
 
-def _span(occupied: np.ndarray) -> int:
+def _span(occupied: ArrayLike) -> int:
     index = np.flatnonzero(occupied)
     return int(index[-1] - index[0] + 1) if index.size else 0
 

@@ -225,7 +225,10 @@ def save_triples(path: str | Path, triples: Triples) -> Path:
     """Write ``.npz`` or ``.safetensors`` (by suffix), atomically."""
     path = Path(path)
     meta_json = triples.meta.to_json()
-    arrays = {"ids": triples.ids.astype(np.int64), "scores": triples.scores.astype(np.float32)}
+    arrays: dict[str, np.ndarray] = {
+        "ids": triples.ids.astype(np.int64),
+        "scores": triples.scores.astype(np.float32),
+    }
     if path.suffix == ".safetensors":
         atomic_save_safetensors(path, arrays, metadata={META_KEY: meta_json})
     elif path.suffix == ".npz":

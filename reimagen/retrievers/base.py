@@ -46,10 +46,10 @@ class View:
 
     def positions(self, kb_rows: Sequence[int]) -> np.ndarray:
         """View positions of those ``kb_rows`` that are in the view (others are dropped)."""
-        kb_rows = np.asarray(kb_rows, dtype=np.int64).reshape(-1)
-        where = np.searchsorted(self.rows, kb_rows)
+        wanted = np.asarray(kb_rows, dtype=np.int64).reshape(-1)
+        where = np.searchsorted(self.rows, wanted)
         inside = (where < len(self.rows)) & (
-            self.rows[np.minimum(where, len(self.rows) - 1)] == kb_rows
+            self.rows[np.minimum(where, len(self.rows) - 1)] == wanted
         )
         return np.unique(where[inside])
 
@@ -59,19 +59,19 @@ def select_rows(kb: Any, rows: Sequence[int] | None) -> np.ndarray:
     size = len(kb)
     if rows is None:
         return np.arange(size, dtype=np.int64)
-    rows = np.asarray(rows)
-    if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+    given = np.asarray(rows)
+    if given.ndim != 1 or (given.size and not np.issubdtype(given.dtype, np.integer)):
         raise ValueError(
-            f"rows must be a 1-D sequence of ints, got shape {rows.shape} {rows.dtype}"
+            f"rows must be a 1-D sequence of ints, got shape {given.shape} {given.dtype}"
         )
-    rows = rows.astype(np.int64)
-    if rows.size == 0:
+    selected = given.astype(np.int64)
+    if selected.size == 0:
         raise ValueError("rows is empty: a view must select at least one knowledge-base row")
-    if rows.min() < 0 or rows.max() >= size:
+    if selected.min() < 0 or selected.max() >= size:
         raise ValueError(f"rows must be in [0, {size - 1}] (the knowledge base has {size} rows)")
-    unique = np.unique(rows)
-    if len(unique) != len(rows):
-        raise ValueError(f"rows has {len(rows) - len(unique)} duplicate(s)")
+    unique = np.unique(selected)
+    if len(unique) != len(selected):
+        raise ValueError(f"rows has {len(selected) - len(unique)} duplicate(s)")
     return unique
 
 

@@ -53,7 +53,7 @@ class BM25Retriever(ViewRetriever):
         if stopwords not in ("en", "none"):
             raise ValueError(f"stopwords must be one of 'en', 'none'; got {stopwords!r}")
         self.k1, self.b, self.method, self.stopwords = float(k1), float(b), method, stopwords
-        self._bm25 = None
+        self._bm25: Any = None  # a bm25s.BM25 once fitted or loaded (bm25s ships no types)
 
     @property
     def options(self) -> dict[str, Any]:

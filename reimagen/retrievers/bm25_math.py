@@ -148,5 +148,5 @@ class BM25Shard:
     def load(cls, folder: Path, mmap: bool) -> BM25Shard:
         """Read a saved shard; ``mmap``: map its ``.npy`` arrays (``mmap_mode="r"``)."""
         blob = load_json(folder / "vocab.json")
-        arrays = (load_npy(folder / f"{name}.npy", mmap=mmap) for name in DATA_NAMES)
-        return cls(*arrays, vocab=blob["vocab"], num_docs=blob["num_docs"])
+        data, indices, indptr = (load_npy(folder / f"{name}.npy", mmap=mmap) for name in DATA_NAMES)
+        return cls(data, indices, indptr, vocab=blob["vocab"], num_docs=blob["num_docs"])

@@ -85,7 +85,7 @@ class DenseRetriever(ViewRetriever):
             # captions are embedded once into the index; caching their token states is waste
             self.encoder.cache_size = 0
         self.libraries = ("faiss-cpu", *getattr(self.encoder, "libraries", ()))
-        self._index = None
+        self._index: Any = None  # a faiss index once fitted or loaded (faiss ships no types)
 
     @property
     def options(self) -> dict[str, Any]:

@@ -278,7 +278,8 @@ def load_index(folder: str | Path, kb: Any, rows: Sequence[int] | None = None):
 
     verify_folder(folder)  # before index.json names the class (load checks again: ~ms)
     meta = IndexMeta.read(folder)
-    cls = registry.get("retriever", meta.retriever)
+    # Any: the registry hands back the class untyped; the built-ins' load takes rows= (base.py)
+    cls: Any = registry.get("retriever", meta.retriever)
     return cls.load(folder, kb, rows=rows)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from reimagen.retrievers.base import ViewRetriever
 from reimagen.retrievers.bm25 import BM25Retriever
 from reimagen.retrievers.dense import DenseRetriever
 from reimagen.retrievers.index import IndexMeta, IndexMismatchError
@@ -36,7 +37,7 @@ TRAIN_POINTS_PER_CELL = 256  # faiss k-means' max_points_per_centroid: it never 
 _MMAP = contextvars.ContextVar("reimagen_shards_mmap", default=True)
 
 
-class _MmapLoad:
+class _MmapLoad(ViewRetriever):
     """``load(folder, kb, rows=None, mmap=True)``: shard files memory-mapped by default."""
 
     @classmethod

@@ -79,7 +79,7 @@ class ShardedBM25:
     def build(self, tokens: Sequence[Sequence[str]], shards: int | Sequence[int]) -> ShardedBM25:
         """Index ``tokens`` (global id = position) split into ``shards``."""
         self.bounds = shard_bounds(len(tokens), shards)
-        parts = [tokens[a:b] for a, b in itertools.pairwise(self.bounds)]
+        parts = [tokens[int(a) : int(b)] for a, b in itertools.pairwise(self.bounds)]
         local = [BM25Stats.from_tokens(part) for part in parts]  # one pass per shard
         self.stats = BM25Stats.merge(local) if self.mode == "global" else None
         self.shards = [

@@ -98,7 +98,7 @@ def training_recipe(path: str | Path) -> dict | None:
     return None if text is None else json.loads(text)
 
 
-def recipe_record(state: dict, data: dict, encoder: str) -> dict:
+def recipe_record(state: dict, data: dict | None, encoder: str) -> dict:
     """What an export records of its training (issue #15: the shipped weights say how they
     were made): the latest checkpoint's TrainConfig and step, the run's DataConfig and
     encoder, and the examples seen — this run's (step × batch) plus, for a run started with
@@ -166,7 +166,15 @@ def step_folders(run_dir: str | Path) -> list[Path]:
     """The run's committed step folders, newest first (by step number, not by ``latest``)."""
     root = checkpoints_root(run_dir)
     found = [p for p in root.glob("step-*") if STEP_DIR.match(p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name)[1]), reverse=True)
+    return sorted(found, key=step_of, reverse=True)
+
+
+def step_of(folder: Path) -> int:
+    """The step number in a step folder's name (``step-00000200`` -> 200)."""
+    match = STEP_DIR.match(folder.name)
+    if match is None:
+        raise CheckpointError(f"{folder.name} is not a step folder name")
+    return int(match[1])
 
 
 def load_resumable(run_dir: str | Path) -> tuple[Checkpoint | None, list[str]]:

@@ -246,7 +246,8 @@ class EmojiBatchSource:
         same = rng.random(b) < d.p_same_style
         slot = rng.integers(max(k, 1), size=b)
         pick = rng.random(b)
-        rows = np.zeros((b, k), np.int64) if k == 0 else self.triples[index].copy()  # [B, K]
+        # [B, K]; triples is None exactly when K = 0
+        rows = np.zeros((b, k), np.int64) if self.triples is None else self.triples[index].copy()
         augmented = np.zeros((b, k), bool)
         if k == 0:
             return rows, augmented

@@ -18,7 +18,8 @@ JAX trainer uses the same iterator.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
+from typing import Any
 
 import attrs
 import numpy as np
@@ -29,7 +30,7 @@ from reimagen.training.contract import Batch, BatchSource
 
 def batches(
     source: BatchSource, start: int, stop: int, *, workers: int = 0, compact: bool = False
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """The batches of steps ``start`` … ``stop - 1``, in step order."""
     if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
         raise ValueError(f"workers must be an int in [0, 256], got {workers!r}")
@@ -41,7 +42,9 @@ def batches(
     yield from _pooled(source, start, stop, workers, compact)
 
 
-def _pooled(source, start: int, stop: int, workers: int, compact: bool) -> Iterator[Batch]:
+def _pooled(
+    source, start: int, stop: int, workers: int, compact: bool
+) -> Generator[Batch, None, None]:
     """Batches made by ``workers`` forked processes, in step order (reimagen.training.step_workers:
     one pipe per worker, so stopping early cannot deadlock as ``Pool.terminate`` could while a
     worker was part-way through sending a batch larger than the pipe buffer)."""
@@ -71,7 +74,9 @@ def compact_batch(batch: Batch) -> Batch:
     if batch.neighbor_images.shape[1]:
         texts["neighbor_text"] = batch.neighbor_text
     length = max(real_length(text.mask) for text in texts.values())
-    return attrs.evolve(batch, **{k: cut_text(text, length) for k, text in texts.items()})
+    # Any: mypy checks a ** dict's value type against every Batch field, not just these keys
+    cut: dict[str, Any] = {k: cut_text(text, length) for k, text in texts.items()}
+    return attrs.evolve(batch, **cut)
 
 
 def real_length(mask: np.ndarray) -> int:

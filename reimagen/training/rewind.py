@@ -15,11 +15,11 @@ from reimagen.training.checkpoint import (
     CHECKPOINTS,
     LATEST,
     LOG,
-    STEP_DIR,
     CheckpointError,
     read_checkpoint,
     step_dir_name,
     step_folders,
+    step_of,
 )
 
 
@@ -35,13 +35,13 @@ def rewind(run_dir: str | Path, step: int) -> tuple[Path, list[str], Path | None
     folder = root / step_dir_name(step)
     steps = step_folders(run_dir) if root.is_dir() else []
     if folder not in steps:
-        held = ", ".join(str(_step_of(p)) for p in reversed(steps)) or "none"
+        held = ", ".join(str(step_of(p)) for p in reversed(steps)) or "none"
         raise CheckpointError(
             f"cannot resume from step {step}: no committed {folder.name} in {root} (steps "
             f"there: {held}; a run keeps its newest `keep`)"
         )
     read_checkpoint(folder)  # IntegrityError naming the file: nothing moved
-    later = [p for p in steps if _step_of(p) > step]
+    later = [p for p in steps if step_of(p) > step]
     aside = _aside_folder(root, step) if later else None
     if aside is not None:
         aside.mkdir()
@@ -57,10 +57,6 @@ def rewind(run_dir: str | Path, step: int) -> tuple[Path, list[str], Path | None
         aside,
     )
     return folder, sorted(p.name for p in later), aside
-
-
-def _step_of(folder: Path) -> int:
-    return int(STEP_DIR.match(folder.name)[1])
 
 
 def _aside_folder(root: Path, step: int) -> Path:

@@ -17,6 +17,9 @@ class Window:
     """Running means between two log lines."""
 
     def __init__(self):
+        self._clear()
+
+    def _clear(self):
         self.losses, self.norms, self.images, self.seconds = [], [], 0, 0.0
 
     def add(self, loss: float, grad_norm: float, images: int, seconds: float) -> None:
@@ -33,7 +36,7 @@ class Window:
             "lr": lr,
             "images_per_s": self.images / self.seconds if self.seconds else 0.0,
         }
-        self.__init__()
+        self._clear()
         return record
 
 

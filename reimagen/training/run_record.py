@@ -160,9 +160,9 @@ def _record(path: Path, encoder: str, data, kb) -> None:
 def check_run_kb(run_dir: Path, recorded: dict | None, kb: dict | None) -> None:
     """A run resumes on the knowledge base it started on (by fingerprint: the same records;
     a KB moved to another folder is the same KB)."""
-    if recorded is None and kb is None:
-        return
     if recorded is None:
+        if kb is None:
+            return
         raise RunSetupError(
             f"--kb: the run in {run_dir} was trained on the emoji knowledge "
             f"base, not the collection {kb['path']}; choose another --run-dir"

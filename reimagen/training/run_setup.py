@@ -162,6 +162,7 @@ def make_batch_source(
 
     encoder = registry.get("encoder", encoder_name)()
     split = load_split()
+    source: EmojiBatchSource
     if stage == "sr":
         source = SRBatchSource(
             kb,

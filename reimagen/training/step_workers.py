@@ -20,13 +20,13 @@ import multiprocessing
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 _ERROR = "__step_worker_error__"
 
 
-def ordered(source, start: int, stop: int, workers: int) -> Iterator[Any]:
+def ordered(source, start: int, stop: int, workers: int) -> Generator[Any, None, None]:
     """``source.batch(step)`` for step in [start, stop), made by ``workers`` forked processes
     (nothing of ``source`` is pickled), yielded in step order. A worker's exception is raised
     here as a RuntimeError naming the step; closing the iterator stops the workers."""
@@ -59,7 +59,7 @@ def ordered(source, start: int, stop: int, workers: int) -> Iterator[Any]:
             pipe.close()
 
 
-def threaded(stream: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+def threaded(stream: Generator[Any, None, None], depth: int = 2) -> Generator[Any, None, None]:
     """The items of ``stream``, read ahead (at most ``depth``) by a thread; an exception of
     ``stream`` is raised here; closing stops the thread and closes ``stream`` (in that thread,
     where it runs)."""
