@@ -102,8 +102,9 @@ class Retriever(abc.ABC):
         k larger than the indexed rows -> ValueError naming both numbers."""
 
     @abc.abstractmethod
-    def save(self, folder) -> None:
-        """Write the index beside the KB, with the KB fingerprint it was built from."""
+    def save(self, folder) -> object:
+        """Write the index beside the KB, with the KB fingerprint it was built from (the
+        built-ins return the folder written; others may return None)."""
 
     @classmethod
     @abc.abstractmethod
@@ -257,7 +258,9 @@ class Cascade(abc.ABC):
     steps and guidance. ``generate`` returns every stage's result."""
 
     @abc.abstractmethod
-    def generate(self, prompts: Sequence[str], *, seed: int = 0, **options) -> list[Any]:
-        """One :class:`reimagen.generation.pipeline.Generation` per stage, lowest resolution
+    def generate(self, *args: Any, **options: Any) -> list[Any]:
+        """``generate(prompts, *, seed=0, **options)``, the options each cascade's own (so the
+        signature is the gradual ``*args, **options``: an implementation names its keywords).
+        One :class:`reimagen.generation.pipeline.Generation` per stage, lowest resolution
         first: its ``images`` are uint8 [B, H_s, W_s, 3] in [0, 255], beside the neighbour
         rows [B, K] and scores [B, K] the stage used, its NFE and seconds."""
