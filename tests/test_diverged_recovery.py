@@ -23,7 +23,7 @@ from reimagen.core.digests import IntegrityError
 from reimagen.core.unet_config import PRESETS
 from reimagen.training import checkpoint as ckpt
 from reimagen.training import rewind as rw
-from reimagen.training.loop import RESUMABLE_CHANGES, check_resumable
+from reimagen.training.resume_check import RESUMABLE_CHANGES, check_resumable
 
 TINY = PRESETS["tiny"]
 LOWER_LR = 2e-4  # the recovery's lr; the runs start at config()'s 2e-3

@@ -170,7 +170,7 @@ def test_runs_from_before_the_recipe_fields_resume():
     """A checkpoint whose TrainConfig predates loss_weighting / snr_gamma / t_shift had the
     defaults; it resumes with them and refuses another recipe."""
     from reimagen.core.unet_config import PRESETS
-    from reimagen.training.loop import check_resumable
+    from reimagen.training.resume_check import check_resumable
 
     model_config = PRESETS["tiny"]
     old = {

@@ -66,6 +66,12 @@ def add_parser(subparsers):
 
 def add_common_arguments(parser, *, out: str, n: int) -> None:
     """Options bench and ablate share: prompts, seed, output, KB/retriever/encoder, judge."""
+    _add_prompt_arguments(parser, out=out, n=n)
+    _add_component_arguments(parser)
+
+
+def _add_prompt_arguments(parser, *, out: str, n: int) -> None:
+    """What is drawn and where it goes: prompt set, seed, tiers, --out, batch size."""
     parser.add_argument("--n", type=int, default=n, help="default prompt set: prompts per tier")
     parser.add_argument(
         "--prompts",
@@ -82,6 +88,10 @@ def add_common_arguments(parser, *, out: str, n: int) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path(out), help="output folder")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
+
+
+def _add_component_arguments(parser) -> None:
+    """What draws and judges: KB, retriever, encoder, backend, weights, evaluator, threads."""
     parser.add_argument(
         "--kb",
         type=Path,

@@ -19,9 +19,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reimagen.cli.main import UserError
 from reimagen.core import registry
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_RECORDS = 10_000
 
@@ -81,7 +85,7 @@ def run(args) -> int:
     from reimagen.cli.bench import check_components
     from reimagen.cli.common import apply_threads, sampling_from_args
     from reimagen.generation.shipped import DEFAULT_SAMPLING, load_stage, weights_path
-    from reimagen.training.folder_data import eval_neighbors, fit_retriever
+    from reimagen.training.folder_data import eval_neighbors
 
     ks, names = check_args(args)
     sampling = sampling_from_args(args, DEFAULT_SAMPLING["base"])
@@ -94,9 +98,7 @@ def run(args) -> int:
     pipeline = load_stage(
         "base", kb=kb, encoder=args.encoder, backend=args.backend, folder=args.weights
     )
-    args.retriever = _retriever_name(weights_path("base", args.weights), args.retriever)
-    _note_recipe(weights_path("base", args.weights), kb, args.retriever)
-    retriever = fit_retriever(kb, args.retriever, train)
+    retriever = _fit_retriever(args, kb, train)  # sets args.retriever to the name used
     neighbors = eval_neighbors(kb, retriever, rows, max(ks))  # [N, K_max]
     print(
         f"bench on {len(rows)} of {len(held)} held-out records of {kb.folder} "
@@ -115,11 +117,6 @@ def run(args) -> int:
         batch_size=args.batch_size,
         progress=_progress,
     )
-    title = (
-        f"Collection bench: {len(rows)} held-out records of {Path(kb.folder).name}, "
-        f"seed {args.seed}, retriever {args.retriever}"
-    )
-    text = collection.markdown(result, title)
     header = collection.run_header(
         kb,
         train=train,
@@ -130,12 +127,25 @@ def run(args) -> int:
         sampling=sampling,
         evaluators=names,
     )
+    _write_results(args, kb, len(rows), result, header, started)
+    return 0
+
+
+def _write_results(args, kb, records: int, result: dict, header: dict, started: float) -> None:
+    """results.json (with the wall time since ``started``), results.md, targets.png and the
+    grids to --out as one set; the markdown table of the ``records`` benched printed."""
+    from reimagen.bench import collection
+
+    title = (
+        f"Collection bench: {records} held-out records of {Path(kb.folder).name}, "
+        f"seed {args.seed}, retriever {args.retriever}"
+    )
+    text = collection.markdown(result, title)
     blob = collection.to_json(result, header)
     blob["wall_seconds"] = round(time.perf_counter() - started, 1)
     collection.write_outputs(args.out, blob, text, result)
     print(text)
     print(f"wrote {args.out}/results.json, results.md, targets.png and {len(result['rows'])} grids")
-    return 0
 
 
 def _open_collection(args, k_max: int):
@@ -159,6 +169,19 @@ def _open_collection(args, k_max: int):
             "the records are held out, by a hash of their id); the bench needs >= 2"
         )
     return kb, train, held
+
+
+def _fit_retriever(args, kb, train: np.ndarray):
+    """The retriever --retriever names, by default the weights' recipe's (the held-out records
+    get neighbours the way training did), fitted on the training rows; ``args.retriever`` is
+    set to its name."""
+    from reimagen.generation.shipped import weights_path
+    from reimagen.training.folder_data import fit_retriever
+
+    path = weights_path("base", args.weights)
+    args.retriever = _retriever_name(path, args.retriever)
+    _note_recipe(path, kb, args.retriever)
+    return fit_retriever(kb, args.retriever, train)
 
 
 def _retriever_name(path: Path, given: str) -> str:

@@ -205,15 +205,11 @@ class Pipeline:
         ``indices`` [B] (default ``range(B)``): each prompt's global index. All noise of sample
         b (initial, per-step, SR augmentation) is drawn from (seed, indices[b]) alone, so a
         prompt list split into batches with their global indices gives the same images."""
-        prompts = check_prompts(prompts)
-        k = check_k(k)
-        _check_neighbor_source(k, self.retriever is not None or neighbor_rows is not None)
-        sampling = _check_sampling(self.sampling if sampling is None else sampling)
-        indices = _check_indices(indices, len(prompts))
-        self._check_lowres_given(lowres)
+        prompts, k, sampling, indices = self._check_request(
+            prompts, k, sampling, indices, neighbor_rows, lowres
+        )
         sampler = registry.get("sampler", sampling.sampler)  # unknown names fail before compute
-        guidance = make_guidance(sampling)
-        thresholding = make_thresholding(sampling)
+        guidance, thresholding = make_guidance(sampling), make_thresholding(sampling)
         start = time.perf_counter()
         # 1. retrieve (Fig. 2, left): KB rows [B, K] of each prompt's neighbours, their scores
         rows, scores = self._neighbors(prompts, k, neighbor_rows)
@@ -222,18 +218,13 @@ class Pipeline:
         text, nb_images, nb_text = self._encode(prompts, rows)
         # 3. sample: x_T ~ N(0, I) per (seed, index), denoised by ε(x_t, t | c_p, c_n) under
         #    the guidance of Eq. 5 (joint) or Eq. 6 (text / neighbour weights, interleaved)
-        size = self.image_size
-        noise = SamplerNoise.draw_per_sample(seed, indices, (size, size, 3), sampling.steps)
+        size, steps = self.image_size, sampling.steps
+        noise = SamplerNoise.draw_per_sample(seed, indices, (size, size, 3), steps)
         denoiser = self._denoiser(
             text, nb_images, nb_text, lowres, sampling.aug_level, seed, indices
         )
         result = sampler(
-            denoiser,
-            guidance,
-            noise,
-            steps=sampling.steps,
-            thresholding=thresholding,
-            callback=callback,
+            denoiser, guidance, noise, steps=steps, thresholding=thresholding, callback=callback
         )
         # 4. image: x̂0 [B, H, W, 3] in [-1, 1] -> uint8
         return Generation(
@@ -246,12 +237,22 @@ class Pipeline:
             variants_per_step=result.variants_per_step,
         )
 
-    def _check_lowres_given(self, lowres) -> None:
+    def _check_request(
+        self, prompts, k, sampling, indices, neighbor_rows, lowres
+    ) -> tuple[tuple[str, ...], int, SamplingConfig, tuple[int, ...]]:
+        """generate's arguments, checked before any work (one-line errors): (prompts, k,
+        sampling, indices)."""
+        prompts = check_prompts(prompts)
+        k = check_k(k)
+        _check_neighbor_source(k, self.retriever is not None or neighbor_rows is not None)
+        sampling = _check_sampling(self.sampling if sampling is None else sampling)
+        indices = _check_indices(indices, len(prompts))
         if lowres is not None and not self.lowres_size:
             raise ValueError(
                 "lowres only applies to a super-resolution stage; this pipeline is a "
                 f"{self.image_size}px base stage (pass lowres=None)"
             )
+        return prompts, k, sampling, indices
 
     def _denoiser(self, text, nb_images, nb_text, lowres, aug_level: float, seed: int, indices):
         """The backend's ε(x_t, t | c_p, c_n) over this batch; a super-resolution stage also

@@ -132,20 +132,11 @@ def from_pretrained(
     (default: its tuned ones); later stages keep their tuned ones. Everything is checked
     (names, ranges, the files' headers) before a network is loaded; the networks are loaded
     before an index is built."""
-    from reimagen.generation.cascade import Cascade, Stage
-    from reimagen.generation.shipped import (
-        DEFAULT_RETRIEVER,
-        MAX_NEIGHBORS,
-        MAX_NEIGHBORS_WHY,
-        SR_NEIGHBORS,
-        load_stage,
-    )
+    from reimagen.generation.shipped import load_stage
 
     stages = check_stages(stages)
-    k = 0 if stages[0] == "baseline" else check_k(k, high=MAX_NEIGHBORS, why=MAX_NEIGHBORS_WHY)
-    retriever = (
-        DEFAULT_RETRIEVER if isinstance(retriever, str) and retriever == DEFAULT else retriever
-    )
+    k = _check_first_k(stages, k)
+    retriever = _resolve_default(retriever)
     check_options(retriever, setting, k, encoder, backend, sampling)
     check_fit(stages, folder)
     kb = open_kb(kb) if kb is not None or k else None
@@ -158,6 +149,29 @@ def from_pretrained(
         pipeline.retriever = retriever
     if sampling is not None:
         pipelines[0].sampling = sampling
+    return _cascade(stages, pipelines, k)
+
+
+def _check_first_k(stages: tuple[str, ...], k: int) -> int:
+    """Neighbours the first stage retrieves: ``k`` checked, or 0 for a "baseline" first stage."""
+    from reimagen.generation.shipped import MAX_NEIGHBORS, MAX_NEIGHBORS_WHY
+
+    return 0 if stages[0] == "baseline" else check_k(k, high=MAX_NEIGHBORS, why=MAX_NEIGHBORS_WHY)
+
+
+def _resolve_default(retriever: Any) -> Any:
+    """retriever="default": the shipped default retriever's name; anything else as given."""
+    from reimagen.generation.shipped import DEFAULT_RETRIEVER
+
+    return DEFAULT_RETRIEVER if isinstance(retriever, str) and retriever == DEFAULT else retriever
+
+
+def _cascade(stages: tuple[str, ...], pipelines: list, k: int):
+    """The Cascade of the loaded stages, each with its pipeline's sampling: the first retrieves
+    ``k`` neighbours, a later (SR) stage reuses min(k, SR_NEIGHBORS) of them."""
+    from reimagen.generation.cascade import Cascade, Stage
+    from reimagen.generation.shipped import SR_NEIGHBORS
+
     return Cascade(
         [
             Stage(name, pipeline, pipeline.sampling, k=k if index == 0 else min(k, SR_NEIGHBORS))
@@ -254,11 +268,12 @@ def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
     if kb is None:
         raise ValueError(f"retriever {name!r} needs a knowledge base; pass kb")
     rows = view_rows(kb, setting)
-    options = {"encoder": encoder or "minilm"} if name in ENCODER_RETRIEVERS else {}
+    options: dict[str, Any] = {"encoder": encoder or "minilm"} if name in ENCODER_RETRIEVERS else {}
     folder = index_folder(
         kb.folder, index_name(name, encoder=options.get("encoder"), view=(setting,))
     )
-    found, _, _ = open_or_build(kb, folder, name, rows=rows, **options)
+    # open_or_build reads rows with np.asarray; its annotation (Sequence[int]) omits arrays
+    found, _, _ = open_or_build(kb, folder, name, rows=rows, **options)  # type: ignore[arg-type]
     return found
 
 

@@ -12,8 +12,8 @@ Shared here, so the two backends cannot drift apart:
 * the host-side input maths: x_t = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε (:func:`noisy_inputs`, Eq. 1), so
   both backends train on the same numbers, and the batch checks (:func:`check_batch`);
 * the run loop (:meth:`TrainLoop.run`): progress bar, JSON-lines log with running means
-  (:mod:`reimagen.training.run_log`), checkpoint cadence, the resume checks and the "stopped
-  before the update" message.
+  (:mod:`reimagen.training.run_log`), checkpoint cadence, resuming (its config checks:
+  :mod:`reimagen.training.resume_check`) and the "stopped before the update" message.
 
 numpy only: no framework is imported here (tests/test_core_imports.py).
 """
@@ -31,23 +31,18 @@ from typing import Any
 import attrs
 import numpy as np
 
-from reimagen.core.config import ConfigError
 from reimagen.core.unet_config import UNetConfig
 from reimagen.diffusion.schedule import CosineSchedule
 from reimagen.training import checkpoint as ckpt
 from reimagen.training import prefetch
 from reimagen.training.contract import Batch, BatchSource, TrainConfig
+from reimagen.training.resume_check import check_resumable
 from reimagen.training.rewind import rewind
 from reimagen.training.run_log import JsonlLog, Window, start_log
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 LOG_FILE = "log.jsonl"
-# TrainConfig fields that may change between a run and its resumption: the run's length and
-# cadence, and the optimizer's step size (lr, warmup_steps, grad_clip), the recovery for a run
-# that diverged (rewind to an earlier step, resume with a lower lr: README "Reliability"). Each
-# update still depends only on the state and the step, so a resumed run stays reproducible.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "lr", "warmup_steps", "grad_clip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -136,28 +131,6 @@ def check_batch(batch: Batch, model_config: UNetConfig, train_config: TrainConfi
         raise ValueError("a super-resolution model needs batch.lowres and batch.aug_level")
 
 
-def check_resumable(
-    saved: ckpt.Checkpoint, model_config: UNetConfig, config: TrainConfig
-) -> dict[str, list]:
-    """A run may resume only with the same UNetConfig and TrainConfig (but the fields in
-    ``RESUMABLE_CHANGES``); otherwise a one-line ConfigError naming what differs. Returns the
-    resumable fields that did change, ``{name: [old, new]}`` (logged by the run)."""
-    folder = saved.folder
-    if saved.state["model_config"] != model_config.to_dict():
-        raise ConfigError(f"{folder}: the run was trained with a different UNetConfig")
-    old, new = saved.state["train_config"], config.to_dict()
-    # a field the run predates had its default then (e.g. loss_weighting before it existed)
-    default = {f.name: f.default for f in attrs.fields(TrainConfig)}
-    changed = sorted(k for k in new if old.get(k, default[k]) != new[k])
-    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
-    if refused:
-        raise ConfigError(
-            f"{folder}: TrainConfig differs from the run's in {', '.join(refused)}; only "
-            f"{', '.join(RESUMABLE_CHANGES)} may change on resume"
-        )
-    return {k: [old.get(k, default[k]), new[k]] for k in changed}
-
-
 # ---- the loop -----------------------------------------------------------------------------------
 
 
@@ -171,6 +144,9 @@ class TrainLoop(abc.ABC):
     (its state -> those arrays);
     optionally :meth:`_backend_state` (extra state.json facts) and :meth:`_loop_context` (what
     must hold while the loop runs)."""
+
+    model: Any  # the backend's network (raw weights), set by the subclass
+    ema: Any  # its EMA copy, likewise
 
     @classmethod
     def train(

@@ -54,7 +54,6 @@ from reimagen.training.loop import (  # noqa: F401  (re-exported for this module
     ADAM_BETAS,
     ADAM_EPS,
     LOG_FILE,
-    RESUMABLE_CHANGES,
     NonFiniteLossError,
     TrainLoop,
     TrainResult,
