@@ -8,7 +8,7 @@ the torch and JAX trainers see identical inputs.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -49,12 +49,14 @@ class TrainConfig(ConfigMixin):
 class Batch:
     """One training batch on the host (numpy), NHWC images in [-1, 1]."""
 
-    images: np.ndarray  # [B, H, W, C] x0 targets
+    # images, neighbor_images, noise (and text's arrays): numpy, or torch tensors on the device
+    # in a batch composed there (reimagen/backends/torch/scene_composer.py), hence Any
+    images: Any  # [B, H, W, C] x0 targets
     text: TextEncoding  # tokens [B, L, D], mask [B, L], pooled [B, D]
-    neighbor_images: np.ndarray  # [B, K, H, W, C] (K may be 0)
+    neighbor_images: Any  # [B, K, H, W, C] (K may be 0)
     neighbor_text: TextEncoding  # tokens [B, K, L, D], mask [B, K, L], pooled [B, K, D]
     t: np.ndarray  # [B] float32 ~ U[0, 1]
-    noise: np.ndarray  # [B, H, W, C] float32 ε ~ N(0, I)
+    noise: Any  # [B, H, W, C] float32 ε ~ N(0, I)
     use_text: np.ndarray  # [B] bool (False with probability p_drop_text)
     use_neighbors: np.ndarray  # [B] bool (False with probability p_drop_neighbors)
     lowres: np.ndarray | None = None  # [B, H, W, C] SR stages: corrupted, upsampled low-res

@@ -148,6 +148,8 @@ class NeighborAttention(eqx.Module):
         )
         self.pos_q = self.pos_k = None
         if config.neighbor_pos_emb:
+            if resolution is None:
+                raise ValueError("neighbor_pos_emb needs the attention's resolution F")
             self.pos_q = jnp.zeros((resolution * resolution, width), jnp.float32)
             self.pos_k = jnp.zeros((resolution * resolution, width), jnp.float32)
 

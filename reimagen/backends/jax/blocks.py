@@ -108,7 +108,7 @@ def up_stack(
     """The UStack's levels (indexed like the DStack's, built from the bottleneck up): each
     consumes the skips in reverse with ``num_res_blocks + 1`` blocks, then upsamples."""
     widths, skip_channels = config.widths, list(skip_channels)
-    up: list[UpLevel | None] = [None] * len(widths)
+    up: dict[int, UpLevel] = {}  # built from the bottleneck up, returned in level order
     for level in reversed(range(len(widths))):
         res, width = config.resolutions[level], widths[level]
         blocks = []
@@ -117,4 +117,4 @@ def up_stack(
             ch = width
         upsample = Upsample(ch, rng=rng) if level > 0 else None
         up[level] = UpLevel(tuple(blocks), upsample)
-    return up
+    return [up[level] for level in range(len(widths))]

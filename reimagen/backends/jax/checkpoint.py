@@ -58,7 +58,9 @@ def weights_to_numpy(model: eqx.Module) -> dict[str, np.ndarray]:
     return convert.state_dict(model)
 
 
-def load_weights(model: eqx.Module, tensors: dict[str, np.ndarray], source: Path) -> eqx.Module:
+def load_weights(
+    model: convert.ModuleT, tensors: dict[str, np.ndarray], source: Path
+) -> convert.ModuleT:
     """A copy of ``model`` holding the canonical-layout ``tensors`` (dtypes follow ``model``);
     the key sets and shapes must match exactly."""
     try:

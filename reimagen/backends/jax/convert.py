@@ -20,6 +20,7 @@ needs no converter. Weights files and optimizer state are ``checkpoint.py`` (bot
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 import equinox as eqx
 import jax
@@ -33,6 +34,8 @@ from reimagen.core.unet_config import UNetConfig
 
 OIHW_TO_HWIO = (2, 3, 1, 0)  # torch conv kernel [out, in, kh, kw] -> [kh, kw, in, out]
 HWIO_TO_OIHW = (3, 2, 0, 1)
+
+ModuleT = TypeVar("ModuleT", bound=eqx.Module)  # a load returns the type it was given
 
 
 class KeyMismatchError(ValueError):
@@ -81,7 +84,7 @@ def state_dict(module: eqx.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def load_state_dict(module: eqx.Module, state: Mapping[str, np.ndarray]) -> eqx.Module:
+def load_state_dict(module: ModuleT, state: Mapping[str, np.ndarray]) -> ModuleT:
     """A copy of ``module`` (a real module or an ``eqx.filter_eval_shape`` skeleton) with every
     parameter taken from the torch-layout ``state``; dtypes follow ``module``. Strict: unmapped
     or unused keys and shape mismatches raise :class:`KeyMismatchError`."""

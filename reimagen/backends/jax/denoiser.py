@@ -141,5 +141,5 @@ class JaxDenoiser(Denoiser):
         return jnp.asarray(np.asarray(array))
 
     def to_numpy(self, array: jax.Array) -> np.ndarray:
-        array = np.asarray(array)
-        return array.astype(np.float32) if array.dtype != np.float32 else array
+        host = np.asarray(array)
+        return host.astype(np.float32) if host.dtype != np.float32 else host

@@ -128,7 +128,8 @@ def initialize(
     import jax
 
     resolved = resolve(coordinator, num_processes, process_id)
-    if jax.config.jax_cpu_collectives_implementation is None:
+    # jax's Config stubs do not declare its flags as attributes
+    if jax.config.jax_cpu_collectives_implementation is None:  # type: ignore[attr-defined]
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if resolved is None:
         jax.distributed.initialize(initialization_timeout=timeout_s)

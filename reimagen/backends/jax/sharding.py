@@ -67,7 +67,8 @@ def process_rows(mesh: Mesh, batch_size: int) -> slice:
     """The rows of a [batch_size, ...] global batch that this process's devices hold: one
     contiguous slice (``[p·b, (p+1)·b)`` for process p of a :func:`batch_mesh`)."""
     index_map = row_sharding(mesh).addressable_devices_indices_map((batch_size,))
-    starts = sorted({(idx[0].start or 0, idx[0].stop or batch_size) for idx in index_map.values()})
+    rows = [idx[0] for idx in index_map.values() if idx is not None]  # None: holds no rows
+    starts = sorted({(row.start or 0, row.stop or batch_size) for row in rows})
     for (_, stop), (start, _) in itertools.pairwise(starts):
         if stop != start:
             raise ValueError(

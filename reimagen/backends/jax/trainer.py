@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -87,11 +87,15 @@ def clip_by_global_norm(grads, max_norm: float):
     return jax.tree_util.tree_map(lambda g: g * coef, grads), norm
 
 
+def _host(array, dtype) -> jax.Array:
+    """np.asarray(array, dtype): a numpy leaf of a host TextInputs/NeighborInputs, typed as the
+    jax.Array it becomes once train_step maps jnp.asarray over host_inputs' tree."""
+    return cast(jax.Array, np.asarray(array, dtype))
+
+
 def _host_text(text) -> TextInputs:
     return TextInputs(
-        np.asarray(text.tokens, np.float32),
-        np.asarray(text.mask, bool),
-        np.asarray(text.pooled, np.float32),
+        _host(text.tokens, np.float32), _host(text.mask, bool), _host(text.pooled, np.float32)
     )
 
 
@@ -102,7 +106,7 @@ def host_inputs(batch: Batch, schedule: CosineSchedule) -> dict[str, Any]:
     neighbors = None
     if k:
         neighbors = NeighborInputs(
-            np.asarray(batch.neighbor_images, np.float32), _host_text(batch.neighbor_text)
+            _host(batch.neighbor_images, np.float32), _host_text(batch.neighbor_text)
         )
     optional = lambda a: None if a is None else np.asarray(a)
     return {
@@ -223,15 +227,15 @@ class Trainer(TrainLoop):
         self.opt_state = self.optimizer.init(self.model)
         self.resume_latest()
         if mesh is not None:
-            self._replicate_state()
+            self._replicate_state(mesh)
         if jax.process_count() > 1:
             self._join_processes()
 
     # ---- data parallel -------------------------------------------------------------------
 
-    def _replicate_state(self) -> None:
-        """Model, EMA and optimizer state -> one full copy on every device of the mesh."""
-        put = functools.partial(shd.replicate, mesh=self.mesh)
+    def _replicate_state(self, mesh: jax.sharding.Mesh) -> None:
+        """Model, EMA and optimizer state -> one full copy on every device of ``mesh``."""
+        put = functools.partial(shd.replicate, mesh=mesh)
         self.model, self.ema, self.opt_state = put(self.model), put(self.ema), put(self.opt_state)
 
     def _join_processes(self) -> None:
@@ -258,12 +262,12 @@ class Trainer(TrainLoop):
         from jax.experimental import multihost_utils
 
         if jax.process_index() == 0:
-            super().save(loss)
+            folder = super().save(loss)
         else:
             folder = self.shared_run_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(self.step)
             self.checkpoint = folder
         multihost_utils.sync_global_devices(f"reimagen checkpoint {self.step}")
-        return self.checkpoint
+        return folder
 
     def _backend_state(self) -> dict:
         return {
@@ -279,7 +283,7 @@ class Trainer(TrainLoop):
         optimizer_file = folder / ckpt.OPTIM_FILE
         self.opt_state = ckpt.load_optimizer(self.opt_state, saved.optimizer, optimizer_file)
         if self.mesh is not None:
-            self._replicate_state()
+            self._replicate_state(self.mesh)
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -289,7 +293,7 @@ class Trainer(TrainLoop):
         Data parallel: ``batch`` is the global batch; this process uploads its own rows."""
         batch, weights = training_levels(batch, self.config, self.schedule)
         rows = host_inputs(batch, self.schedule), np.asarray(batch.noise, np.float32), weights
-        scalars = (
+        scalars: tuple[np.floating, np.floating, np.ndarray | None] = (
             np.float32(learning_rate(self.config, self.step)),
             np.float32(1.0 - ema_decay(self.config, self.step)),
             None,

@@ -134,6 +134,8 @@ class NeighborAttention(nn.Module):
         # k (reference position, the same for each of the K references); zero at the start.
         self.pos_q = self.pos_k = None
         if config.neighbor_pos_emb:
+            if resolution is None:
+                raise ValueError("neighbor_pos_emb needs the attention's resolution F")
             self.pos_q = nn.Parameter(torch.zeros(resolution * resolution, width))
             self.pos_k = nn.Parameter(torch.zeros(resolution * resolution, width))
 

@@ -93,7 +93,7 @@ def up_stack(config: UNetConfig, ch: int, skip_channels: list[int]) -> list[UpLe
     """The UStack's levels (indexed like the DStack's, built from the bottleneck up): each
     consumes the skips in reverse with ``num_res_blocks + 1`` blocks, then upsamples."""
     widths, skip_channels = config.widths, list(skip_channels)
-    up: list[UpLevel | None] = [None] * len(widths)
+    up: dict[int, UpLevel] = {}  # built from the bottleneck up, returned in level order
     for level in reversed(range(len(widths))):
         res, width = config.resolutions[level], widths[level]
         blocks = []
@@ -101,4 +101,4 @@ def up_stack(config: UNetConfig, ch: int, skip_channels: list[int]) -> list[UpLe
             blocks.append(Block(ch + skip_channels.pop(), width, res, config))
             ch = width
         up[level] = UpLevel(blocks, Upsample(ch) if level > 0 else None)
-    return up
+    return [up[level] for level in range(len(widths))]

@@ -123,7 +123,7 @@ def init(device: str = "auto", *, timeout_s: float = 1800.0) -> ProcessInfo:
             rank=rank,
             world_size=world,
             timeout=timeout,
-            **({"device_id": torch.device(device)} if backend == "nccl" else {}),
+            device_id=torch.device(device) if backend == "nccl" else None,  # None: the default
         )
     return ProcessInfo(rank, world, local, backend, device)
 

@@ -21,6 +21,7 @@ levels and loss weights are computed there), as in a host batch.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Generator
 
 import numpy as np
 import torch
@@ -183,7 +184,8 @@ class DeviceBatchSource:
             source, atlas, compact=workers > 0 if compact is None else compact
         )
         self.scenes = DeviceSceneComposer(atlas, device)
-        self._stream, self._next = None, None
+        self._stream: Generator[StepArrays, None, None] | None = None
+        self._next: int | None = None
 
     def batch(self, step: int) -> Batch:
         return self.scenes.compose(self.step_arrays(step))

@@ -177,7 +177,9 @@ class Trainer(TrainLoop):
         self.resume_latest()
         if self.checkpoint is None and self.init_weights is not None:
             self._load_init_weights(self.init_weights)
-        self.network = self.model  # what the step calls: the model, or its DDP wrapper
+        self.network: torch.nn.Module = (
+            self.model
+        )  # what the step calls: the model, or its DDP wrapper
         if self.distributed:
             self._wrap_ddp()
 
@@ -225,12 +227,12 @@ class Trainer(TrainLoop):
         if not self.distributed:
             return super().save(loss)
         if self.rank == 0:
-            super().save(loss)
+            folder = super().save(loss)
         else:
             folder = self.shared_run_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(self.step)
             self.checkpoint = folder
         dist.barrier()
-        return self.checkpoint
+        return folder
 
     # ---- state ---------------------------------------------------------------------------
 

@@ -24,13 +24,14 @@ NCHW in ``torch.channels_last`` memory, so converting is a free permute.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from reimagen.backends.torch.attention import CrossAttention, NeighborAttention, SelfAttention
-from reimagen.backends.torch.blocks import MidBlock, down_stack, up_stack
+from reimagen.backends.torch.blocks import DownLevel, MidBlock, UpLevel, down_stack, up_stack
 from reimagen.backends.torch.layers import Norm, ResBlock, TimeMLP
 from reimagen.core.unet_config import UNetConfig
 
@@ -120,7 +121,7 @@ class ReImagenUNet(nn.Module):
     def reset_parameters(self) -> None:
         """PyTorch default init, then zero the last layer of every residual branch and of the
         output (ADM): each block starts as the identity and the neighbour path as a no-op."""
-        zero = [self.conv_out]
+        zero: list[nn.Conv2d | nn.Linear] = [self.conv_out]
         for module in self.modules():
             if isinstance(module, ResBlock):
                 zero.append(module.conv2)
@@ -128,7 +129,8 @@ class ReImagenUNet(nn.Module):
                 zero.append(module.to_out)
         for layer in zero:
             nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:  # all of them have one
+                nn.init.zeros_(layer.bias)
 
     # ---- conditioning ------------------------------------------------------------------------
 
@@ -158,7 +160,9 @@ class ReImagenUNet(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         levels = {}
-        for res, level in zip(self.config.resolutions, self.down):
+        # nn.ModuleList is typed as holding plain Modules; self.down holds DownLevels
+        down = cast(Sequence[DownLevel], self.down)
+        for res, level in zip(self.config.resolutions, down):
             for block in level.blocks:
                 h = block(h, cond.emb, cond.text, cond.key_mask)
                 skips.append(h)
@@ -179,7 +183,7 @@ class ReImagenUNet(nn.Module):
         """Decoder from f' [N, C, F, F] and the DStack skips to the output features."""
         skips = list(skips)
         for level in reversed(range(len(self.up))):
-            up = self.up[level]
+            up = cast(UpLevel, self.up[level])  # nn.ModuleList items are typed as Module
             for block in up.blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), cond.emb, cond.text, cond.key_mask)
             res = self.config.resolutions[level]
@@ -228,7 +232,8 @@ class ReImagenUNet(nn.Module):
             feats = levels[res]  # [B·K, C, r, r]
             c = feats.shape[1]
             tokens = feats.permute(0, 2, 3, 1).reshape(b, k * res * res, c)  # [B, K·r·r, C]
-            kv[res] = self.neighbor_attn[str(res)].project(tokens)
+            attend = cast(NeighborAttention, self.neighbor_attn[str(res)])  # a ModuleDict item
+            kv[res] = attend.project(tokens)
         return NeighborCache(k, kv)
 
     def encode_neighbors(
@@ -305,7 +310,7 @@ class ReImagenUNet(nn.Module):
             torch.cat([t, nt]),
             TextInputs(*(torch.cat([a, n]) for a, n in zip(text, ntext))),
             torch.cat([use_text, nuse]),
-            None if aug is None else torch.cat([aug, naug]),
+            None if aug is None or naug is None else torch.cat([aug, naug]),  # both set for SR
         )
         h, skips, levels = self.dstack(torch.cat([x_in, nx.to(x_in.dtype)]), cond)
         cache = self._project_neighbors({r: f[b:] for r, f in levels.items()}, b, k)
@@ -336,7 +341,8 @@ def build_unet(config: UNetConfig, seed: int = 0) -> ReImagenUNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ReImagenUNet(config)
-    return model.to(memory_format=torch.channels_last)
+    # Module.to's stubs omit the memory_format keyword it accepts
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def param_count(config: UNetConfig) -> int:
