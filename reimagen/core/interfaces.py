@@ -53,9 +53,11 @@ def variant_masks(variants: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 class TextEncoding:
     """Encoded texts: per-token states, a padding mask (True = real token) and a pooled vector."""
 
-    tokens: np.ndarray  # [B, L, D] float32
-    mask: np.ndarray  # [B, L] bool
-    pooled: np.ndarray  # [B, D] float32
+    # Any: numpy on the host, a backend's tensors where a backend gathers the encodings on its
+    # device (reimagen/backends/torch/scene_composer.py)
+    tokens: Any  # [B, L, D] float32
+    mask: Any  # [B, L] bool
+    pooled: Any  # [B, D] float32
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
