@@ -23,10 +23,14 @@ import argparse
 import time
 from pathlib import Path
 
-from reimagen.cli.common import SETTINGS, add_sampling_arguments, sampling_from_args
+from reimagen.cli.common import (
+    SETTINGS,
+    add_retrieval_arguments,
+    add_sampling_arguments,
+    sampling_from_args,
+)
 from reimagen.cli.main import UserError
 from reimagen.core import registry
-from reimagen.generation.shipped import DEFAULT_RETRIEVER
 
 
 def add_parser(subparsers):
@@ -92,22 +96,7 @@ def _add_prompt_arguments(parser, *, out: str, n: int) -> None:
 
 def _add_component_arguments(parser) -> None:
     """What draws and judges: KB, retriever, encoder, backend, weights, evaluator, threads."""
-    parser.add_argument(
-        "--kb",
-        type=Path,
-        default=None,
-        help="knowledge-base folder (default: the built-in emoji KB)",
-    )
-    parser.add_argument(
-        "--retriever",
-        default=DEFAULT_RETRIEVER,
-        help="registered retriever name (bm25: the one the weights were trained with)",
-    )
-    parser.add_argument(
-        "--encoder",
-        default=None,
-        help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)",
-    )
+    add_retrieval_arguments(parser)
     parser.add_argument("--backend", default="torch", help="torch | jax")
     parser.add_argument(
         "--weights",

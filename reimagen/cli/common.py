@@ -45,6 +45,18 @@ def sampling_from_args(args, base: SamplingConfig) -> SamplingConfig:
 
 
 def add_kb_arguments(parser: argparse.ArgumentParser) -> None:
+    """--kb, --retriever, --encoder and the --setting of one generation."""
+    add_retrieval_arguments(parser)
+    parser.add_argument(
+        "--setting",
+        default="same-style",
+        choices=SETTINGS,
+        help="which artists the retriever indexes (docs/design.md §8)",
+    )
+
+
+def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
+    """--kb, --retriever, --encoder: what is retrieved from, how, and how texts are encoded."""
     parser.add_argument(
         "--kb",
         type=Path,
@@ -60,12 +72,6 @@ def add_kb_arguments(parser: argparse.ArgumentParser) -> None:
         "--encoder",
         default=None,
         help="registered text encoder name (default: the one the weights were trained with; the dense retriever: minilm)",
-    )
-    parser.add_argument(
-        "--setting",
-        default="same-style",
-        choices=SETTINGS,
-        help="which artists the retriever indexes (docs/design.md §8)",
     )
 
 
