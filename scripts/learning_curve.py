@@ -19,7 +19,8 @@ The projection fits logit(faithful rate) as a straight line in log(examples) by 
 over the points (a power law at small rates) and solves it for the goal rate. It is a guide to
 the order of magnitude, not a prediction: a handful of points close together on the x axis,
 each with a Wilson interval as wide as the effect, constrain the slope weakly; the table says
-how many points the fit used.
+how many points the fit used. A point with ``"fit": false`` is drawn and tabled but left out
+of the fit (e.g. weights of another lineage: the hash-encoder base the minilm runs started from).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def read_point(point: dict, k: int, setting: str, tier: str) -> dict:
         "examples": int(point["examples"]),
         "n": n,
         "results": point["results"],
+        "fit": bool(point.get("fit", True)),  # false: shown, but not part of the projection
     }
     for name in METRICS:
         hits = round(metrics[name] * n)
@@ -62,7 +64,7 @@ def read_point(point: dict, k: int, setting: str, tier: str) -> dict:
 def project(points: list[dict], goal: float) -> dict:
     """Least-squares logit(faithful) = a + b·ln(examples); the examples where it reaches
     ``goal`` (None when the fit has fewer than 2 usable points or does not rise)."""
-    usable = [p for p in points if 0.0 < p["faithful"][0] < 1.0]
+    usable = [p for p in points if p["fit"] and 0.0 < p["faithful"][0] < 1.0]
     fit = {"goal": goal, "points_used": len(usable), "examples_for_goal": None, "slope": None}
     if len({p["examples"] for p in usable}) < 2:
         return fit
@@ -91,7 +93,8 @@ def markdown(points: list[dict], fit: dict, k: int, setting: str, tier: str) -> 
     ]
     for p in points:
         cells = [f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in (p[m] for m in METRICS)]
-        lines.append(f"| {p['label']} | {p['examples']:,} | {p['n']} | " + " | ".join(cells) + " |")
+        label = p["label"] + ("" if p["fit"] else " (not in the fit)")
+        lines.append(f"| {label} | {p['examples']:,} | {p['n']} | " + " | ".join(cells) + " |")
     lines += ["", "## Projection", ""]
     if fit["examples_for_goal"] is None:
         lines.append(
