@@ -64,7 +64,7 @@ def read_point(point: dict, k: int, setting: str, tier: str) -> dict:
 def project(points: list[dict], goal: float) -> dict:
     """Least-squares logit(faithful) = a + b·ln(examples); the examples where it reaches
     ``goal`` (None when the fit has fewer than 2 usable points or does not rise)."""
-    usable = [p for p in points if p["fit"] and 0.0 < p["faithful"][0] < 1.0]
+    usable = [p for p in points if p.get("fit", True) and 0.0 < p["faithful"][0] < 1.0]
     fit = {"goal": goal, "points_used": len(usable), "examples_for_goal": None, "slope": None}
     if len({p["examples"] for p in usable}) < 2:
         return fit
@@ -93,7 +93,7 @@ def markdown(points: list[dict], fit: dict, k: int, setting: str, tier: str) -> 
     ]
     for p in points:
         cells = [f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in (p[m] for m in METRICS)]
-        label = p["label"] + ("" if p["fit"] else " (not in the fit)")
+        label = p["label"] + ("" if p.get("fit", True) else " (not in the fit)")
         lines.append(f"| {label} | {p['examples']:,} | {p['n']} | " + " | ".join(cells) + " |")
     lines += ["", "## Projection", ""]
     if fit["examples_for_goal"] is None:

@@ -50,6 +50,17 @@ def test_no_projection_from_one_point_zero_rates_or_a_falling_curve():
     assert falling["slope"] < 0 and falling["examples_for_goal"] is None
 
 
+def test_a_point_marked_fit_false_is_left_out_of_the_projection():
+    """Another lineage's point (here a high rate first) would make the curve fall; marked
+    "fit": false, the projection uses the other two, which rise."""
+    other = {**point(1e6, 0.3), "fit": False}
+    rising = [point(2e6, 0.01), point(4e6, 0.02)]
+    fit = learning_curve.project([other, *rising], 0.2)
+    assert fit["points_used"] == 2 and fit["slope"] > 0
+    assert fit == learning_curve.project(rising, 0.2)
+    assert learning_curve.project([{**other, "fit": True}, *rising], 0.2)["slope"] < 0
+
+
 def test_writes_table_plot_and_numbers(tmp_path):
     rows = []
     for n, hits in ((333, 8), (333, 20)):
