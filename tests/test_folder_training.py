@@ -362,6 +362,7 @@ def test_bench_kb_writes_the_tables_and_calls_a_plugin_evaluator(
         "grid_00.png",
         "grid_01.png",
         "grid_02.png",
+        "report.html",
         "results.json",
         "results.md",
         "targets.png",

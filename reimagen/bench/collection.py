@@ -235,6 +235,7 @@ def run_bench(
         )
     return {
         "examples": examples,
+        "neighbor_rows": neighbor_rows,  # [N, K_max]
         "signal": signal,
         "rows": results,
         "seconds": time.perf_counter() - started,
@@ -330,9 +331,34 @@ def to_json(result: dict, header: dict) -> dict:
     }
 
 
-def write_outputs(out: Path, blob: dict, text: str, result: dict) -> None:
-    """results.json, results.md, targets.png and grid_XX.png, written as one set
-    (:func:`reimagen.bench.result_files.write_file_set`: a crash leaves the previous set)."""
+def report_page(kb, result: dict, text: str) -> str:
+    """report.html (reimagen.bench.report): the tables ``text``, then per row each held-out
+    record's image beside the references it was conditioned on (the copy row: the top-1 it
+    copies; K=0: none) and the held-out target."""
+    from reimagen.bench.report import CardRow, render
+
+    neighbor_rows = result["neighbor_rows"]  # [N, K_max]
+    rows = [
+        CardRow(row.label, row.images, neighbor_rows[:, : 1 if row.k is None else row.k])
+        for row in result["rows"]
+    ]
+    examples = result["examples"]
+    return render(
+        text,
+        [("Images: each row's outputs beside their references and the held-out target", rows)],
+        [e.text for e in examples],
+        kb=kb,
+        targets=np.stack([e.target for e in examples]),
+    )
+
+
+def write_outputs(
+    out: Path, blob: dict, text: str, result: dict, report: str | None = None
+) -> None:
+    """results.json, results.md, targets.png, grid_XX.png and ``report`` as report.html,
+    written as one set (:func:`reimagen.bench.result_files.write_file_set`: a crash leaves the
+    previous set); an earlier run's extra grids, and its report.html when this run writes
+    none, are removed."""
     from reimagen.bench.result_files import (
         grid_writers,
         json_text,
@@ -342,12 +368,12 @@ def write_outputs(out: Path, blob: dict, text: str, result: dict) -> None:
     )
 
     targets = np.stack([e.target for e in result["examples"]])
-    write_file_set(
-        out,
-        {
-            "targets.png": lambda path: save_grid(path, targets),
-            **grid_writers([row.images for row in result["rows"]]),
-            "results.json": text_file(json_text(blob)),
-            "results.md": text_file(text),
-        },
-    )
+    writers = {
+        "targets.png": lambda path: save_grid(path, targets),
+        **grid_writers([row.images for row in result["rows"]]),
+        "results.json": text_file(json_text(blob)),
+        "results.md": text_file(text),
+    }
+    if report is not None:
+        writers["report.html"] = text_file(report)
+    write_file_set(out, writers, replaces=("grid_*.png", "report.html"))

@@ -3,7 +3,8 @@
 The page holds the run's markdown (headings, paragraphs and tables, rendered to HTML), the
 plots, and for every row of results one card per prompt: the prompt, the generated image, the
 K references it was conditioned on with their captions, and the evaluator's verdict where the
-scores have one (faithful, top-1 name and probability, text aligned). Every image is a PNG
+scores have one (faithful, top-1 name and probability, text aligned); ``bench --kb`` adds the
+held-out target to each card (:class:`CardRow` is a row's neutral shape). Every image is a PNG
 (Pillow) embedded as a base64 data URI: no external file, no network, no script. Every piece
 of text is escaped with :func:`html.escape`.
 
@@ -21,6 +22,7 @@ import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import attrs
 import numpy as np
 
 STYLE = """
@@ -40,6 +42,7 @@ img { image-rendering: pixelated; }
 .out { width: 96px; height: 96px; border: 1px solid #888; }
 .ref { margin: 0; width: 64px; font-size: 10px; color: #555; overflow-wrap: anywhere; }
 .ref img { width: 64px; height: 64px; border: 1px solid #ccc; display: block; }
+.ref.target img { border: 2px solid #2a6fb0; }
 .verdict { font-size: 12px; }
 """
 
@@ -105,15 +108,19 @@ def render(
     prompts: Sequence,
     kb=None,
     plots: Mapping[str, bytes | Path] | None = None,
+    targets: np.ndarray | None = None,
 ) -> str:
-    """The whole page. ``sections``: (heading, RowResult list) pairs, each result's images
-    [N, H, W, 3] uint8, neighbor_rows [N, K] (rows of ``kb``) and scores; ``prompts``: N
-    BenchPrompts (or strings); ``plots``: file name -> PNG bytes or a PNG path."""
+    """The whole page. ``sections``: (heading, rows) pairs, each row a :class:`CardRow` or a
+    bench RowResult (images [N, H, W, 3] uint8, neighbor_rows [N, K] rows of ``kb``, scores);
+    ``prompts``: N BenchPrompts (or strings); ``plots``: file name -> PNG bytes or a PNG
+    path; ``targets``: uint8 [N, H, W, 3], each prompt's held-out target, drawn in every card
+    after the references (``bench --kb``)."""
     title = next(
         (line.lstrip("#").strip() for line in markdown.splitlines() if line.startswith("# ")),
         "reimagen report",
     )
     references = ReferenceCache(kb)
+    target_uris = None if targets is None else [png_uri(image) for image in targets]
     body = [markdown_html(markdown)]
     if plots:
         body.append("<h2>Plots</h2>")
@@ -121,7 +128,8 @@ def render(
     for heading, results in sections:
         body.append(f"<h2>{html.escape(heading)}</h2>")
         body += [
-            row_html(index, result, prompts, references) for index, result in enumerate(results)
+            row_html(index, card_row(result), prompts, references, target_uris)
+            for index, result in enumerate(results)
         ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -150,16 +158,50 @@ def plots_html(plots: Mapping[str, bytes | Path]) -> str:
     return "\n".join(parts)
 
 
-def row_html(index: int, result, prompts: Sequence, references: ReferenceCache) -> str:
+@attrs.frozen
+class CardRow:
+    """One row of cards as :func:`row_html` draws it: ``heading`` (after the row's index),
+    ``images`` uint8 [N, H, W, 3], ``neighbor_rows`` [N, K] (the KB rows each image was
+    conditioned on) and ``scores`` (per-card arrays :func:`verdict_text` reads; may be empty)."""
+
+    heading: str
+    images: np.ndarray = attrs.field(repr=False)
+    neighbor_rows: np.ndarray = attrs.field(repr=False)
+    scores: Mapping = attrs.field(factory=dict)
+
+
+def card_row(result) -> CardRow:
+    """A bench / ablate RowResult's cards, headed "label [setting] · K=k · faithful 0.67"
+    (a CardRow is returned as it is)."""
+    if isinstance(result, CardRow):
+        return result
     row = result.row
     faithful = result.summary.get("all", {}).get("faithful")
     numbers = f" · faithful {faithful:.2f}" if faithful is not None else ""
     k = "" if f"K={row.k}" in row.label else f" · K={row.k}"
-    head = f"<h3>{index}. {html.escape(row.label)} [{html.escape(row.setting)}]{k}{numbers}</h3>"
-    size = result.images.shape[1]
-    references.load(result.neighbor_rows, size)  # the row's references in one KB read
+    heading = f"{row.label} [{row.setting}]{k}{numbers}"
+    return CardRow(heading, result.images, result.neighbor_rows, result.scores)
+
+
+def row_html(
+    index: int,
+    row: CardRow,
+    prompts: Sequence,
+    references: ReferenceCache,
+    targets: Sequence[str] | None = None,
+) -> str:
+    """A row's heading and one card per prompt; ``targets``: a PNG data URI per prompt."""
+    head = f"<h3>{index}. {html.escape(row.heading)}</h3>"
+    size = row.images.shape[1]
+    references.load(row.neighbor_rows, size)  # the row's references in one KB read
     cards = [
-        card_html(i, prompt, result, references.get(result.neighbor_rows[i], size))
+        card_html(
+            i,
+            prompt,
+            row,
+            references.get(row.neighbor_rows[i], size),
+            None if targets is None else targets[i],
+        )
         for i, prompt in enumerate(prompts)
     ]
     return (
@@ -169,20 +211,33 @@ def row_html(index: int, result, prompts: Sequence, references: ReferenceCache) 
     )
 
 
-def card_html(i: int, prompt, result, references: Sequence[tuple[str, str]]) -> str:
+def card_html(
+    i: int,
+    prompt,
+    row: CardRow,
+    references: Sequence[tuple[str, str]],
+    target: str | None = None,
+) -> str:
+    """The prompt, the generated image, its references (data URI, caption) and, when given,
+    the held-out ``target`` (a data URI), then the verdict."""
     text = getattr(prompt, "prompt", prompt)
-    scores = result.scores
+    scores = row.scores
     verdict = scores.get("faithful")
     kind = "" if verdict is None else (" yes" if verdict[i] else " no")
-    refs = "".join(
+    figures = [
         f'<figure class="ref"><img src="{uri}" alt="reference: {html.escape(caption)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for uri, caption in references
-    )
+    ]
+    if target is not None:
+        figures.append(
+            f'<figure class="ref target"><img src="{target}" alt="held-out target: '
+            f'{html.escape(text)}"><figcaption>held-out target</figcaption></figure>'
+        )
     return (
         f'<div class="card{kind}"><p class="prompt">{html.escape(text)}</p>'
-        f'<div class="pics"><img class="out" src="{png_uri(result.images[i])}" '
-        f'alt="generated: {html.escape(text)}">{refs}</div>'
+        f'<div class="pics"><img class="out" src="{png_uri(row.images[i])}" '
+        f'alt="generated: {html.escape(text)}">{"".join(figures)}</div>'
         f'<p class="verdict">{html.escape(verdict_text(scores, i))}</p></div>'
     )
 

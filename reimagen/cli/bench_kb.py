@@ -8,9 +8,10 @@ Options that apply: --weights (a folder with base.safetensors, e.g. the run fold
 --n (held-out records, at most), --seed, --batch-size, --retriever (default: the one the
 weights' recipe records, i.e. training's; it indexes the training split), --encoder, --backend,
 --threads, --out, the sampling options, and --evaluators (registered evaluator names; default:
-all). The emoji-only options (--prompts, --recall-only) are refused; --settings, --tiers,
---evaluator and --no-report do not apply. Writes results.json, results.md, targets.png and
-grid_XX.png to --out as one set.
+all), --no-report. The emoji-only options (--prompts, --recall-only) are refused; --settings,
+--tiers and --evaluator do not apply. Writes results.json, results.md, targets.png, grid_XX.png
+and report.html (the tables, each row's images beside their references and the held-out
+target; ``--no-report``: not, and an earlier run's is removed) to --out as one set.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ def run(args) -> int:
 
 
 def _write_results(args, kb, records: int, result: dict, header: dict, started: float) -> None:
-    """results.json (with the wall time since ``started``), results.md, targets.png and the
-    grids to --out as one set; the markdown table of the ``records`` benched printed."""
+    """results.json (with the wall time since ``started``), results.md, targets.png, the
+    grids and (unless --no-report) report.html to --out as one set; the markdown table of the
+    ``records`` benched printed."""
     from reimagen.bench import collection
 
     title = (
@@ -143,9 +145,13 @@ def _write_results(args, kb, records: int, result: dict, header: dict, started: 
     text = collection.markdown(result, title)
     blob = collection.to_json(result, header)
     blob["wall_seconds"] = round(time.perf_counter() - started, 1)
-    collection.write_outputs(args.out, blob, text, result)
+    report = None if args.no_report else collection.report_page(kb, result, text)
+    collection.write_outputs(args.out, blob, text, result, report=report)
     print(text)
-    print(f"wrote {args.out}/results.json, results.md, targets.png and {len(result['rows'])} grids")
+    print(
+        f"wrote {args.out}/results.json, results.md, targets.png, {len(result['rows'])} grids"
+        + ("" if report is None else " and report.html")
+    )
 
 
 def _open_collection(args, k_max: int):
