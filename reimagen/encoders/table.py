@@ -87,7 +87,8 @@ class EncodingTable(Encoder):
             pooled[start : start + batch] = chunk.pooled
             if progress:
                 progress(min(start + batch, n), n)
-        for name, array in zip(ARRAYS, (tokens, mask, pooled)):
+        arrays: tuple[np.ndarray, ...] = (tokens, mask, pooled)  # else mypy joins them to object
+        for name, array in zip(ARRAYS, arrays):
             atomic_save_npy(folder / f"{name}.npy", array)
         meta = json.dumps(_expected(encoder, unique), indent=1, sort_keys=True) + "\n"
         atomic_write_text(folder / META, meta)
