@@ -31,6 +31,7 @@ import numpy as np
 
 from reimagen.bench.evaluators import HeldOutExample, check_metrics
 from reimagen.bench.neighbor_signal import T_VALUES
+from reimagen.core.images import to_uint8
 
 FORMAT = "reimagen-collection-bench"
 COPY_LABEL = "copy top-1 reference (no network)"
@@ -53,10 +54,6 @@ class CollectionRow:
             "seconds": round(self.seconds, 3),
             **self.metrics,
         }
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def held_out_examples(

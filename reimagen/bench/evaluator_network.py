@@ -12,6 +12,7 @@ import numpy as np
 
 from reimagen.bench.evaluator import EvaluatorError
 from reimagen.core.config import ConfigMixin, config, in_range, one_of
+from reimagen.core.images import from_uint8
 
 
 def _positive_tuple(inst, attribute, value):
@@ -98,7 +99,7 @@ def to_input(images: np.ndarray, image_size: int):
         raise EvaluatorError(
             f"images must be square with a side that is a multiple of {image_size}, got {h}x{w}"
         )
-    x = images.astype(np.float32) / 127.5 - 1.0  # [B, H, W, 3]
+    x = from_uint8(images)  # [B, H, W, 3]
     if h != image_size:
         f = h // image_size
         x = x.reshape(b, image_size, f, image_size, f, 3).mean(axis=(2, 4))  # area average

@@ -18,6 +18,7 @@ import numpy as np
 from reimagen.bench.evaluator import Evaluator
 from reimagen.bench.evaluator_network import EvaluatorConfig, augment, build_network, to_input
 from reimagen.bench.scene_composer import SceneComposer, target_drawings
+from reimagen.core.images import to_uint8
 from reimagen.kb import scenes as sc
 
 
@@ -118,8 +119,7 @@ def measure_accuracy(
             torch.Generator().manual_seed(seed),
             config or EvaluatorConfig(),
         )
-        images = np.clip(np.rint((x.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5), 0, 255)
-        images = images.astype(np.uint8)
+        images = to_uint8(x.permute(0, 2, 3, 1).numpy())
     logits = evaluator.logits(images)
     rank = (logits > logits[np.arange(len(entity)), entity][:, None]).sum(1)  # [N] 0 = top-1
     split = load_split()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reimagen.core.images import from_uint8
 from reimagen.core.io import atomic_write_text
 from reimagen.kb import scenes as sc
 from reimagen.kb.splits import TARGET_ARTIST
@@ -66,7 +67,7 @@ def make_examples(rng, kb, split, tier: str, n: int, k: int, setting: str):
         entity = names[i]
         drawing = np.asarray(kb.images[kb.rows(sources=[TARGET_ARTIST], entities=[entity])[0]])
         scene = sc.random_scene(rng, entity, sc.legible_colours(drawing), p_large_centred=0.5)
-        targets.append(sc.compose(drawing, scene, 32).astype(np.float32) / 127.5 - 1.0)
+        targets.append(from_uint8(sc.compose(drawing, scene, 32)))
         template = int(rng.integers(len(sc.templates_for(scene.kind))))
         prompts.append(sc.prompt(scene, template))
         right.append(pick_neighbors(rng, kb, entity, k, setting))

@@ -25,6 +25,8 @@ from pathlib import Path
 import attrs
 import numpy as np
 
+from reimagen.core.images import to_uint8
+
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fff; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
@@ -272,7 +274,7 @@ class ReferenceCache:
         )
         if missing:
             images = np.asarray(self.kb.rgb(missing, size))  # [n, size, size, 3] in [-1, 1]
-            pixels = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            pixels = to_uint8(images)
             for row, image in zip(missing, pixels):
                 self._uris[row, size] = png_uri(image)
 

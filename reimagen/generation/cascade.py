@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import attrs
 import numpy as np
 
+from reimagen.core.images import from_uint8
 from reimagen.core.interfaces import Cascade as CascadeInterface
 from reimagen.diffusion.sampling_config import SamplingConfig
 from reimagen.generation.pipeline import Generation, Pipeline
@@ -66,7 +67,7 @@ class Cascade(CascadeInterface):
         for index, stage in enumerate(self.stages):
             previous = results[-1] if results else None
             rows = neighbor_rows if previous is None else previous.neighbor_rows[:, : stage.k]
-            lowres = None if previous is None else previous.images.astype(np.float32) / 127.5 - 1
+            lowres = None if previous is None else from_uint8(previous.images)
             results.append(
                 stage.pipeline.generate(
                     prompts,

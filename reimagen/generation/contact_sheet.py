@@ -12,6 +12,8 @@ import attrs
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from reimagen.core.images import to_uint8
+
 
 @attrs.frozen
 class SheetRow:
@@ -61,7 +63,7 @@ def neighbor_tiles(kb, rows, scores=None, size: int = 64) -> tuple[tuple[str, np
     rows = [int(r) for r in rows]
     if not rows:
         return ()
-    pixels = np.clip(np.round((kb.rgb(rows, size=size) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    pixels = to_uint8(kb.rgb(rows, size=size))
     captions = [kb.records[r].text for r in rows]
     if scores is not None:
         captions = [f"{c} ({float(s):.2f})" for c, s in zip(captions, scores)]

@@ -21,6 +21,7 @@ import numpy as np
 
 from reimagen.core import registry
 from reimagen.core.checks import check_k
+from reimagen.core.images import to_uint8
 from reimagen.core.interfaces import (
     RetrievalResult,
     SamplerNoise,
@@ -48,11 +49,6 @@ class Generation:
     nfe: int  # network evaluations per sample
     seconds: float
     variants_per_step: tuple[tuple[str, ...], ...]
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] float -> [0, 255] uint8."""
-    return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def encode_neighbors_text(encoder, kb, rows: np.ndarray) -> TextEncoding:

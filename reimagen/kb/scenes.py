@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from reimagen.core.config import one_of
+from reimagen.core.images import to_uint8
 
 # Named background colours, every pair > 100 apart in RGB (a test checks the distance), so a
 # colour can be read back from a generated image by nearest-colour voting.
@@ -260,7 +261,7 @@ def _as_uint8_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if np.issubdtype(image.dtype, np.floating):
-        return np.clip(np.rint((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return to_uint8(image)
     raise ValueError(f"image must be uint8 or float in [-1, 1], got {image.dtype}")
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from reimagen.core.images import from_uint8, to_uint8
 from reimagen.core.interfaces import TextEncoding
 from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.kb import scenes as sc
@@ -233,7 +234,7 @@ class EmojiBatchSource:
                 for e, scene in zip(entity, scenes)
             ]
         )  # [B, S, S, 3] uint8
-        return out.astype(np.float32) / 127.5 - 1.0
+        return from_uint8(out)
 
     def _neighbor_slots(self, rng, index, entity) -> tuple[np.ndarray, np.ndarray]:
         """KB rows [B, K] per slot and which slots show the augmented Twemoji drawing.
@@ -285,7 +286,7 @@ class EmojiBatchSource:
         missing = np.unique(rows[~have[rows]])
         if missing.size:
             rgb = self.kb.rgb(missing, size=canvas, background=NEIGHBOR_BACKGROUND)
-            cache[missing] = np.clip(np.rint((rgb + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            cache[missing] = to_uint8(rgb)
             have[missing] = True
         return cache[rows]
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
+from reimagen.core.images import from_uint8, to_uint8
 from reimagen.core.interfaces import TextEncoding
 from reimagen.diffusion.augment import noise_augment, resize_bilinear
 from reimagen.kb.records import KnowledgeBaseError
@@ -319,9 +320,9 @@ class FolderBatchSource:
         for block in np.unique(rows[~have[rows]] // IMAGE_BLOCK):
             span = np.arange(block * IMAGE_BLOCK, min((block + 1) * IMAGE_BLOCK, len(self.kb)))
             rgb = self.kb.rgb(span, size=size, background=BACKGROUND)  # [n, s, s, 3] in [-1, 1]
-            cache[span] = np.clip(np.rint((rgb + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            cache[span] = to_uint8(rgb)
             have[span] = True
-        return cache[rows].astype(np.float32) / 127.5 - 1.0
+        return from_uint8(cache[rows])
 
     def _captions(self, rows: np.ndarray) -> TextEncoding:
         """Captions of KB ``rows`` [B, K] -> tokens [B, K, L, D] (from the encoding table)."""
