@@ -102,6 +102,18 @@ class UNetConfig(ConfigMixin):
         return self.cond_image_channels > 0
 
 
+_CPU_BASE = UNetConfig(
+    image_size=32,
+    base_channels=32,
+    channel_mults=(1, 2, 4),
+    num_res_blocks=2,
+    self_attn_resolutions=(8,),
+    cross_attn_resolutions=(16, 8),
+    neighbor_attn_resolutions=(16, 8),
+    head_dim=32,
+    norm="layer",
+)
+
 PRESETS: dict[str, UNetConfig] = {
     # Unit tests: 0.33M parameters (327,459), 16×16.
     "tiny": UNetConfig(
@@ -130,30 +142,9 @@ PRESETS: dict[str, UNetConfig] = {
     # The trained default base (docs/design.md §8): ~4× fewer FLOPs per image than `small` (0.8 vs
     # 3.0 GFLOP), so a CPU can afford the tens of thousands of steps identity needs; neighbour
     # attention at 16×16 and 8×8 lets the noisy image read a reference at two scales.
-    "cpu-base": UNetConfig(
-        image_size=32,
-        base_channels=32,
-        channel_mults=(1, 2, 4),
-        num_res_blocks=2,
-        self_attn_resolutions=(8,),
-        cross_attn_resolutions=(16, 8),
-        neighbor_attn_resolutions=(16, 8),
-        head_dim=32,
-        norm="layer",
-    ),
+    "cpu-base": _CPU_BASE,
     # cpu-base with position tables in its neighbour attention (identity A/B, issue #15).
-    "cpu-base-pos": UNetConfig(
-        image_size=32,
-        base_channels=32,
-        channel_mults=(1, 2, 4),
-        num_res_blocks=2,
-        self_attn_resolutions=(8,),
-        cross_attn_resolutions=(16, 8),
-        neighbor_attn_resolutions=(16, 8),
-        head_dim=32,
-        norm="layer",
-        neighbor_pos_emb=True,
-    ),
+    "cpu-base-pos": _CPU_BASE.replace(neighbor_pos_emb=True),
     # CPU super-resolution stage 32 -> 64.
     "sr-small": UNetConfig(
         image_size=64,

@@ -272,8 +272,7 @@ def open_retriever(kb, name: str, setting: str, encoder: str | None = None):
     folder = index_folder(
         kb.folder, index_name(name, encoder=options.get("encoder"), view=(setting,))
     )
-    # open_or_build reads rows with np.asarray; its annotation (Sequence[int]) omits arrays
-    found, _, _ = open_or_build(kb, folder, name, rows=rows, **options)  # type: ignore[arg-type]
+    found, _, _ = open_or_build(kb, folder, name, rows=rows, **options)
     return found
 
 

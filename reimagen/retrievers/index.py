@@ -272,7 +272,7 @@ def index_folder(kb_folder: str | Path, name: str) -> Path:
     return Path(kb_folder) / "indexes" / name
 
 
-def load_index(folder: str | Path, kb: Any, rows: Sequence[int] | None = None):
+def load_index(folder: str | Path, kb: Any, rows: Sequence[int] | np.ndarray | None = None):
     """Load a saved index with whichever registered retriever wrote it."""
     from reimagen.core import registry
 
@@ -288,7 +288,7 @@ def open_or_build(
     folder: str | Path,
     retriever: str = "bm25",
     *,
-    rows: Sequence[int] | None = None,
+    rows: Sequence[int] | np.ndarray | None = None,
     rebuild: bool = False,
     **options: Any,
 ):

@@ -40,7 +40,6 @@ from reimagen.training.checkpoint import (  # noqa: F401  (re-exported: the shar
     STATE_FILE,
     Checkpoint,
     CheckpointError,
-    fsync_dir,
     has_checkpoint,
     latest_checkpoint,
     read_checkpoint,
